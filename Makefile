@@ -1,0 +1,30 @@
+# All set-up goes through this file: a project-local venv, pinned by constraints.txt.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-fast demo bench clean
+
+install: $(STAMP)
+
+# torch is installed first so basicsr's sdist (which imports torch in setup.py) can build
+# without build isolation: faster and offline-safe (see README, "Install").
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt setuptools torch torchvision numpy
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[all]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/coreset-sr demo $(if $(DATA),--data $(DATA),)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_selection.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,119 @@
+"""Scores container and its .safetensors file."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import load_file, save_file
+
+from coreset_sampler import Scores, dataset_fingerprint
+
+keys_st = st.lists(st.text(st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), min_size=1,
+                           max_size=12), min_size=1, max_size=50, unique=True)
+
+
+@settings(max_examples=50, deadline=None)
+@given(keys_st, st.data())
+def test_round_trip(tmp_path_factory, keys, data):
+    values = data.draw(st.lists(st.floats(-1e30, 1e30, allow_nan=False).map(lambda x: float(np.float32(x))), min_size=len(keys), max_size=len(keys)))
+    meta = {"scorer": "srcnn", "scale": 2, "loss": "mse", "nested": {"a": [1, 2]}}
+    path = tmp_path_factory.mktemp("s") / "scores.safetensors"
+    Scores(values, keys=keys, metadata=meta).save(path)
+    back = Scores.load(path)
+    assert back.values.dtype == np.float32
+    assert np.array_equal(back.values, np.asarray(values, dtype=np.float32))
+    assert back.keys == keys
+    for k, v in meta.items():
+        assert back.metadata[k] == v
+    assert back.metadata["dataset_fingerprint"] == dataset_fingerprint(keys)
+    assert {"created_at", "library_version"} <= set(back.metadata)
+
+
+def test_file_is_plain_safetensors_with_header_metadata(tmp_path):
+    path = Scores(torch.tensor([1.0, 2.0]), keys=["a", "b"], metadata={"scale": 3}).save(tmp_path / "s.safetensors")
+    tensors = load_file(path)  # any safetensors reader can open it
+    assert tensors["values"].tolist() == [1.0, 2.0]
+    assert tensors["keys"].tobytes() == b"a\nb"
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        md = f.metadata()
+    assert md["format"] == "coreset-sampler/scores" and json.loads(md["scale"]) == 3
+
+
+def test_failed_entries_round_trip(tmp_path):
+    s = Scores([1.0, 0.0, 3.0], keys=["a", "b", "c"], failed={1: "cannot read b.png"})
+    assert np.isnan(s.values[1]) and s.valid_indices.tolist() == [0, 2]
+    back = Scores.load(s.save(tmp_path / "s.safetensors"))
+    assert back.failed == {1: "cannot read b.png"} and back.valid_indices.tolist() == [0, 2]
+
+
+def test_empty_and_keyless(tmp_path):
+    back = Scores.load(Scores([], keys=[]).save(tmp_path / "e.safetensors"))
+    assert len(back) == 0 and back.keys == []
+    back = Scores.load(Scores([1.5]).save(tmp_path / "k.safetensors"))
+    assert back.keys is None and back.values.tolist() == [1.5]
+
+
+def test_save_is_atomic_and_leaves_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "s.safetensors"
+    Scores([1.0]).save(path)
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        Scores([2.0, 3.0]).save(path)
+    assert path.read_bytes() == before  # the old file survives a failed write
+    assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]
+
+
+def test_check_length_and_keys():
+    s = Scores([1.0, 2.0, 3.0], keys=["a", "b", "c"])
+    s.check(3, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="3 entries but the dataset has 4"):
+        s.check(4)
+    with pytest.raises(ValueError, match="first differing key at index 1: scores have 'b', dataset has 'x'"):
+        s.check(keys=["a", "x", "c"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"values": [[1.0]]}, "1-D"),
+        ({"values": ["a"]}, "real numbers"),
+        ({"values": [1.0, 2.0], "keys": ["a"]}, "1 keys for 2 values"),
+        ({"values": [1.0, 2.0], "keys": ["a", "a"]}, "duplicate key 'a'"),
+        ({"values": [1.0], "keys": ["a\nb"]}, "newline"),
+        ({"values": [1.0, float("nan")]}, "non-finite value.*index 1"),
+        ({"values": [1.0], "failed": {3: "x"}}, "failed index 3 out of range"),
+    ],
+)
+def test_bad_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Scores(**kwargs)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        Scores.load(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 20)
+    with pytest.raises(ValueError, match="junk.safetensors"):
+        Scores.load(junk)
+    other = tmp_path / "weights.safetensors"
+    save_file({"w": np.zeros(3, dtype=np.float32)}, str(other))
+    with pytest.raises(ValueError, match="weights.safetensors is not a coreset-sampler scores file"):
+        Scores.load(other)
+    with pytest.raises(ValueError, match="not JSON-serialisable"):
+        Scores([1.0], metadata={"x": object()}).save(tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_fingerprint_is_order_sensitive():
+    assert dataset_fingerprint(["a", "b"]) != dataset_fingerprint(["b", "a"])
+    assert dataset_fingerprint(None, 5) != dataset_fingerprint(None, 6)
