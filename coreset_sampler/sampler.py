@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import Iterator
 
 import torch
@@ -81,7 +82,8 @@ class StepMatchedSampler(Sampler[int]):
         self.per_rank = per_rank
         self.total_size = per_rank * num_replicas
         self.epoch = 0
-        self._yielded = 0  # indices yielded by this rank in the current epoch
+        self._resume = 0  # where the next __iter__ starts in this rank's epoch (set by load_state_dict)
+        self._iter = None
 
     def __len__(self) -> int:
         return self.per_rank
@@ -89,7 +91,7 @@ class StepMatchedSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch (its order is seeded by ``seed + epoch``); resets mid-epoch progress."""
         if epoch != self.epoch:
-            self._yielded = 0
+            self._resume, self._iter = 0, None
         self.epoch = int(epoch)
 
     def epoch_indices(self) -> torch.Tensor:
@@ -98,22 +100,30 @@ class StepMatchedSampler(Sampler[int]):
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed + self.epoch)
-            seq = torch.cat([torch.randperm(self.n, generator=g) for _ in range(reps)])
+            seq = torch.empty(reps * self.n, dtype=torch.int64)
+            for k in range(reps):  # successive permutations, written in place (no concatenation copy)
+                torch.randperm(self.n, generator=g, out=seq[k * self.n : (k + 1) * self.n])
         else:
             seq = torch.arange(self.n).repeat(reps)
         seq = seq[: self.total_size]
         return seq[self.rank :: self.num_replicas] if self.num_replicas > 1 else seq
 
     def __iter__(self) -> Iterator[int]:
-        start = self._yielded
-        shard = self.epoch_indices()[start:].tolist()
-        for i, idx in enumerate(shard, start + 1):
-            self._yielded = i
-            yield idx
-        self._yielded = 0  # epoch complete: the next iteration starts it afresh
+        start, self._resume = self._resume, 0
+        rest = self.epoch_indices()[start:].tolist()
+        # A plain list iterator keeps iteration at C speed; its length hint tells state_dict
+        # how far the consumer got.
+        self._iter, self._iter_start, self._iter_len = iter(rest), start, len(rest)
+        return self._iter
+
+    def _yielded(self) -> int:
+        if self._iter is None:
+            return self._resume
+        return self._iter_start + self._iter_len - operator.length_hint(self._iter)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "yielded": self._yielded, "seed": self.seed, "n": self.n,
+        """Epoch and position of this rank; restore with :meth:`load_state_dict`."""
+        return {"epoch": self.epoch, "yielded": self._yielded(), "seed": self.seed, "n": self.n,
                 "num_samples": self.num_samples, "num_replicas": self.num_replicas}
 
     def load_state_dict(self, state: dict) -> None:
@@ -126,4 +136,4 @@ class StepMatchedSampler(Sampler[int]):
         if not 0 <= yielded <= self.per_rank:
             raise ValueError(f"sampler state yielded={yielded} out of range [0, {self.per_rank}]")
         self.epoch = int(state["epoch"])
-        self._yielded = yielded
+        self._resume, self._iter = yielded, None

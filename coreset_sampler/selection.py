@@ -165,10 +165,12 @@ def select_indices(scores, mode: str = "des", ratio: float = 0.5, skip_top: floa
     if mode == "des":
         return np.flatnonzero(_top_mask(s, skipped + kept) & ~skip_mask).astype(np.int64)
 
-    rest = np.flatnonzero(~skip_mask) if skipped else np.arange(n, dtype=np.int64)
     if mode == "asc":
-        sub = s[rest] if skipped else s
-        return rest[_bottom_mask(sub, kept)].astype(np.int64)
+        # Skipped samples become +inf so they rank last; cheaper than gathering the rest.
+        work = np.where(skip_mask, np.inf, s) if skipped else s
+        return np.flatnonzero(_bottom_mask(work, kept)).astype(np.int64)
+
+    rest = np.flatnonzero(~skip_mask) if skipped else np.arange(n, dtype=np.int64)
 
     rng = np.random.default_rng(seed)
     if mode == "random":
