@@ -1,0 +1,1 @@
+"""Integrations with third-party training frameworks (each imports its framework lazily)."""

@@ -1,0 +1,22 @@
+"""BasicSR plug-in: a ``coreset:`` block for stock recipes, an ``RDN`` arch, and ``coreset-sr-train``.
+
+Importing this package does not import basicsr; the submodules do:
+
+- :mod:`.compat` aliases ``torchvision.transforms.functional_tensor`` (gone from current
+  torchvision, needed by basicsr 1.4.2) and imports basicsr;
+- :mod:`.archs` registers ``RDN`` in BasicSR's ``ARCH_REGISTRY``;
+- :mod:`.coreset` validates and applies the ``coreset:`` block;
+- :mod:`.train` is the ``coreset-sr-train`` entry point (BasicSR's ``train_pipeline``).
+
+Example:
+    >>> from coreset_sampler.integrations.basicsr import register
+    >>> register()   # alias + RDN, for code that builds BasicSR models itself   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+__all__ = ["register"]
+
+
+def register() -> None:
+    """Apply the torchvision alias, import basicsr and register our arch (idempotent)."""
+    from . import archs  # noqa: F401

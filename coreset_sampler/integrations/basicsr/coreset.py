@@ -1,0 +1,498 @@
+"""The ``coreset:`` block under ``datasets.train`` of a BasicSR recipe.
+
+.. code-block:: yaml
+
+    datasets:
+      train:
+        type: PairedImageDataset        # any stock paired dataset, built by BasicSR as usual
+        ...
+        coreset:
+          scores: scores/div2k_x2_srcnn.safetensors   # computed and cached here when missing
+          scorer: srcnn        # srcnn | sobel | interpolation | path/to/weights.safetensors
+          mode: des            # des | asc | random | stratified
+          ratio: 0.5
+          skip_top: 0.05
+          seed: 0
+          export_meta_info: ~  # optional: write BasicSR's meta_info file of the kept sub-images
+          batch_size: 16       # optional: scoring batch size
+          num_workers: 4       # optional: scoring DataLoader workers
+
+What happens (see :func:`build_coreset_dataset`): BasicSR builds the train dataset; its samples
+are keyed by GT file stem (``0801_s001``); the scores file is loaded and matched to those keys, or
+computed with ``scorer`` on a deterministic view of the dataset (full sub-images read from its
+``paths``: no random crop, no flip), saved atomically and reused next time; the dataset is wrapped
+in :class:`~coreset_sampler.CoreSetDataset`. ``train.total_iter`` is left as it is, so the run is
+step-matched: the same number of updates spread over more epochs of the smaller set.
+
+Relative paths are taken from the working directory, as BasicSR's own ``dataroot_*`` are.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from ...dataset import CoreSetDataset
+from ...scores import Scores, atomic_write_bytes
+from ...selection import MODES, selection_counts
+
+__all__ = [
+    "CORESET_KEYS", "BUILTIN_SCORERS", "CoresetConfigError", "CoresetOptions", "parse_coreset_block",
+    "validate_options", "basicsr_keys", "BasicSRScoringView", "align_scores", "build_coreset_dataset",
+    "write_meta_info", "implied_epochs",
+]
+
+BUILTIN_SCORERS = ("srcnn", "sobel", "interpolation")
+
+#: Every key the block accepts, with the values it allows (used in error messages).
+CORESET_KEYS: dict[str, str] = {
+    "scores": "a path to the scores .safetensors file (computed and cached there when missing)",
+    "scorer": f"{' | '.join(BUILTIN_SCORERS)} | path/to/weights.safetensors",
+    "mode": " | ".join(MODES),
+    "ratio": "a number in (0, 1], with ratio + skip_top <= 1",
+    "skip_top": "a number in [0, 1), with ratio + skip_top <= 1",
+    "seed": "an integer >= 0",
+    "export_meta_info": "a path for BasicSR's meta_info .txt of the kept sub-images, or ~",
+    "batch_size": "an integer >= 1 (scoring batch size)",
+    "num_workers": "an integer >= 0 (scoring DataLoader workers)",
+}
+
+WHERE = "datasets.train.coreset"
+
+
+class CoresetConfigError(ValueError):
+    """A bad ``coreset:`` block or a scores file that does not fit the dataset."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CoresetOptions:
+    """The validated ``coreset:`` block (see the module docstring for each key).
+
+    Args:
+        scores: path of the scores file; ``None`` only for ``mode: random`` with no ``skip_top``.
+        scorer: ``srcnn``, ``sobel``, ``interpolation`` or a weights ``.safetensors`` path.
+        mode, ratio, skip_top, seed: as :func:`coreset_sampler.select_indices`.
+        export_meta_info: where to write the kept sub-images' meta_info file, or ``None``.
+        batch_size, num_workers: scoring settings; ``None`` keeps the scorer's defaults.
+
+    Example:
+        >>> parse_coreset_block({"scores": "s.safetensors", "ratio": 0.5}).mode
+        'des'
+    """
+
+    scores: str | None = None
+    scorer: str = "srcnn"
+    mode: str = "des"
+    ratio: float = 0.5
+    skip_top: float = 0.0
+    seed: int = 0
+    export_meta_info: str | None = None
+    batch_size: int | None = None
+    num_workers: int | None = None
+
+    @property
+    def needs_scores(self) -> bool:
+        """Whether selection needs real scores (uniform random sampling with no skip does not)."""
+        return not (self.mode == "random" and self.skip_top == 0)
+
+
+def _bad(key: str, value: Any, why: str = "") -> CoresetConfigError:
+    got = f"got {value!r}"
+    if isinstance(value, str) and key in ("ratio", "skip_top", "seed", "batch_size", "num_workers"):
+        got += " (a string: YAML reads 5e-1 as text; write 0.5 or !!float 5e-1)"
+    why = f" ({why})" if why else ""
+    return CoresetConfigError(f"{WHERE}.{key}: invalid value, {got}{why}; allowed: {CORESET_KEYS[key]}")
+
+
+def _is_number(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, np.integer))
+
+
+def parse_coreset_block(block: Any, where: str = WHERE) -> CoresetOptions:
+    """Validate a ``coreset:`` block and return its options with defaults filled in.
+
+    Args:
+        block: the mapping under ``datasets.train.coreset``.
+        where: the option path used in error messages.
+
+    Raises:
+        CoresetConfigError: unknown key or invalid value; the message names the key and the
+            values it allows.
+    """
+    if not isinstance(block, Mapping):
+        raise CoresetConfigError(f"{where}: must be a mapping with keys {', '.join(CORESET_KEYS)}; got {block!r}")
+    unknown = [k for k in block if k not in CORESET_KEYS]
+    if unknown:
+        raise CoresetConfigError(f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(CORESET_KEYS)}")
+    o = dict(block)
+    defaults = CoresetOptions()
+    mode = o.get("mode", defaults.mode)
+    if not isinstance(mode, str) or mode not in MODES:
+        raise _bad("mode", mode)
+    ratio = o.get("ratio", defaults.ratio)
+    if not _is_number(ratio):
+        raise _bad("ratio", ratio)
+    skip_top = o.get("skip_top", defaults.skip_top)
+    if not _is_number(skip_top):
+        raise _bad("skip_top", skip_top)
+    try:
+        selection_counts(1, float(ratio), float(skip_top))
+    except ValueError as e:
+        raise _bad("ratio" if not 0 < ratio <= 1 else "skip_top", ratio if not 0 < ratio <= 1 else skip_top,
+                   str(e)) from None
+    seed = o.get("seed", defaults.seed)
+    if not _is_int(seed) or seed < 0:
+        raise _bad("seed", seed)
+    scorer = o.get("scorer", defaults.scorer)
+    if not isinstance(scorer, str) or not (scorer in BUILTIN_SCORERS or scorer.endswith(".safetensors")):
+        raise _bad("scorer", scorer)
+    scores = o.get("scores")
+    if scores is not None and (not isinstance(scores, (str, os.PathLike)) or not str(scores).strip()):
+        raise _bad("scores", scores)
+    export = o.get("export_meta_info")
+    if export is not None and (not isinstance(export, (str, os.PathLike)) or not str(export).strip()):
+        raise _bad("export_meta_info", export)
+    for key, low in (("batch_size", 1), ("num_workers", 0)):
+        v = o.get(key)
+        if v is not None and (not _is_int(v) or v < low):
+            raise _bad(key, v)
+    opts = CoresetOptions(scores=None if scores is None else str(scores), scorer=scorer, mode=mode,
+                          ratio=float(ratio), skip_top=float(skip_top), seed=int(seed),
+                          export_meta_info=None if export is None else str(export),
+                          batch_size=o.get("batch_size"), num_workers=o.get("num_workers"))
+    if opts.scores is None and opts.needs_scores:
+        raise CoresetConfigError(
+            f"{where}.scores: missing; mode {mode!r} with skip_top {skip_top:g} ranks by score, so it needs "
+            f"{CORESET_KEYS['scores']} (only mode: random with skip_top: 0 needs none)")
+    return opts
+
+
+def validate_options(opt: Mapping) -> CoresetOptions | None:
+    """Check every ``coreset:`` block of a parsed BasicSR option dict before anything is built.
+
+    Also checks what can be known from the options alone: the block sits under ``datasets.train``,
+    a weights path given as ``scorer`` exists when the scores still have to be computed, and
+    ``export_meta_info`` is used with files on disk and does not overwrite the recipe's own
+    ``meta_info_file``.
+
+    Returns:
+        the train block's options, or ``None`` when the recipe has no block (stock behaviour).
+    """
+    result = None
+    for phase, dataset_opt in (opt.get("datasets") or {}).items():
+        if not isinstance(dataset_opt, Mapping) or dataset_opt.get("coreset") is None:
+            continue  # no block, or `coreset: ~`: stock behaviour
+        if phase != "train":
+            raise CoresetConfigError(f"datasets.{phase}.coreset: a coreset block is only allowed under "
+                                     "datasets.train (validation and test sets are never pruned)")
+        copts = parse_coreset_block(dataset_opt["coreset"])
+        must_score = copts.needs_scores and not os.path.exists(copts.scores)
+        if must_score and copts.scorer.endswith(".safetensors") and not os.path.isfile(copts.scorer):
+            raise CoresetConfigError(f"{WHERE}.scorer: weights file {copts.scorer!r} not found (needed to compute "
+                                     f"{copts.scores!r}); allowed: {CORESET_KEYS['scorer']}")
+        if must_score and copts.scorer == "srcnn":
+            from ...models import available_pretrained
+
+            scale = opt.get("scale", dataset_opt.get("scale"))
+            have = available_pretrained().get("srcnn", [])
+            if scale not in have:
+                raise CoresetConfigError(
+                    f"{WHERE}.scorer: no bundled srcnn weights for scale {scale!r} (bundled scales: "
+                    f"{', '.join(map(str, have)) or 'none'}); use sobel, interpolation or a weights file "
+                    f"(allowed: {CORESET_KEYS['scorer']})")
+        if copts.export_meta_info is not None:
+            backend = (dataset_opt.get("io_backend") or {}).get("type", "disk")
+            if backend != "disk":
+                raise CoresetConfigError(f"{WHERE}.export_meta_info: needs io_backend type 'disk' (BasicSR's "
+                                         f"meta_info lists image files), got {backend!r}")
+            src = dataset_opt.get("meta_info_file")
+            if src and os.path.abspath(src) == os.path.abspath(copts.export_meta_info):
+                raise CoresetConfigError(f"{WHERE}.export_meta_info: {copts.export_meta_info!r} is the recipe's own "
+                                         "meta_info_file; write the pruned list to another path")
+        result = copts
+    return result
+
+
+# -- the dataset side -------------------------------------------------------------------------
+
+def _paired_paths(dataset) -> list[dict]:
+    paths = getattr(dataset, "paths", None)
+    if not isinstance(paths, list) or not all(isinstance(p, Mapping) and "gt_path" in p and "lq_path" in p
+                                               for p in paths):
+        raise CoresetConfigError(
+            f"{WHERE}: the train dataset type {type(dataset).__name__} has no paired `paths` (a list of dicts with "
+            "gt_path and lq_path, as BasicSR's PairedImageDataset keeps); the coreset block supports paired "
+            "datasets only")
+    return paths
+
+
+def basicsr_keys(dataset) -> list[str]:
+    """Sample keys of a BasicSR paired dataset: the GT file stems (``0801_s001``), in dataset order.
+
+    Raises:
+        CoresetConfigError: the dataset keeps no paired ``paths``, or two GT files share a stem.
+    """
+    keys = [Path(p["gt_path"]).stem for p in _paired_paths(dataset)]
+    if len(set(keys)) != len(keys):
+        seen: set[str] = set()
+        dup = next(k for k in keys if k in seen or seen.add(k))
+        raise CoresetConfigError(f"{WHERE}: two GT files share the key (file stem) {dup!r}; keys must be unique")
+    return keys
+
+
+class BasicSRScoringView(Dataset):
+    """A deterministic view of a BasicSR paired dataset for scoring: ``{"lq", "gt", "key"}`` items.
+
+    Reads the full LQ/GT images named by the dataset's ``paths`` with BasicSR's own file client and
+    decoder (so lmdb works too), RGB CHW float32 in [0, 1]; no random crop, flip or normalisation.
+    The GT is cropped to ``scale`` x the LQ size, as BasicSR does in its validation phase.
+
+    Args:
+        dataset: a BasicSR paired dataset (``PairedImageDataset`` or one built like it).
+        scale: the SR scale (``opt["scale"]``).
+
+    Example:
+        >>> view = BasicSRScoringView(train_set, scale=2)   # doctest: +SKIP
+        >>> scores = SobelScorer().score(view)               # doctest: +SKIP
+    """
+
+    def __init__(self, dataset, scale: int):
+        self.paths = [dict(p) for p in _paired_paths(dataset)]
+        self.keys = basicsr_keys(dataset)
+        backend = getattr(dataset, "io_backend_opt", None) or dataset.opt.get("io_backend") or {"type": "disk"}
+        # PairedImageDataset pops "type" from its own dict on first use: keep a private copy.
+        self.io_backend_opt = dict(backend)
+        self.io_backend_opt.setdefault("type", "disk")
+        self.scale = int(scale)
+        self._client = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        from . import compat  # noqa: F401  (a spawned DataLoader worker needs the alias too)
+        from basicsr.utils import FileClient, imfrombytes, img2tensor
+
+        if self._client is None:  # created lazily: one per DataLoader worker
+            opt = dict(self.io_backend_opt)
+            self._client = FileClient(opt.pop("type"), **opt)
+        p = self.paths[i]
+        try:
+            gt = imfrombytes(self._client.get(p["gt_path"], "gt"), float32=True)
+            lq = imfrombytes(self._client.get(p["lq_path"], "lq"), float32=True)
+        except Exception as e:  # cv2 gives None / opaque errors for unreadable files
+            raise ValueError(f"cannot read sample {self.keys[i]!r} ({p['gt_path']}, {p['lq_path']}): {e}") from e
+        gt = gt[: lq.shape[0] * self.scale, : lq.shape[1] * self.scale]
+        gt, lq = img2tensor([gt, lq], bgr2rgb=True, float32=True)
+        return {"lq": lq, "gt": gt, "key": self.keys[i]}
+
+
+def align_scores(scores: Scores, keys: list[str], source: str) -> Scores:
+    """Return ``scores`` reordered to the dataset's ``keys`` (a folder's listing order is not stable).
+
+    Raises:
+        CoresetConfigError: the counts differ or a key is missing on either side; the message
+            names ``source``, both counts and the first mismatching key.
+    """
+    if scores.keys is None:
+        if len(scores) != len(keys):
+            raise CoresetConfigError(f"{source} has {len(scores)} scores but the training dataset has "
+                                     f"{len(keys)} samples; delete it to score the dataset again")
+        return Scores(scores.values, keys=keys, metadata=scores.metadata, failed=scores.failed)
+    if scores.keys == keys:
+        return scores
+    pos = {k: i for i, k in enumerate(scores.keys)}
+    missing = next((k for k in keys if k not in pos), None)
+    if missing is not None or len(scores) != len(keys):
+        have = set(keys)
+        extra = next((k for k in scores.keys if k not in have), None)
+        first = (f"first mismatching key {missing!r} is in the dataset but not in the scores" if missing is not None
+                 else f"first mismatching key {extra!r} is in the scores but not in the dataset")
+        raise CoresetConfigError(f"{source} does not match the training dataset ({len(scores)} scores, "
+                                 f"{len(keys)} samples): {first}; delete it to score the dataset again")
+    order = np.array([pos[k] for k in keys], dtype=np.int64)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    failed = {int(inverse[i]): m for i, m in scores.failed.items()}
+    return Scores(scores.values[order], keys=keys, metadata=scores.metadata, failed=failed)
+
+
+def implied_epochs(n: int, dataset_opt: Mapping, opt: Mapping) -> tuple[int, int]:
+    """``(iters per epoch, epochs)`` that BasicSR's ``total_iter`` implies for ``n`` samples.
+
+    The same arithmetic as ``basicsr.train.create_train_val_dataloader``.
+    """
+    enlarge = dataset_opt.get("dataset_enlarge_ratio", 1)
+    per_epoch = math.ceil(n * enlarge / (dataset_opt["batch_size_per_gpu"] * opt.get("world_size", 1)))
+    total = int(opt["train"]["total_iter"])
+    return per_epoch, math.ceil(total / max(per_epoch, 1))
+
+
+def write_meta_info(path, dataset, indices) -> Path:
+    """Write BasicSR's meta_info file listing the samples ``indices`` of ``dataset``, atomically.
+
+    One line per kept GT image, sorted, as BasicSR's ``generate_meta_info`` writes it:
+    ``0801_s001.png (480,480,3)`` (name relative to ``dataroot_gt``; height, width, channels).
+    Point ``meta_info_file`` of a later run at it to read only the kept sub-images.
+    """
+    from PIL import Image
+
+    paths = _paired_paths(dataset)
+    gt_root = dataset.opt["dataroot_gt"]
+    lines = []
+    for i in indices:
+        gt_path = paths[int(i)]["gt_path"]
+        with Image.open(gt_path) as im:  # reads the header only
+            w, h = im.size
+            c = len(im.getbands())
+        lines.append(f"{os.path.relpath(gt_path, gt_root)} ({h},{w},{c})")
+    lines.sort()
+    path = Path(path)
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return path
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _rank0_decides(value):
+    """Every rank gets rank 0's ``value`` (so all ranks take the same branch)."""
+    import torch.distributed as dist
+
+    if _dist()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if _dist()[1] > 1:
+        dist.barrier()
+
+
+def _scoring_device(opt: Mapping):
+    import torch
+
+    if opt.get("num_gpu", 0) != 0 and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _make_scorer(copts: CoresetOptions, scale: int, device):
+    from ...scorers import make_scorer
+
+    kwargs = {"device": device}
+    if copts.batch_size is not None:
+        kwargs["batch_size"] = copts.batch_size
+    if copts.num_workers is not None:
+        kwargs["num_workers"] = copts.num_workers
+    return make_scorer(copts.scorer, scale=scale, **kwargs)
+
+
+def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=None) -> CoreSetDataset:
+    """Wrap a BasicSR train dataset in the core-set its ``coreset:`` block asks for.
+
+    Args:
+        dataset: the stock dataset BasicSR built from ``dataset_opt``.
+        dataset_opt: ``opt["datasets"]["train"]``, holding the ``coreset`` block.
+        opt: the whole parsed option dict (``scale``, ``num_gpu``, ``world_size``, ``train.total_iter``).
+        logger: where the summary goes (BasicSR's root logger); ``None`` logs nothing.
+
+    Under torch.distributed, rank 0 decides whether the scores file exists; if not, every rank
+    scores its shard (the scorer shards and gathers), rank 0 writes the file, and all ranks load
+    it after a barrier, so every rank selects from the same bits.
+
+    Raises:
+        CoresetConfigError: a bad block, a scores file that does not match the dataset (naming the
+            first mismatching key), or a core-set smaller than one batch per rank.
+    """
+    copts = parse_coreset_block(dataset_opt["coreset"])
+    scale = int(opt.get("scale", dataset_opt.get("scale", 1)))
+    paths = _paired_paths(dataset)
+    # Folder listings come in file-system order: sort by key so the kept set, the scores file and
+    # the tie-breaking do not depend on the machine.
+    paths.sort(key=lambda p: Path(p["gt_path"]).stem)
+    keys = basicsr_keys(dataset)
+    rank, world = _dist()
+
+    if not copts.needs_scores:
+        scores = Scores(np.zeros(len(keys), dtype=np.float32), keys=keys, metadata={"scorer": "none"})
+        origin = "none (uniform random, no scores needed)"
+    else:
+        path = Path(copts.scores)
+        source = f"{WHERE}.scores file {str(path)!r}"
+        if _rank0_decides(path.is_file()):
+            origin = f"{path} (loaded)"
+        else:
+            scorer = _make_scorer(copts, scale, _scoring_device(opt))
+            if logger is not None:
+                logger.info(f"core-set: scoring {len(keys)} samples with {copts.scorer!r} "
+                            f"(x{scale}, {world} rank(s)) -> {path}")
+            fresh = scorer.score(BasicSRScoringView(dataset, scale))
+            fresh = align_scores(fresh, keys, "the scorer's output")
+            fresh.metadata.setdefault("scorer_spec", copts.scorer)
+            fresh.metadata.setdefault("scale", scale)
+            fresh.metadata.setdefault("basicsr_dataset", str(dataset_opt.get("name")))
+            if rank == 0:
+                fresh.save(path)
+            origin = f"{path} (computed with {copts.scorer})"
+            _barrier()
+        try:
+            loaded = Scores.load(path)
+        except (ValueError, FileNotFoundError) as e:
+            raise CoresetConfigError(f"{source}: {e}") from None
+        scores = align_scores(loaded, keys, source)
+
+    core = CoreSetDataset(dataset, scores, mode=copts.mode, ratio=copts.ratio, skip_top=copts.skip_top,
+                          seed=copts.seed)
+
+    enlarge = dataset_opt.get("dataset_enlarge_ratio", 1)
+    per_rank = math.ceil(len(core) * enlarge / world)
+    if per_rank < dataset_opt["batch_size_per_gpu"]:
+        raise CoresetConfigError(
+            f"{WHERE}.ratio: the core-set keeps {len(core)} samples ({per_rank} per rank with dataset_enlarge_ratio "
+            f"{enlarge}), fewer than one batch (batch_size_per_gpu {dataset_opt['batch_size_per_gpu']}); "
+            "raise ratio or dataset_enlarge_ratio")
+
+    if copts.export_meta_info is not None and rank == 0:
+        write_meta_info(copts.export_meta_info, dataset, core.indices)
+
+    if logger is not None:
+        iters, epochs = implied_epochs(len(core), dataset_opt, opt)
+        iters0, epochs0 = implied_epochs(len(dataset), dataset_opt, opt)
+        total_iter = int(opt["train"]["total_iter"])
+        ranges = "\n".join(str(core.summary()).splitlines()[1:])
+        logger.info(
+            f"core-set: kept {len(core)}/{len(dataset)} samples ({100 * len(core) / len(dataset):.1f}%), "
+            f"mode={copts.mode}, ratio={copts.ratio:g}, skip_top={copts.skip_top:g}, seed={copts.seed}, "
+            f"scores={origin}\n{ranges}\n"
+            f"  total_iter {total_iter} unchanged (step-matched): {epochs} epochs of {iters} iters "
+            f"(full set: {epochs0} epochs of {iters0} iters)")
+        # BasicSR counts epochs with ceil() but its train loader drops the last partial batch, so a
+        # small set can end before total_iter; say so instead of letting it pass silently.
+        reachable = (epochs + 1) * (per_rank // dataset_opt["batch_size_per_gpu"])
+        if reachable < total_iter:
+            logger.warning(f"core-set: BasicSR will stop after {reachable} of {total_iter} iterations (its epoch "
+                           "count rounds up, its loader drops the last partial batch); raise "
+                           "dataset_enlarge_ratio to reach total_iter")
+        if copts.export_meta_info is not None:
+            logger.info(f"core-set: wrote meta_info of the {len(core)} kept samples to {copts.export_meta_info}")
+    return core
