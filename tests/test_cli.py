@@ -1,0 +1,508 @@
+"""The ``coreset-sr`` command driven as a user drives it: subprocesses on a small image folder.
+
+The pipeline (score -> select -> export -> plot -> info) runs once per module in real
+subprocesses (``python -m coreset_sampler``); the many user-mistake cases call ``main()`` in-process
+(same code path, same exit codes and stderr, without paying a torch import each), and a few of
+them are repeated as subprocesses to prove that no traceback reaches the terminal.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from coreset_sampler import Scores
+from coreset_sampler.cli import build_parser, main
+from coreset_sampler.data import SubImageDataset
+from coreset_sampler.selection import select_indices, selection_counts
+
+CROP = STEP = 32
+RATIO, SKIP = 0.5, 0.1
+
+
+def run(*args, cwd=None, env_extra=None):
+    """Run the CLI in a subprocess; returns CompletedProcess (text)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "coreset_sampler", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=300)
+
+
+def call(capsys, *args):
+    """Run ``main()`` in-process; returns (exit code, stdout, stderr)."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse: --help (0) and usage errors (2)
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_user_error(code, err, expected_code, *needles):
+    assert code == expected_code, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("coreset-sr: error: "), lines[0]
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
+
+
+def tree_digest(root: Path) -> dict:
+    """{relative path: (sha256, size, mtime_ns)} of every file under ``root``."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            out[str(p.relative_to(root))] = (hashlib.sha256(p.read_bytes()).hexdigest(), st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _make_images(root: Path, seed: int, names=("flat", "gradient", "noise", "stripes_grey")) -> Path:
+    """Four 128x160 images of very different difficulty (one greyscale)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    h, w = 128, 160
+    yy, xx = np.mgrid[0:h, 0:w]
+    for name in names:
+        if name == "flat":
+            arr = np.full((h, w, 3), 120, np.uint8) + rng.integers(0, 3, (h, w, 3), dtype=np.uint8)
+        elif name == "gradient":
+            arr = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) * 255 // (h + w)], -1).astype(np.uint8)
+        elif name == "noise":
+            arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        else:
+            arr = ((np.sin(xx / 1.7 + yy / 5.0) * 0.5 + 0.5) * 255).astype(np.uint8)  # greyscale
+        Image.fromarray(arr).save(root / f"{name}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A workspace: DATA folder, its digest, and the pipeline already run once (subprocesses)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    data = _make_images(tmp / "data", seed=0)
+    before = tree_digest(data)
+    s = tmp / "scores.safetensors"
+    r_score = run("score", data, "--scorer", "interpolation", "--crop", CROP, "--step", STEP, "--workers", 0,
+                  "--out", s, "--no-progress")
+    r_select = run("select", s, "--mode", "des", "--ratio", RATIO, "--skip-top", SKIP, "--out", tmp / "keep.txt")
+    r_export = run("export", data, "--scores", s, "--ratio", RATIO, "--skip-top", SKIP, "--out", tmp / "core",
+                   "--no-progress")
+    r_plot = run("plot", s, "--out", tmp / "dist.png", "--ratios", 0.25, 0.5, 0.75, "--skip-top", SKIP)
+    return dict(tmp=tmp, data=data, before=before, scores=s, r_score=r_score, r_select=r_select,
+                r_export=r_export, r_plot=r_plot)
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def test_score_writes_a_scores_file_describing_its_dataset(ws):
+    r = ws["r_score"]
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    ds = SubImageDataset(ws["data"], crop=CROP, step=STEP, scale=2, cache=False, progress=False)
+    s = Scores.load(ws["scores"])
+    assert s.keys == ds.keys and len(s) == len(ds) == 4 * 4 * 5
+    assert np.isfinite(s.values).all()
+    spec = s.metadata["data"]
+    assert spec["kind"] == "subimages" and (spec["crop"], spec["step"], spec["scale"]) == (CROP, STEP, 2)
+    assert s.metadata["scorer"] == "interpolation"
+    assert not Path(str(ws["scores"]) + ".partial").exists(), "the checkpoint must be removed on success"
+    assert f"wrote {ws['scores']}" in r.stdout
+
+
+def test_select_prints_summary_and_writes_kept_keys(ws):
+    r = ws["r_select"]
+    assert r.returncode == 0, r.stderr
+    s = Scores.load(ws["scores"])
+    kept, skipped = selection_counts(len(s), RATIO, SKIP)
+    assert f"kept {kept}/{len(s)}" in r.stdout
+    assert "thresholds" in r.stdout
+    lines = (ws["tmp"] / "keep.txt").read_text().splitlines()
+    want = [s.keys[i] for i in select_indices(s.values, "des", RATIO, SKIP)]
+    assert lines == want
+    # the des window: nothing kept scores above a skipped one, nothing dropped below scores above a kept one
+    order = np.argsort(-s.values, kind="stable")
+    assert set(lines) == {s.keys[i] for i in order[skipped:skipped + kept]}
+
+
+def test_export_writes_exactly_the_kept_subimages(ws):
+    r = ws["r_export"]
+    assert r.returncode == 0, r.stderr
+    core = ws["tmp"] / "core"
+    kept_keys = (ws["tmp"] / "keep.txt").read_text().splitlines()
+    pngs = sorted(p.name for p in core.glob("*.png"))
+    assert pngs == sorted(f"{k}.png" for k in kept_keys)
+    meta = (core / "meta_info.txt").read_text().splitlines()
+    assert sorted(meta) == pngs and len(meta) == len(kept_keys)
+    assert "bytes" in r.stdout or "storage" in r.stdout
+    assert f"exported {len(kept_keys)}/" in r.stdout
+    # each file holds the pixels of its crop of the source image, in the source mode
+    ds = SubImageDataset(ws["data"], crop=CROP, step=STEP, scale=2, cache=False, progress=False)
+    for key in kept_keys[:: max(1, len(kept_keys) // 6)]:
+        i = ds.keys.index(key)
+        src, top, left = ds.source(i)
+        with Image.open(src) as im, Image.open(core / f"{key}.png") as sub:
+            assert sub.mode == im.mode
+            assert np.array_equal(np.asarray(sub), np.asarray(im.crop((left, top, left + CROP, top + CROP))))
+
+
+def test_export_reports_exact_bytes_before_and_after(ws, capsys, tmp_path):
+    import re
+
+    r = ws["r_export"]
+    before, after = (int(v) for v in re.search(r"bytes before (\d+) .*after (\d+)", r.stdout).groups())
+    core = ws["tmp"] / "core"
+    assert after == sum(p.stat().st_size for p in core.glob("*.png"))
+    # "before" is what the whole sub-image set takes: export everything and weigh it
+    code, out, err = call(capsys, "export", ws["data"], "--scores", ws["scores"], "--ratio", 1, "--skip-top", 0,
+                          "--out", tmp_path / "all", "--no-progress")
+    assert code == 0, err
+    assert before == sum(p.stat().st_size for p in (tmp_path / "all").glob("*.png"))
+    assert "saves" in r.stdout
+
+
+def test_export_rerun_is_idempotent_and_source_untouched(ws):
+    core = ws["tmp"] / "core"
+    first = tree_digest(core)
+    r = run("export", ws["data"], "--scores", ws["scores"], "--ratio", RATIO, "--skip-top", SKIP, "--out", core,
+            "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "(0 written" in r.stdout
+    second = tree_digest(core)
+    assert {k: v[0] for k, v in second.items()} == {k: v[0] for k, v in first.items()}
+    # unchanged files are not rewritten (same mtime), except meta_info.txt which is always replaced
+    assert all(second[k][2] == first[k][2] for k in first if k != "meta_info.txt")
+    assert not [p for p in core.iterdir() if p.name.endswith(".tmp")]
+    assert tree_digest(ws["data"]) == ws["before"], "DATA must never be modified"
+
+
+def test_plot_distribution_png(ws):
+    r = ws["r_plot"]
+    assert r.returncode == 0, r.stderr
+    with Image.open(ws["tmp"] / "dist.png") as im:
+        assert im.format == "PNG" and im.width > 800 and im.height > 400
+
+
+def test_plot_grid_and_info(ws, capsys):
+    out = ws["tmp"] / "grid.png"
+    code, stdout, err = call(capsys, "plot", ws["scores"], "--grid", ws["data"], "--n", 4, "--out", out)
+    assert code == 0, err
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.width > 400
+    code, stdout, err = call(capsys, "info", ws["scores"])
+    assert code == 0, err
+    s = Scores.load(ws["scores"])
+    assert f"count          {len(s)}" in stdout
+    assert "interpolation" in stdout and s.metadata["dataset_fingerprint"] in stdout
+    assert f"{s.values.min():.6g}" in stdout and f"{s.values.max():.6g}" in stdout
+    assert "0 failed" in stdout and "created at" in stdout
+    assert f"sub-images {CROP}x{CROP}, step {STEP}" in stdout
+
+
+def test_whole_images_export_links_and_reports_bytes(ws, capsys, tmp_path):
+    data = ws["data"]
+    s = tmp_path / "whole.safetensors"
+    code, out, err = call(capsys, "score", data, "--crop", 0, "--scorer", "sobel", "--workers", 0, "--out", s,
+                          "--no-progress")
+    assert code == 0, err
+    scores = Scores.load(s)
+    assert scores.keys == sorted(p.stem for p in data.glob("*.png"))
+    assert scores.metadata["data"]["kind"] == "images"
+    kept_idx = select_indices(scores.values, "des", 0.5, 0.0)
+    kept = {scores.keys[i] + ".png" for i in kept_idx}
+    for link in ("copy", "hard", "symlink"):
+        dst = tmp_path / f"core_{link}"
+        code, out, err = call(capsys, "export", data, "--scores", s, "--ratio", 0.5, "--skip-top", 0,
+                              "--link", link, "--out", dst, "--no-progress")
+        assert code == 0, err
+        files = {p.name for p in dst.iterdir() if p.name != "meta_info.txt"}
+        assert files == kept
+        before = sum(p.stat().st_size for p in data.glob("*.png"))
+        after = sum((data / f).stat().st_size for f in kept)
+        assert f"bytes before {before}" in out and f"after {after}" in out
+        for f in kept:
+            if link == "hard":
+                assert os.path.samefile(dst / f, data / f)
+            elif link == "symlink":
+                assert (dst / f).is_symlink() and (dst / f).resolve() == (data / f).resolve()
+            else:
+                assert not (dst / f).is_symlink() and (dst / f).read_bytes() == (data / f).read_bytes()
+        code, out, err = call(capsys, "export", data, "--scores", s, "--ratio", 0.5, "--skip-top", 0,
+                              "--link", link, "--out", dst, "--no-progress")
+        assert code == 0 and "(0 written" in out, err
+    assert tree_digest(data) == ws["before"]
+
+
+def test_score_resumes_from_partial_checkpoint(ws, capsys, tmp_path):
+    """An interrupted run leaves OUT.partial; the same command continues from it."""
+    from coreset_sampler.scorers import InterpolationScorer
+
+    ds = SubImageDataset(ws["data"], crop=CROP, step=STEP, scale=2, progress=False)
+    out = tmp_path / "resumed.safetensors"
+
+    class Breaks:  # fails at item 40: windows 0..4 (batch 8) are done and checkpointed
+        keys = ds.keys
+
+        def __len__(self):
+            return len(ds)
+
+        def __getitem__(self, i):
+            if i >= 40:
+                raise RuntimeError("simulated crash")
+            return ds[i]
+
+    scorer = InterpolationScorer(2, batch_size=8, num_workers=0, checkpoint=Path(str(out) + ".partial"),
+                                 checkpoint_every=1, progress=False)
+    with pytest.raises(RuntimeError):
+        scorer.score(Breaks())
+    assert Path(str(out) + ".partial").exists()
+    # a different scorer must not pick up this run's progress
+    code, _, err = call(capsys, "score", ws["data"], "--scorer", "sobel", "--crop", CROP, "--step", STEP,
+                        "--batch-size", 8, "--workers", 0, "--out", out, "--no-progress")
+    assert_user_error(code, err, 1, "belongs to another scoring run")
+    assert not out.exists()
+    code, stdout, err = call(capsys, "score", ws["data"], "--scorer", "interpolation", "--crop", CROP, "--step", STEP,
+                             "--batch-size", 8, "--workers", 0, "--out", out, "--no-progress")
+    assert code == 0, err
+    assert "resuming from" in stdout and "40 resumed from the checkpoint" in stdout
+    assert not Path(str(out) + ".partial").exists()
+    fresh = Scores.load(ws["scores"])
+    got = Scores.load(out)
+    assert got.keys == fresh.keys and np.array_equal(got.values, fresh.values)
+
+
+def test_unreadable_image_fails_cleanly_or_is_skipped(ws, capsys, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(ws["data"], data)
+    (data / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 20)
+    out = tmp_path / "s.safetensors"
+    code, _, err = call(capsys, "score", data, "--crop", 0, "--scorer", "sobel", "--workers", 0, "--out", out,
+                        "--no-progress")
+    assert_user_error(code, err, 1, "zz_broken.png", "--on-error skip")
+    code, stdout, err = call(capsys, "score", data, "--crop", 0, "--scorer", "sobel", "--workers", 0, "--out", out,
+                             "--on-error", "skip", "--no-progress")
+    assert code == 0, err
+    assert "1 failed" in stdout and "zz_broken" in err
+    code, stdout, _ = call(capsys, "info", out)
+    assert "1 failed" in stdout and "zz_broken" in stdout
+
+
+@pytest.mark.skipif(not __import__("coreset_sampler.models", fromlist=["x"]).available_pretrained().get("srcnn"),
+                    reason="bundled SRCNN weights not built yet")
+def test_score_with_bundled_srcnn(ws, tmp_path):
+    out = tmp_path / "srcnn.safetensors"
+    r = run("score", ws["data"], "--scorer", "srcnn", "--crop", CROP, "--step", STEP, "--workers", 0, "--out", out,
+            "--no-progress")
+    assert r.returncode == 0, r.stderr
+    s = Scores.load(out)
+    assert s.metadata["scorer"] == "loss" and s.metadata["model"] == "srcnn" and s.metadata["scale"] == 2
+    interp = Scores.load(ws["scores"])
+    assert s.keys == interp.keys
+    # a trained SR model finds hard what bicubic finds hard: rank correlation clearly positive
+    ra, rb = np.argsort(np.argsort(s.values)), np.argsort(np.argsort(interp.values))
+    assert np.corrcoef(ra, rb)[0, 1] > 0.5
+
+
+@pytest.mark.slow
+def test_score_under_torchrun_matches_single_process(ws, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed beside the interpreter")
+    out = tmp_path / "dist.safetensors"
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "coreset_sampler", "score", str(ws["data"]),
+                        "--scorer", "interpolation", "--crop", str(CROP), "--step", str(STEP), "--batch-size", "8",
+                        "--workers", "0", "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1, "only rank 0 writes"
+    got, ref = Scores.load(out), Scores.load(ws["scores"])
+    assert got.keys == ref.keys and np.allclose(got.values, ref.values, rtol=1e-6, atol=0)
+    assert not list(tmp_path.glob("*.partial")), "every rank removes its checkpoint"
+
+
+# --------------------------------------------------------------------------- user mistakes
+
+
+def test_missing_folder(capsys, tmp_path):
+    code, _, err = call(capsys, "score", tmp_path / "nope", "--scorer", "sobel", "--out", tmp_path / "s.safetensors")
+    assert_user_error(code, err, 1, "data folder not found", "nope")
+
+
+def test_missing_folder_subprocess_has_no_traceback(tmp_path):
+    r = run("export", tmp_path / "nope", "--scores", tmp_path / "s.safetensors", "--out", tmp_path / "o")
+    assert_user_error(r.returncode, r.stderr, 1, "data folder not found")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--ratio", "1.5"], "ratio must be in (0, 1]"),
+    (["--ratio", "0"], "ratio must be in (0, 1]"),
+    (["--ratio", "half"], "ratio must be a number"),
+    (["--skip-top", "1"], "skip-top must be in [0, 1)"),
+    (["--ratio", "0.9", "--skip-top", "0.2"], "ratio + skip-top must be <= 1"),
+    (["--mode", "hardest"], "invalid choice"),
+])
+def test_bad_selection_arguments(ws, capsys, args, needle):
+    for cmd in (["select", ws["scores"]], ["export", ws["data"], "--scores", ws["scores"], "--out",
+                                           ws["tmp"] / "never"]):
+        code, _, err = call(capsys, *cmd, *args)
+        assert_user_error(code, err, 2, needle)
+    assert not (ws["tmp"] / "never").exists()
+
+
+def test_bad_ratio_subprocess(ws):
+    r = run("select", ws["scores"], "--ratio", "2")
+    assert_user_error(r.returncode, r.stderr, 2, "ratio must be in (0, 1]", "coreset-sr select --help")
+
+
+def test_scores_of_another_dataset(ws, capsys, tmp_path):
+    other = _make_images(tmp_path / "other", seed=1, names=("flat", "gradient", "zebra"))
+    code, _, err = call(capsys, "export", other, "--scores", ws["scores"], "--out", tmp_path / "o", "--no-progress")
+    # flat and gradient match; the first difference is where noise (scores) meets zebra (DATA)
+    assert_user_error(code, err, 1, "does not match DATA", "first mismatching key", "scores have 'noise_s",
+                      "DATA has 'zebra_s")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    code, _, err = call(capsys, "plot", ws["scores"], "--grid", other, "--out", tmp_path / "g.png")
+    assert_user_error(code, err, 1, "first mismatching key")
+    # same images cut differently: refused before anything is written
+    for extra in (["--crop", 64, "--step", 64], ["--step", 16], ["--whole"]):
+        code, _, err = call(capsys, "export", ws["data"], "--scores", ws["scores"], *extra,
+                            "--out", tmp_path / "o2", "--no-progress")
+        assert_user_error(code, err, 2, f"was scored with crop {CROP}, step {STEP}")
+    assert not (tmp_path / "o2").exists()
+    # scores without the recorded layout (made from Python) still get the key check
+    bare = tmp_path / "bare.safetensors"
+    s = Scores.load(ws["scores"])
+    Scores(s.values, keys=s.keys, metadata={"scorer": "interpolation"}).save(bare)
+    code, _, err = call(capsys, "export", ws["data"], "--scores", bare, "--crop", 64, "--step", 64,
+                        "--out", tmp_path / "o3", "--no-progress")
+    assert_user_error(code, err, 1, "first mismatching key")
+    code, out, err = call(capsys, "export", ws["data"], "--scores", bare, "--crop", CROP, "--step", STEP,
+                          "--out", tmp_path / "o3", "--no-progress")
+    assert code == 0, err
+
+
+def test_unknown_scorer(ws, capsys, tmp_path):
+    code, _, err = call(capsys, "score", ws["data"], "--scorer", "vgg", "--out", tmp_path / "s.safetensors")
+    assert_user_error(code, err, 2, "unknown scorer 'vgg'")
+    code, _, err = call(capsys, "score", ws["data"], "--scorer", tmp_path / "missing.safetensors",
+                        "--out", tmp_path / "s.safetensors")
+    assert_user_error(code, err, 1, "weights file not found")
+
+
+def test_output_inside_data_is_refused(ws, capsys):
+    for out in (ws["data"], ws["data"] / "core", ws["data"] / "." / "a" / ".."):
+        code, _, err = call(capsys, "export", ws["data"], "--scores", ws["scores"], "--out", out, "--no-progress")
+        assert_user_error(code, err, 2, "DATA")
+    assert tree_digest(ws["data"]) == ws["before"]
+
+
+def test_missing_or_bad_scores_file(ws, capsys, tmp_path):
+    code, _, err = call(capsys, "select", tmp_path / "none.safetensors")
+    assert_user_error(code, err, 1, "scores file not found")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"this is not a safetensors file")
+    for cmd in ("info", "select"):
+        code, _, err = call(capsys, cmd, bad)
+        assert_user_error(code, err, 1, "bad.safetensors")
+
+
+def test_other_argument_mistakes(ws, capsys, tmp_path):
+    code, _, err = call(capsys, "score", ws["data"], "--lr", ws["data"], "--out", tmp_path / "s.safetensors")
+    assert_user_error(code, err, 1, "--lr needs whole images")
+    code, _, err = call(capsys, "score", ws["data"], "--crop", 33, "--scorer", "sobel", "--out", tmp_path / "s")
+    assert_user_error(code, err, 2, "divisible by --scale")
+    code, _, err = call(capsys, "score", ws["data"], ws["data"], "--crop", 0, "--out", tmp_path / "s")
+    assert_user_error(code, err, 1, "one folder")
+    code, _, err = call(capsys, "score", ws["data"])
+    assert_user_error(code, err, 2, "--out")
+    code, _, err = call(capsys, "frobnicate")
+    assert_user_error(code, err, 2, "invalid choice")
+    (tmp_path / "file").write_text("x")
+    code, _, err = call(capsys, "export", ws["data"], "--scores", ws["scores"], "--out", tmp_path / "file")
+    assert_user_error(code, err, 1, "not a folder")
+
+
+@pytest.mark.parametrize("command", ["score", "select", "export", "plot", "info", "demo"])
+def test_help_for_every_subcommand_has_an_example(capsys, command):
+    code, out, _ = call(capsys, command, "--help")
+    assert code == 0
+    assert f"usage: coreset-sr {command}" in out
+    assert "example" in out and f"coreset-sr {command}" in out.split("example", 1)[1]
+
+
+def test_top_level_help_lists_the_commands(capsys):
+    code, out, _ = call(capsys, "--help")
+    assert code == 0
+    for c in ("score", "select", "export", "plot", "info", "demo"):
+        assert c in out
+    assert set(build_parser()._subparsers._group_actions[0].choices) == {"score", "select", "export", "plot",
+                                                                         "info", "demo"}
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def test_demo_quick_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    r = run("demo", "--quick", "--out", out, "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["quick"] and res["n_coreset"] == selection_counts(res["n_subimages"], 0.5, 0.05)[0]
+    pngs = list((out / "coreset").glob("*.png"))
+    meta = (out / "coreset" / "meta_info.txt").read_text().splitlines()
+    assert len(pngs) == len(meta) == res["n_coreset"]
+    assert set((out / "keep.txt").read_text().splitlines()) == {m[:-4] for m in meta}
+    for fig in ("loss_distribution.png", "hardest_easiest.png"):
+        with Image.open(out / fig) as im:
+            assert im.format == "PNG"
+    s = Scores.load(out / "scores.safetensors")
+    assert len(s) == res["n_subimages"] and s.metadata["data"]["kind"] == "subimages"
+    for line in ("bicubic", "full (", "core-set ("):
+        assert line in r.stdout
+    psnrs = [v["psnr"] for v in res["results"].values()]
+    assert len(psnrs) == 3 and all(20 < p < 60 for p in psnrs)
+    # the demo's scores file works with the CLI as any other
+    r2 = run("info", out / "scores.safetensors")
+    assert r2.returncode == 0 and f"count          {len(s)}" in r2.stdout
+
+
+def test_demo_heldout_photos_are_bundled_and_rewritten_idempotently(tmp_path):
+    """Without Set5 the demo evaluates on scikit-image photographs it never trains on."""
+    pytest.importorskip("skimage")
+    from coreset_sampler.demo import HELDOUT_PHOTOS, TRAIN_PHOTOS, _eval_items, bundled_photos
+
+    assert not set(HELDOUT_PHOTOS) & set(TRAIN_PHOTOS)
+    paths = bundled_photos(HELDOUT_PHOTOS, tmp_path)
+    assert [p.name for p in paths] == [f"{n}.png" for n in HELDOUT_PHOTOS]
+    stamps = {p: p.stat().st_mtime_ns for p in paths}
+    bundled_photos(HELDOUT_PHOTOS, tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in paths} == stamps
+    items = _eval_items(tmp_path, crop=64)
+    assert [it["key"] for it in items] == sorted(HELDOUT_PHOTOS)
+    assert all(tuple(it["gt"].shape) == (3, 64, 64) and tuple(it["lq"].shape) == (3, 32, 32) for it in items)
+
+
+def test_small_images_warn_in_one_line(capsys, tmp_path):
+    data = _make_images(tmp_path / "d", seed=2, names=("noise", "flat"))
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(data / "tiny.png")
+    code, _, err = call(capsys, "score", data, "--scorer", "sobel", "--crop", CROP, "--step", STEP, "--workers", 0,
+                        "--out", tmp_path / "s.safetensors", "--no-progress")
+    assert code == 0
+    warn = [line for line in err.splitlines() if "tiny.png" in line]
+    assert len(warn) == 1 and warn[0].startswith("coreset-sr: warning: ")
+
+
+def test_demo_bad_data_folder(capsys, tmp_path):
+    code, _, err = call(capsys, "demo", "--data", tmp_path / "nope", "--out", tmp_path / "o")
+    assert_user_error(code, err, 1, "--data folder not found")
