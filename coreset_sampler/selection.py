@@ -66,36 +66,25 @@ def selection_counts(n: int, ratio: float, skip_top: float = 0.0) -> tuple[int, 
     return kept, skipped
 
 
-def _top_mask(s: np.ndarray, k: int) -> np.ndarray:
-    """Mask of the ``k`` highest scores, ties to the lowest index. O(N) via partition."""
-    mask = np.zeros(s.size, dtype=bool)
-    if k <= 0:
-        return mask
-    if k >= s.size:
-        mask[:] = True
-        return mask
-    threshold = np.partition(s, s.size - k)[s.size - k]  # the k-th largest value
-    mask = s > threshold
+def _extreme_mask(s: np.ndarray, k: int, largest: bool) -> np.ndarray:
+    """Mask of the ``k`` highest (or lowest) scores, ties to the lowest index. O(N) via partition."""
+    if k <= 0 or k >= s.size:
+        return np.full(s.size, k > 0, dtype=bool)
+    kth = s.size - k if largest else k - 1
+    threshold = np.partition(s, kth)[kth]  # the k-th largest (smallest) value
+    mask = s > threshold if largest else s < threshold
     need = k - int(np.count_nonzero(mask))
     if need:
         mask[np.flatnonzero(s == threshold)[:need]] = True
     return mask
+
+
+def _top_mask(s: np.ndarray, k: int) -> np.ndarray:
+    return _extreme_mask(s, k, largest=True)
 
 
 def _bottom_mask(s: np.ndarray, k: int) -> np.ndarray:
-    """Mask of the ``k`` lowest scores, ties to the lowest index. O(N) via partition."""
-    mask = np.zeros(s.size, dtype=bool)
-    if k <= 0:
-        return mask
-    if k >= s.size:
-        mask[:] = True
-        return mask
-    threshold = np.partition(s, k - 1)[k - 1]  # the k-th smallest value
-    mask = s < threshold
-    need = k - int(np.count_nonzero(mask))
-    if need:
-        mask[np.flatnonzero(s == threshold)[:need]] = True
-    return mask
+    return _extreme_mask(s, k, largest=False)
 
 
 def _stratified(s: np.ndarray, k: int, strata: int, rng: np.random.Generator) -> np.ndarray:
