@@ -1,0 +1,425 @@
+"""Smoke test of the reproduction sweep's machinery (benchmarks/sweep.py) on tiny synthetic data.
+
+Never runs the sweep itself: a preset of a few-step, few-kilo-parameter FSRCNN on 32x32 synthetic
+sub-images, so the whole file takes seconds. Covers the plan (dedupe, tiers, epoch-matched steps),
+the cache (one JSON per run named by its config hash, resume, interrupted and failed runs kept on
+record), --max-minutes, the report (every run listed, cells = mean over the cached seeds), the
+statistics and the fast evaluation's agreement with the library's evaluate().
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import sweep  # noqa: E402
+import sweep_archs  # noqa: E402
+import sweep_stats  # noqa: E402
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _write_images(folder: Path, n: int, size: tuple[int, int], seed: int) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        h, w = size
+        # smooth-ish random texture: blocks of noise upsampled, so SR has something to learn
+        small = rng.integers(0, 256, (h // 4, w // 4, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+        img.save(folder / f"{folder.name.lower()}_{i:02d}.png")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweepdata")
+    _write_images(root / "T91", 2, (48, 48), 0)
+    _write_images(root / "BSD200", 2, (48, 64), 1)
+    for j, name in enumerate(("Set5", "Set14", "BSD100")):
+        _write_images(root / name, 2, (36, 40), 10 + j)
+    return root
+
+
+TINY = dataclasses.replace(
+    sweep.CPU,
+    name="tiny",
+    crop={2: 32, 3: 36, 4: 32},
+    step={2: 16, 3: 12, 4: 16},
+    patch={2: 16, 3: 18, 4: 16},
+    batch_size=4,
+    scorer="interpolation",  # no bundled weights needed
+    archs={"fsrcnn": sweep.ArchSpec("fsrcnn", "FSRCNN tiny", {"d": 8, "s": 4, "m": 1, "bicubic_skip": True},
+                                    lr=1e-3, steps=4, seeds=(0, 1), est_step_s=0.01, est_eval_s=0.1)},
+    table1_archs=("fsrcnn",),
+    table2_archs=("fsrcnn",),
+    table3={2: ("fsrcnn",), 4: ("fsrcnn",)},
+    ratios=(0.5,),
+    quick_arch="fsrcnn",
+    quick_seeds=(0, 1),
+    threads=1,
+)
+
+
+def _sweep(data_dir, tmp_path, preset=TINY, quick=False):
+    written = {}
+
+    def write(name, payload, md):
+        out = tmp_path / "results"
+        out.mkdir(exist_ok=True)
+        (out / f"{name}.json").write_text(json.dumps(payload))
+        (out / f"{name}.md").write_text(md)
+        written["payload"], written["md"] = payload, md
+        return out / f"{name}.json", out / f"{name}.md"
+
+    s = sweep.Sweep(preset, data_dir, cache_dir=tmp_path / "cache", quick=quick, progress=False, write=write)
+    return s, written
+
+
+@pytest.fixture(scope="module")
+def finished(data_dir, tmp_path_factory):
+    """One complete tiny sweep, shared by the tests that only read its outputs."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    s, written = _sweep(data_dir, tmp)
+    res = s.run()
+    s.report(wall_s=res["wall_s"])
+    return s, res, written
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def test_config_hash_is_canonical_and_sensitive():
+    a = {"x": 1, "y": {"b": 2, "a": [1, 2]}}
+    b = {"y": {"a": [1, 2], "b": 2}, "x": 1}
+    assert sweep.config_hash(a) == sweep.config_hash(b)
+    assert sweep.config_hash(a) != sweep.config_hash({**a, "x": 2})
+    assert len(sweep.config_hash(a)) == 16
+
+
+def test_plan_dedupes_shared_runs_and_orders_tiers(data_dir, tmp_path):
+    s, _ = _sweep(data_dir, tmp_path)
+    plan = s.plan()
+    hashes = [r.hash for r in plan]
+    assert len(hashes) == len(set(hashes))
+    # full x2 belongs to Tables 1, 2 and 3 but is one run per seed
+    full = [r for r in plan if r.label == "full" and r.scale == 2]
+    assert len(full) == len(TINY.archs["fsrcnn"].seeds)
+    assert {c[0] for c in full[0].cells} == {"table1", "table2", "table3"}
+    # table 1 rows: full + ASC/DES x ratios x (step, epoch) + random/stratified x ratios
+    t1 = {c[3] for r in plan for c in r.cells if c[0] == "table1"}
+    assert len(t1) == 1 + 2 * 2 * len(TINY.ratios) + 2 * len(TINY.ratios)
+    assert [r.tier for r in plan] == sorted(r.tier for r in plan)
+    assert {r.scale for r in plan} == {2, 4}
+    labels = {r.label for r in plan}
+    assert {"sobel DES 50% step", "refined DES (skip top 5%) 50% step"} <= labels
+    # the tiny preset scores with "interpolation": Table 2's interpolation row is its DES row, run once
+    assert "interpolation DES 50% step" not in labels
+
+
+@pytest.mark.parametrize("preset", [sweep.CPU, sweep.PAPER], ids=lambda p: p.name)
+def test_quick_plan_is_a_subset_of_the_full_plan(preset):
+    ids = {(s, sc): f"{s}:x" for s in (preset.scorer, "sobel", "interpolation") for sc in (2, 3, 4)}
+    sets = list(preset.eval_sets)
+    quick = sweep.build_plan(preset, sets, ids, quick=True)
+    full = sweep.build_plan(preset, sets, ids)
+    assert quick and {r.hash for r in quick} <= {r.hash for r in full}  # the quick cache serves the full sweep
+    assert {r.arch for r in quick} == {preset.quick_arch}
+    assert len(quick) == 6 * len(preset.quick_seeds)
+    assert all(len(set(preset.archs[a].seeds)) >= 3 for a in preset.archs)
+
+
+def test_epoch_steps():
+    assert sweep.epoch_steps(800, 500, 1000) == 400
+    assert sweep.epoch_steps(800, 1, 1000) == 1
+    assert sweep.epoch_steps(10, 333, 1000) == 3
+
+
+# --------------------------------------------------------------------------- running, cache, report
+
+
+def test_sweep_runs_caches_and_reports(finished):
+    s, res, written = finished
+    plan = s.plan()
+    assert res["ran"] == len(plan) and res["failed"] == 0
+    files = sorted(p.stem for p in s.cache_dir.glob("*.json"))
+    assert files == sorted(r.hash for r in plan)
+    for r in plan:
+        rec = json.loads((s.cache_dir / f"{r.hash}.json").read_text())
+        assert rec["status"] == "ok" and rec["hash"] == sweep.config_hash(rec["config"])
+        assert set(rec["metrics"]) == {"Set5", "Set14", "BSD100"}
+        assert rec["wall_s"] >= rec["train_s"] > 0
+        sel = rec["config"]["selection"]
+        if rec["config"]["matching"] == "epoch":
+            assert rec["steps"] == sweep.epoch_steps(TINY.archs["fsrcnn"].steps, rec["kept"], rec["pool_size"])
+        else:
+            assert rec["steps"] == TINY.archs["fsrcnn"].steps
+        if sel["mode"] != "full":
+            assert rec["kept"] == round(sel["ratio"] * rec["pool_size"])
+    # scores computed once per scorer and scale, as files under the cache
+    # interpolation (the tiny preset's scorer) at x2 and x4, sobel at x2 (Table 2)
+    assert len(list((s.cache_dir / "scores").glob("*.safetensors"))) == 3
+    md, payload = written["md"], written["payload"]
+    for title in ("Table 1 analog", "Table 2 analog", "Table 3 analog", "Claim by claim", "Every run", "## Budget"):
+        assert title in md
+    assert len(payload["runs"]) == len(plan)
+    assert payload["status"]["ok"] == len(plan)
+
+
+def test_report_cells_are_means_of_cached_seeds(finished):
+    s, _, written = finished
+    cell = next(c for c in written["payload"]["cells"] if c["table"] == "table1" and c["row"] == "DES 50% step")
+    recs = [json.loads(p.read_text()) for p in s.cache_dir.glob("*.json")]
+    vals = [r["metrics"]["BSD100"]["psnr"] for r in recs if r["label"] == "DES 50% step" and r["scale"] == 2]
+    assert len(vals) == 2
+    got = cell["sets"]["BSD100"]["psnr"]
+    assert got["n"] == 2 and got["mean"] == pytest.approx(np.mean(vals), abs=1e-12)
+    assert got["ci95"] == pytest.approx(sweep_stats.mean_ci(vals).half_width, abs=1e-12)
+
+
+def test_resume_runs_nothing_twice(finished):
+    s, _, _ = finished
+    before = {p.name: p.read_text() for p in s.cache_dir.glob("*.json")}
+    res = s.run()
+    assert res["ran"] == 0 and res["failed"] == 0
+    assert {p.name: p.read_text() for p in s.cache_dir.glob("*.json")} == before
+
+
+def test_interrupted_run_is_redone_and_its_attempt_kept(data_dir, tmp_path):
+    s, written = _sweep(data_dir, tmp_path, quick=True)
+    first = s.plan()[0]
+    s.run(only=lambda r: r.hash == first.hash)
+    path = s.cache_dir / f"{first.hash}.json"
+    rec = json.loads(path.read_text())
+    rec["status"] = "started"  # as a killed process leaves it
+    path.write_text(json.dumps(rec))
+    res = s.run(only=lambda r: r.hash == first.hash)
+    assert res["ran"] == 1
+    rec = json.loads(path.read_text())
+    assert rec["status"] == "ok" and [a["status"] for a in rec["attempts"]] == ["started"]
+    s.report()
+    assert written["payload"]["interrupted_attempts"] == 1
+
+
+def test_failed_run_is_recorded_not_retried_unless_asked(data_dir, tmp_path, monkeypatch):
+    s, written = _sweep(data_dir, tmp_path, quick=True)
+    target = s.plan()[1]
+    real = sweep.execute
+
+    def flaky(run, *a, **k):
+        if run.hash == target.hash:
+            raise RuntimeError("boom in training")
+        return real(run, *a, **k)
+
+    monkeypatch.setattr(sweep, "execute", flaky)
+    only = lambda r: r.hash in (target.hash, s.plan()[0].hash)  # noqa: E731
+    res = s.run(only=only)
+    assert res["ran"] == 1 and res["failed"] == 1
+    rec = json.loads((s.cache_dir / f"{target.hash}.json").read_text())
+    assert rec["status"] == "failed" and "boom in training" in rec["error"]
+    assert s.run(only=only)["failed"] == 0  # kept as a result, not retried
+    s.report()
+    assert "**failed**: RuntimeError: boom in training" in written["md"]
+    assert written["payload"]["status"]["failed"] == 1
+    monkeypatch.setattr(sweep, "execute", real)
+    res = s.run(only=only, retry_failed=True)
+    rec = json.loads((s.cache_dir / f"{target.hash}.json").read_text())
+    assert res["ran"] == 1 and rec["status"] == "ok" and rec["attempts"][0]["status"] == "failed"
+
+
+def test_max_minutes_stops_between_runs(data_dir, tmp_path):
+    s, _ = _sweep(data_dir, tmp_path, quick=True)
+    res = s.run(max_minutes=1e-9)
+    assert res["ran"] == 0 and res["left"] == len(s.plan())
+    assert not list(s.cache_dir.glob("*.json"))
+
+
+def test_second_sweep_on_the_same_cache_is_refused(tmp_path):
+    with sweep.cache_lock(tmp_path):
+        with pytest.raises(RuntimeError, match="another sweep is running"):
+            with sweep.cache_lock(tmp_path):
+                pass
+
+
+def test_missing_data_is_named(tmp_path):
+    s = sweep.Sweep(TINY, tmp_path / "nowhere", cache_dir=tmp_path / "c", progress=False)
+    with pytest.raises(FileNotFoundError, match="nowhere/T91"):
+        s.run()
+
+
+def test_missing_weights_block_only_the_runs_that_need_scores(data_dir, tmp_path, monkeypatch):
+    pool = sweep.Pool([data_dir / "T91"], 32, 16, 2, progress=False)
+    with pytest.raises(FileNotFoundError, match="no bundled srcnn weights for x2"):
+        sweep.get_scores("srcnn", 2, pool, tmp_path, "srcnn:missing-weights", progress=False)
+    s, written = _sweep(data_dir, tmp_path, preset=dataclasses.replace(TINY, scorer="srcnn"), quick=True)
+    monkeypatch.setattr(sweep, "scorer_id", lambda spec, scale: f"{spec}:missing-weights" if spec == "srcnn" else spec)
+    res = s.run()
+    recs = [json.loads(p.read_text()) for p in s.cache_dir.glob("*.json")]
+    assert res["failed"] == 0 and res["blocked"] > 0
+    assert recs and {r["config"]["selection"]["mode"] for r in recs} == {"full", "random"}
+    assert res["ran"] == len(recs)
+
+
+def test_pool_items_equal_the_library_dataset(data_dir):
+    from coreset_sampler.data import SubImageDataset
+
+    roots = [data_dir / "T91", data_dir / "BSD200"]
+    pool = sweep.Pool(roots, 32, 16, 2, progress=False)
+    ref = SubImageDataset([str(r) for r in roots], crop=32, step=16, scale=2, progress=False)
+    assert pool.keys == ref.keys
+    for i in range(len(pool)):
+        a, b = pool[i], ref[i]
+        assert torch.equal(a["gt"], b["gt"]) and torch.equal(a["lq"], b["lq"]) and a["key"] == b["key"]
+
+
+def test_fast_evaluation_equals_library_evaluate(data_dir):
+    from coreset_sampler.metrics import ssim_y
+    from coreset_sampler.training import evaluate
+
+    ev = sweep.EvalSet(data_dir / "Set5", 2)
+    torch.manual_seed(0)
+    model = sweep_archs.build_model("fsrcnn", 2, d=8, s=4, m=1, bicubic_skip=True)
+    ref, mine = evaluate(model, ev, 2), sweep.evaluate_fast(model, ev, 2)
+    assert mine["psnr"] == pytest.approx(ref["psnr"], abs=1e-10)
+    assert mine["ssim"] == pytest.approx(ref["ssim"], abs=1e-12)
+    g = torch.Generator().manual_seed(1)
+    hr = torch.rand(3, 40, 44, generator=g)
+    sr = (hr + 0.1 * torch.randn(3, 40, 44, generator=g)).clamp(0, 1)
+    for scale in (0, 2, 3):
+        assert sweep.ssim_y_separable(sr, hr, scale) == pytest.approx(ssim_y(sr, hr, scale), abs=1e-12)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_mean_ci_matches_the_t_formula():
+    from scipy import stats
+
+    v = [1.0, 2.0, 4.0]
+    m = sweep_stats.mean_ci(v)
+    sd = np.std(v, ddof=1)
+    assert m.mean == pytest.approx(7 / 3) and m.n == 3
+    assert m.half_width == pytest.approx(stats.t.ppf(0.975, 2) * sd / math.sqrt(3))
+    assert sweep_stats.mean_ci([5.0]).fmt() == "5.00 (n=1)"
+    assert sweep_stats.mean_ci([]).n == 0
+    with pytest.raises(ValueError, match="non-finite"):
+        sweep_stats.mean_ci([1.0, float("nan")])
+    with pytest.raises(ValueError, match="confidence"):
+        sweep_stats.mean_ci([1.0, 2.0], confidence=1.5)
+
+
+def test_compare_pairs_by_seed():
+    from scipy import stats
+
+    a = {0: 31.0, 1: 31.5, 2: 31.2, 3: 30.0}
+    b = {0: 30.8, 1: 31.1, 2: 31.0}
+    c = sweep_stats.compare(a, b)
+    assert c.paired and c.n_pairs == 3
+    assert c.p == pytest.approx(stats.ttest_rel([31.0, 31.5, 31.2], [30.8, 31.1, 31.0]).pvalue)
+    assert c.diff == pytest.approx(np.mean([0.2, 0.4, 0.2]))
+    # no common seeds: Welch
+    w = sweep_stats.compare({0: 1.0, 1: 2.0}, {5: 3.0, 6: 5.0})
+    assert not w.paired and w.test == "Welch t"
+    # constant differences
+    assert sweep_stats.compare({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0}).p == 1.0
+    assert sweep_stats.compare({0: 1.5, 1: 2.5}, {0: 1.0, 1: 2.0}).significant
+    assert math.isnan(sweep_stats.compare({0: 1.0}, {0: 2.0}).p)
+
+
+def test_claim_verdicts_follow_the_tests():
+    # a hand-made cache: DES clearly above ASC, DES equal to full
+    preset = TINY
+    plan = sweep.build_plan(preset, ["Set5", "Set14", "BSD100"], {("interpolation", 2): "interpolation"})
+    records = {}
+    for r in plan:
+        # per-seed offsets: DES - full = +0.05, -0.05 (no difference); DES - ASC = 1.05, 0.95 (p = 0.03)
+        if r.label == "DES 50% step":
+            v = 30.0 + (0.05, 0.25)[r.seed]
+        else:
+            v = {"full": 30.0}.get(r.label, 29.0) + (0.0, 0.3)[r.seed]
+        m = {s: {"psnr": v, "ssim": 0.9, "n": 2} for s in ("Set5", "Set14", "BSD100")}
+        records[r.hash] = {"hash": r.hash, "status": "ok", "metrics": m, "steps": 4, "train_s": 1, "eval_s": 1,
+                           "wall_s": 2, "config": r.config}
+    payload, md = sweep.build_report(preset, plan, records, {}, ["Set5", "Set14", "BSD100"])
+    by = {(c["comparison"]): c["verdict"] for c in payload["claims"] if c["scale"] == 2}
+    assert by["DES 50% step vs ASC 50% step"] == "holds"
+    assert by["DES 50% step vs full"] == "holds (no significant difference)"
+    assert by["DES 50% step vs random 50% step"] == "holds"
+    assert by["DES 50% epoch vs full"] == "contradicted (significantly worse)"
+    assert by["DES 50% step vs DES 50% epoch"] == "holds"
+
+
+# --------------------------------------------------------------------------- archs and CLI
+
+
+def test_bicubic_skip_adds_matlab_bicubic():
+    from coreset_sampler.degradation import imresize
+
+    class Zero(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(*x.shape[:-2], x.shape[-2] * 3, x.shape[-1] * 3)
+
+    x = torch.rand(1, 3, 5, 7)
+    assert torch.equal(sweep_archs.BicubicSkip(Zero(), 3)(x), imresize(x, scale=3))
+    m = sweep_archs.build_model("fsrcnn", 3, d=8, s=4, m=1, bicubic_skip=True)
+    assert isinstance(m, sweep_archs.BicubicSkip) and m(x).shape == (1, 3, 15, 21)
+
+
+def test_pad_to_window_crops_back():
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            calls.append(tuple(x.shape[-2:]))
+            return torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+
+    m = sweep_archs.PadToWindow(Spy(), window=8, scale=2)
+    x = torch.rand(1, 3, 13, 20)
+    y = m(x)
+    assert calls == [(16, 24)] and y.shape == (1, 3, 26, 40)
+    assert torch.equal(y, torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def test_build_model_errors_name_the_culprit():
+    with pytest.raises(ValueError, match="unknown architecture 'vdsr'"):
+        sweep_archs.build_model("vdsr", 2)
+    with pytest.raises(ValueError, match="cannot build fsrcnn x2"):
+        sweep_archs.build_model("fsrcnn", 2, width=3)
+
+
+@pytest.mark.parametrize("arch", ["edsr", "swinir"])
+def test_basicsr_archs_map_lr_to_hr(arch):
+    try:
+        sweep_archs._basicsr_archs()
+    except ImportError as e:
+        pytest.skip(f"basicsr not importable: {e}")
+    kwargs = {"edsr": {"num_feat": 8, "num_block": 1},
+              "swinir": {"embed_dim": 8, "depths": [1], "num_heads": [1], "window_size": 4, "img_size": 8}}[arch]
+    torch.manual_seed(0)
+    m = sweep_archs.build_model(arch, 3, **kwargs)
+    assert m(torch.rand(1, 3, 10, 7)).shape == (1, 3, 30, 21)
+
+
+def test_cli_rejects_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--max-minutes", "0"])
+    assert e.value.code == 2 and "--max-minutes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sweep.main(["--threads", "0"])
+    with pytest.raises(SystemExit):
+        sweep.main(["--preset", "nope"])
+
+
+def test_cli_names_missing_data(tmp_path, capsys):
+    rc = sweep.main(["--preset", "paper", "--data-root", str(tmp_path / "div2k"), "--cache-dir", str(tmp_path / "c")])
+    assert rc == 2 and "div2k/DIV2K_train_HR" in capsys.readouterr().err
