@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from coreset_sampler.scores import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,14 +95,7 @@ def main(argv=None) -> None:
     if not results:
         raise SystemExit(f"no srcnn_pretrain_x*.json in {args.results}")
     text = render(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=args.out.name + ".", suffix=".tmp", dir=args.out.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600
-    os.replace(tmp, args.out)
+    atomic_write_bytes(args.out, text.encode())
     print(text)
 
 

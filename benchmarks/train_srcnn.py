@@ -20,7 +20,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from coreset_sampler.data import SubImageDataset  # noqa: E402
 from coreset_sampler.models import SRCNN, load_weights, save_weights  # noqa: E402
+from coreset_sampler.scores import atomic_write_bytes  # noqa: E402
 from coreset_sampler.training import evaluate, train  # noqa: E402
 
 
@@ -49,20 +49,7 @@ def machine_info() -> dict:
 
 
 def write_json_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .degradation import _check_scale, imresize
+from .scores import atomic_write_bytes
 
 __all__ = [
     "SRCNN",
@@ -223,7 +223,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     Example:
         >>> save_weights(SRCNN(2), "my_srcnn_x2.safetensors", {"steps": 100})  # doctest: +SKIP
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     arch = getattr(model, "arch", None)
     if arch not in _ARCHS:
@@ -233,25 +233,10 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()}
     meta.update(arch=arch, scale=str(model.scale), config=json.dumps(model.config, sort_keys=True),
                 weights_sha256=digest)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, save(state, metadata=meta))
     return digest
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_weights_metadata(path: str | os.PathLike) -> dict[str, str]:
