@@ -76,44 +76,26 @@ class _Formatter(argparse.HelpFormatter):
         return h + " (default: %(default)s)"
 
 
-def _ratio(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"ratio must be a number in (0, 1], got {text!r}") from None
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"ratio must be in (0, 1], got {text}")
-    return v
+def _checked(parse, ok, what: str, name: str = ""):
+    """An argparse ``type``: ``parse`` the text, then require ``ok(value)``; errors say ``what``."""
+    prefix = f"{name} must be" if name else "expected"
+
+    def convert(text: str):
+        try:
+            v = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{prefix} {'a number ' if name else ''}{what}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{prefix} {what}, got {text}")
+        return v
+
+    return convert
 
 
-def _skip(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"skip-top must be a number in [0, 1), got {text!r}") from None
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"skip-top must be in [0, 1), got {text}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return v
+_ratio = _checked(float, lambda v: 0 < v <= 1, "in (0, 1]", "ratio")
+_skip = _checked(float, lambda v: 0 <= v < 1, "in [0, 1)", "skip-top")
+_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+_nonneg_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 
 
 def _add_selection(p: argparse.ArgumentParser, ratios: bool = False) -> None:
