@@ -274,11 +274,13 @@ def main(argv=None) -> dict:
             torch.set_num_threads(nt)
             for bs in sorted({1, fb, 8, args.batch_size}):
                 grid[f"threads={nt},batch={bs}"] = _model_rate(model, bs, device, 0.5 if args.quick else 2.0)
+        torch.set_num_threads(1)
         c1 = bench_naive(model, ds.hr_paths[:naive_n], device)
         c1.pop("values")
         torch.set_num_threads(threads)
         c1["gflop_per_s"] = c1["samples_per_s"] * flops_sample / 1e9
         result["model_only_samples_per_s_by_threads_and_batch"] = grid
+        # grid timings are taken after (b), seconds each: on a shared machine they see other load
         best = max(v for k, v in grid.items() if k.startswith(f"threads={threads},"))
         result["model_only_best_samples_per_s"] = best
         result["ratios"]["pipeline_over_best_model"] = b["samples_per_s"] / best
@@ -364,7 +366,8 @@ def render_md(r: dict) -> str:
             f"- naive loop pinned to 1 thread: {c1['samples_per_s']:.1f} samples/s; (b)/(that) = "
             f"{ra['pipeline_over_naive_one_thread']:.2f}",
             "",
-            "Model-only throughput (samples/s) by torch threads and batch size (diagnostic):",
+            "Model-only throughput (samples/s) by torch threads and batch size (diagnostic, timed after (b) "
+            "and (c), a few seconds each: other jobs on the machine move these figures):",
             "",
             "| threads, batch | samples/s |",
             "|---|---:|",
