@@ -1294,7 +1294,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", type=Path, action="append", default=[],
                     help="folder holding further benchmark sets (Urban100, Manga109); repeatable")
     ap.add_argument("--cache-dir", type=Path, default=None, help="default benchmarks/results/sweep_cache/<preset>")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's, 2 for cpu)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's, 1 for cpu)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
