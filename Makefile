@@ -10,11 +10,14 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch is installed first so basicsr's sdist (which imports torch in setup.py) can build
-# without build isolation: faster and offline-safe (see README, "Install").
+# without build isolation: faster and offline-safe (see README). Each step retries once without
+# pip's cache, which a concurrently killed pip can leave half-written.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt setuptools torch torchvision numpy
-	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[all]"
+	$(PIP) install -q -c constraints.txt setuptools torch torchvision numpy \
+	  || $(PIP) install -q --no-cache-dir -c constraints.txt setuptools torch torchvision numpy
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[all]" \
+	  || $(PIP) install -q --no-cache-dir -c constraints.txt --no-build-isolation -e ".[all]"
 	touch $(STAMP)
 
 test: $(STAMP)
