@@ -6,7 +6,8 @@ Public API (see README):
 - :class:`Scores` — per-sample scores and their ``.safetensors`` file.
 - :class:`CoreSetDataset` — a core-set view over any map-style dataset.
 - :class:`StepMatchedSampler` — as many draws per epoch as the full set would get.
-- :class:`LossScorer`, :class:`SobelScorer`, :class:`InterpolationScorer` — scores from data.
+- :class:`LossScorer`, :class:`SobelScorer`, :class:`InterpolationScorer` — scores from data;
+  :func:`make_scorer` builds one from a short spec (``"srcnn"``, ``"sobel"``, a weights file).
 """
 __version__ = "0.1.0"
 
@@ -21,8 +22,8 @@ __all__ = [
 ]
 
 try:  # scorers pull in the models and data modules; keep the core importable without them
-    from .scorers import InterpolationScorer, LossScorer, SobelScorer  # noqa: F401
+    from .scorers import InterpolationScorer, LossScorer, SobelScorer, make_scorer  # noqa: F401
 
-    __all__ += ["LossScorer", "SobelScorer", "InterpolationScorer"]
+    __all__ += ["LossScorer", "SobelScorer", "InterpolationScorer", "make_scorer"]
 except ImportError:  # pragma: no cover - only while scorers.py is being written
     pass

@@ -149,3 +149,36 @@ def test_bad_inputs_raise_clear_errors(fn):
 def test_ssim_needs_the_window_to_fit():
     with pytest.raises(ValueError, match="11x11 window"):
         ssim_y(torch.rand(3, 12, 12), torch.rand(3, 12, 12), 2)
+
+
+def _ssim_conv2d_reference(sr, hr, scale):
+    """The textbook form: 11x11 Gaussian window as one 2-D float64 conv (the original implementation)."""
+    import torch.nn.functional as F
+
+    from coreset_sampler.metrics import _prepare
+
+    a, b, _ = _prepare(sr, hr, scale, "ref")
+    x = torch.arange(11, dtype=torch.float64) - 5
+    g = torch.exp(-(x ** 2) / (2 * 1.5 ** 2))
+    g = g / g.sum()
+    win = torch.outer(g, g).view(1, 1, 11, 11)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu1, mu2 = F.conv2d(a, win), F.conv2d(b, win)
+    s1 = F.conv2d(a * a, win) - mu1 * mu1
+    s2 = F.conv2d(b * b, win) - mu2 * mu2
+    s12 = F.conv2d(a * b, win) - mu1 * mu2
+    m = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1 * mu1 + mu2 * mu2 + c1) * (s1 + s2 + c2))
+    return m.mean(dim=(1, 2, 3))
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(11, 40), w=st.integers(11, 40), scale=st.integers(0, 4), channels=st.sampled_from([1, 3]),
+       batch=st.integers(1, 3), seed=st.integers(0, 2 ** 31 - 1))
+def test_separable_ssim_equals_the_2d_window(h, w, scale, channels, batch, seed):
+    gen = torch.Generator().manual_seed(seed)
+    h, w = h + 2 * scale, w + 2 * scale
+    hr = torch.rand(batch, channels, h, w, generator=gen)
+    sr = (hr + 0.1 * torch.randn(batch, channels, h, w, generator=gen)).clamp(0, 1)
+    got = ssim_y(sr, hr, scale)
+    ref = _ssim_conv2d_reference(sr, hr, scale)
+    assert torch.allclose(got, ref, rtol=0, atol=1e-12)

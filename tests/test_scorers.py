@@ -227,6 +227,14 @@ def test_make_scorer_specs(tmp_path):
         make_scorer("vgg", 2)
 
 
+def test_package_root_exports_the_scorers():
+    import coreset_sampler
+
+    assert coreset_sampler.make_scorer is make_scorer
+    for name in ("LossScorer", "SobelScorer", "InterpolationScorer", "make_scorer"):
+        assert name in coreset_sampler.__all__
+
+
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_pretrained_srcnn_beats_bicubic(scale):
     if scale not in available_pretrained().get("srcnn", []):
