@@ -8,22 +8,51 @@ Public API (see README):
 - :class:`StepMatchedSampler` — as many draws per epoch as the full set would get.
 - :class:`LossScorer`, :class:`SobelScorer`, :class:`InterpolationScorer` — scores from data;
   :func:`make_scorer` builds one from a short spec (``"srcnn"``, ``"sobel"``, a weights file).
+
+The names are imported on first use (PEP 562), so ``import coreset_sampler`` and the
+``coreset-sr`` command line answer ``--help`` and argument errors without loading torch.
 """
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from .dataset import CoreSetDataset
-from .sampler import StepMatchedSampler
-from .scores import Scores, dataset_fingerprint
-from .selection import MODES, select_indices, selection_summary
+# public name -> the module that defines it
+_EXPORTS = {
+    "CoreSetDataset": "dataset",
+    "StepMatchedSampler": "sampler",
+    "Scores": "scores",
+    "dataset_fingerprint": "scores",
+    "MODES": "selection",
+    "select_indices": "selection",
+    "selection_summary": "selection",
+    "LossScorer": "scorers",
+    "SobelScorer": "scorers",
+    "InterpolationScorer": "scorers",
+    "make_scorer": "scorers",
+}
 
-__all__ = [
-    "CoreSetDataset", "StepMatchedSampler", "Scores", "dataset_fingerprint", "MODES",
-    "select_indices", "selection_summary",
-]
+__all__ = list(_EXPORTS)
 
-try:  # scorers pull in the models and data modules; keep the core importable without them
-    from .scorers import InterpolationScorer, LossScorer, SobelScorer, make_scorer  # noqa: F401
 
-    __all__ += ["LossScorer", "SobelScorer", "InterpolationScorer", "make_scorer"]
-except ImportError:  # pragma: no cover - only while scorers.py is being written
-    pass
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from .dataset import CoreSetDataset
+    from .sampler import StepMatchedSampler
+    from .scorers import InterpolationScorer, LossScorer, SobelScorer, make_scorer
+    from .scores import Scores, dataset_fingerprint
+    from .selection import MODES, select_indices, selection_summary

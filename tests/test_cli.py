@@ -506,3 +506,24 @@ def test_small_images_warn_in_one_line(capsys, tmp_path):
 def test_demo_bad_data_folder(capsys, tmp_path):
     code, _, err = call(capsys, "demo", "--data", tmp_path / "nope", "--out", tmp_path / "o")
     assert_user_error(code, err, 1, "--data folder not found")
+
+
+def test_help_and_package_import_do_not_load_torch():
+    # the package exports load on first use, so --help and argument errors answer without torch
+    code = ("import sys, coreset_sampler, coreset_sampler.cli as cli\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "from coreset_sampler import CoreSetDataset, StepMatchedSampler, make_scorer\n"
+            "assert 'torch' in sys.modules and CoreSetDataset.__module__ == 'coreset_sampler.dataset'\n"
+            "assert sorted(coreset_sampler.__all__) == sorted(n for n in dir(coreset_sampler) if n in coreset_sampler.__all__)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "usage: coreset-sr" in r.stdout
+
+
+def test_unknown_package_attribute_is_an_attribute_error():
+    import coreset_sampler
+
+    with pytest.raises(AttributeError, match="no attribute 'CoresetDataset'"):
+        coreset_sampler.CoresetDataset  # noqa: B018 - the misspelling a user would make
+    assert not hasattr(coreset_sampler, "nope")
