@@ -981,14 +981,25 @@ def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, 
               "\"holds\" = the paper's direction with significance, or (for \"matches\" claims) no significant loss; "
               "\"not confirmed\" = no significant difference where the paper claims one; \"contradicted\" = "
               "significant in the other direction; \"pending\" = fewer than 2 paired seeds so far.\n")
-    md.append("Summary (comparisons per claim, all architectures and ratios):\n")
-    md.append("| claim | holds | not confirmed (n.s.) | contradicted | pending |")
-    md.append("|---|---|---|---|---|")
+    md.append("Summary (comparisons per claim, all architectures and ratios). The last three columns read each "
+              "claim across its comparisons (those with >= 2 paired seeds): the mean of their Δ, how many point the "
+              "paper's way (Δ > 0), and an exact sign test of that count. The comparisons share runs and seeds, "
+              "so the sign test describes consistency; it is not an independent confirmation.\n")
+    md.append("| claim | holds | not confirmed (n.s.) | contradicted | pending | mean Δ dB | Δ > 0 | sign test p |")
+    md.append("|---|---|---|---|---|---|---|---|")
+    pooled = {}
     for name in dict.fromkeys(c["claim"] for c in claims):
-        vs = [c["verdict"] for c in claims if c["claim"] == name]
+        mine = [c for c in claims if c["claim"] == name]
+        vs = [c["verdict"] for c in mine]
+        diffs = [c["diff"] for c in mine if c["n_pairs"] >= 2]
+        pos, nonzero, sp = sweep_stats.sign_test(diffs)
+        pooled[name] = {"n": len(diffs), "mean_diff": float(np.mean(diffs)) if diffs else None,
+                        "positive": pos, "nonzero": nonzero, "sign_p": sp}
+        mean_txt = f"{np.mean(diffs):+.3f}" if diffs else "-"
         md.append(f"| {name} | {sum(v.startswith('holds') for v in vs)} | "
                   f"{sum(v.startswith('not confirmed') for v in vs)} | {sum(v.startswith('contradicted') for v in vs)} | "
-                  f"{sum(v.startswith('pending') for v in vs)} |")
+                  f"{sum(v.startswith('pending') for v in vs)} | {mean_txt} | {pos}/{len(diffs)} | "
+                  f"{'-' if not math.isfinite(sp) else f'{sp:.3f}'} |")
     md.append("")
     md.append("| claim (paper) | arch | scale | comparison | Δ PSNR dB (p) | verdict |")
     md.append("|---|---|---|---|---|---|")
@@ -1090,7 +1101,7 @@ def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, 
     payload = {"preset": dataclasses.asdict(preset), "quick": quick, "generated": now, "machine": machine_info(),
                "commit": git_commit(), "status": status, "interrupted_attempts": interrupted,
                "failed_attempts": failed_attempts, "eval_sets": eval_sets, "primary_set": prim,
-               "bicubic": bicubic, "scoring": scoring or [], "claims": claims, "cells": payload_cells,
+               "bicubic": bicubic, "scoring": scoring or [], "claims": claims, "claims_pooled": pooled, "cells": payload_cells,
                "runs": runs_json, "other_runs": [records[h] for h in extra]}
     return json.loads(json.dumps(payload, default=_json_default)), "\n".join(md)
 

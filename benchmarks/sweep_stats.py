@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["MeanCI", "Comparison", "mean_ci", "compare", "ALPHA"]
+__all__ = ["MeanCI", "Comparison", "mean_ci", "compare", "sign_test", "ALPHA"]
 
 ALPHA = 0.05
 
@@ -118,3 +118,26 @@ def compare(a: Mapping[int, float], b: Mapping[int, float]) -> Comparison:
         p = _ttest_p(lambda x, y: stats.ttest_ind(x, y, equal_var=False), va, vb)
         return Comparison(diff, p, va.size, vb.size, len(common), False, "Welch t")
     return Comparison(diff, math.nan, va.size, vb.size, len(common), False, "none")
+
+
+def sign_test(diffs: Sequence[float]) -> tuple[int, int, float]:
+    """How consistently a set of mean differences points one way: ``(positive, nonzero, p)``.
+
+    ``p`` is the two-sided exact binomial test of ``positive`` out of the ``nonzero`` differences
+    against 1/2 (NaN when none is non-zero). Used to read one claim across architectures and
+    ratios; the comparisons share runs (the same ``full`` row, the same seeds), so they are not
+    independent and ``p`` is a description of consistency, not a confirmatory test.
+
+    Raises:
+        ValueError: a non-finite difference.
+    """
+    from scipy import stats
+
+    d = np.asarray(list(diffs), dtype=np.float64)
+    if d.size and not np.all(np.isfinite(d)):
+        raise ValueError(f"sign_test got non-finite differences: {d.tolist()}")
+    nonzero = int(np.count_nonzero(np.abs(d) > 1e-12))
+    positive = int(np.count_nonzero(d > 1e-12))
+    if nonzero == 0:
+        return positive, 0, math.nan
+    return positive, nonzero, float(stats.binomtest(positive, nonzero, 0.5).pvalue)

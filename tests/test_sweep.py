@@ -357,6 +357,23 @@ def test_claim_verdicts_follow_the_tests():
     assert by["DES 50% step vs random 50% step"] == "holds"
     assert by["DES 50% epoch vs full"] == "contradicted (significantly worse)"
     assert by["DES 50% step vs DES 50% epoch"] == "holds"
+    # the pooled reading of one claim: the mean and signs of its comparisons' differences
+    beats_asc = [c for c in payload["claims"] if c["claim"] == "DES beats ASC (T1)" and c["n_pairs"] >= 2]
+    pooled = payload["claims_pooled"]["DES beats ASC (T1)"]
+    assert pooled["n"] == len(beats_asc) >= 1
+    assert pooled["mean_diff"] == pytest.approx(sum(c["diff"] for c in beats_asc) / len(beats_asc))
+    assert pooled["positive"] == sum(c["diff"] > 0 for c in beats_asc)
+    assert "| sign test p |" in md
+
+
+def test_sign_test_counts_directions():
+    pos, nonzero, p = sweep_stats.sign_test([0.3, 0.1, 0.2, 0.05, 0.4, 0.2, 0.1, 0.3])
+    assert (pos, nonzero) == (8, 8) and p == pytest.approx(2 / 2 ** 8)
+    pos, nonzero, p = sweep_stats.sign_test([0.1, -0.1, 0.0])
+    assert (pos, nonzero) == (1, 2) and p == pytest.approx(1.0)
+    assert math.isnan(sweep_stats.sign_test([])[2]) and math.isnan(sweep_stats.sign_test([0.0])[2])
+    with pytest.raises(ValueError, match="non-finite"):
+        sweep_stats.sign_test([0.1, float("nan")])
 
 
 # --------------------------------------------------------------------------- archs and CLI
