@@ -62,7 +62,8 @@ class ArchSpec:
         steps: optimiser steps of a full-set (and every step-matched) run.
         seeds: the seeds every cell is run with.
         est_step_s, est_eval_s: measured seconds per training step / per evaluation of all eval
-            sets, for the budget plan before anything has run.
+            sets at x2, for the budget plan before anything has run (other scales: see
+            :func:`planned_step_s`).
     """
 
     name: str
@@ -220,6 +221,18 @@ class Run:
         return " ".join(parts)
 
 
+def planned_step_s(preset: "Preset", arch: str, scale: int) -> float:
+    """The preset's guess of seconds per training step of ``arch`` at ``scale``.
+
+    ``est_step_s`` is measured at x2; the models run on the LR patch, so other scales are
+    scaled by its area (x3 / x4 patches 72 / 64 are LR 24 / 16 against 32 at x2: 0.56x / 0.25x).
+    Measured on the cpu preset: FSRCNN x3 16 s and x4 10 s per run against 20 s and 13 s planned.
+    """
+    spec = preset.archs[arch]
+    ref = preset.patch.get(2, preset.patch.get(scale)) / 2
+    return spec.est_step_s * (preset.patch[scale] / scale / ref) ** 2
+
+
 def config_hash(config: dict) -> str:
     """sha256 (first 16 hex) of the canonical JSON of ``config`` (keys sorted, no whitespace)."""
     blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
@@ -267,7 +280,8 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
 
     Execution order makes a partial sweep useful: tier 0 the quick rows; tier 1 the key rows of
     the other architectures; tier 2 the rest of Table 1; tier 3 Table 2; tier 4 Table 3 at x3 / x4;
-    tier 5 seeds beyond the first three (Table 1 only). Within a tier: scale, architecture, seed, row (seed-major,
+    tier 5 seeds beyond the first three (architectures whose spec lists more, i.e. the cheap ones),
+    in every table. Within a tier: scale, architecture, seed, row (seed-major,
     so a partial sweep has all rows at the same number of seeds).
     """
     runs: dict[str, Run] = {}
@@ -282,8 +296,6 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
         spec = preset.archs[arch]
         label = row_label(mode, ratio, matching, scorer, skip_top, preset.scorer)
         for seed in (seeds if seeds is not None else spec.seeds):
-            if list(spec.seeds).index(seed) >= 3 and table != "table1":
-                continue  # seeds beyond three only where runs are many and cheap: Table 1
             cfg = make_config(preset, arch, scale, mode, ratio, matching, seed, scorer_ids, eval_sets, scorer,
                               skip_top)
             h = config_hash(cfg)
@@ -770,7 +782,7 @@ class Sweep:
             per_step = statistics.median(r["train_s"] / r["steps"] for r in same)
             return per_step * steps + statistics.median(r["eval_s"] for r in same)
         spec = self.preset.archs[run.arch]
-        return spec.est_step_s * steps + spec.est_eval_s
+        return planned_step_s(self.preset, run.arch, run.scale) * steps + spec.est_eval_s
 
     def run(self, max_minutes: float | None = None, retry_failed: bool = False, only: Callable[[Run], bool] | None = None,
             dry: bool = False) -> dict:
@@ -1140,8 +1152,9 @@ def _budget_table(preset: Preset, plan: list[Run], records: dict, scoring: list)
     for (arch, scale), runs in groups.items():
         spec = preset.archs[arch]
         equiv = sum(r.config["selection"]["ratio"] if r.config["matching"] == "epoch" else 1.0 for r in runs)
-        per = spec.est_step_s * spec.steps + spec.est_eval_s
-        planned = spec.est_step_s * spec.steps * equiv + spec.est_eval_s * len(runs)
+        step_s = planned_step_s(preset, arch, scale)
+        per = step_s * spec.steps + spec.est_eval_s
+        planned = step_s * spec.steps * equiv + spec.est_eval_s * len(runs)
         oks = [records[r.hash] for r in runs if records.get(r.hash, {}).get("status") == "ok"]
         meas = sum(x["wall_s"] for x in oks)
         med = statistics.median(x["wall_s"] for x in oks) if oks else float("nan")
@@ -1161,7 +1174,7 @@ def _budget_table(preset: Preset, plan: list[Run], records: dict, scoring: list)
                  f"**{tot_meas:.0f}** ({tot_meas / 3600:.2f} h) |")
     lines.append("")
     lines.append(f"Planned s/run = measured seconds per step x steps + one evaluation of all eval sets "
-                 f"(per-arch figures in the preset: " + ", ".join(
+                 f"(per-step time at x2 scaled by the LR patch area at x3 / x4; per-arch x2 figures in the preset: " + ", ".join(
                      f"{a}: {s.est_step_s} s/step, {s.est_eval_s} s/eval" for a, s in preset.archs.items()) +
                  f"). Scoring (once per scorer and scale, cached): {len(scoring)} file(s), {score_s:.0f} s so far. "
                  f"Wall times were measured on a 2-core machine shared with other jobs (the `load` column of "

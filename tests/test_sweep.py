@@ -139,6 +139,32 @@ def test_quick_plan_is_a_subset_of_the_full_plan(preset):
     assert all(len(set(preset.archs[a].seeds)) >= 3 for a in preset.archs)
 
 
+def test_every_cell_has_all_seeds_of_its_arch():
+    # "at least 3 seeds, 5 where cheap": an arch's seeds apply to every table it appears in
+    preset = sweep.CPU
+    ids = {(s, sc): f"{s}:x" for s in (preset.scorer, "sobel", "interpolation") for sc in (2, 3, 4)}
+    plan = sweep.build_plan(preset, list(preset.eval_sets), ids)
+    seeds: dict[tuple, set] = {}
+    for r in plan:
+        for cell in r.cells:
+            seeds.setdefault(cell, set()).add(r.seed)
+    for (table, arch, scale, label), got in seeds.items():
+        assert got == set(preset.archs[arch].seeds), (table, arch, scale, label)
+    assert max(len(preset.archs[a].seeds) for a in preset.archs) >= 5
+    assert all(r.tier == 5 for r in plan if list(preset.archs[r.arch].seeds).index(r.seed) >= 3)
+
+
+def test_planned_step_time_follows_the_lr_patch_area():
+    cpu, paper = sweep.CPU, sweep.PAPER
+    x2 = sweep.planned_step_s(cpu, "fsrcnn", 2)
+    assert x2 == cpu.archs["fsrcnn"].est_step_s
+    assert sweep.planned_step_s(cpu, "fsrcnn", 4) == pytest.approx(x2 * (16 / 32) ** 2)
+    assert sweep.planned_step_s(cpu, "fsrcnn", 3) == pytest.approx(x2 * (24 / 32) ** 2)
+    arch = next(iter(paper.archs))  # the paper's LR patch is 48 at every scale (no timing measured: set one)
+    paper = dataclasses.replace(paper, archs={arch: dataclasses.replace(paper.archs[arch], est_step_s=0.5)})
+    assert {sweep.planned_step_s(paper, arch, s) for s in (2, 3, 4)} == {0.5}
+
+
 def test_epoch_steps():
     assert sweep.epoch_steps(800, 500, 1000) == 400
     assert sweep.epoch_steps(800, 1, 1000) == 1
