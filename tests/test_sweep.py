@@ -466,3 +466,20 @@ def test_cli_rejects_bad_arguments(capsys):
 def test_cli_names_missing_data(tmp_path, capsys):
     rc = sweep.main(["--preset", "paper", "--data-root", str(tmp_path / "div2k"), "--cache-dir", str(tmp_path / "c")])
     assert rc == 2 and "div2k/DIV2K_train_HR" in capsys.readouterr().err
+
+
+def test_long_followup_preset_is_the_key_rows_trained_longer(tmp_path, capsys):
+    long, cpu = sweep.CPU_LONG, sweep.CPU
+    assert long.quick_only and long.archs["fsrcnn"].steps == 4 * cpu.archs["fsrcnn"].steps
+    ids = {(s, sc): f"{s}:x" for s in (long.scorer, "sobel", "interpolation") for sc in (2, 3, 4)}
+    plan = sweep.build_plan(long, list(long.eval_sets), ids, quick=True)
+    assert len(plan) == 6 * len(long.quick_seeds)
+    assert {r.config["train"]["steps_full"] for r in plan} == {2000}
+    # same rows as the cpu quick plan, different runs (the hash covers the step count)
+    short = sweep.build_plan(cpu, list(cpu.eval_sets), ids, quick=True)
+    assert sorted(r.label for r in plan) == sorted(r.label for r in short)
+    assert not {r.hash for r in plan} & {r.hash for r in short}
+    # the CLI needs no --quick for it
+    assert sweep.main(["--preset", "cpu_long", "--plan", "--cache-dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("fsrcnn x2") == 6 * len(long.quick_seeds)
