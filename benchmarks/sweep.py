@@ -1180,8 +1180,10 @@ def _budget_table(preset: Preset, plan: list[Run], records: dict, scoring: list)
         tot_meas += meas
         lines.append(f"| {arch} | x{scale} | {len(runs)} | {equiv:.2f} | {per:.0f} | {planned:.0f} | {len(oks)} | "
                      f"{med:.0f} | {meas:.0f} |")
-    score_s = sum(s.get("seconds", 0) for s in scoring)
     needed = sorted({(r.config["selection"]["scorer"], r.scale) for r in plan if r.config["selection"]["scorer"]})
+    # a cache shared with a larger plan (--quick inside cpu) holds scores this plan never needed
+    scoring = [s for s in scoring if (s.get("scorer"), s.get("scale")) in set(needed)]
+    score_s = sum(s.get("seconds", 0) for s in scoring)
     score_plan = sum(preset.est_scoring_s.get(sc, float("nan")) for sc, _ in needed)
     if math.isfinite(score_plan):
         lines.append(f"| scoring | " + ", ".join(f"{sc} x{s}" for sc, s in needed) + f" | {len(needed)} | | | "

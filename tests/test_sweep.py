@@ -483,3 +483,15 @@ def test_long_followup_preset_is_the_key_rows_trained_longer(tmp_path, capsys):
     assert sweep.main(["--preset", "cpu_long", "--plan", "--cache-dir", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert out.count("fsrcnn x2") == 6 * len(long.quick_seeds)
+
+
+def test_budget_counts_only_the_scoring_this_plan_needs():
+    # --quick shares the cpu cache: scores of other scorers / scales are there but not part of its cost
+    preset = TINY
+    plan = sweep.build_plan(preset, ["Set5"], {("interpolation", 2): "interpolation"}, quick=True)
+    scoring = [{"scorer": "interpolation", "scale": 2, "seconds": 10.0},
+               {"scorer": "sobel", "scale": 2, "seconds": 1000.0},
+               {"scorer": "interpolation", "scale": 4, "seconds": 2000.0}]
+    line = next(l for l in sweep._budget_table(preset, plan, {}, scoring).splitlines() if l.startswith("| scoring"))
+    cols = [c.strip() for c in line.strip("|").split("|")]
+    assert cols[1] == "interpolation x2" and cols[-1] == "10" and cols[-3] == "1"
