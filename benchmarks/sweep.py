@@ -1182,7 +1182,8 @@ def _budget_table(preset: Preset, plan: list[Run], records: dict, scoring: list)
                      f"{med:.0f} | {meas:.0f} |")
     needed = sorted({(r.config["selection"]["scorer"], r.scale) for r in plan if r.config["selection"]["scorer"]})
     # a cache shared with a larger plan (--quick inside cpu) holds scores this plan never needed
-    scoring = [s for s in scoring if (s.get("scorer"), s.get("scale")) in set(needed)]
+    wanted = set(needed)
+    scoring = [s for s in scoring if (s.get("scorer"), s.get("scale")) in wanted]
     score_s = sum(s.get("seconds", 0) for s in scoring)
     score_plan = sum(preset.est_scoring_s.get(sc, float("nan")) for sc, _ in needed)
     if math.isfinite(score_plan):
