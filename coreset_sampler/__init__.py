@@ -32,6 +32,8 @@ _EXPORTS = {
     "SobelScorer": "scorers",
     "InterpolationScorer": "scorers",
     "make_scorer": "scorers",
+    "WholeImageScorer": "whole_image",
+    "SubImageFolder": "whole_image",
 }
 
 __all__ = list(_EXPORTS)
@@ -56,3 +58,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .scorers import InterpolationScorer, LossScorer, SobelScorer, make_scorer
     from .scores import Scores, dataset_fingerprint
     from .selection import MODES, select_indices, selection_summary
+    from .whole_image import SubImageFolder, WholeImageScorer
