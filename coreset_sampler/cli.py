@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="unreadable image: stop (raise) or record it as failed and go on (skip)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--per-crop", action="store_true",
+                   help="model loss of each sub-image on its own (default for sub-images: the model runs once "
+                        "per source image and each crop's loss is read off its error map; see README)")
 
     # -- select -------------------------------------------------------------------------
     p = sub.add_parser(
@@ -702,6 +705,8 @@ def cmd_score(args) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         scorer = make_scorer(args.scorer, args.scale, batch_size=args.batch_size, num_workers=args.workers,
                              checkpoint=ckpt, on_error=args.on_error, progress=progress, device=args.device)
+        if getattr(args, "per_crop", False) and hasattr(scorer, "whole_image"):
+            scorer.whole_image = False  # LossScorer: score each sub-image on its own
         scores = scorer.score(ds)
         scores.metadata[DATA_META] = data_spec(roots, crop, args.step, args.scale, lr_root)
         scores.metadata["command"] = " ".join([PROG, *sys.argv[1:]]) if sys.argv else PROG

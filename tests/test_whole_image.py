@@ -346,3 +346,24 @@ def test_subimage_folder_refuses_what_does_not_trace(srcs, tmp_path, untouched):
     Image.new("RGB", (16, 16)).save(sub / "stray.png")
     with pytest.raises(ValueError, match=r"stray\.png.*not named"):
         SubImageFolder(sub, srcs, crop=16, step=8, scale=2)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_score_is_whole_image_by_default_and_per_crop_on_request(srcs, tmp_path, capsys):
+    from coreset_sampler.cli import main
+
+    a, b = tmp_path / "w.safetensors", tmp_path / "c.safetensors"
+    common = [str(srcs), "--scorer", "srcnn", "--crop", "16", "--step", "8", "--workers", "0", "--no-progress",
+              "--device", "cpu"]
+    assert main(["score", *common, "--out", str(a)]) == 0
+    assert main(["score", *common, "--per-crop", "--out", str(b)]) == 0
+    capsys.readouterr()
+    w, c = Scores.load(a), Scores.load(b)
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    assert w.keys == c.keys == ds.keys
+    assert w.metadata["granularity"] == "whole_image" and "granularity" not in c.metadata
+    ref = LossScorer(load_pretrained("srcnn", 2), **FAST).score(ds)
+    np.testing.assert_array_equal(w.values, ref.values)
+    assert not Path(str(a) + ".partial").exists()
