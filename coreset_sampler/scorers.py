@@ -761,12 +761,15 @@ class LossScorer(_BatchScorer):
 
             plan = plan_of(dataset)
             if plan is not None:
+                self._precheck(dataset, len(dataset))  # empty, scale, unreadable sources, pair sizes
                 ws = WholeImageScorer(self.model, loss=self.loss, on_y=self.on_y,
                                       scale=None if self._inferred_scale else self.scale,
                                       device=self.device, num_workers=self.num_workers, checkpoint=self.checkpoint,
                                       checkpoint_every=self.checkpoint_every, on_error=self.on_error,
                                       progress=self.progress, **self.whole_image_options)
-                scores = ws.score(dataset, plan)
+                ws.spec = self.spec
+                with _rng_preserved():
+                    scores = ws.score(dataset, plan)
                 self.last_stats = ws.last_stats
                 return scores
             if self.whole_image is True:

@@ -55,7 +55,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .data import (IMAGE_EXTS, PairedImageFolder, SubImageDataset, _header_size, _list_images, _read_array,
+from .data import (IMAGE_EXTS, ImageReadError, PairedImageFolder, SubImageDataset, _header_size, _list_images, _read_array,
                    _subimage_stem, _to_tensor, subimage_positions)
 from .degradation import _check_scale, downsample, modcrop, rgb_to_y
 from .scores import Scores, dataset_fingerprint
@@ -104,10 +104,13 @@ class WholeImagePlan:
 class _CacheLoader:
     """Picklable ``load(j)`` over a SubImageDataset: its cache, else the file."""
 
-    def __init__(self, files, cache):
-        self.files, self.cache = files, cache
+    def __init__(self, files, cache, unreadable=None):
+        self.files, self.cache, self.unreadable = files, cache, dict(unreadable or {})
 
     def __call__(self, j: int) -> np.ndarray:
+        bad = self.unreadable.get(self.files[j])
+        if bad is not None:
+            raise ImageReadError(bad)
         return self.cache[j] if self.cache is not None else _read_array(self.files[j])
 
 
@@ -126,7 +129,8 @@ def plan_of(dataset) -> WholeImagePlan | None:
     if isinstance(dataset, SubImageDataset):
         return WholeImagePlan(sources=list(dataset.files), index=dataset._index.astype(np.int64),
                               keys=list(dataset.keys), crop=dataset.crop, scale=dataset.scale,
-                              load=_CacheLoader(dataset.files, dataset._cache))
+                              load=_CacheLoader(dataset.files, dataset._cache,
+                                                getattr(dataset, "unreadable", None)))
     return None
 
 
@@ -231,6 +235,20 @@ class SubImageFolder(PairedImageFolder):
         """``(source file, top, left)`` of sub-image ``i``."""
         j, top, left = (int(v) for v in self._plan_index[i])
         return self.sources[j], top, left
+
+    def provenance(self) -> dict:
+        """:meth:`PairedImageFolder.provenance` of the sub-image files, plus ``traced_from``: the
+        source images (digests), crop, step and thresh they were traced to."""
+        from .provenance import sources_digest
+
+        srcs: dict[str, str] = {}
+        for r in self.source_roots:
+            mine = [p for p in self.sources if p.parent == r]
+            srcs.update({(k if len(self.source_roots) == 1 else f"{r.name}/{k}"): v
+                         for k, v in sources_digest(mine, r).items()})
+        return {**super().provenance(), "traced_from": {"roots": [str(r) for r in self.source_roots],
+                                                        "crop": self.crop, "step": self.step, "thresh": self.thresh,
+                                                        "sources": srcs}}
 
     def whole_image_plan(self) -> WholeImagePlan:
         return WholeImagePlan(sources=list(self.sources), index=self._plan_index.copy(), keys=list(self.keys),
@@ -406,8 +424,6 @@ class _SourceItems(Dataset):
                 if bottom > arr.shape[0] or right > arr.shape[1]:
                     worst = idx[np.argmax(np.maximum(p.index[idx, 1] + p.crop - arr.shape[0],
                                                      p.index[idx, 2] + p.crop - arr.shape[1]))]
-                    from .data import ImageReadError
-
                     raise ImageReadError(
                         f"cannot read image {p.sources[j]}: it is {arr.shape[0]}x{arr.shape[1]} and does not hold "
                         f"crop {p.keys[worst]!r} (top {int(p.index[worst, 1])}, left {int(p.index[worst, 2])}, "
@@ -481,6 +497,8 @@ class WholeImageScorer:
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.checkpoint_every = checkpoint_every
         self.model_name = getattr(model, "arch", None) or type(model).__name__.lower()
+        #: recorded as ``provenance["scorer"]`` (``LossScorer`` passes its spec: "srcnn", a weights path...)
+        self.spec = self.model_name
         self._config = config
         self.last_stats: dict = {}
 
@@ -510,6 +528,7 @@ class WholeImageScorer:
         from .scorers import _dist_info, _first_difference, _rank_path, _State, _version  # noqa: F401
 
         t0 = time.perf_counter()
+        ds_provenance = _dataset_provenance(dataset)  # source digests as scoring starts
         plan = plan if plan is not None else plan_of(dataset)
         if plan is None:
             raise ValueError(f"{type(dataset).__name__} is not a sub-image set with known sources "
@@ -527,13 +546,15 @@ class WholeImageScorer:
                     "channels_last": self.channels_last}
         fingerprint = {"scorer": self.name, "granularity": "whole_image", "config": config, "n": n,
                        "dataset": dataset_fingerprint(plan.keys, n), "sources": n_src, "crop": plan.crop,
-                       "geometry": geometry, "rank": rank, "world_size": world}
-        state = _State(n, n_src)
+                       "geometry": geometry, "rank": rank, "world_size": world,
+                       "batch_size": 1}  # the checkpoint's "windows" are single crops: done per crop
+        state = _State(n, n)
         ckpt = None if self.checkpoint is None else _rank_path(self.checkpoint, rank, world)
         if ckpt is not None and ckpt.exists():
-            state = _State.load(ckpt, fingerprint, n, n_src)
-        todo = [j for j in mine if not state.done[j]]
-        resumed = sum(len(crops_of[j]) for j in mine if state.done[j])
+            state = _State.load(ckpt, fingerprint, n, n)
+        src_done = [len(crops_of[j]) > 0 and bool(state.done[crops_of[j]].all()) for j in range(n_src)]
+        todo = [j for j in mine if not src_done[j]]
+        resumed = sum(len(crops_of[j]) for j in mine if src_done[j])
         was_training = self.model.training
         self.model.to(self.device).eval()
         if self.channels_last:
@@ -556,7 +577,7 @@ class WholeImageScorer:
                     computed += len(idx)
                 for i in idx:
                     state.keys[i] = plan.keys[i]
-                state.done[j] = True
+                state.done[idx] = True
                 bar.update(len(idx))
                 since += 1
                 if ckpt is not None and since >= self.checkpoint_every:
@@ -576,9 +597,8 @@ class WholeImageScorer:
                 "dataset_fingerprint": dataset_fingerprint(plan.keys, n), "num_samples": n,
                 "library_version": _version(), "torch_version": torch.__version__,
                 "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        prov = _provenance(self, dataset, config)
-        if prov is not None:
-            meta["provenance"] = prov
+        meta["provenance"] = {"scorer": self.spec, "model_digest": config.get("model_digest"),
+                              "loss": config.get("loss"), "scale": config.get("scale"), **(ds_provenance or {})}
         self.last_stats = {"computed": computed, "resumed": resumed, "failed": len(state.failed),
                            "seconds": time.perf_counter() - t0, "rank": rank, "world_size": world,
                            "sources": len(todo)}
@@ -632,18 +652,10 @@ class WholeImageScorer:
                 f"amp={self.amp_name}, device={self.device})")
 
 
-def _provenance(scorer, dataset, config) -> dict | None:
-    """``metadata["provenance"]`` per the provenance contract, when the library has it."""
-    try:
-        from .provenance import provenance_of
-    except ImportError:  # a build without provenance support
-        return None
-    prov = {"scorer": getattr(scorer, "spec", None) or config.get("model"),
-            "model_digest": config.get("model_digest"), "loss": config.get("loss"), "scale": config.get("scale")}
-    extra = provenance_of(dataset)
-    if extra:
-        prov.update(extra)
-    return prov
+def _dataset_provenance(dataset) -> dict | None:
+    from .provenance import provenance_of
+
+    return provenance_of(dataset)
 
 
 def _gather_sources(state, mine, crops_of, n, n_src, world):
@@ -654,7 +666,7 @@ def _gather_sources(state, mine, crops_of, n, n_src, world):
     payload = {"pos": pos.astype(np.int64), "values": state.values[pos], "failed": dict(state.failed)}
     parts: list = [None] * world
     torch.distributed.all_gather_object(parts, payload)
-    full = _State(n, n_src)
+    full = _State(n, n)
     for p in parts:
         full.values[p["pos"]] = p["values"]
         full.failed.update(p["failed"])

@@ -185,8 +185,10 @@ def test_loss_scorer_uses_whole_image_by_default_only_where_it_applies(srcs):
     opts = LossScorer(model, whole_image_options={"tile": 0}, **FAST).score(ds)
     np.testing.assert_allclose(opts.values, auto.values, rtol=1e-5)
     assert opts.metadata["whole_image"]["tile"] == 0
-    with pytest.raises(ValueError, match="x3 but the dataset is x2"):
+    with pytest.raises(ValueError, match="scorer is for scale 3 but the dataset SubImageDataset has scale 2"):
         LossScorer(_model(3), **FAST).score(ds)
+    with pytest.raises(ValueError, match="x3 but the dataset is x2"):
+        WholeImageScorer(_model(3), **FAST).score(ds)
 
 
 # --------------------------------------------------------------------------- engine: resume, errors
@@ -367,3 +369,31 @@ def test_cli_score_is_whole_image_by_default_and_per_crop_on_request(srcs, tmp_p
     ref = LossScorer(load_pretrained("srcnn", 2), **FAST).score(ds)
     np.testing.assert_array_equal(w.values, ref.values)
     assert not Path(str(a) + ".partial").exists()
+
+
+# --------------------------------------------------------------------------- provenance, unreadable sources
+
+
+def test_scores_carry_provenance_and_feed_coreset_dataset(srcs, tmp_path):
+    from coreset_sampler import CoreSetDataset
+
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    s = LossScorer.pretrained("srcnn", 2, **FAST).score(ds)
+    prov = s.metadata["provenance"]
+    assert prov["scorer"] == "srcnn" and prov["dataset"] == "subimages" and prov["scale"] == 2
+    assert set(prov["sources"]) == {p.name for p in ds.files}
+    s.save(tmp_path / "s.safetensors")
+    core = CoreSetDataset(ds, Scores.load(tmp_path / "s.safetensors"), ratio=0.5)
+    assert len(core) == (len(ds) + 1) // 2  # round half up
+
+
+def test_unreadable_source_of_a_subimage_dataset(srcs):
+    (srcs / "im1.png").write_bytes((srcs / "im1.png").read_bytes()[:200])  # truncated
+    with pytest.warns(UserWarning, match="cannot be read"):
+        ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    with pytest.raises(OSError, match=r"im1\.png"):
+        LossScorer(_model(), **FAST).score(ds)
+    s = LossScorer(_model(), on_error="skip", **FAST).score(ds)
+    bad = [i for i, k in enumerate(ds.keys) if k.startswith("im1_")]
+    assert sorted(s.failed) == bad and all("im1.png" in m for m in s.failed.values())
+    assert s.metadata["granularity"] == "whole_image"
