@@ -19,7 +19,9 @@ alone and runs the model on it, so pixels near crop borders see padding; the two
 nearly alike (``benchmarks/results/whole_image_agreement.md``). A crop that reaches past the
 modcropped image (only a border-aligned crop of an image whose size is not a multiple of
 ``scale``, by fewer than ``scale`` pixels) is scored on the same-size window moved inside by that
-amount; their number is recorded in the metadata (``shifted_crops``).
+amount; their number is recorded in the metadata (``shifted_crops``). With ``border="exact"`` such
+a crop is scored on the image shifted to its own phase (``image[top % scale:, left % scale:]`` and
+its LR) instead: exact, at the cost of extra model passes over those border strips.
 
 **Tiling.** Where memory (or, on CPU, cache) needs it, the LR image is cut into tiles processed
 with a halo of LR pixels at least the model's receptive radius (:func:`receptive_halo`), and only
@@ -402,11 +404,21 @@ def error_map(model, lq: torch.Tensor, gt: torch.Tensor, *, scale: int, loss: st
 # --------------------------------------------------------------------------- loading (workers)
 
 
-class _SourceItems(Dataset):
-    """Source ``j`` -> ``(j, {"lq", "gt"})`` (modcropped HR, its LR) or ``(j, _LoadFailure)``."""
+def _phases(tops: np.ndarray, lefts: np.ndarray, crop: int, scale: int, H: int, W: int) -> np.ndarray:
+    """``[n, 2]`` offsets ``(dy, dx)`` of the image each crop is scored on: ``(0, 0)`` (the modcropped
+    image) unless the crop reaches past it; then its own phase ``top % scale`` / ``left % scale``."""
+    dy = np.where(tops + crop > H, tops % scale, 0)
+    dx = np.where(lefts + crop > W, lefts % scale, 0)
+    return np.stack([dy, dx], 1)
 
-    def __init__(self, plan: WholeImagePlan, crops_of: list[np.ndarray]):
-        self.plan, self.crops_of = plan, crops_of
+
+class _SourceItems(Dataset):
+    """Source ``j`` -> ``(j, {"lq", "gt", "phases"})`` (modcropped HR, its LR; with ``border="exact"``
+    the LR/HR pairs of the phase-shifted images that crops past the modcropped edge need) or
+    ``(j, _LoadFailure)``."""
+
+    def __init__(self, plan: WholeImagePlan, crops_of: list[np.ndarray], exact: bool = False):
+        self.plan, self.crops_of, self.exact = plan, crops_of, exact
 
     def __len__(self) -> int:
         return len(self.plan.sources)
@@ -428,8 +440,15 @@ class _SourceItems(Dataset):
                         f"cannot read image {p.sources[j]}: it is {arr.shape[0]}x{arr.shape[1]} and does not hold "
                         f"crop {p.keys[worst]!r} (top {int(p.index[worst, 1])}, left {int(p.index[worst, 2])}, "
                         f"size {p.crop}); the file changed since the dataset was built")
-            gt = modcrop(_to_tensor(arr), p.scale)
-            return j, {"lq": downsample(gt, p.scale), "gt": gt}
+            full = _to_tensor(arr)
+            gt = modcrop(full, p.scale)
+            phases = []
+            if self.exact and len(idx):
+                ph = _phases(p.index[idx, 1], p.index[idx, 2], p.crop, p.scale, *gt.shape[-2:])
+                for dy, dx in sorted({(int(a), int(b)) for a, b in ph} - {(0, 0)}):
+                    g = modcrop(full[:, dy:, dx:], p.scale)
+                    phases.append((dy, dx, downsample(g, p.scale), g))
+            return j, {"lq": downsample(gt, p.scale), "gt": gt, "phases": phases}
         except Exception as e:  # noqa: BLE001 - reported by the main process, per on_error
             return j, _LoadFailure(j, e)
 
@@ -451,6 +470,11 @@ class WholeImageScorer:
         amp: None (fp32), ``"bf16"`` or ``"fp16"``: autocast on CUDA (ignored on CPU).
         channels_last: channels_last model and tiles (default: on CUDA).
         tile_batch: equal-shape tiles per forward pass.
+        border: crops that reach past the modcropped image (size not a multiple of ``scale``):
+            ``"shift"`` (default) scores the window moved inside; ``"exact"`` scores the crop on the
+            image shifted to its own phase (``image[top % scale:, left % scale:]``, its own LR), so
+            the LR of every crop is a crop of the LR of a whole image; costs extra model passes
+            over those border strips.
         device, num_workers, checkpoint, checkpoint_every, on_error, progress: as for
             :class:`~coreset_sampler.scorers.LossScorer`; the unit of loading, checkpointing and
             sharding is the source image, and an unreadable source fails all its crops.
@@ -468,7 +492,7 @@ class WholeImageScorer:
                  scale: int | None = None, tile: int | None = None, halo: int | None = None, amp=None,
                  channels_last: bool | None = None, tile_batch: int = 8, device=None, num_workers: int = 2,
                  checkpoint=None, checkpoint_every: int = 20, on_error: str = "raise", progress: bool = True,
-                 config: dict | None = None):
+                 border: str = "shift", config: dict | None = None):
         from .scorers import _default_device
 
         if not isinstance(model, torch.nn.Module):
@@ -479,6 +503,9 @@ class WholeImageScorer:
             raise ValueError(f"amp must be one of {sorted(k for k in _AMP if k)} or None, got {amp!r}")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if border not in ("shift", "exact"):
+            raise ValueError(f"border must be 'shift' or 'exact', got {border!r}")
+        self.border = border
         for arg, v, lo in (("tile", 0 if tile is None else tile, 0), ("halo", 0 if halo is None else halo, 0),
                            ("tile_batch", tile_batch, 1), ("num_workers", num_workers, 0),
                            ("checkpoint_every", checkpoint_every, 1)):
@@ -543,7 +570,7 @@ class WholeImageScorer:
         mine = list(range(rank, n_src, world))
         config = self.config(scale)
         geometry = {"tile": tile, "halo": halo, "amp": None if self.amp is None else str(self.amp).split(".")[-1],
-                    "channels_last": self.channels_last}
+                    "channels_last": self.channels_last, "border": self.border}
         fingerprint = {"scorer": self.name, "granularity": "whole_image", "config": config, "n": n,
                        "dataset": dataset_fingerprint(plan.keys, n), "sources": n_src, "crop": plan.crop,
                        "geometry": geometry, "rank": rank, "world_size": world,
@@ -563,7 +590,7 @@ class WholeImageScorer:
         bar = tqdm(total=sum(len(crops_of[j]) for j in mine), initial=resumed, unit="sample",
                    desc="scoring (loss, whole image)", disable=not self.progress or rank != 0, dynamic_ncols=True)
         try:
-            loader = DataLoader(_SourceItems(plan, crops_of), sampler=todo, batch_size=None,
+            loader = DataLoader(_SourceItems(plan, crops_of, self.border == "exact"), sampler=todo, batch_size=None,
                                 num_workers=self.num_workers if todo else 0,
                                 pin_memory=self.device.type == "cuda")
             for j, item in (loader if todo else ()):
@@ -620,14 +647,35 @@ class WholeImageScorer:
             state.failed[int(i)] = f"{f.type_name}: {f.message}"
 
     def _score_source(self, item, idx, plan, tile, halo) -> tuple[np.ndarray, int]:
-        nb = self.device.type == "cuda"
-        lq = item["lq"].to(self.device, non_blocking=nb)
-        gt = item["gt"].to(self.device, non_blocking=nb)
         s, c = plan.scale, plan.crop
-        H, W = gt.shape[-2:]
+        H, W = item["gt"].shape[-2:]
         tops, lefts = plan.index[idx, 1].copy(), plan.index[idx, 2].copy()
         over = (tops + c > H) | (lefts + c > W)  # border crops of a non-multiple-of-scale image
-        tops, lefts = np.minimum(tops, H - c), np.minimum(lefts, W - c)
+        vals = np.empty(len(idx), dtype=np.float64)
+        if self.border == "exact":
+            ph = _phases(tops, lefts, c, s, H, W)
+            pairs = {(0, 0): (item["lq"], item["gt"]), **{(dy, dx): (lq, gt) for dy, dx, lq, gt in item["phases"]}}
+            for (dy, dx), (lq, gt) in pairs.items():
+                sel = (ph[:, 0] == dy) & (ph[:, 1] == dx)
+                if sel.any():
+                    vals[sel] = self._crop_losses(lq, gt, tops[sel] - dy, lefts[sel] - dx, plan, tile, halo)
+            shifted = 0
+        else:
+            tops, lefts = np.minimum(tops, H - c), np.minimum(lefts, W - c)
+            vals[:] = self._crop_losses(item["lq"], item["gt"], tops, lefts, plan, tile, halo)
+            shifted = int(over.sum())
+        bad = ~np.isfinite(vals)
+        if bad.any():
+            k = plan.keys[idx[int(np.flatnonzero(bad)[0])]]
+            raise ValueError(f"whole-image loss scorer produced a non-finite score for {k!r} "
+                             f"(source {plan.sources[int(plan.index[idx[0], 0])]})")
+        return vals.astype(np.float32), shifted
+
+    def _crop_losses(self, lq, gt, tops, lefts, plan, tile, halo) -> np.ndarray:
+        nb = self.device.type == "cuda"
+        lq = lq.to(self.device, non_blocking=nb)
+        gt = gt.to(self.device, non_blocking=nb)
+        s, c = plan.scale, plan.crop
         needed = None
         if tile:
             h, w = lq.shape[-2:]
@@ -639,13 +687,7 @@ class WholeImageScorer:
             err = error_map(self.model, lq, gt, scale=s, loss=self.loss, on_y=self.on_y, tile=tile, halo=halo,
                             needed=needed, amp=self.amp, channels_last=self.channels_last,
                             tile_batch=self.tile_batch)
-        vals = crop_sums(err.cpu().numpy(), tops, lefts, c) / (c * c)
-        bad = ~np.isfinite(vals)
-        if bad.any():
-            k = plan.keys[idx[int(np.flatnonzero(bad)[0])]]
-            raise ValueError(f"whole-image loss scorer produced a non-finite score for {k!r} "
-                             f"(source {plan.sources[int(plan.index[idx[0], 0])]})")
-        return vals.astype(np.float32), int(over.sum())
+        return crop_sums(err.cpu().numpy(), tops, lefts, c) / (c * c)
 
     def __repr__(self) -> str:
         return (f"WholeImageScorer(model={self.model_name}, loss={self.loss}, tile={self.tile}, halo={self.halo}, "

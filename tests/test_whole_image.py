@@ -132,6 +132,32 @@ def test_scores_are_the_whole_image_error_over_each_crop(srcs):
     assert shifted > 0 and s.metadata["whole_image"]["shifted_crops"] == shifted  # im1 is 37x45
 
 
+def test_border_exact_scores_each_crop_on_its_own_phase(srcs):
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    model = _model()
+    s = WholeImageScorer(model, tile=5, border="exact", **FAST).score(ds)
+    shift = WholeImageScorer(model, tile=5, **FAST).score(ds)
+    assert s.metadata["whole_image"]["border"] == "exact" and s.metadata["whole_image"]["shifted_crops"] == 0
+    n_phase = 0
+    for i in range(len(ds)):
+        path, top, left = ds.source(i)
+        full = load_image(path)
+        H, W = modcrop(full, 2).shape[-2:]
+        dy = top % 2 if top + 16 > H else 0
+        dx = left % 2 if left + 16 > W else 0
+        n_phase += (dy, dx) != (0, 0)
+        gt = modcrop(full[:, dy:, dx:], 2)
+        with torch.inference_mode():
+            pred = model(downsample(gt, 2)[None])[0]
+        d = (rgb_to_y(pred) - rgb_to_y(gt))[0, top - dy:top - dy + 16, left - dx:left - dx + 16].double()
+        assert s.values[i] == pytest.approx(float((d * d).mean()), rel=1e-5), ds.keys[i]
+        if (dy, dx) == (0, 0):
+            assert s.values[i] == pytest.approx(shift.values[i], rel=1e-6)
+    assert n_phase == shift.metadata["whole_image"]["shifted_crops"] > 0
+    with pytest.raises(ValueError, match="border must be"):
+        WholeImageScorer(model, border="pad")
+
+
 def test_l1_and_all_channels():
     class Up(torch.nn.Module):
         scale = 2
