@@ -267,7 +267,7 @@ class SubImageFolder(PairedImageFolder):
 def receptive_halo(model: torch.nn.Module, scale: int, channels: int | None = None) -> int:
     """LR pixels of context a tile needs so that its core's output equals the untiled output.
 
-    SRCNN and FSRCNN: from their layers (bicubic taps, kernel radii; +1 for rounding). Other
+    SRCNN and FSRCNN: from their layers (bicubic taps, kernel radii). Other
     models: measured, as the extent of the input gradient of a central output pixel over three
     random inputs, plus 2; a model whose dependence reaches the probe's border (attention, global
     pooling) is refused: score it untiled (``tile=0``) or pass ``halo``.
@@ -275,7 +275,7 @@ def receptive_halo(model: torch.nn.Module, scale: int, channels: int | None = No
     Example:
         >>> from coreset_sampler.models import SRCNN
         >>> receptive_halo(SRCNN(2), 2)
-        8
+        6
     """
     from .models import FSRCNN, SRCNN
 
@@ -283,7 +283,9 @@ def receptive_halo(model: torch.nn.Module, scale: int, channels: int | None = No
     if isinstance(model, SRCNN):
         c = model.config
         r_hr = c["f1"] // 2 + c["f2"] // 2 + c["f3"] // 2
-        return 3 + math.ceil(r_hr / scale) + 1  # bicubic x scale reads +-2 LR pixels (3 with rounding)
+        # HR pixel o (in LR pixel k) sees HR pixels o +- r_hr, whose bicubic taps lie within 2 LR pixels
+        # of their centres (o + 0.5) / scale - 0.5: LR pixels k +- floor(2.5 + (r_hr - 0.5) / scale)
+        return max(math.ceil(r_hr / scale), math.floor(2.5 + (r_hr - 0.5) / scale))
     if isinstance(model, FSRCNN):
         return 2 + model.config["m"] + math.ceil(4 / scale) + 2
     probe = 64
@@ -469,7 +471,7 @@ class WholeImageScorer:
         halo: LR context per tile (default :func:`receptive_halo`).
         amp: None (fp32), ``"bf16"`` or ``"fp16"``: autocast on CUDA (ignored on CPU).
         channels_last: channels_last model and tiles (default: on CUDA).
-        tile_batch: equal-shape tiles per forward pass.
+        tile_batch: equal-shape tiles per forward pass (default 1 on CPU, 8 on CUDA).
         border: crops that reach past the modcropped image (size not a multiple of ``scale``):
             ``"shift"`` (default) scores the window moved inside; ``"exact"`` scores the crop on the
             image shifted to its own phase (``image[top % scale:, left % scale:]``, its own LR), so
@@ -490,7 +492,7 @@ class WholeImageScorer:
 
     def __init__(self, model: torch.nn.Module, *, loss: str = "mse", on_y: bool | None = None,
                  scale: int | None = None, tile: int | None = None, halo: int | None = None, amp=None,
-                 channels_last: bool | None = None, tile_batch: int = 8, device=None, num_workers: int = 2,
+                 channels_last: bool | None = None, tile_batch: int | None = None, device=None, num_workers: int = 2,
                  checkpoint=None, checkpoint_every: int = 20, on_error: str = "raise", progress: bool = True,
                  border: str = "shift", config: dict | None = None):
         from .scorers import _default_device
@@ -507,7 +509,7 @@ class WholeImageScorer:
             raise ValueError(f"border must be 'shift' or 'exact', got {border!r}")
         self.border = border
         for arg, v, lo in (("tile", 0 if tile is None else tile, 0), ("halo", 0 if halo is None else halo, 0),
-                           ("tile_batch", tile_batch, 1), ("num_workers", num_workers, 0),
+                           ("tile_batch", 1 if tile_batch is None else tile_batch, 1), ("num_workers", num_workers, 0),
                            ("checkpoint_every", checkpoint_every, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{arg} must be an integer >= {lo}, got {v!r}")
@@ -519,7 +521,8 @@ class WholeImageScorer:
         self.tile, self.halo, self.amp_name = tile, halo, amp
         self.amp = _AMP[amp] if self.device.type == "cuda" else None
         self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
-        self.tile_batch = tile_batch
+        # CPU: one tile per pass keeps activations cache-sized; CUDA: batches fill the device
+        self.tile_batch = tile_batch if tile_batch is not None else (8 if self.device.type == "cuda" else 1)
         self.num_workers, self.on_error, self.progress = num_workers, on_error, progress
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.checkpoint_every = checkpoint_every
@@ -570,7 +573,7 @@ class WholeImageScorer:
         mine = list(range(rank, n_src, world))
         config = self.config(scale)
         geometry = {"tile": tile, "halo": halo, "amp": None if self.amp is None else str(self.amp).split(".")[-1],
-                    "channels_last": self.channels_last, "border": self.border}
+                    "channels_last": self.channels_last, "border": self.border, "tile_batch": self.tile_batch}
         fingerprint = {"scorer": self.name, "granularity": "whole_image", "config": config, "n": n,
                        "dataset": dataset_fingerprint(plan.keys, n), "sources": n_src, "crop": plan.crop,
                        "geometry": geometry, "rank": rank, "world_size": world,
