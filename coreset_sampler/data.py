@@ -152,7 +152,21 @@ def _list_images(root: str | os.PathLike, exts: Sequence[str] = IMAGE_EXTS) -> l
     )
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(exts)}) in folder {root}")
+    for p in files:
+        _check_name(p)
     return files
+
+
+def _check_name(p: Path) -> None:
+    """Keys are file stems stored as UTF-8 lines: a name must be valid UTF-8 without line breaks."""
+    try:
+        p.name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes come back as surrogates (PEP 383)
+        raise ValueError(f"file name {os.fsencode(p.name)!r} in {p.parent} is not valid UTF-8; rename the file "
+                         f"(keys and scores files store names as UTF-8)") from None
+    if any(c in p.name for c in "\n\r"):
+        raise ValueError(f"file name {p.name!r} in {p.parent} contains a line break; rename the file "
+                         f"(keys are stored one per line)")
 
 
 def _check_unique(names: Sequence[str], paths: Sequence[Path], what: str) -> None:

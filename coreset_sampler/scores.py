@@ -389,7 +389,7 @@ def read_header(path) -> tuple[dict, dict]:
         if not 0 <= a <= b <= data_len or b - a != nbytes:
             raise ValueError(f"{path}: tensor {name!r} claims {nbytes} bytes at offsets [{a}, {b}) but the file "
                              f"holds {data_len} data bytes")
-    rules = {"values": ({"F32"}, "float32"), "keys": ({"U8"}, "uint8"), "failed": (_INT_DTYPES, "an integer type")}
+    rules = {"values": ({"F32"}, "float32"), "keys": ({"U8"}, "uint8"), "failed": (_INT_DTYPES, "integer")}
     if "values" not in header:
         raise ValueError(f"{path}: no tensor 'values' (tensors: {sorted(header)})")
     for name, (dtypes, what) in rules.items():
