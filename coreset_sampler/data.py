@@ -272,10 +272,12 @@ class PairedImageFolder(torch.utils.data.Dataset):
         cannot be read are left out (they fail, or are skipped, when loaded).
         """
         s = self.scale
+        if self.lr_paths is None:  # LR made from HR: sizes agree by construction
+            return
         for i, key in enumerate(self.keys):
             try:
                 H, W = _header_size(self.hr_paths[i])
-                h, w = _header_size(self.lr_paths[i]) if self.lr_paths is not None else (H // s, W // s)
+                h, w = _header_size(self.lr_paths[i])
             except OSError:
                 continue
             yield key, (3, h, w), (3, H - H % s, W - W % s)

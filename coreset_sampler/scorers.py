@@ -406,7 +406,8 @@ class _BatchScorer:
         if "scale" in config:  # a LossScorer may have inferred it from the data
             config = {**config, "scale": self.scale}
         provenance = {"scorer": self.spec, "model_digest": config.get("model_digest"),
-                      "loss": config.get("loss"), "scale": getattr(self, "scale", None),
+                      "loss": config.get("loss"),
+                      "scale": getattr(self, "scale", None) or getattr(dataset, "scale", None),
                       **(ds_provenance or {})}
         meta = {"scorer": self.name, **config, "provenance": provenance,
                 "dataset_fingerprint": dataset_fingerprint(keys, n),
