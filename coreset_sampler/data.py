@@ -383,8 +383,10 @@ def _atomic_save_png(im: Image.Image, path: Path) -> None:
         with open(tmp, "xb") as f:
             im.save(f, format="PNG", compress_level=3)  # BasicSR's level: fast to write and read
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None and str(path) not in str(e):
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
         raise
 
 

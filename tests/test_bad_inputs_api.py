@@ -333,3 +333,16 @@ def test_bad_input_is_refused_naming_the_culprit(case, env, untouched, monkeypat
         assert s in msg, f"{case.id}: {s!r} not in message {msg!r}"
     if case.after is not None:
         assert case.after(env), f"{case.id}: post-condition failed"
+
+
+def test_extract_subimages_out_of_space_names_the_file(env, untouched, monkeypatch):
+    from coreset_sampler.data import extract_subimages
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    dst = env.out / "sub"
+    with untouched(env.data), pytest.raises(OSError, match=r"cannot write .*sub/a_s001.png: No space left"):
+        extract_subimages(env.hr, dst, crop=8, step=8, progress=False)
+    assert list(dst.iterdir()) == []  # no temp file left behind
