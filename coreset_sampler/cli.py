@@ -500,6 +500,9 @@ def cmd_score(args) -> int:
     try:
         rank, world = _rank_world()
         progress = not args.no_progress and rank == 0
+        # the scorer first: a bad weights file is reported before the images are decoded
+        scorer = make_scorer(args.scorer, args.scale, batch_size=args.batch_size, num_workers=args.workers,
+                             checkpoint=ckpt, on_error=args.on_error, progress=progress, device=args.device)
         ds = build_dataset(roots, crop, args.step, args.scale, lr_root, cache=True, progress=progress)
         mine = ckpt if world == 1 else ckpt.with_name(f"{ckpt.stem}.rank{rank}of{world}{ckpt.suffix}")
         if args.rescore and mine.exists():
@@ -511,8 +514,6 @@ def cmd_score(args) -> int:
         if mine.exists():
             print(f"{f'[rank {rank}] ' if world > 1 else ''}resuming from {mine}", flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        scorer = make_scorer(args.scorer, args.scale, batch_size=args.batch_size, num_workers=args.workers,
-                             checkpoint=ckpt, on_error=args.on_error, progress=progress, device=args.device)
         scores = scorer.score(ds)
         scores.metadata[DATA_META] = dataset_layout(ds)
         scores.metadata["command"] = " ".join([PROG, *sys.argv[1:]]) if sys.argv else PROG
@@ -699,27 +700,62 @@ def _exit_code(e: BaseException) -> int:
     return 2 if isinstance(e, ProvenanceError) else 1
 
 
-def _stdout_gone() -> int:
-    """stdout's reader went away (``coreset-sr ... | head -1``): stop quietly, as Python's docs advise.
+class _ClosedPipeSafe:
+    """stdout that outlives its reader (``coreset-sr export ... | head -1``).
 
-    Later writes (the flush at exit included) go to /dev/null, so no second BrokenPipeError is
-    printed; the exit code is the shell's for a process ended by SIGPIPE (128 + 13).
+    When the reader goes away, the rest of the output is discarded instead of raising
+    BrokenPipeError in the middle of the work: the command still finishes (an export still
+    writes every file and its meta_info.txt) and exits with its own status. The file descriptor
+    is pointed at /dev/null, as Python's docs on SIGPIPE advise, so the flush at interpreter exit
+    does not fail either.
     """
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # stdout without a file descriptor (tests, embedding)
-        pass
-    return 141
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.closed_reader = False
+
+    def _gone(self) -> None:
+        self.closed_reader = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # a stream without a descriptor (tests, embedding)
+            pass
+
+    def write(self, text):
+        if not self.closed_reader:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._gone()
+        return len(text)
+
+    def flush(self):
+        if not self.closed_reader:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``coreset-sr`` (and ``python -m coreset_sampler``); returns the exit code."""
+    stdout = sys.stdout
+    sys.stdout = _ClosedPipeSafe(stdout)
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-    except BrokenPipeError:  # --help into a closed pipe
-        return _stdout_gone()
+        return _main(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stdout = stdout
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -731,9 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     old = warnings.showwarning
     warnings.showwarning = showwarning
     try:
-        code = COMMANDS[args.command](args) or 0
-        sys.stdout.flush()  # a closed reader shows up here, not as an error at interpreter exit
-        return code
+        return COMMANDS[args.command](args) or 0
     except CLIError as e:
         if debug:
             raise
@@ -747,8 +781,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = f" (every file in {args.out} is complete or absent: rerun the same command to finish)"
         print(f"{PROG}: interrupted{hint}", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `coreset-sr export ... | head -1`
-        return _stdout_gone()
     except (ValueError, OSError) as e:  # user data: missing / unreadable files, mismatched scores, ...
         if debug:
             raise
