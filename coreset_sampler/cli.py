@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import shlex
 import stat
 import sys
 import warnings
@@ -342,7 +343,48 @@ def _dataset_from_scores(scores, scores_path, roots: Sequence[Path], args, *, ca
         raise CLIError(f"the LR folder recorded in {scores_path} is gone: {lr_root}")
     ds = build_dataset(roots, crop, step, scale, lr_root, cache=cache, progress=progress)
     check_keys(scores, ds.keys, scores_path, roots, crop, step)
+    check_sources(scores, ds, scores_path)
     return ds, crop, step, scale
+
+
+def rescore_hint(scores, scores_path) -> str:
+    """How to compute ``scores_path`` again: its recorded command plus ``--rescore``."""
+    cmd = scores.metadata.get("command")
+    if isinstance(cmd, str) and cmd.startswith(f"{PROG} score "):
+        return f"rescore with: {cmd}{'' if ' --rescore' in cmd else ' --rescore'}"
+    return f"rescore the images with '{PROG} score DATA ... --out {scores_path} --rescore'"
+
+
+def check_sources(scores, dataset, scores_path) -> None:
+    """Refuse scores whose recorded provenance (settings, source image bytes) disagrees with ``dataset``.
+
+    Raises :class:`~coreset_sampler.provenance.ProvenanceError` (exit 2) naming the changed,
+    missing or added files, or the field and both values.
+    """
+    from .provenance import check_provenance
+
+    check_provenance(scores, dataset=dataset, source=str(scores_path), fix=rescore_hint(scores, scores_path))
+
+
+def _recorded_dataset(scores, scores_path):
+    """The dataset a scores file records it was computed from (its ``data`` layout), or None with a warning."""
+    spec = scores.metadata.get(DATA_META)
+    if not isinstance(spec, dict) or spec.get("kind") not in ("subimages", "images"):
+        _warn(f"{scores_path} does not record which folders were scored (made from Python?): "
+              f"its scores were not checked against the images")
+        return None
+    roots = [Path(r) for r in spec.get("roots") or []]
+    lr_root = Path(spec["lr_root"]) if spec.get("lr_root") else None
+    gone = [r for r in roots + ([lr_root] if lr_root else []) if not r.is_dir()]
+    if gone or not roots:
+        _warn(f"cannot check {scores_path} against its images: {gone[0] if gone else 'no folder'} is gone "
+              f"(moved?); 'coreset-sr export NEW_PLACE --scores {scores_path} ...' checks them where they are now")
+        return None
+    sub = spec["kind"] == "subimages"
+    ds = build_dataset(roots, int(spec.get("crop", 0)) if sub else 0, spec.get("step"),
+                       int(spec.get("scale") or 2), lr_root, cache=False, progress=False)
+    check_keys(scores, ds.keys, scores_path, roots, int(spec.get("crop", 0)) if sub else 0, spec.get("step"))
+    return ds
 
 
 def check_keys(scores, keys: Sequence[str], scores_path, roots, crop: int, step: int) -> None:
@@ -496,6 +538,9 @@ def cmd_score(args) -> int:
     _check_out_file(out, "scores.safetensors")
     _refuse_unsafe_out([out, ckpt], _protected(roots, lr_root))
     _check_device(args.device)
+    spec = scorer_spec(args.scorer)
+    if not args.rescore:
+        _check_existing_scores(out, spec, roots, crop, args.step, args.scale, lr_root)
     started = _maybe_init_distributed(args.device)
     try:
         rank, world = _rank_world()
@@ -516,7 +561,8 @@ def cmd_score(args) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         scores = scorer.score(ds)
         scores.metadata[DATA_META] = dataset_layout(ds)
-        scores.metadata["command"] = " ".join([PROG, *sys.argv[1:]]) if sys.argv else PROG
+        scores.metadata["command"] = " ".join([PROG, *map(shlex.quote, args.argv)])
+        scores.metadata.setdefault("provenance", {})["scorer"] = spec  # the user's spec, canonical
         if rank == 0:
             scores.save(out)
         if world > 1:
@@ -538,6 +584,46 @@ def cmd_score(args) -> int:
     return 0
 
 
+def scorer_spec(text: str) -> str:
+    """The ``--scorer`` spec as recorded in the provenance: a lower-case name, or a weights file's absolute path."""
+    low = text.lower()
+    if low in ("interpolation", "bicubic"):
+        return "interpolation"
+    if low in SCORER_NAMES:
+        return low
+    return str(Path(text).resolve())
+
+
+def _check_existing_scores(out: Path, spec: str, roots, crop: int, step: int, scale: int, lr_root) -> None:
+    """Scoring into an existing scores file of other settings is an error (``--rescore`` does it on purpose)."""
+    from .provenance import ProvenanceError, check_provenance
+    from .scores import Scores
+
+    if not out.is_file():
+        return
+    fix = "pass --rescore to replace it, or choose another --out"
+    try:
+        old = Scores.load(out)
+    except (ValueError, OSError) as e:
+        raise CLIError(f"--out {out} exists and cannot be read as a scores file ({_one_line(e)}); {fix}",
+                       code=2) from None
+    expected = {"scorer": spec, "scale": scale, "dataset": "subimages" if crop else "paired_folder",
+                "degradation": "lr_folder" if lr_root is not None else "bicubic"}
+    if crop:
+        expected.update(crop=crop, step=step, thresh=0)
+    check_provenance(old, expected=expected, source=str(out), fix=fix)
+    layout = old.metadata.get(DATA_META)
+    if isinstance(layout, dict) and layout.get("roots"):
+        now = [str(Path(r).resolve()) for r in roots]
+        if list(layout["roots"]) != now:
+            raise ProvenanceError(f"{out}: data folders are {layout['roots']} in the scores file but {now} here; "
+                                  f"{fix}")
+        lr_now = None if lr_root is None else str(Path(lr_root).resolve())
+        if layout.get("lr_root") != lr_now:
+            raise ProvenanceError(f"{out}: lr_root is {layout.get('lr_root')!r} in the scores file but {lr_now!r} "
+                                  f"here; {fix}")
+
+
 def cmd_select(args) -> int:
     from .plots import thresholds_text
     from .scores import atomic_write_bytes
@@ -547,6 +633,9 @@ def cmd_select(args) -> int:
     if out is not None:
         _check_out_file(out, "keep.txt")
     scores = load_scores(args.scores)
+    ds = _recorded_dataset(scores, args.scores)
+    if ds is not None:  # the images changed since scoring: the ranking describes other pixels
+        check_sources(scores, ds, args.scores)
     idx, summary = choose(scores, args.mode, args.ratio, args.skip_top, args.seed)
     print(summary)
     print(thresholds_text(scores, args.mode, args.ratio, args.skip_top))
@@ -643,6 +732,14 @@ def info_text(scores, path) -> str:
     lines.append(f"  created at     {md.get('created_at', 'n/a')} (coreset-sampler {md.get('library_version', '?')})")
     if md.get("model_digest"):
         lines.append(f"  model digest   {md['model_digest'][:16]}")
+    prov = md.get("provenance")
+    if isinstance(prov, dict):
+        n = len(prov.get("sources") or {}) + len(prov.get("lr_sources") or {})
+        lines.append(f"  provenance     scorer {prov.get('scorer')}, degradation {prov.get('degradation', 'n/a')}, "
+                     f"{n} source file(s) fingerprinted (checked by select / export / plot --grid)")
+    else:
+        lines.append(f"  provenance     none (format_version {scores.format_version or '1'}: written before "
+                     f"provenance; rescore with --rescore to check it against its images)")
     return "\n".join(lines)
 
 
@@ -754,8 +851,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        args.argv = [str(a) for a in argv]  # recorded in the scores file (how to rescore)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -230,6 +230,7 @@ def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, 
     from .dataset import CoreSetDataset
     from .export import check_writable_outside, dataset_layout, export_coreset
     from .plots import plot_distribution, plot_grid, thresholds_text
+    from .provenance import provenance_of
     from .sampler import StepMatchedSampler
     from .training import evaluate, train
 
@@ -282,7 +283,10 @@ def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, 
         scorer_name = "bicubic interpolation error (SRCNN weights missing)"
     print(f"[2/7] scoring with {scorer_name}", flush=True)
     scores = scorer.score(pairs)
-    scores.metadata["data"] = dataset_layout(sub)  # pairs holds sub's samples, in the same order
+    # pairs holds sub's samples in the same order: record where they come from, so that
+    # `coreset-sr export/select` can check these scores against the images
+    scores.metadata["data"] = dataset_layout(sub)
+    scores.metadata.setdefault("provenance", {}).update(provenance_of(sub) or {})
     scores.metadata["command"] = "coreset-sr demo"
     scores.save(scores_path)
     print(f"      wrote {scores_path} ({len(scores)} scores)", flush=True)

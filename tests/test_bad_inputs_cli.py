@@ -120,7 +120,7 @@ def ws(tmp_path_factory):
 @dataclasses.dataclass
 class Case:
     id: str
-    argv: Callable  # (ws, tmp_path) -> argv list; may prepare files under tmp_path (never under DATA / LR)
+    argv: Callable  # (ws, tmp_path) -> argv, or (argv, [more folders to keep intact]); prepares files in tmp_path
     code: int
     needles: tuple = ()
     patch: Callable | None = None  # (monkeypatch) -> None: simulate a failing disk, an interrupt
@@ -278,6 +278,95 @@ def _lr_gone(w: WS, t: Path) -> list:
     return ["export", data, "--scores", s, "--out", t / "core", "--no-progress"]
 
 
+def _scored_copy(w: WS, t: Path, whole_lr: bool = False) -> tuple[Path, Path, Path | None]:
+    """A private copy of DATA (and LR) scored into t/s.safetensors, for cases that edit the images."""
+    data = t / "d"
+    shutil.copytree(w.data, data)
+    lr = None
+    argv = ["score", data, "--scorer", "interpolation", "--workers", 0, "--no-progress", "--out", t / "s.safetensors"]
+    if whole_lr:
+        lr = t / "l"
+        shutil.copytree(w.lr, lr)
+        argv += ["--crop", 0, "--lr", lr]
+    else:
+        argv += ["--crop", CROP, "--step", STEP]
+    assert main([str(a) for a in argv]) == 0
+    return data, t / "s.safetensors", lr
+
+
+def _repaint(path: Path) -> None:
+    """Same size, other pixels: what a user's image editor (or a re-export of DATA) does."""
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB")).copy()
+    arr[:8, :8] = 255 - arr[:8, :8]
+    Image.fromarray(arr).save(path)
+
+
+def _stale(cmd: str):
+    def build(w: WS, t: Path):
+        data, s, _ = _scored_copy(w, t)
+        _repaint(data / "noise.png")
+        argv = {"export": ["export", data, "--scores", s, "--out", t / "core", "--no-progress"],
+                "select": ["select", s, "--out", t / "keep.txt"],
+                "plot": ["plot", s, "--grid", data, "--out", t / "g.png"]}[cmd]
+        return argv, [data]
+    return build
+
+
+def _stale_lr(w: WS, t: Path):
+    data, s, lr = _scored_copy(w, t, whole_lr=True)
+    _repaint(lr / "gradient.png")
+    return ["export", data, "--scores", s, "--ratio", 0.5, "--skip-top", 0, "--out", t / "core", "--no-progress"], \
+        [data, lr]
+
+
+def _no_provenance(w: WS, t: Path):
+    s = Scores.load(w.sub)
+    md = {k: v for k, v in s.metadata.items() if k != "provenance"}
+    Scores(s.values, keys=s.keys, metadata=md).save(t / "old.safetensors")
+    return w.export(t / "core", scores=t / "old.safetensors")
+
+
+def _rescore_into(*extra, data=None):
+    """``score`` into a copy of the sub-image scores (interpolation, crop 32, step 32) with other settings."""
+    def build(w: WS, t: Path):
+        shutil.copy(w.sub, t / "s.safetensors")
+        d = data(t) if data else w.data
+        return ["score", d, "--workers", 0, "--no-progress", "--out", t / "s.safetensors", *extra]
+    return build
+
+
+def _unchanged_scores(w, t):
+    assert (t / "s.safetensors").read_bytes() == w.sub.read_bytes()
+
+
+CASES += [
+    # -- item 1: scores checked against the images they were computed from ------------------------------
+    Case("export-image-changed-since-scoring", _stale("export"), 2,
+         ("1 source image(s) changed since scoring", "noise.png", "--rescore"), check=_no_output_written),
+    Case("select-image-changed-since-scoring", _stale("select"), 2, ("changed since scoring", "noise.png"),
+         check=lambda w, t: not (t / "keep.txt").exists() or pytest.fail("keep.txt written")),
+    Case("plot-grid-image-changed-since-scoring", _stale("plot"), 2, ("changed since scoring", "noise.png")),
+    Case("export-lr-image-changed-since-scoring", _stale_lr, 2, ("lr_sources", "gradient.png", "changed")),
+    Case("export-scores-without-provenance", _no_provenance, 2, ("records no provenance", "old.safetensors")),
+    Case("score-into-scores-of-another-scorer", _rescore_into("--scorer", "sobel", "--crop", CROP, "--step", STEP),
+         2, ("scorer is 'interpolation' in the scores file but 'sobel' here", "--rescore"), check=_unchanged_scores),
+    Case("score-into-scores-of-another-scale",
+         _rescore_into("--scorer", "interpolation", "--scale", 4, "--crop", CROP, "--step", STEP), 2,
+         ("scale is 2 in the scores file but 4 here", "--rescore"), check=_unchanged_scores),
+    Case("score-into-scores-of-another-crop",
+         _rescore_into("--scorer", "interpolation", "--crop", 16, "--step", 16), 2,
+         ("crop is 32 in the scores file but 16 here",), check=_unchanged_scores),
+    Case("score-into-scores-of-other-folders",
+         _rescore_into("--scorer", "interpolation", "--crop", CROP, "--step", STEP,
+                       data=lambda t: _images(t / "other", seed=3)), 2, ("data folders are",), check=_unchanged_scores),
+    Case("score-into-scores-whole-vs-subimages", _rescore_into("--scorer", "interpolation", "--crop", 0), 2,
+         ("dataset is 'subimages' in the scores file but 'paired_folder' here",), check=_unchanged_scores),
+    Case("score-into-unreadable-file",
+         lambda w, t: ["score", w.data, "--scorer", "sobel", "--crop", CROP, "--out", _junk(t)], 2,
+         ("exists and cannot be read", "--rescore")),
+]
+
 if _cuda_missing():
     CASES.append(Case("score-device-cuda-without-gpu",
                       lambda w, t: ["score", w.data, "--device", "cuda", "--out", t / "s.safetensors"], 2,
@@ -286,9 +375,10 @@ if _cuda_missing():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_cli_bad_input(case, ws, tmp_path, capsys, monkeypatch, untouched):
-    with untouched(ws.data, ws.lr):
-        argv = case.argv(ws, tmp_path)
-        capsys.readouterr()
+    argv = case.argv(ws, tmp_path)
+    argv, guard = argv if isinstance(argv, tuple) else (argv, [])
+    capsys.readouterr()
+    with untouched(ws.data, ws.lr, *guard):
         if case.patch is not None:
             case.patch(monkeypatch)
         code, _, err = call(capsys, *argv)
@@ -436,3 +526,55 @@ def test_temp_files_of_a_killed_export_are_removed_by_the_next(ws, tmp_path, cap
     assert "removed 1 temporary file(s) left by an interrupted export" in stdout and temps[0] in stdout
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     assert len((out / "meta_info.txt").read_text().split()) == len([p for p in out.glob("*.png")])
+
+
+# --------------------------------------------------------------------------- rescoring on purpose
+
+
+def test_rescore_replaces_scores_of_other_settings_and_ignores_a_foreign_checkpoint(ws, tmp_path, capsys,
+                                                                                    untouched):
+    s = tmp_path / "s.safetensors"
+    shutil.copy(ws.sub, s)
+    (tmp_path / "s.safetensors.partial").write_bytes(b"a checkpoint of some other run")
+    argv = ["score", ws.data, "--scorer", "sobel", "--crop", CROP, "--step", STEP, "--workers", 0, "--no-progress",
+            "--out", s]
+    with untouched(ws.data, ws.lr):
+        code, _, err = call(capsys, *argv)
+        assert code == 2 and "--rescore" in one_error_line(err)
+        code, out, err = call(capsys, *argv, "--rescore")
+    assert code == 0, err
+    new = Scores.load(s)
+    assert new.metadata["provenance"]["scorer"] == "sobel" and new.keys == Scores.load(ws.sub).keys
+    assert new.metadata["command"].startswith("coreset-sr score ") and new.metadata["command"].endswith("--rescore")
+    assert not (tmp_path / "s.safetensors.partial").exists()
+    # same settings again: no --rescore needed (the scores are recomputed, identical)
+    code, _, err = call(capsys, *argv)
+    assert code == 0, err
+    assert np.array_equal(Scores.load(s).values, new.values)
+
+
+def test_stale_export_names_the_command_that_rescores(ws, tmp_path, capsys):
+    """The refusal's fix is the recorded scoring command plus --rescore; running it makes export work."""
+    data, s, _ = _scored_copy(ws, tmp_path)
+    _repaint(data / "flat.png")
+    code, _, err = call(capsys, "export", data, "--scores", s, "--out", tmp_path / "core", "--no-progress")
+    line = one_error_line(err)
+    assert code == 2 and "1 source image(s) changed since scoring: flat.png (" in line
+    cmd = line.split("rescore with: ", 1)[1]
+    assert cmd.startswith("coreset-sr score ") and cmd.endswith(" --rescore")
+    import shlex
+
+    assert main(shlex.split(cmd)[1:]) == 0
+    code, out, err = call(capsys, "export", data, "--scores", s, "--out", tmp_path / "core", "--no-progress")
+    assert code == 0, err
+    assert "exported " in out
+
+
+def test_cli_records_its_scorer_spec(ws, tmp_path):
+    md = Scores.load(ws.whole_lr).metadata
+    assert md["provenance"]["scorer"] == "interpolation" and md["provenance"]["degradation"] == "lr_folder"
+    assert set(md["provenance"]["lr_sources"]) == {f"{n}.png" for n in NAMES}
+    s = tmp_path / "b.safetensors"
+    assert main(["score", str(ws.data), "--scorer", "BICUBIC", "--crop", str(CROP), "--step", str(STEP),
+                 "--workers", "0", "--no-progress", "--out", str(s)]) == 0
+    assert Scores.load(s).metadata["provenance"]["scorer"] == "interpolation"
