@@ -9,13 +9,18 @@ A researcher prunes a folder of SR training images without writing Python::
     coreset-sr info scores.safetensors
     coreset-sr demo
 
-User mistakes end with one line on stderr (``coreset-sr: error: ...``) and exit code 2 (bad
-arguments) or 1 (bad data: missing folder, scores of another dataset, unreadable image), never
-a traceback; set ``CORESET_SR_DEBUG=1`` to see the traceback anyway.
+A thin layer over the library: export is :func:`coreset_sampler.export.export_coreset`, scores
+checks are :func:`coreset_sampler.provenance.check_provenance`. User mistakes end with one line on
+stderr (``coreset-sr: error: ...``) and exit code 2 (bad arguments; refusals: a write into DATA,
+scores of changed images or other settings, an unknown ``--device``), 1 (bad data: missing folder,
+scores of another dataset, unreadable image, no space left) or 130 (Ctrl-C), never a traceback;
+set ``CORESET_SR_DEBUG=1`` to see the traceback anyway.
 
 The scores file remembers how its dataset was built (metadata ``data``: sub-images with crop /
-step / scale, or whole images), so ``export`` and ``plot --grid`` rebuild exactly the same
-samples and check them against the scores, key by key.
+step / scale, or whole images) and what it was computed from (``provenance``: scorer spec,
+settings, a fingerprint of every source image), so ``export`` and ``plot --grid`` rebuild exactly
+the same samples, check them against the scores key by key, and refuse images changed since
+scoring (``select`` checks the recorded folders).
 """
 from __future__ import annotations
 
@@ -381,8 +386,10 @@ def _recorded_dataset(scores, scores_path):
               f"(moved?); 'coreset-sr export NEW_PLACE --scores {scores_path} ...' checks them where they are now")
         return None
     sub = spec["kind"] == "subimages"
-    ds = build_dataset(roots, int(spec.get("crop", 0)) if sub else 0, spec.get("step"),
-                       int(spec.get("scale") or 2), lr_root, cache=False, progress=False)
+    with warnings.catch_warnings():  # "skipped small images" was said when scoring
+        warnings.simplefilter("ignore")
+        ds = build_dataset(roots, int(spec.get("crop", 0)) if sub else 0, spec.get("step"),
+                           int(spec.get("scale") or 2), lr_root, cache=False, progress=False)
     check_keys(scores, ds.keys, scores_path, roots, int(spec.get("crop", 0)) if sub else 0, spec.get("step"))
     return ds
 
@@ -455,7 +462,7 @@ def _check_device(spec: str | None) -> None:
     try:
         dev = torch.device(spec)
     except (RuntimeError, ValueError, TypeError) as e:
-        raise CLIError(f"--device {spec!r} is not a device ({_one_line(e)}); use cpu, cuda or cuda:N",
+        raise CLIError(f"--device {spec!r} is not a device torch knows; use cpu, cuda, cuda:N or mps",
                        code=2) from None
     if dev.type == "cpu":
         return
@@ -784,6 +791,12 @@ def _error_text(e: BaseException) -> str:
     return _one_line(e)
 
 
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, getattr(torch, "OutOfMemoryError", ())) or "out of memory" in str(e).lower()
+
+
 def _exit_code(e: BaseException) -> int:
     """2 for refusals of what the user asked (writing into DATA, stale scores), 1 for bad data."""
     from .export import UnsafeWriteError
@@ -880,6 +893,19 @@ def _main(argv: Sequence[str] | None) -> int:
             hint = f" (every file in {args.out} is complete or absent: rerun the same command to finish)"
         print(f"{PROG}: interrupted{hint}", file=sys.stderr)
         return 130
+    except MemoryError:
+        if debug:
+            raise
+        print(f"{PROG}: error: out of memory during '{args.command}'"
+              + (" (try a smaller --batch-size, or --crop to score sub-images)" if args.command == "score" else ""),
+              file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if debug or not _is_oom(e):
+            raise  # a bug, not a user mistake: keep the traceback
+        print(f"{PROG}: error: the device ran out of memory ({_one_line(e)[:200]}); try a smaller --batch-size "
+              f"or --device cpu", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as e:  # user data: missing / unreadable files, mismatched scores, ...
         if debug:
             raise

@@ -391,8 +391,13 @@ def _png_bytes(im) -> bytes:
 def _open_rgbish(path: Path):
     from PIL import Image
 
-    im = Image.open(path)
-    im.load()
+    try:
+        im = Image.open(path)
+        im.load()
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError ...
+        raise ValueError(f"cannot read image {path}: {e}") from e
     if im.mode not in _PNG_MODES:
         im = im.convert("RGB")
     return im

@@ -367,6 +367,37 @@ CASES += [
          ("exists and cannot be read", "--rescore")),
 ]
 
+def _scorer_raising(exc_factory):
+    """Make ``make_scorer`` return a scorer whose ``score`` raises ``exc_factory()`` (Ctrl-C, CUDA OOM ...)."""
+    def patch(mp):
+        import coreset_sampler.scorers as scorers
+
+        real = scorers.make_scorer
+
+        def make(*a, **k):
+            sc = real(*a, **k)
+            sc.score = lambda ds: (_ for _ in ()).throw(exc_factory())
+            return sc
+        mp.setattr(scorers, "make_scorer", make)
+    return patch
+
+
+def _oom():
+    import torch
+
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+_SCORE = lambda w, t: ["score", w.data, "--scorer", "sobel", "--crop", CROP, "--step", STEP, "--workers", 0,  # noqa: E731
+                       "--no-progress", "--out", t / "s.safetensors"]
+
+CASES += [
+    Case("score-ctrl-c", _SCORE, 130, ("interrupted", "s.safetensors.partial", "rerun"),
+         patch=_scorer_raising(KeyboardInterrupt), prefix="coreset-sr: interrupted"),
+    Case("score-device-out-of-memory", _SCORE, 1, ("ran out of memory", "--batch-size"), patch=_scorer_raising(_oom)),
+    Case("score-host-out-of-memory", _SCORE, 1, ("out of memory", "--batch-size"), patch=_scorer_raising(MemoryError)),
+]
+
 if _cuda_missing():
     CASES.append(Case("score-device-cuda-without-gpu",
                       lambda w, t: ["score", w.data, "--device", "cuda", "--out", t / "s.safetensors"], 2,
