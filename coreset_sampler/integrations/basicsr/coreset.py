@@ -45,7 +45,7 @@ from ...selection import MODES, selection_counts
 __all__ = [
     "CORESET_KEYS", "BUILTIN_SCORERS", "CoresetConfigError", "CoresetOptions", "parse_coreset_block",
     "validate_options", "basicsr_keys", "BasicSRScoringView", "align_scores", "build_coreset_dataset",
-    "write_meta_info", "implied_epochs",
+    "write_meta_info", "implied_epochs", "step_matched_epochs", "check_pair_sizes", "check_outside_dataroots",
 ]
 
 BUILTIN_SCORERS = ("srcnn", "sobel", "interpolation")
@@ -219,8 +219,39 @@ def validate_options(opt: Mapping) -> CoresetOptions | None:
             if src and os.path.abspath(src) == os.path.abspath(copts.export_meta_info):
                 raise CoresetConfigError(f"{WHERE}.export_meta_info: {copts.export_meta_info!r} is the recipe's own "
                                          "meta_info_file; write the pruned list to another path")
+            check_outside_dataroots(copts.export_meta_info, dataset_opt)
         result = copts
     return result
+
+
+def check_outside_dataroots(path, dataset_opt: Mapping, key: str = "export_meta_info") -> None:
+    """Refuse a path we would write that lies inside ``dataroot_gt`` or ``dataroot_lq``.
+
+    Both sides are resolved (symlinks followed, also a symlink already at ``path``), so a link
+    into a data folder is caught too. A file written there would be read by BasicSR as one more
+    image (``lq and gt datasets have different number of images`` on the next run), and nothing is
+    ever written under a user's data folders.
+
+    Raises:
+        CoresetConfigError: naming the path, the data folder and what both resolve to.
+
+    Example:
+        >>> check_outside_dataroots("meta/kept.txt", {"dataroot_gt": "datasets/DIV2K/HR"})  # fine: elsewhere
+        >>> check_outside_dataroots("datasets/DIV2K/HR/kept.txt", {"dataroot_gt": "datasets/DIV2K/HR"})
+        ... # doctest: +SKIP
+        CoresetConfigError: datasets.train.coreset.export_meta_info: 'datasets/DIV2K/HR/kept.txt' ... is inside ...
+    """
+    target = Path(os.path.abspath(os.path.expanduser(str(path)))).resolve()
+    for root_key in ("dataroot_gt", "dataroot_lq"):
+        root = dataset_opt.get(root_key)
+        if not root:
+            continue
+        real = Path(os.path.abspath(os.path.expanduser(str(root)))).resolve()
+        if target == real or target.is_relative_to(real):
+            raise CoresetConfigError(
+                f"{WHERE}.{key}: {str(path)!r} (resolves to {str(target)!r}) is inside {root_key} {str(root)!r} "
+                f"(resolves to {str(real)!r}); nothing is written under the data folders (BasicSR would read the "
+                "file as one more image); write it next to the folder instead")
 
 
 # -- the dataset side -------------------------------------------------------------------------
@@ -250,12 +281,63 @@ def basicsr_keys(dataset) -> list[str]:
     return keys
 
 
+def _check_pair_size(key: str, lq_hw: tuple[int, int], gt_hw: tuple[int, int], scale: int, p: Mapping) -> None:
+    want = (lq_hw[0] * scale, lq_hw[1] * scale)
+    if tuple(gt_hw) != want:
+        raise CoresetConfigError(
+            f"{WHERE}: sample {key!r}: GT {p['gt_path']} is {gt_hw[1]}x{gt_hw[0]} (WxH) but LQ {p['lq_path']} is "
+            f"{lq_hw[1]}x{lq_hw[0]}, which at scale {scale} needs a GT of {want[1]}x{want[0]}; fix the pair (or "
+            "the recipe's scale) before scoring")
+
+
+def check_pair_sizes(dataset, scale: int) -> int:
+    """Check that every GT image is exactly ``scale`` x its LQ image, reading image headers only.
+
+    Runs before scoring so a mismatched pair is refused before any score is computed or cached.
+    Only the ``disk`` backend is checked here (headers via Pillow); other backends are checked
+    pair by pair as :class:`BasicSRScoringView` decodes them.
+
+    Args:
+        dataset: a BasicSR paired dataset (keeps ``paths``).
+        scale: the recipe's ``scale``.
+
+    Returns:
+        the number of pairs checked (0 for a non-disk backend).
+
+    Raises:
+        CoresetConfigError: naming the first mismatching key, both files and both sizes, or an image
+            whose header cannot be read.
+
+    Example:
+        >>> check_pair_sizes(train_set, scale=2)   # doctest: +SKIP
+        16
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    backend = getattr(dataset, "io_backend_opt", None) or dataset.opt.get("io_backend") or {}
+    if backend.get("type", "disk") != "disk":
+        return 0
+    paths = _paired_paths(dataset)
+    for p in paths:
+        sizes = []
+        for which in ("lq_path", "gt_path"):
+            try:
+                with Image.open(p[which]) as im:  # header only
+                    sizes.append((im.height, im.width))
+            except (OSError, UnidentifiedImageError) as e:
+                raise CoresetConfigError(f"{WHERE}: cannot read image {p[which]} (sample "
+                                         f"{Path(p['gt_path']).stem!r}): {e}") from None
+        _check_pair_size(Path(p["gt_path"]).stem, sizes[0], sizes[1], int(scale), p)
+    return len(paths)
+
+
 class BasicSRScoringView(Dataset):
     """A deterministic view of a BasicSR paired dataset for scoring: ``{"lq", "gt", "key"}`` items.
 
     Reads the full LQ/GT images named by the dataset's ``paths`` with BasicSR's own file client and
     decoder (so lmdb works too), RGB CHW float32 in [0, 1]; no random crop, flip or normalisation.
-    The GT is cropped to ``scale`` x the LQ size, as BasicSR does in its validation phase.
+    A pair whose GT is not exactly ``scale`` x the LQ size raises :class:`CoresetConfigError`
+    naming the key and both sizes (no crop to fit: that would score a different image).
 
     Args:
         dataset: a BasicSR paired dataset (``PairedImageDataset`` or one built like it).
@@ -292,7 +374,8 @@ class BasicSRScoringView(Dataset):
             lq = imfrombytes(self._client.get(p["lq_path"], "lq"), float32=True)
         except Exception as e:  # cv2 gives None / opaque errors for unreadable files
             raise ValueError(f"cannot read sample {self.keys[i]!r} ({p['gt_path']}, {p['lq_path']}): {e}") from e
-        gt = gt[: lq.shape[0] * self.scale, : lq.shape[1] * self.scale]
+        # No cropping to fit: a pair that disagrees with the scale is a data error, not a sample.
+        _check_pair_size(self.keys[i], tuple(lq.shape[:2]), tuple(gt.shape[:2]), self.scale, p)
         gt, lq = img2tensor([gt, lq], bgr2rgb=True, float32=True)
         return {"lq": lq, "gt": gt, "key": self.keys[i]}
 
@@ -338,6 +421,40 @@ def implied_epochs(n: int, dataset_opt: Mapping, opt: Mapping) -> tuple[int, int
     return per_epoch, math.ceil(total / max(per_epoch, 1))
 
 
+def step_matched_epochs(n: int, dataset_opt: Mapping, opt: Mapping) -> tuple[int, int]:
+    """``(whole batches per epoch and rank, last epoch)`` so that BasicSR reaches ``total_iter``.
+
+    BasicSR's loop runs epochs ``0 .. total_epochs`` and stops at ``total_iter``, but it counts
+    ``total_epochs`` with ``ceil(n / batch)`` iterations per epoch while its train loader drops the
+    last partial batch (``drop_last=True``): with 10 samples, batches of 4 and ``total_iter: 12``
+    it plans 4 epochs of 3 iterations and gets 5 of 2, stopping after 10. Counting only whole
+    batches gives the epoch count that reaches ``total_iter``; ``coreset-sr-train`` raises BasicSR's
+    count to it (never lowers it; extra epochs are cut by BasicSR's own ``total_iter`` check).
+
+    Args:
+        n: samples in the train set (the core-set).
+        dataset_opt: ``opt["datasets"]["train"]`` (``batch_size_per_gpu``, ``dataset_enlarge_ratio``).
+        opt: the parsed options (``world_size``, ``train.total_iter``).
+
+    Raises:
+        CoresetConfigError: fewer samples per rank than one batch (BasicSR would train 0 steps).
+
+    Example:
+        >>> step_matched_epochs(10, {"batch_size_per_gpu": 4}, {"train": {"total_iter": 12}})
+        (2, 6)
+    """
+    enlarge = dataset_opt.get("dataset_enlarge_ratio", 1)
+    batch = dataset_opt["batch_size_per_gpu"]
+    per_rank = math.ceil(n * enlarge / opt.get("world_size", 1))  # EnlargedSampler.num_samples
+    batches = per_rank // batch
+    if batches < 1:
+        raise CoresetConfigError(
+            f"{WHERE}.ratio: the core-set keeps {n} samples ({per_rank} per rank with dataset_enlarge_ratio "
+            f"{enlarge}), fewer than one batch (batch_size_per_gpu {batch}); raise ratio or dataset_enlarge_ratio")
+    stock = implied_epochs(n, dataset_opt, opt)[1]
+    return batches, max(stock, math.ceil(int(opt["train"]["total_iter"]) / batches))
+
+
 def write_meta_info(path, dataset, indices) -> Path:
     """Write BasicSR's meta_info file listing the samples ``indices`` of ``dataset``, atomically.
 
@@ -379,6 +496,21 @@ def _rank0_decides(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _on_rank0(check) -> None:
+    """Run ``check()`` on rank 0 only; if it refuses, every rank raises the same error."""
+    message = None
+    if _dist()[0] == 0:
+        try:
+            check()
+        except CoresetConfigError as e:
+            if _dist()[1] == 1:
+                raise
+            message = str(e)
+    message = _rank0_decides(message)
+    if message is not None:
+        raise CoresetConfigError(message)
 
 
 def _barrier() -> None:
@@ -425,6 +557,8 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
             first mismatching key), or a core-set smaller than one batch per rank.
     """
     copts = parse_coreset_block(dataset_opt["coreset"])
+    if copts.export_meta_info is not None:
+        check_outside_dataroots(copts.export_meta_info, dataset_opt)
     scale = int(opt.get("scale", dataset_opt.get("scale", 1)))
     paths = _paired_paths(dataset)
     # Folder listings come in file-system order: sort by key so the kept set, the scores file and
@@ -432,6 +566,8 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
     paths.sort(key=lambda p: Path(p["gt_path"]).stem)
     keys = basicsr_keys(dataset)
     rank, world = _dist()
+    # Header reads on rank 0, the verdict shared: a mismatched pair stops every rank before scoring.
+    _on_rank0(lambda: check_pair_sizes(dataset, scale))
 
     if not copts.needs_scores:
         scores = Scores(np.zeros(len(keys), dtype=np.float32), keys=keys, metadata={"scorer": "none"})
@@ -463,36 +599,21 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
 
     core = CoreSetDataset(dataset, scores, mode=copts.mode, ratio=copts.ratio, skip_top=copts.skip_top,
                           seed=copts.seed)
-
-    enlarge = dataset_opt.get("dataset_enlarge_ratio", 1)
-    per_rank = math.ceil(len(core) * enlarge / world)
-    if per_rank < dataset_opt["batch_size_per_gpu"]:
-        raise CoresetConfigError(
-            f"{WHERE}.ratio: the core-set keeps {len(core)} samples ({per_rank} per rank with dataset_enlarge_ratio "
-            f"{enlarge}), fewer than one batch (batch_size_per_gpu {dataset_opt['batch_size_per_gpu']}); "
-            "raise ratio or dataset_enlarge_ratio")
+    iters, last_epoch = step_matched_epochs(len(core), dataset_opt, opt)  # refuses less than one batch
 
     if copts.export_meta_info is not None and rank == 0:
         write_meta_info(copts.export_meta_info, dataset, core.indices)
 
     if logger is not None:
-        iters, epochs = implied_epochs(len(core), dataset_opt, opt)
-        iters0, epochs0 = implied_epochs(len(dataset), dataset_opt, opt)
         total_iter = int(opt["train"]["total_iter"])
+        iters0 = step_matched_epochs(len(dataset), dataset_opt, opt)[0]
         ranges = "\n".join(str(core.summary()).splitlines()[1:])
         logger.info(
             f"core-set: kept {len(core)}/{len(dataset)} samples ({100 * len(core) / len(dataset):.1f}%), "
             f"mode={copts.mode}, ratio={copts.ratio:g}, skip_top={copts.skip_top:g}, seed={copts.seed}, "
             f"scores={origin}\n{ranges}\n"
-            f"  total_iter {total_iter} unchanged (step-matched): {epochs} epochs of {iters} iters "
-            f"(full set: {epochs0} epochs of {iters0} iters)")
-        # BasicSR counts epochs with ceil() but its train loader drops the last partial batch, so a
-        # small set can end before total_iter; say so instead of letting it pass silently.
-        reachable = (epochs + 1) * (per_rank // dataset_opt["batch_size_per_gpu"])
-        if reachable < total_iter:
-            logger.warning(f"core-set: BasicSR will stop after {reachable} of {total_iter} iterations (its epoch "
-                           "count rounds up, its loader drops the last partial batch); raise "
-                           "dataset_enlarge_ratio to reach total_iter")
+            f"  total_iter {total_iter} unchanged (step-matched): {math.ceil(total_iter / iters)} epochs of "
+            f"{iters} iters (full set: {math.ceil(total_iter / iters0)} epochs of {iters0} iters)")
         if copts.export_meta_info is not None:
             logger.info(f"core-set: wrote meta_info of the {len(core)} kept samples to {copts.export_meta_info}")
     return core
