@@ -566,6 +566,8 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
     paths.sort(key=lambda p: Path(p["gt_path"]).stem)
     keys = basicsr_keys(dataset)
     rank, world = _dist()
+    # The planned core-set must hold one batch per rank: known from the counts, so refuse before scoring.
+    step_matched_epochs(selection_counts(len(keys), copts.ratio, copts.skip_top)[0], dataset_opt, opt)
     # Header reads on rank 0, the verdict shared: a mismatched pair stops every rank before scoring.
     _on_rank0(lambda: check_pair_sizes(dataset, scale))
 
