@@ -31,6 +31,7 @@ from PIL import Image  # noqa: E402
 
 from basicsr.utils.registry import DATASET_REGISTRY  # noqa: E402
 from coreset_sampler import Scores  # noqa: E402
+from coreset_sampler.provenance import ProvenanceError  # noqa: E402
 from coreset_sampler.integrations.basicsr import coreset as cs  # noqa: E402
 from coreset_sampler.integrations.basicsr import recipe as rc  # noqa: E402
 from coreset_sampler.integrations.basicsr import train as tr  # noqa: E402
@@ -53,6 +54,9 @@ def make_pairs(root: Path, n: int = N) -> Path:
         im = Image.fromarray((hr * 255).round().astype(np.uint8))
         im.save(root / "HR" / f"img{i:02d}.png")
         im.resize((8, 8), Image.BICUBIC).save(root / "LR" / f"img{i:02d}.png")
+        if (root / "LR4").is_dir() or i == 0:
+            (root / "LR4").mkdir(exist_ok=True)
+            im.resize((4, 4), Image.BICUBIC).save(root / "LR4" / f"img{i:02d}.png")
     return root
 
 
@@ -296,6 +300,119 @@ def test_validate_options_refuses_export_into_dataroot_before_any_build(where, p
         cs.validate_options({"scale": 2, "datasets": {"train": dopt}})
 
 
+# -- provenance: a cached scores file must come from what the recipe describes -----------------
+
+def _scored(pairs: Path, scores: Path, **block) -> None:
+    """A first run of the block: computes and caches ``scores`` (sobel over HR/LR x2 unless told)."""
+    dopt = dataset_opt(pairs, scores=str(scores), **block)
+    build(dopt, full_opt(dopt, scale=2 if "LR4" not in dopt["dataroot_lq"] else 4))
+
+
+def _cli_scored(pairs: Path, scores: Path, lr: str | None) -> None:
+    """What ``coreset-sr score HR [--lr LR] --scorer sobel`` writes: the library over PairedImageFolder."""
+    from coreset_sampler.data import PairedImageFolder
+    from coreset_sampler.scorers import SobelScorer
+
+    ds = PairedImageFolder(pairs / "HR", None if lr is None else pairs / lr, scale=2)
+    SobelScorer(num_workers=0, progress=False).score(ds).save(scores)
+
+
+def _repaint(pairs: Path, rel: str) -> None:
+    im = np.asarray(Image.open(pairs / rel)).copy()
+    im[0, 0] = 255 - im[0, 0]
+    Image.fromarray(im).save(pairs / rel)
+
+
+def _prov_case(first, then=None, **block):
+    """Setup: ``first(pairs, scores)`` makes the cached file, ``then(pairs)`` changes things after."""
+    def setup(pairs: Path, scores: Path, dopt: dict) -> None:
+        first(pairs, scores)
+        if then is not None:
+            then(pairs)
+        dopt["coreset"].update(block)
+    return setup
+
+
+PROVENANCE_CASES = [
+    # id, setup(pairs, scores, dataset_opt), recipe scale, LQ folder, exception, substrings
+    ("x2-file-reused-by-x4-recipe", _prov_case(_scored), 4, "LR4", ProvenanceError,
+     ["s.safetensors", "scale is 2 in the scores file but 4 here", "rescore: true"]),
+    ("sobel-file-vs-interpolation-recipe", _prov_case(_scored, scorer="interpolation"), 2, "LR",
+     ProvenanceError, ["scorer is 'sobel' in the scores file but 'interpolation' here", "rescore: true"]),
+    ("srcnn-recipe-vs-sobel-file", _prov_case(_scored, scorer="srcnn"), 2, "LR", ProvenanceError,
+     ["scorer is 'sobel' in the scores file but 'srcnn' here"]),
+    ("bicubic-file-vs-lr-folder", _prov_case(lambda p, s: _cli_scored(p, s, lr=None)), 2, "LR", ProvenanceError,
+     ["degradation is 'bicubic' in the scores file but 'lr_folder' here", "rescore: true"]),
+    ("hr-bytes-changed", _prov_case(_scored, lambda p: _repaint(p, "HR/img04.png")), 2, "LR", ProvenanceError,
+     ["1 source image(s) changed since scoring", "img04.png", "rescore: true"]),
+    ("lr-bytes-changed", _prov_case(_scored, lambda p: _repaint(p, "LR/img07.png")), 2, "LR", ProvenanceError,
+     ["lr_sources", "changed since scoring", "img07.png"]),
+    ("hr-file-swapped-same-key", _prov_case(_scored, lambda p: shutil.copy(p / "HR/img01.png", p / "HR/img09.png")),
+     2, "LR", ProvenanceError, ["img09.png", "changed since scoring"]),
+    ("file-without-provenance", _prov_case(lambda p, s: Scores(np.arange(N, dtype=np.float32),
+                                                                keys=[f"img{i:02d}" for i in range(N)]).save(s)),
+     2, "LR", ProvenanceError, ["records no provenance", "rescore: true"]),
+    ("keys-of-another-dataset", _prov_case(lambda p, s: Scores(np.arange(N, dtype=np.float32),
+                                                                keys=[f"x{i:02d}" for i in range(N)]).save(s)),
+     2, "LR", cs.CoresetConfigError, ["s.safetensors", "first mismatching key 'img00'", "rescore: true"]),
+    ("junk-scores-file", _prov_case(lambda p, s: s.write_bytes(b"\x00" * 64)), 2, "LR", cs.CoresetConfigError,
+     ["s.safetensors"]),
+    ("scores-path-is-a-folder", _prov_case(lambda p, s: s.mkdir()), 2, "LR", cs.CoresetConfigError,
+     ["coreset.scores", "not a regular file"]),
+    ("rescore-not-a-bool", _prov_case(_scored, rescore="yes"), 2, "LR", cs.CoresetConfigError,
+     ["coreset.rescore", "'yes'", "true | false"]),
+]
+
+
+@pytest.mark.parametrize("case, setup, scale, lq, exc, needles", PROVENANCE_CASES,
+                         ids=[c[0] for c in PROVENANCE_CASES])
+def test_cached_scores_must_fit_the_recipe(case, setup, scale, lq, exc, needles, pairs, tmp_path, untouched,
+                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scores = tmp_path / "scores" / "s.safetensors"
+    scores.parent.mkdir()
+    dopt = dataset_opt(pairs, scores=str(scores))
+    dopt["dataroot_lq"] = str(pairs / lq)
+    setup(pairs, scores, dopt)
+    before = scores.read_bytes() if scores.is_file() else None
+    opt = full_opt(dopt, scale=scale)
+    with untouched(pairs / "HR", pairs / "LR", pairs / "LR4"):
+        with pytest.raises(exc) as e:
+            build(dopt, opt)
+    assert_message(e.value, needles)
+    assert (scores.read_bytes() if scores.is_file() else None) == before  # the cached file is not touched
+
+
+def test_rescore_true_recomputes_on_purpose(pairs, tmp_path, untouched):
+    scores = tmp_path / "s.safetensors"
+    _scored(pairs, scores)
+    _repaint(pairs, "HR/img04.png")
+    dopt = dataset_opt(pairs, scores=str(scores), rescore=True)
+    with untouched(pairs / "HR", pairs / "LR"):
+        core = build(dopt)
+    prov = Scores.load(scores).metadata["provenance"]
+    assert prov["scorer"] == "sobel" and prov["scale"] == 2 and prov["degradation"] == "lr_folder"
+    assert set(prov["sources"]) == {f"img{i:02d}.png" for i in range(N)} == set(prov["lr_sources"])
+    assert len(core) == N // 2
+    # the fresh file is accepted by the next run without rescore, and refused after another change
+    dopt["coreset"]["rescore"] = False
+    assert build(dopt).keys == core.keys
+    _repaint(pairs, "LR/img02.png")
+    with pytest.raises(ProvenanceError, match=r"img02\.png"):
+        build(dopt)
+
+
+def test_cli_scores_over_the_same_folders_fit_the_block(pairs, tmp_path):
+    """A file from ``coreset-sr score HR --lr LR --scorer sobel`` is the same provenance: accepted."""
+    scores = tmp_path / "s.safetensors"
+    _cli_scored(pairs, scores, lr="LR")
+    dopt = dataset_opt(pairs, scores=str(scores))
+    log = []
+    core = cs.build_coreset_dataset(stock(dopt), dopt, full_opt(dopt), type("L", (), {
+        "info": lambda self, m: log.append(m), "warning": lambda self, m: log.append(m)})())
+    assert len(core) == N // 2 and "(loaded)" in log[0]
+
+
 # -- step-matching: BasicSR's loop reaches total_iter -------------------------------------------
 
 def basicsr_loop_steps(train_loader, train_sampler, total_epochs: int, total_iters: int) -> int:
@@ -356,7 +473,7 @@ def tiny_recipe(tmp: Path, pairs: Path | None, **block) -> Path:
         train["dataroot_gt"], train["dataroot_lq"] = str(pairs / "HR"), str(pairs / "LR")
         opt["datasets"]["val"].update(dataroot_gt=str(pairs / "HR"), dataroot_lq=str(pairs / "LR"))
     train["gt_size"] = 8
-    train["coreset"].update(scorer="sobel", scores=str(tmp / "scores" / "s.safetensors"), **block)
+    train["coreset"].update({"scorer": "sobel", "scores": str(tmp / "scores" / "s.safetensors"), **block})
     path = tmp / "recipe.yml"
     path.write_text(yaml.safe_dump(opt))
     return path
@@ -403,14 +520,21 @@ def test_subprocess_mismatched_pair_is_refused_before_experiments(tmp_path, pair
 
 
 @pytest.mark.slow
-def test_subprocess_export_into_dataroot_is_refused(tmp_path, pairs, untouched):
-    recipe = tiny_recipe(tmp_path, pairs, export_meta_info=str(pairs / "HR" / "meta_info.txt"))
-    with untouched(pairs / "HR", pairs / "LR"):
-        proc = run_train(tmp_path, ["-opt", str(recipe)])
-    assert_refused(proc, tmp_path, ["export_meta_info", "inside dataroot_gt"])
-
-
-@pytest.mark.slow
 def test_subprocess_without_basicsr_says_how_to_install(tmp_path):
     proc = run_train(tmp_path, ["-opt", str(TINY)], pre="sys.modules['basicsr'] = None  # as if not installed")
     assert_refused(proc, tmp_path, ["pip install 'coreset-sampler[basicsr]'", "make install"])
+
+
+@pytest.mark.slow
+def test_subprocess_sobel_file_for_an_interpolation_recipe_is_refused(tmp_path, pairs, untouched):
+    scores = tmp_path / "scores" / "s.safetensors"
+    scores.parent.mkdir()
+    _scored(pairs, scores)
+    before = scores.read_bytes()
+    recipe = tiny_recipe(tmp_path, pairs, scorer="interpolation")
+    with untouched(pairs / "HR", pairs / "LR"):
+        proc = run_train(tmp_path, ["-opt", str(recipe)])
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]
+    assert_message(proc.stderr, ["scorer is 'sobel' in the scores file but 'interpolation' here", "rescore: true"])
+    assert not (tmp_path / "experiments").exists() and not (tmp_path / "tb_logger").exists()
+    assert scores.read_bytes() == before

@@ -13,15 +13,18 @@
           ratio: 0.5
           skip_top: 0.05
           seed: 0
+          rescore: false       # true: score again and overwrite the scores file on purpose
           export_meta_info: ~  # optional: write BasicSR's meta_info file of the kept sub-images
           batch_size: 16       # optional: scoring batch size
           num_workers: 4       # optional: scoring DataLoader workers
 
 What happens (see :func:`build_coreset_dataset`): BasicSR builds the train dataset; its samples
-are keyed by GT file stem (``0801_s001``); the scores file is loaded and matched to those keys, or
+are keyed by GT file stem (``0801_s001``); every LQ/GT pair is checked against ``scale``; the
+scores file is loaded, checked against the recipe (its recorded scorer, scale, LR source and the
+bytes of every source image, see :mod:`coreset_sampler.provenance`) and matched to those keys, or
 computed with ``scorer`` on a deterministic view of the dataset (full sub-images read from its
-``paths``: no random crop, no flip), saved atomically and reused next time; the dataset is wrapped
-in :class:`~coreset_sampler.CoreSetDataset`. ``train.total_iter`` is left as it is, so the run is
+``paths``: no random crop, no flip), saved atomically with its provenance and reused next time;
+the dataset is wrapped in :class:`~coreset_sampler.CoreSetDataset`. ``train.total_iter`` is left as it is, so the run is
 step-matched: the same number of updates spread over more epochs of the smaller set.
 
 Relative paths are taken from the working directory, as BasicSR's own ``dataroot_*`` are.
@@ -39,6 +42,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ...dataset import CoreSetDataset
+from ...provenance import ProvenanceError, check_provenance, sources_digest
 from ...scores import Scores, atomic_write_bytes
 from ...selection import MODES, selection_counts
 
@@ -46,6 +50,7 @@ __all__ = [
     "CORESET_KEYS", "BUILTIN_SCORERS", "CoresetConfigError", "CoresetOptions", "parse_coreset_block",
     "validate_options", "basicsr_keys", "BasicSRScoringView", "align_scores", "build_coreset_dataset",
     "write_meta_info", "implied_epochs", "step_matched_epochs", "check_pair_sizes", "check_outside_dataroots",
+    "basicsr_provenance", "expected_provenance", "RESCORE_FIX",
 ]
 
 BUILTIN_SCORERS = ("srcnn", "sobel", "interpolation")
@@ -58,6 +63,7 @@ CORESET_KEYS: dict[str, str] = {
     "ratio": "a number in (0, 1], with ratio + skip_top <= 1",
     "skip_top": "a number in [0, 1), with ratio + skip_top <= 1",
     "seed": "an integer >= 0",
+    "rescore": "true | false (true: score again and overwrite the scores file, whatever it was computed from)",
     "export_meta_info": "a path for BasicSR's meta_info .txt of the kept sub-images, or ~",
     "batch_size": "an integer >= 1 (scoring batch size)",
     "num_workers": "an integer >= 0 (scoring DataLoader workers)",
@@ -80,6 +86,9 @@ class CoresetOptions:
         mode, ratio, skip_top, seed: as :func:`coreset_sampler.select_indices`.
         export_meta_info: where to write the kept sub-images' meta_info file, or ``None``.
         batch_size, num_workers: scoring settings; ``None`` keeps the scorer's defaults.
+        rescore: score again and overwrite ``scores`` even when it exists (a cached file is
+            otherwise checked against the recipe and refused when it was computed from
+            something else).
 
     Example:
         >>> parse_coreset_block({"scores": "s.safetensors", "ratio": 0.5}).mode
@@ -95,6 +104,7 @@ class CoresetOptions:
     export_meta_info: str | None = None
     batch_size: int | None = None
     num_workers: int | None = None
+    rescore: bool = False
 
     @property
     def needs_scores(self) -> bool:
@@ -166,10 +176,13 @@ def parse_coreset_block(block: Any, where: str = WHERE) -> CoresetOptions:
         v = o.get(key)
         if v is not None and (not _is_int(v) or v < low):
             raise _bad(key, v)
+    rescore = o.get("rescore", defaults.rescore)
+    if not isinstance(rescore, bool):
+        raise _bad("rescore", rescore)
     opts = CoresetOptions(scores=None if scores is None else str(scores), scorer=scorer, mode=mode,
                           ratio=float(ratio), skip_top=float(skip_top), seed=int(seed),
                           export_meta_info=None if export is None else str(export),
-                          batch_size=o.get("batch_size"), num_workers=o.get("num_workers"))
+                          batch_size=o.get("batch_size"), num_workers=o.get("num_workers"), rescore=rescore)
     if opts.scores is None and opts.needs_scores:
         raise CoresetConfigError(
             f"{where}.scores: missing; mode {mode!r} with skip_top {skip_top:g} ranks by score, so it needs "
@@ -196,7 +209,10 @@ def validate_options(opt: Mapping) -> CoresetOptions | None:
             raise CoresetConfigError(f"datasets.{phase}.coreset: a coreset block is only allowed under "
                                      "datasets.train (validation and test sets are never pruned)")
         copts = parse_coreset_block(dataset_opt["coreset"])
-        must_score = copts.needs_scores and not os.path.exists(copts.scores)
+        if copts.scores is not None and os.path.exists(copts.scores) and not os.path.isfile(copts.scores):
+            raise CoresetConfigError(f"{WHERE}.scores: {copts.scores!r} exists but is not a regular file (a folder, "
+                                     f"FIFO or device); allowed: {CORESET_KEYS['scores']}")
+        must_score = copts.needs_scores and (copts.rescore or not os.path.exists(copts.scores))
         if must_score and copts.scorer.endswith(".safetensors") and not os.path.isfile(copts.scorer):
             raise CoresetConfigError(f"{WHERE}.scorer: weights file {copts.scorer!r} not found (needed to compute "
                                      f"{copts.scores!r}); allowed: {CORESET_KEYS['scorer']}")
@@ -380,6 +396,69 @@ class BasicSRScoringView(Dataset):
         return {"lq": lq, "gt": gt, "key": self.keys[i]}
 
 
+RESCORE_FIX = (f"set rescore: true in {WHERE} to score the dataset again and overwrite the file (or point "
+               "scores: at a new file)")
+
+
+def basicsr_provenance(dataset, scale: int) -> dict:
+    """What a BasicSR paired dataset is made of, in the form of :mod:`coreset_sampler.provenance`.
+
+    BasicSR datasets have no ``provenance()``; this builds it from the dataset's ``paths`` and its
+    ``dataroot_gt`` / ``dataroot_lq``: ``{"dataset": "paired_folder", "scale", "degradation":
+    "lr_folder", "hr_root", "lr_root", "sources": {GT file: digest}, "lr_sources": {LQ file:
+    digest}}`` (the same shape as :meth:`coreset_sampler.data.PairedImageFolder.provenance`, so a file
+    scored by ``coreset-sr score HR --lr LR`` fits the block over the same folders). With the lmdb
+    backend the sources are the databases' ``data.mdb`` files (``"dataset": "basicsr_lmdb"``).
+
+    Example:
+        >>> basicsr_provenance(train_set, scale=2)["lr_sources"]["0801_s001.png"]   # doctest: +SKIP
+        '120342:9f3c...'
+    """
+    opt = getattr(dataset, "opt", {}) or {}
+    gt_root, lq_root = opt.get("dataroot_gt"), opt.get("dataroot_lq")
+    backend = getattr(dataset, "io_backend_opt", None) or opt.get("io_backend") or {}
+    out = {"dataset": "paired_folder", "scale": int(scale), "degradation": "lr_folder",
+           "hr_root": str(gt_root), "lr_root": str(lq_root)}
+    if backend.get("type", "disk") == "lmdb":
+        out["dataset"] = "basicsr_lmdb"
+        out["sources"] = sources_digest([Path(gt_root) / "data.mdb"], gt_root)
+        out["lr_sources"] = sources_digest([Path(lq_root) / "data.mdb"], lq_root)
+        return out
+    paths = _paired_paths(dataset)
+    out["sources"] = sources_digest([p["gt_path"] for p in paths], gt_root)
+    out["lr_sources"] = sources_digest([p["lq_path"] for p in paths], lq_root)
+    return out
+
+
+def expected_provenance(copts: CoresetOptions, scale: int) -> dict:
+    """The fields a cached scores file must have recorded to be used by this block.
+
+    ``scorer`` (the block's spec as written), ``scale`` (the recipe's) and ``degradation``:
+    BasicSR's paired datasets read LR images from ``dataroot_lq``, so scores computed from a
+    bicubic downscale of the HR images (``coreset-sr score`` without ``--lr``) do not fit.
+    """
+    return {"scorer": copts.scorer, "scale": int(scale), "degradation": "lr_folder"}
+
+
+class _Described:
+    """A BasicSR dataset seen through :func:`basicsr_provenance` (computed on first use)."""
+
+    def __init__(self, dataset, scale: int):
+        self._dataset, self._scale, self._prov = dataset, scale, None
+
+    def provenance(self) -> dict:
+        if self._prov is None:
+            self._prov = basicsr_provenance(self._dataset, self._scale)
+        return self._prov
+
+
+def _load_scores(path: Path, source: str) -> Scores:
+    try:
+        return Scores.load(path)
+    except (ValueError, OSError) as e:
+        raise CoresetConfigError(f"{source}: {e}") from None
+
+
 def align_scores(scores: Scores, keys: list[str], source: str) -> Scores:
     """Return ``scores`` reordered to the dataset's ``keys`` (a folder's listing order is not stable).
 
@@ -390,7 +469,7 @@ def align_scores(scores: Scores, keys: list[str], source: str) -> Scores:
     if scores.keys is None:
         if len(scores) != len(keys):
             raise CoresetConfigError(f"{source} has {len(scores)} scores but the training dataset has "
-                                     f"{len(keys)} samples; delete it to score the dataset again")
+                                     f"{len(keys)} samples; set rescore: true in the coreset block to score the dataset again")
         return Scores(scores.values, keys=keys, metadata=scores.metadata, failed=scores.failed)
     if scores.keys == keys:
         return scores
@@ -402,7 +481,7 @@ def align_scores(scores: Scores, keys: list[str], source: str) -> Scores:
         first = (f"first mismatching key {missing!r} is in the dataset but not in the scores" if missing is not None
                  else f"first mismatching key {extra!r} is in the scores but not in the dataset")
         raise CoresetConfigError(f"{source} does not match the training dataset ({len(scores)} scores, "
-                                 f"{len(keys)} samples): {first}; delete it to score the dataset again")
+                                 f"{len(keys)} samples): {first}; set rescore: true in the coreset block to score the dataset again")
     order = np.array([pos[k] for k in keys], dtype=np.int64)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(order.size)
@@ -500,17 +579,17 @@ def _rank0_decides(value):
 
 def _on_rank0(check) -> None:
     """Run ``check()`` on rank 0 only; if it refuses, every rank raises the same error."""
-    message = None
+    verdict = None
     if _dist()[0] == 0:
         try:
             check()
-        except CoresetConfigError as e:
+        except (CoresetConfigError, ProvenanceError) as e:
             if _dist()[1] == 1:
                 raise
-            message = str(e)
-    message = _rank0_decides(message)
-    if message is not None:
-        raise CoresetConfigError(message)
+            verdict = (isinstance(e, ProvenanceError), str(e))
+    verdict = _rank0_decides(verdict)
+    if verdict is not None:
+        raise (ProvenanceError if verdict[0] else CoresetConfigError)(verdict[1])
 
 
 def _barrier() -> None:
@@ -554,7 +633,11 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
 
     Raises:
         CoresetConfigError: a bad block, a scores file that does not match the dataset (naming the
-            first mismatching key), or a core-set smaller than one batch per rank.
+            first mismatching key), a core-set smaller than one batch per rank, an LQ/GT pair whose
+            sizes disagree with ``scale`` (before any scoring), or ``export_meta_info`` inside a
+            data folder.
+        ProvenanceError: a cached scores file computed with another scorer, scale or LR source, or
+            from source images whose bytes changed since (named); ``rescore: true`` scores again.
     """
     copts = parse_coreset_block(dataset_opt["coreset"])
     if copts.export_meta_info is not None:
@@ -577,26 +660,33 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
     else:
         path = Path(copts.scores)
         source = f"{WHERE}.scores file {str(path)!r}"
-        if _rank0_decides(path.is_file()):
+        if _rank0_decides(path.is_file()) and not copts.rescore:
             origin = f"{path} (loaded)"
+            loaded = align_scores(_load_scores(path, source), keys, source)
+            # Rank 0 fingerprints the sources (hashing every image once); all ranks share its verdict.
+            _on_rank0(lambda: check_provenance(
+                loaded, expected=expected_provenance(copts, scale), dataset=_Described(dataset, scale),
+                source=source, fix=RESCORE_FIX))
         else:
             scorer = _make_scorer(copts, scale, _scoring_device(opt))
+            why = " (rescore: true)" if copts.rescore and path.is_file() else ""
             if logger is not None:
                 logger.info(f"core-set: scoring {len(keys)} samples with {copts.scorer!r} "
-                            f"(x{scale}, {world} rank(s)) -> {path}")
+                            f"(x{scale}, {world} rank(s)) -> {path}{why}")
             fresh = scorer.score(BasicSRScoringView(dataset, scale))
             fresh = align_scores(fresh, keys, "the scorer's output")
             fresh.metadata.setdefault("scorer_spec", copts.scorer)
             fresh.metadata.setdefault("scale", scale)
             fresh.metadata.setdefault("basicsr_dataset", str(dataset_opt.get("name")))
             if rank == 0:
+                # what the scores were computed from: the block's scorer spec, the recipe's scale and
+                # LR folder, and a fingerprint of every GT and LQ file (checked on every later use)
+                fresh.metadata["provenance"] = {**(fresh.metadata.get("provenance") or {}),
+                                                **basicsr_provenance(dataset, scale), "scorer": copts.scorer}
                 fresh.save(path)
-            origin = f"{path} (computed with {copts.scorer})"
+            origin = f"{path} (computed with {copts.scorer}{why})"
             _barrier()
-        try:
-            loaded = Scores.load(path)
-        except (ValueError, FileNotFoundError) as e:
-            raise CoresetConfigError(f"{source}: {e}") from None
+            loaded = _load_scores(path, source)
         scores = align_scores(loaded, keys, source)
 
     core = CoreSetDataset(dataset, scores, mode=copts.mode, ratio=copts.ratio, skip_top=copts.skip_top,

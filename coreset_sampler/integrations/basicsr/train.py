@@ -49,6 +49,7 @@ except ImportError as _e:  # the basicsr extra is missing: one line for a user, 
 from . import archs  # noqa: F401  (registers RDN in BasicSR's ARCH_REGISTRY)
 from .coreset import CoresetConfigError, build_coreset_dataset, step_matched_epochs, validate_options
 from .recipe import RecipeError, check_command_line, parse_force_value, safe_ordered_loader
+from ...provenance import ProvenanceError
 
 import basicsr.train as _bt  # noqa: E402
 import basicsr.utils.options as _bo  # noqa: E402
@@ -67,7 +68,7 @@ _STOCK = {
 }
 
 #: Errors that are the user's to fix: ``main`` prints them as one line and exits with status 2.
-USER_ERRORS: tuple[type[Exception], ...] = (CoresetConfigError, RecipeError)
+USER_ERRORS: tuple[type[Exception], ...] = (CoresetConfigError, RecipeError, ProvenanceError)
 
 # Train core-sets built while the options were parsed (before experiments/ exists), by id of their
 # dataset option dict, with the log lines kept for BasicSR's log file. Cleared by basicsr_hooks().
