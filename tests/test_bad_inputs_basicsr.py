@@ -300,6 +300,64 @@ def test_validate_options_refuses_export_into_dataroot_before_any_build(where, p
         cs.validate_options({"scale": 2, "datasets": {"train": dopt}})
 
 
+DATASET_CASES = [
+    # id, mutation(pairs, dataset_opt), substrings: the train set BasicSR cannot build, named in one line
+    ("missing-dataroot-gt", lambda p, d: d.update(dataroot_gt=str(p / "nope")), ["datasets.train", "nope"]),
+    ("extra-gt-image", lambda p, d: shutil.copy(p / "HR" / "img00.png", p / "HR" / "extra.png"),
+     ["datasets.train", "different number of images"]),
+    ("unknown-dataset-type", lambda p, d: d.update(type="PairedImageDatasett"),
+     ["datasets.train.type", "'PairedImageDatasett'"]),
+    ("missing-dataroot-key", lambda p, d: d.pop("dataroot_lq"), ["datasets.train", "dataroot_lq"]),
+]
+
+
+@pytest.mark.parametrize("case, mutate, needles", DATASET_CASES, ids=[c[0] for c in DATASET_CASES])
+def test_train_set_errors_are_one_line(case, mutate, needles, pairs, untouched):
+    dopt = dataset_opt(pairs, scores="s.safetensors")
+    mutate(pairs, dopt)
+    with untouched(pairs / "HR", pairs / "LR"):
+        with pytest.raises(cs.CoresetConfigError) as e:
+            tr._build_stock_train_set(dopt)
+    assert_message(e.value, needles)
+
+
+MAIN_CASES = [
+    # id, recipe text transform, substrings (in process: tr.main, exit 2, one line, nothing created)
+    ("tag-in-recipe", lambda text: text + "\nx: !!python/name:os.system\n", ["!!python/name:os.system"]),
+    ("bad-block-value", lambda text: text.replace("mode: des ", "mode: hardest "),
+     ["datasets.train.coreset.mode", "'hardest'"]),
+    ("bad-yaml", lambda text: text.replace("scale: 2", "scale: [2"), ["not valid YAML"]),
+]
+
+
+@pytest.mark.parametrize("case, transform, needles", MAIN_CASES, ids=[c[0] for c in MAIN_CASES])
+def test_main_prints_one_line_and_creates_nothing(case, transform, needles, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "recipe.yml"
+    path.write_text(transform(TINY.read_text()))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        tr.main(["-opt", str(path)])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("coreset-sr-train: error: ")
+    assert_message(lines[0], needles)
+    assert os.listdir(tmp_path) == ["recipe.yml"]
+
+
+def test_main_refuses_a_provenance_mismatch_in_one_line(pairs, tmp_path, monkeypatch, capsys, untouched):
+    scores = tmp_path / "s.safetensors"
+    _scored(pairs, scores)
+    recipe = tiny_recipe(tmp_path, pairs, scorer="interpolation", scores=str(scores))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()  # the first run's progress bar
+    with untouched(pairs / "HR", pairs / "LR"), pytest.raises(SystemExit) as e:
+        tr.main(["-opt", str(recipe)])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "scorer is 'sobel' in the scores file but 'interpolation' here" in lines[0]
+    assert not (tmp_path / "experiments").exists() and not (tmp_path / "tb_logger").exists()
+
+
 # -- provenance: a cached scores file must come from what the recipe describes -----------------
 
 def _scored(pairs: Path, scores: Path, **block) -> None:
