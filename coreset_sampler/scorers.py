@@ -466,6 +466,12 @@ class _BatchScorer:
                 j = int(np.flatnonzero(bad)[0])
                 kj = g.keys[j] if g.keys[j] is not None else f"dataset item {g.indices[j]}"
                 raise ValueError(f"{self.name} scorer produced a non-finite score ({vals[j]}) for {kj!r}")
+            odd = (vals < 0) | (vals > PLAUSIBLE_MAX)
+            if odd.any():  # the same bound a checkpoint is held to on resume
+                j = int(np.flatnonzero(odd)[0])
+                kj = g.keys[j] if g.keys[j] is not None else f"dataset item {g.indices[j]}"
+                raise ValueError(f"{self.name} scorer produced an implausible score ({vals[j]:g}) for {kj!r}; "
+                                 f"scores must lie in [0, {PLAUSIBLE_MAX:g}] (are the images scaled to [0, 1]?)")
             results.append((g, vals.astype(np.float32)))
         for g, vals in results:
             state.values[g.indices] = vals
@@ -523,33 +529,88 @@ class _State:
 
     @classmethod
     def load(cls, path: Path, fingerprint: dict, n: int, n_windows: int) -> "_State":
+        """Read a checkpoint of this run; refuse one of another run, or with implausible content."""
+        import stat as _stat
+
         from safetensors import safe_open
 
+        if not _stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO or a device (would block)
+            raise ValueError(f"checkpoint {path} is not a regular file; pass another checkpoint path")
+        spec = {"values": ("F32", (n,)), "done": ("U8", (n_windows,)), "has_key": ("U8", (n,)),
+                "keys": ("U8", None), "failed": ("I64", None)}
         try:
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}
-                t = {k: f.get_tensor(k) for k in f.keys()}
+                if meta.get("format") != _CKPT_FORMAT:
+                    raise ValueError(f"{path} is not a scoring checkpoint (format={meta.get('format')!r}); "
+                                     f"pass another checkpoint path")
+                try:
+                    theirs = json.loads(meta.get("fingerprint", "{}"))
+                except json.JSONDecodeError:
+                    theirs = {"fingerprint": "<unreadable>"}
+                ours = json.loads(json.dumps(fingerprint, sort_keys=True))  # same JSON round trip
+                if theirs != ours:
+                    diff = _first_difference(theirs, ours) if isinstance(theirs, dict) else "unreadable fingerprint"
+                    raise ValueError(f"checkpoint {path} belongs to another scoring run ({diff}); "
+                                     f"delete it or pass another checkpoint path to start afresh")
+                names = set(f.keys())
+                for name, (dtype, shape) in spec.items():  # from the header, before reading any tensor
+                    if name not in names:
+                        raise ValueError(f"checkpoint {path} has no tensor {name!r}; delete it to rescore")
+                    sl = f.get_slice(name)
+                    got_dtype, got_shape = sl.get_dtype(), tuple(sl.get_shape())
+                    if got_dtype != dtype or len(got_shape) != 1 or (shape is not None and got_shape != shape):
+                        want = f"[{shape[0]}]" if shape else "1-D"
+                        raise ValueError(f"checkpoint {path}: tensor {name!r} is {got_dtype} {list(got_shape)}, "
+                                         f"expected {dtype} {want}; delete it to rescore")
+                extra = names - set(spec)
+                if extra:
+                    raise ValueError(f"checkpoint {path} has unexpected tensor(s) {sorted(extra)}; delete it to rescore")
+                t = {k: f.get_tensor(k) for k in spec}
+        except ValueError:
+            raise
         except Exception as e:  # safetensors raises its own error types
             raise ValueError(f"checkpoint {path} is not a readable .safetensors file: {e}") from None
-        if meta.get("format") != _CKPT_FORMAT:
-            raise ValueError(f"{path} is not a scoring checkpoint (format={meta.get('format')!r}); "
-                             f"pass another checkpoint path")
-        theirs = json.loads(meta.get("fingerprint", "{}"))
-        ours = json.loads(json.dumps(fingerprint, sort_keys=True))  # same JSON round trip
-        if theirs != ours:
-            diff = _first_difference(theirs, ours)
-            raise ValueError(f"checkpoint {path} belongs to another scoring run ({diff}); "
-                             f"delete it or pass another checkpoint path to start afresh")
+        bad = f"checkpoint {path}"
+        fix = "the file was altered or is corrupt: delete it to rescore"
+        if not np.isin(t["done"], (0, 1)).all():
+            raise ValueError(f"{bad}: tensor 'done' holds values other than 0/1; {fix}")
         s = cls(n, n_windows)
-        if t["values"].shape != (n,) or t["done"].shape != (n_windows,):
-            raise ValueError(f"checkpoint {path} is inconsistent: {t['values'].shape[0]} values for {n} items")
-        s.values = t["values"].astype(np.float32).copy()
         s.done = t["done"].astype(bool)
-        text = t["keys"].tobytes().decode("utf-8")
+        try:
+            errors = json.loads(meta.get("failed_errors", "[]"))
+            text = t["keys"].tobytes().decode("utf-8")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{bad}: unreadable keys or failed_errors ({e}); {fix}") from None
+        failed = t["failed"].tolist()
+        B = int(fingerprint["batch_size"])
+        seen: set[int] = set()
+        for j, i in enumerate(failed):
+            if not 0 <= i < n or not s.done[i // B] or i in seen or seen.add(i):
+                raise ValueError(f"{bad}: failed index {i} (entry {j}) is out of range, repeated, or in an "
+                                 f"unfinished window; {fix}")
+        if not isinstance(errors, list) or len(errors) != len(failed):
+            raise ValueError(f"{bad}: {len(failed)} failed indices but failed_errors does not list as many; {fix}")
         parts = text.split("\n") if n else []
+        if len(parts) != n:
+            raise ValueError(f"{bad}: {len(parts)} keys for {n} items; {fix}")
+        vals = t["values"].astype(np.float32)
+        done_item = np.repeat(s.done, B)[:n]
+        check = done_item.copy()
+        check[failed] = False
+        v = vals[check]
+        with np.errstate(invalid="ignore"):
+            wrong = ~np.isfinite(v) | (v < 0) | (v > PLAUSIBLE_MAX)
+        if wrong.any():
+            i = int(np.flatnonzero(check)[np.flatnonzero(wrong)[0]])
+            what = ("not finite" if not np.isfinite(vals[i]) else "negative" if vals[i] < 0
+                    else f"implausibly large (a loss of images in [0, 1] is far below {PLAUSIBLE_MAX:g})")
+            key = f" (key {parts[i]!r})" if t["has_key"][i] else ""
+            raise ValueError(f"{bad}: value {float(vals[i])!r} at index {i}{key} is {what}; {fix}")
+        s.values = np.where(done_item, vals, np.nan).astype(np.float32)
+        s.values[failed] = np.nan
         s.keys = [k if h else None for k, h in zip(parts, t["has_key"].tolist())]
-        errors = json.loads(meta.get("failed_errors", "[]"))
-        s.failed = dict(zip(t["failed"].tolist(), errors))
+        s.failed = dict(zip(failed, errors))
         return s
 
 
