@@ -596,3 +596,20 @@ def test_subprocess_sobel_file_for_an_interpolation_recipe_is_refused(tmp_path, 
     assert_message(proc.stderr, ["scorer is 'sobel' in the scores file but 'interpolation' here", "rescore: true"])
     assert not (tmp_path / "experiments").exists() and not (tmp_path / "tb_logger").exists()
     assert scores.read_bytes() == before
+
+
+def test_basicsr_own_loader_is_safe_while_hooked(tmp_path, monkeypatch):
+    """Defence in depth: even past our own read, BasicSR's parser gets a loader that builds no objects."""
+    import basicsr.utils.options as bo
+
+    monkeypatch.chdir(tmp_path)
+    text = 'a: &x {b: 1}\nc:\n  <<: *x\n  d: !!float 2e-4\npwn: !!python/object/apply:os.system ["touch PWNED"]\n'
+    with tr.basicsr_hooks():
+        loader = bo.ordered_yaml()[0]
+        assert yaml.load(text.split("pwn")[0], Loader=loader) == {"a": {"b": 1}, "c": {"b": 1, "d": 2e-4}}
+        with pytest.raises(yaml.constructor.ConstructorError, match="python/object/apply:os.system"):
+            yaml.load(text, Loader=loader)
+        with pytest.raises(rc.RecipeError, match="not a list of literals"):
+            bo._postprocess_yml_value("[__import__('os').system('touch PWNED')]")
+    assert not (tmp_path / "PWNED").exists()
+    assert bo._postprocess_yml_value is not rc.parse_force_value  # restored on exit
