@@ -483,7 +483,9 @@ def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progr
         raise NotADirectoryError(f"output {out} exists and is not a folder")
     lr_paths = None if subimages else getattr(dataset, "lr_paths", None)
     lr_dir = out / "lr"
-    targets = [out, out / META_INFO] + ([lr_dir] if lr_paths is not None else [])
+    folders = [out] + ([lr_dir] if lr_paths is not None else [])
+    # a dangling symlink is no folder yet, but mkdir would create its target: check where it points
+    targets = folders + [out / META_INFO] + [Path(os.path.realpath(f)) for f in folders if f.is_symlink()]
     check_writable_outside(targets, {**source_roots(dataset), **dict(_labelled(protect))})
     if lr_paths is not None and write_target(lr_dir) == write_target(out):
         raise UnsafeWriteError(f"refusing to write {lr_dir}: it resolves to {out} itself, where LR files would "
