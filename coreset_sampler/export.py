@@ -486,7 +486,8 @@ def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progr
     folders = [out] + ([lr_dir] if lr_paths is not None else [])
     # a dangling symlink is no folder yet, but mkdir would create its target: check where it points
     targets = folders + [out / META_INFO] + [Path(os.path.realpath(f)) for f in folders if f.is_symlink()]
-    check_writable_outside(targets, {**source_roots(dataset), **dict(_labelled(protect))})
+    # the caller's labels first: they name the folders as the user knows them ("DATA")
+    check_writable_outside(targets, {**dict(_labelled(protect)), **source_roots(dataset)})
     if lr_paths is not None and write_target(lr_dir) == write_target(out):
         raise UnsafeWriteError(f"refusing to write {lr_dir}: it resolves to {out} itself, where LR files would "
                                f"replace the HR files of the same name; remove the link {lr_dir}")

@@ -117,6 +117,11 @@ def ws(tmp_path_factory):
 # --------------------------------------------------------------------------- the table
 
 
+def _score_sobel(w, t):
+    return ["score", w.data, "--scorer", "sobel", "--crop", CROP, "--step", STEP, "--workers", 0, "--no-progress",
+            "--out", t / "s.safetensors"]
+
+
 @dataclasses.dataclass
 class Case:
     id: str
@@ -246,6 +251,13 @@ CASES = [
     Case("export-whole-no-space-left", lambda w, t: w.export_lr(t / "core"), 1, ("No space left on device",),
          patch=lambda mp: mp.setattr("shutil.copyfile", lambda a, b, **k: (_ for _ in ()).throw(
              OSError(errno.ENOSPC, "No space left on device"))), check=_no_temp_left),
+    Case("select-out-no-space-left", lambda w, t: ["select", w.sub, "--out", t / "keep.txt"], 1,
+         ("No space left on device", "keep.txt"), check=_no_temp_left,
+         patch=lambda mp: mp.setattr("os.fsync", lambda fd: (_ for _ in ()).throw(
+             OSError(errno.ENOSPC, "No space left on device")))),
+    Case("score-out-no-space-left", _score_sobel, 1, ("No space left on device", "s.safetensors"),
+         patch=lambda mp: mp.setattr("os.fsync", lambda fd: (_ for _ in ()).throw(
+             OSError(errno.ENOSPC, "No space left on device")))),
     Case("export-ctrl-c", lambda w, t: w.export(t / "core"), 130, ("interrupted", "rerun"),
          patch=_fail_writes(KeyboardInterrupt()), prefix="coreset-sr: interrupted", check=_no_temp_left),
     # -- scores that do not fit DATA --------------------------------------------------------------------
@@ -392,8 +404,7 @@ def _oom():
     return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
 
-_SCORE = lambda w, t: ["score", w.data, "--scorer", "sobel", "--crop", CROP, "--step", STEP, "--workers", 0,  # noqa: E731
-                       "--no-progress", "--out", t / "s.safetensors"]
+_SCORE = _score_sobel
 
 CASES += [
     Case("score-ctrl-c", _SCORE, 130, ("interrupted", "s.safetensors.partial", "rerun"),
@@ -512,8 +523,7 @@ def test_export_piped_into_head_ends_quietly(ws, tmp_path, untouched):
     assert (out / "meta_info.txt").is_file(), (r.stdout, err)
 
 
-@pytest.mark.parametrize("argv", [["info", "{sub}"], ["select", "{sub}"], ["--help"],
-                                  ["select", "{sub}", "--out", "{tmp}/keep.txt"]])
+@pytest.mark.parametrize("argv", [["info", "{sub}"], ["--help"], ["select", "{sub}", "--out", "{tmp}/keep.txt"]])
 def test_closed_reader_output_is_dropped_quietly(ws, tmp_path, argv):
     """stdout's reader is gone before the first write: the command still does its work, exit 0, stderr clean."""
     r_fd, w_fd = os.pipe()
