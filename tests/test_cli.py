@@ -261,6 +261,9 @@ def test_score_resumes_from_partial_checkpoint(ws, capsys, tmp_path):
                 raise RuntimeError("simulated crash")
             return ds[i]
 
+        def provenance(self):  # the same images: the checkpoint records their digests
+            return ds.provenance()
+
     scorer = InterpolationScorer(2, batch_size=8, num_workers=0, checkpoint=Path(str(out) + ".partial"),
                                  checkpoint_every=1, progress=False)
     with pytest.raises(RuntimeError):
