@@ -827,7 +827,7 @@ def _exit_code(e: BaseException) -> int:
 
 
 class _ClosedPipeSafe:
-    """stdout that outlives its reader (``coreset-sr export ... | head -1``).
+    """stdout (or stderr) that outlives its reader (``coreset-sr export ... | head -1``).
 
     When the reader goes away, the rest of the output is discarded instead of raising
     BrokenPipeError in the middle of the work: the command still finishes (an export still
@@ -870,13 +870,14 @@ class _ClosedPipeSafe:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``coreset-sr`` (and ``python -m coreset_sampler``); returns the exit code."""
-    stdout = sys.stdout
-    sys.stdout = _ClosedPipeSafe(stdout)
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ClosedPipeSafe(stdout), _ClosedPipeSafe(stderr)  # `2>&1 | head -1` too
     try:
         return _main(argv)
     finally:
         sys.stdout.flush()
-        sys.stdout = stdout
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 def _main(argv: Sequence[str] | None) -> int:

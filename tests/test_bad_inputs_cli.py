@@ -523,6 +523,19 @@ def test_export_piped_into_head_ends_quietly(ws, tmp_path, untouched):
     assert (out / "meta_info.txt").is_file(), (r.stdout, err)
 
 
+def test_export_with_progress_bars_piped_into_head_ends_quietly(ws, tmp_path, untouched):
+    """``... 2>&1 | head -1``: progress bars and warnings on the closed pipe do not stop the export either."""
+    out = tmp_path / "core"
+    cmd = " ".join(map(str, [sys.executable, "-m", "coreset_sampler", *ws.export(out)[:-1]]))  # with progress
+    script = f"set -o pipefail; {cmd} 2>&1 | head -1; echo \"status=${{PIPESTATUS[0]}}\""
+    with untouched(ws.data, ws.lr):
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and lines[-1] == "status=0", r.stdout + r.stderr
+    assert len((out / "meta_info.txt").read_text().split()) == 12
+
+
 @pytest.mark.parametrize("argv", [["info", "{sub}"], ["--help"], ["select", "{sub}", "--out", "{tmp}/keep.txt"]])
 def test_closed_reader_output_is_dropped_quietly(ws, tmp_path, argv):
     """stdout's reader is gone before the first write: the command still does its work, exit 0, stderr clean."""
