@@ -92,6 +92,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--per-crop-cache", type=Path, default=None)
     ap.add_argument("--verify", type=int, default=300, help="cached per-crop samples re-scored to check it")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--exact-scales", type=int, nargs="*", default=[2],
+                    help="also score these scales with border='exact' (crops past the modcropped edge on their phase)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -122,7 +124,21 @@ def main(argv=None) -> dict:
             c = per_crop.score(ds)
             entry.update(per_crop_source="computed", per_crop_seconds=time.perf_counter() - t0)
         assert c.keys == w.keys == ds.keys
-        entry.update(agreement(w.values.astype(np.float64), c.values.astype(np.float64)))
+        cv = c.values.astype(np.float64)
+        entry.update(agreement(w.values.astype(np.float64), cv))
+        # the crops that reach past a modcropped image, apart
+        size = np.array([ds._cache[f].shape[:2] for f in ds._index[:, 0]])
+        mod = size - size % scale
+        shifted = (ds._index[:, 1] + CROP > mod[:, 0]) | (ds._index[:, 2] + CROP > mod[:, 1])
+        entry["median_rel_diff_shifted"] = float(np.median(np.abs(w.values[shifted] / cv[shifted] - 1)))
+        entry["median_rel_diff_others"] = float(np.median(np.abs(w.values[~shifted] / cv[~shifted] - 1)))
+        if scale in args.exact_scales:
+            t0 = time.perf_counter()
+            e = LossScorer(model, num_workers=0, progress=False, device="cpu",
+                           whole_image_options={"border": "exact"}).score(ds)
+            entry["exact_border"] = {"seconds": time.perf_counter() - t0, **agreement(e.values.astype(np.float64), cv),
+                                     "median_rel_diff_shifted": float(np.median(np.abs(
+                                         e.values[shifted] / cv[shifted] - 1)))}
         result["scales"][str(scale)] = entry
         print(f"x{scale}: {json.dumps(entry)}", flush=True)
     result["machine"]["load_average_at_end"] = os.getloadavg()
@@ -160,6 +176,15 @@ def render_md(r: dict) -> str:
         lines.append(f"| x{s} | {e['n']} | {e['spearman']:.4f} | {e['pearson']:.4f} | {e['refined_overlap']:.3f} | "
                      f"{e['top50_overlap']:.3f} | {e['median_rel_diff']:.3f} | {e['p90_rel_diff']:.3f} | "
                      f"{e['mean_ratio_whole_over_crop']:.3f} | {e['shifted_crops']} | {src} |")
+    lines += ["", "Median relative difference, crops shifted inside vs the others: " + ", ".join(
+        f"x{s} {e['median_rel_diff_shifted']:.3f} vs {e['median_rel_diff_others']:.3f}" for s, e in r["scales"].items())]
+    for s, e in r["scales"].items():
+        x = e.get("exact_border")
+        if x:
+            lines += [f"With `border='exact'` at x{s} (those crops scored on their own phase, {x['seconds']:.0f} s vs "
+                      f"{e['whole_image_seconds']:.0f} s): Spearman {x['spearman']:.4f}, refined overlap "
+                      f"{x['refined_overlap']:.3f}, median rel. diff {x['median_rel_diff']:.3f} (shifted crops: "
+                      f"{x['median_rel_diff_shifted']:.3f})."]
     lines += ["", "Shifted crops: border-aligned crops of images whose size is not a multiple of the scale "
               "(BSD200 is 481x321) reach past the modcropped image by fewer than `scale` pixels; they are scored "
               "on the window moved inside by that amount."]
