@@ -628,7 +628,8 @@ class WholeImageScorer:
                 "library_version": _version(), "torch_version": torch.__version__,
                 "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         meta["provenance"] = {"scorer": self.spec, "model_digest": config.get("model_digest"),
-                              "loss": config.get("loss"), "scale": config.get("scale"), **(ds_provenance or {})}
+                              "loss": config.get("loss"), "scale": config.get("scale"), "granularity": "whole_image",
+                              **(ds_provenance or {})}
         self.last_stats = {"computed": computed, "resumed": resumed, "failed": len(state.failed),
                            "seconds": time.perf_counter() - t0, "rank": rank, "world_size": world,
                            "sources": len(todo)}

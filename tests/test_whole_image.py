@@ -407,6 +407,7 @@ def test_scores_carry_provenance_and_feed_coreset_dataset(srcs, tmp_path):
     s = LossScorer.pretrained("srcnn", 2, **FAST).score(ds)
     prov = s.metadata["provenance"]
     assert prov["scorer"] == "srcnn" and prov["dataset"] == "subimages" and prov["scale"] == 2
+    assert prov["granularity"] == "whole_image"
     assert set(prov["sources"]) == {p.name for p in ds.files}
     s.save(tmp_path / "s.safetensors")
     core = CoreSetDataset(ds, Scores.load(tmp_path / "s.safetensors"), ratio=0.5)
