@@ -167,7 +167,14 @@ def main(argv=None) -> dict:
         else:
             src = Path(tmp) / "src"
             src.mkdir()
-            _, t = timed(lambda: [synth(src / f"s{i:03d}.png", h, w, i) for i in range(n_src)])
+            from concurrent.futures import ProcessPoolExecutor
+
+            def make_all():
+                with ProcessPoolExecutor(max_workers=max(1, min(n_src, os.cpu_count() or 1))) as ex:
+                    list(ex.map(synth, [src / f"s{i:03d}.png" for i in range(n_src)], [h] * n_src, [w] * n_src,
+                                range(n_src)))
+
+            _, t = timed(make_all)
             res["setup"]["data"] = f"synthetic {n_src} x {w}x{h} (seeded), written in {t:.1f} s"
         ds = SubImageDataset(src, crop=crop, step=step, scale=args.scale, progress=False)
         res["setup"].update(sources=len(ds.files), crops=len(ds),
