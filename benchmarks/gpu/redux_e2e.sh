@@ -4,7 +4,9 @@
 # cached scores being reused. Run from the repo root on the GPU machine after
 # benchmarks/gpu/redux_prepare.sh filled .gpu/ here (carry [".gpu"]). Needs python3 >= 3.11 with
 # torch + CUDA; no network. Writes its logs to $OUT (default /tmp/redux_e2e_out): at most 6 files.
+# Rehearsal on a CPU machine: PYTHON=.../venv/bin/python E2E_SKIP_WHEELS=1 E2E_DRY_RUN=1 (scores, no training).
 set -uo pipefail
+PY="${PYTHON:-python3}"
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$REPO"
 OUT="${OUT:-/tmp/redux_e2e_out}"
@@ -13,19 +15,21 @@ mkdir -p "$OUT"
 rm -rf "$W" && mkdir -p "$W"
 [ -f .gpu/traiNNer-redux/train.py ] || { echo "redux_e2e: .gpu/ missing: run benchmarks/gpu/redux_prepare.sh first and carry .gpu" | tee "$OUT/redux_e2e_env.txt"; exit 2; }
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/wheels/*.whl \
-  || { echo "redux_e2e: wheel install failed" | tee "$OUT/redux_e2e_env.txt"; exit 1; }
+if [ -z "${E2E_SKIP_WHEELS:-}" ]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/wheels/*.whl \
+    || { echo "redux_e2e: wheel install failed" | tee "$OUT/redux_e2e_env.txt"; exit 1; }
+fi
 export PYTHONPATH="/tmp/site:$REPO"
 ROOT="$REPO/.gpu/traiNNer-redux"
 
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   git -C "$REPO" rev-parse HEAD 2>/dev/null; git -C "$REPO" status --short 2>/dev/null | head -5
-  python3 -c "import sys, torch, numpy, msgspec, pyvips, spandrel; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'numpy', numpy.__version__, 'msgspec', msgspec.__version__, 'pyvips', pyvips.__version__, 'libvips', pyvips.version(0), pyvips.version(1), 'spandrel', spandrel.__version__)"
+  "$PY" -c "import sys, torch, numpy, msgspec, pyvips, spandrel; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'numpy', numpy.__version__, 'msgspec', msgspec.__version__, 'pyvips', pyvips.__version__, 'libvips', pyvips.version(0), pyvips.version(1), 'spandrel', spandrel.__version__)"
 } > "$OUT/redux_e2e_env.txt" 2>&1
 
 # Tiny data (64 HR images 256x256, their x4 LR by our MATLAB bicubic) and two recipes from the stock
 # template: only paths, iterations, batch/worker counts, crop size and logging frequency changed.
-python3 - "$ROOT" "$W" <<'EOF' >> "$OUT/redux_e2e_env.txt" 2>&1
+"$PY" - "$ROOT" "$W" <<'EOF' >> "$OUT/redux_e2e_env.txt" 2>&1
 import sys
 from pathlib import Path
 import numpy as np, torch, yaml
@@ -61,13 +65,13 @@ cd "$W"
 rc=0
 for name in 4x_Compact_coreset_e2e 4x_Compact_coreset_e2e_cached; do
   start=$(date +%s)
-  COLUMNS=200 timeout 400 python3 -m coreset_sampler.integrations.redux.train -opt "$name.yml" --redux-root "$ROOT" \
+  COLUMNS=200 timeout 400 "$PY" -m coreset_sampler.integrations.redux.train -opt "$name.yml" --redux-root "$ROOT" ${E2E_DRY_RUN:+--dry-run} \
     > "$OUT/${name}_console.log" 2>&1
   r=$?; [ $r -ne 0 ] && rc=$r
   echo "$name: exit $r in $(( $(date +%s) - start )) s" >> "$OUT/redux_e2e_env.txt"
   cp experiments/"$name"/train_*.log "$OUT/${name}_train.log" 2>/dev/null
 done
-python3 -m coreset_sampler info scores/e2e_x4_srcnn.safetensors >> "$OUT/redux_e2e_env.txt" 2>&1
+"$PY" -m coreset_sampler info scores/e2e_x4_srcnn.safetensors >> "$OUT/redux_e2e_env.txt" 2>&1
 ls "$W"/experiments/*/models >> "$OUT/redux_e2e_env.txt" 2>&1
 cat "$OUT/redux_e2e_env.txt"
 grep -h -A4 "core-set: kept" "$OUT"/*_train.log
