@@ -4,10 +4,14 @@ Public API (see README):
 
 - :func:`select_indices`, :func:`selection_summary` — which samples to keep (pure).
 - :class:`Scores` — per-sample scores and their ``.safetensors`` file.
+- :func:`check_provenance`, :class:`ProvenanceError` — scores checked against what they were
+  computed from (scorer, scale, degradation, source image bytes).
 - :class:`CoreSetDataset` — a core-set view over any map-style dataset.
 - :class:`StepMatchedSampler` — as many draws per epoch as the full set would get.
 - :class:`LossScorer`, :class:`SobelScorer`, :class:`InterpolationScorer` — scores from data;
   :func:`make_scorer` builds one from a short spec (``"srcnn"``, ``"sobel"``, a weights file).
+- :func:`export_coreset` — storage pruning: the core-set as files + ``meta_info.txt``
+  (:class:`ExportReport`); :func:`check_writable_outside` guards every write against source data.
 
 The names are imported on first use (PEP 562), so ``import coreset_sampler`` and the
 ``coreset-sr`` command line answer ``--help`` and argument errors without loading torch.
@@ -25,6 +29,11 @@ _EXPORTS = {
     "StepMatchedSampler": "sampler",
     "Scores": "scores",
     "dataset_fingerprint": "scores",
+    "ProvenanceError": "provenance",
+    "check_provenance": "provenance",
+    "provenance_of": "provenance",
+    "file_digest": "provenance",
+    "sources_digest": "provenance",
     "MODES": "selection",
     "select_indices": "selection",
     "selection_summary": "selection",
@@ -32,6 +41,9 @@ _EXPORTS = {
     "SobelScorer": "scorers",
     "InterpolationScorer": "scorers",
     "make_scorer": "scorers",
+    "export_coreset": "export",
+    "ExportReport": "export",
+    "check_writable_outside": "export",
 }
 
 __all__ = list(_EXPORTS)
@@ -52,7 +64,9 @@ def __dir__():
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .dataset import CoreSetDataset
+    from .export import ExportReport, check_writable_outside, export_coreset
     from .sampler import StepMatchedSampler
     from .scorers import InterpolationScorer, LossScorer, SobelScorer, make_scorer
+    from .provenance import ProvenanceError, check_provenance, file_digest, provenance_of, sources_digest
     from .scores import Scores, dataset_fingerprint
     from .selection import MODES, select_indices, selection_summary
