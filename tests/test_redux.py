@@ -351,6 +351,8 @@ BAD = [
     ({"scores": None}, "datasets.train.coreset.scores: missing; mode 'des' with skip_top 0.0625 ranks by score"),
     ({"scorer": "missing_weights.safetensors"}, "datasets.train.coreset.scorer: weights file 'missing_weights.safetensors' not found"),
     ({"export_meta_info": "meta.txt", "__meta_info": "meta.txt"}, "is the recipe's own meta_info"),
+    ({"export_meta_info": "data/kept.txt"}, "datasets.train.coreset.export_meta_info: refusing to write"),
+    ({"rescore": "yes"}, "datasets.train.coreset.rescore: invalid value, got 'yes'"),
 ]
 
 
@@ -432,3 +434,49 @@ def test_strip_coreset_block_leaves_the_rest_and_the_input_alone():
     assert out == {"name": "x", "datasets": {"train": {"type": "t"}, "val": {"type": "v"}}}
     assert recipe["datasets"]["train"]["coreset"] == {"mode": "des"}
     assert strip_coreset_block({"name": "x"}) == {"name": "x"}
+
+
+@needs_redux
+@pytest.mark.redux
+def test_changed_source_image_is_refused_then_rescore_scores_again(redux_root, redux_train, pairs, tmp_path,
+                                                                    monkeypatch, capsys, redux_log):
+    from coreset_sampler import Scores
+    from coreset_sampler.integrations.redux.train import main
+
+    hr0, lr0 = pairs
+    hr, lr = tmp_path / "hr", tmp_path / "lr"
+    shutil.copytree(hr0, hr)
+    shutil.copytree(lr0, lr)
+    scores = tmp_path / "s.safetensors"
+    block = {**BLOCK, "scores": str(scores)}
+    recipe = _recipe(tmp_path, "Compact_fidelity.yml", block, hr=hr, lr=lr)
+    args = ["-opt", str(recipe), "--redux-root", str(redux_root), "--dry-run"]
+    monkeypatch.chdir(tmp_path)
+    main(args)
+    capsys.readouterr()
+    prov = Scores.load(scores).metadata["provenance"]
+    assert prov["scorer"] == "sobel" and prov["degradation"] == "lr_folder" and len(prov["sources"]) == N_IMAGES
+    shutil.copy(hr / "img01.png", hr / "img00.png")  # one source image changes
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert "1 source image(s) changed since scoring: img00.png" in err and "rescore: true" in err
+    _recipe(tmp_path, "Compact_fidelity.yml", {**block, "rescore": True}, hr=hr, lr=lr)
+    main(args)
+    assert any("(rescore: true)" in m for m in redux_log)
+    assert Scores.load(scores).metadata["provenance"]["sources"]["img00.png"] == \
+        Scores.load(scores).metadata["provenance"]["sources"]["img01.png"]
+
+
+@needs_redux
+@pytest.mark.redux
+def test_export_meta_info_lists_the_kept_images(redux_root, redux_train, pairs, tmp_path, monkeypatch):
+    hr, lr = pairs
+    meta = tmp_path / "meta" / "kept.txt"
+    meta.parent.mkdir()
+    recipe = _recipe(tmp_path, "Compact_fidelity.yml",
+                     {**BLOCK, "scores": str(tmp_path / "s.safetensors"), "export_meta_info": str(meta)}, hr=hr, lr=lr)
+    p = _prepare(redux_train, recipe, redux_root, tmp_path, monkeypatch)
+    lines = meta.read_text().splitlines()
+    assert lines == sorted(f"{k}.png ({HR},{HR},3)" for k in p.train_loader.dataset.keys)

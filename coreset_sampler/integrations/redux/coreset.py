@@ -27,12 +27,14 @@ import torch
 from torch.utils.data import Dataset
 
 from ...dataset import CoreSetDataset
+from ...provenance import check_provenance, sources_digest
 from ...scores import Scores, atomic_write_bytes
-from ..basicsr.coreset import (WHERE, CoresetConfigError, CoresetOptions, _barrier, _dist, _make_scorer,
-                               _rank0_decides, align_scores)
+from ...selection import selection_counts
+from ..basicsr.coreset import (RESCORE_FIX, WHERE, CoresetConfigError, CoresetOptions, _barrier, _dist,
+                               _load_scores, _make_scorer, _on_rank0, _rank0_decides, align_scores)
 
 __all__ = ["redux_keys", "ReduxScoringView", "RunArithmetic", "redux_iterations", "build_redux_coreset",
-           "write_redux_meta_info"]
+           "write_redux_meta_info", "redux_provenance", "redux_expected_provenance"]
 
 
 def _gt_paths(dataset) -> tuple[list[str], bool]:
@@ -188,6 +190,72 @@ def redux_iterations(n: int, dataset_opt, opt) -> RunArithmetic:
     return RunArithmetic(n, enlarge, per_epoch, epochs, (epochs + 1) * batches // accum)
 
 
+def _roots(dataset_opt, key: str) -> list[str]:
+    v = dataset_opt.get(key) if isinstance(dataset_opt, Mapping) else getattr(dataset_opt, key, None)
+    return [] if v is None else [os.path.expanduser(str(r)) for r in ([v] if isinstance(v, (str, os.PathLike)) else v)]
+
+
+def _common_root(roots: list[str]) -> str:
+    return roots[0] if len(roots) == 1 else os.path.commonpath([os.path.abspath(r) for r in roots])
+
+
+def redux_provenance(dataset, scale: int) -> dict:
+    """What a traiNNer-redux train dataset is made of, in the form of :mod:`coreset_sampler.provenance`.
+
+    Paired: ``{"dataset": "paired_folder", "degradation": "lr_folder", "scale", "hr_root", "lr_root",
+    "sources", "lr_sources"}`` (as the BasicSR block records). HR-only: ``"degradation": "bicubic"``
+    and no LR fields, the same as ``coreset-sr score HR --scale S`` (LR by MATLAB bicubic) records, so
+    such a file fits the block over the same folder. Several ``dataroot_gt`` folders are recorded
+    relative to their common parent.
+    """
+    gts, paired = _gt_paths(dataset)
+    gt_root = _common_root(_roots(dataset.opt, "dataroot_gt"))
+    out = {"dataset": "paired_folder", "scale": int(scale), "degradation": "lr_folder" if paired else "bicubic",
+           "hr_root": str(gt_root), "sources": sources_digest([os.path.abspath(p) for p in gts],
+                                                            os.path.abspath(gt_root))}
+    if paired:
+        lq_root = _common_root(_roots(dataset.opt, "dataroot_lq"))
+        out["lr_root"] = str(lq_root)
+        out["lr_sources"] = sources_digest([os.path.abspath(p["lq_path"]) for p in dataset.paths],
+                                           os.path.abspath(lq_root))
+    return out
+
+
+def redux_expected_provenance(copts: CoresetOptions, scale: int, paired: bool) -> dict:
+    """The fields a cached scores file must have recorded to be used by this block and dataset."""
+    return {"scorer": copts.scorer, "scale": int(scale), "degradation": "lr_folder" if paired else "bicubic"}
+
+
+class _Described:
+    def __init__(self, dataset, scale: int):
+        self._dataset, self._scale, self._prov = dataset, scale, None
+
+    def provenance(self) -> dict:
+        if self._prov is None:
+            self._prov = redux_provenance(self._dataset, self._scale)
+        return self._prov
+
+
+def _check_export_path(path, dataset_opt) -> None:
+    from ...export import UnsafeWriteError, check_writable_outside
+
+    roots = {f"{k}[{i}]": r for k in ("dataroot_gt", "dataroot_lq") for i, r in enumerate(_roots(dataset_opt, k))}
+    try:
+        check_writable_outside([os.path.expanduser(str(path))], roots)
+    except UnsafeWriteError as e:
+        raise CoresetConfigError(f"{WHERE}.export_meta_info: {e} (traiNNer-redux would read it as one more "
+                                 "image)") from None
+
+
+def _too_small(n: int, dataset_opt, opt) -> CoresetConfigError:
+    run = redux_iterations(n, dataset_opt, opt)
+    return CoresetConfigError(
+        f"{WHERE}.ratio: the core-set keeps {n} samples, fewer than one step per epoch "
+        f"(dataset_enlarge_ratio {run.enlarge} x {n} < batch_size_per_gpu {dataset_opt.batch_size_per_gpu}"
+        f" x accum_iter {dataset_opt.accum_iter} x world size {getattr(opt, 'world_size', None) or 1}); "
+        "raise ratio or dataset_enlarge_ratio")
+
+
 def _scoring_device(opt) -> torch.device:
     if getattr(opt, "num_gpu", 0) not in (0, None) and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
@@ -231,7 +299,10 @@ def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger
 
     Raises:
         CoresetConfigError: an unsupported dataset, a scores file that does not fit the dataset
-            (naming the first mismatching key), or a core-set smaller than one step per epoch.
+            (naming the first mismatching key), a core-set smaller than one step per epoch (before
+            scoring), or ``export_meta_info`` inside a data folder.
+        ProvenanceError: a cached scores file computed with another scorer, scale or LR source, or
+            from source images whose bytes changed since (named); ``rescore: true`` scores again.
     """
     gts, paired = _gt_paths(dataset)
     # Folder listings come in file-system order: sort by key so the kept set, the scores file and
@@ -240,6 +311,12 @@ def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger
     keys = redux_keys(dataset)
     scale = int(opt.scale)
     rank, world = _dist()
+    if copts.export_meta_info is not None:
+        _check_export_path(copts.export_meta_info, dataset_opt)
+    # The planned core-set must make one step per epoch: known from the counts, so refuse before scoring.
+    planned = selection_counts(len(keys), copts.ratio, copts.skip_top)[0]
+    if redux_iterations(planned, dataset_opt, opt).iter_per_epoch == 0:
+        raise _too_small(planned, dataset_opt, opt)
 
     if not copts.needs_scores:
         scores = Scores(np.zeros(len(keys), dtype=np.float32), keys=keys, metadata={"scorer": "none"})
@@ -247,38 +324,41 @@ def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger
     else:
         path = Path(copts.scores)
         source = f"{WHERE}.scores file {str(path)!r}"
-        if _rank0_decides(path.is_file()):
+        if _rank0_decides(path.is_file()) and not copts.rescore:
             origin = f"{path} (loaded)"
+            loaded = align_scores(_load_scores(path, source), keys, source)
+            # Rank 0 fingerprints the sources (hashing every image once); all ranks share its verdict.
+            _on_rank0(lambda: check_provenance(
+                loaded, expected=redux_expected_provenance(copts, scale, paired),
+                dataset=_Described(dataset, scale), source=source, fix=RESCORE_FIX))
         else:
             scorer = _make_scorer(copts, scale, _scoring_device(opt))
             view = ReduxScoringView(dataset, scale)
+            why = " (rescore: true)" if copts.rescore and path.is_file() else ""
             if logger is not None:
                 how = "LR/HR pairs" if paired else f"HR only, LR by MATLAB bicubic x1/{scale}"
                 logger.info(f"core-set: scoring {len(keys)} samples ({how}) with {copts.scorer!r} "
-                            f"(x{scale}, {world} rank(s)) -> {path}", extra={"markup": False})
+                            f"(x{scale}, {world} rank(s)) -> {path}{why}", extra={"markup": False})
             fresh = align_scores(scorer.score(view), keys, "the scorer's output")
             fresh.metadata.setdefault("scorer_spec", copts.scorer)
             fresh.metadata.setdefault("scale", scale)
             fresh.metadata.setdefault("redux_dataset", f"{dataset_opt.name} ({dataset_opt.type})")
             fresh.metadata.setdefault("lr_source", "files" if paired else "matlab_bicubic")
             if rank == 0:
+                # what the scores were computed from (checked on every later use, as the BasicSR block does)
+                fresh.metadata["provenance"] = {**(fresh.metadata.get("provenance") or {}),
+                                                **redux_provenance(dataset, scale), "scorer": copts.scorer}
                 fresh.save(path)
-            origin = f"{path} (computed with {copts.scorer})"
+            origin = f"{path} (computed with {copts.scorer}{why})"
             _barrier()
-        try:
-            loaded = Scores.load(path)
-        except (ValueError, FileNotFoundError) as e:
-            raise CoresetConfigError(f"{source}: {e}") from None
+            loaded = _load_scores(path, source)
         scores = align_scores(loaded, keys, source)
 
     core = CoreSetDataset(dataset, scores, mode=copts.mode, ratio=copts.ratio, skip_top=copts.skip_top,
                           seed=copts.seed)
     run = redux_iterations(len(core), dataset_opt, opt)
-    if run.iter_per_epoch == 0:
-        raise CoresetConfigError(
-            f"{WHERE}.ratio: the core-set keeps {len(core)} samples, fewer than one step per epoch "
-            f"(dataset_enlarge_ratio {run.enlarge} x {len(core)} < batch_size_per_gpu {dataset_opt.batch_size_per_gpu}"
-            f" x accum_iter {dataset_opt.accum_iter} x world size {world}); raise ratio or dataset_enlarge_ratio")
+    if run.iter_per_epoch == 0:  # samples that failed to score can shrink it below the plan
+        raise _too_small(len(core), dataset_opt, opt)
 
     if copts.export_meta_info is not None and rank == 0:
         write_redux_meta_info(copts.export_meta_info, dataset, core.indices)

@@ -74,6 +74,9 @@ def validate_recipe(recipe: Mapping) -> CoresetOptions | None:
         if src and os.path.abspath(src) == os.path.abspath(copts.export_meta_info):
             raise CoresetConfigError(f"{WHERE}.export_meta_info: {copts.export_meta_info!r} is the recipe's own "
                                      "meta_info; write the pruned list to another path")
+        from .coreset import _check_export_path
+
+        _check_export_path(copts.export_meta_info, train)  # never inside a data folder
         roots = train.get("dataroot_gt")
         if isinstance(roots, list) and len(roots) != 1:
             raise CoresetConfigError(f"{WHERE}.export_meta_info: needs exactly one dataroot_gt folder (traiNNer-redux "

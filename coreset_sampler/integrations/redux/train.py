@@ -31,13 +31,17 @@ import os
 import sys
 from pathlib import Path
 
+from ...provenance import ProvenanceError
 from ..basicsr.coreset import CoresetConfigError, CoresetOptions
 from .recipe import read_recipe, strip_coreset_block, validate_recipe
 
-__all__ = ["main", "find_redux_root", "load_redux_train", "redux_hooks", "prepare", "Prepared"]
+__all__ = ["main", "find_redux_root", "load_redux_train", "redux_hooks", "prepare", "Prepared", "USER_ERRORS"]
 
 PROG = "coreset-sr-train-redux"
 _TRAIN_MODULE = "_coreset_sampler_redux_train"
+
+#: Errors that are the user's to fix: ``main`` prints them as one line and exits with status 2.
+USER_ERRORS: tuple[type[Exception], ...] = (CoresetConfigError, ProvenanceError)
 
 
 def find_redux_root(given=None) -> Path:
@@ -233,8 +237,8 @@ def main(argv: list[str] | None = None) -> None:
                       f"total_iter {p.total_iters}; nothing trained")
             else:
                 train_module.train_pipeline(os.getcwd())
-    except CoresetConfigError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         sys.argv = saved_argv
