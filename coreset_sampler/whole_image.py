@@ -31,7 +31,11 @@ the core of each output tile is kept, so tiling changes nothing beyond float rou
 ``checkpoint`` saves progress per source (resume), under ``torch.distributed`` rank ``r`` of ``W``
 scores sources ``r, r+W, ...`` and the ranks gather, and with ``on_error="skip"`` an unreadable
 source marks all its crops failed. On CUDA: ``amp`` autocast (bf16/fp16; errors and sums in
-fp32/fp64), channels_last, pinned-memory prefetch, equal-size tiles batched.
+fp32/fp64), channels_last, pinned-memory prefetch of the source's 8/16-bit pixels, the LR made on
+the device (the same MATLAB bicubic, :func:`~coreset_sampler.degradation.downsample`), the error map
+and its summed-area table kept there (only the crop sums come back), tiles of 2048 HR pixels
+(a DIV2K image is one pass), equal-size tiles batched. On CPU the workers make the LR and numpy
+sums the crops, as the CPU benchmarks measured.
 
 Example:
     >>> from coreset_sampler.data import SubImageDataset
@@ -66,9 +70,11 @@ __all__ = ["WholeImagePlan", "WholeImageScorer", "SubImageFolder", "plan_of", "r
            "crop_sums", "error_map"]
 
 # CPU: tiles of 192x192 HR core pixels keep SRCNN's 64-channel activations near cache size while
-# the halo adds little (measured, benchmarks/results/scoring.md); CUDA: big tiles, batched.
+# the halo adds little (measured, benchmarks/results/scoring.md). CUDA: 2048 HR pixels, so a DIV2K
+# image (about 2040x1400) is one pass at x2-x4: the first H200 run (tiles of 1024) spent its time in
+# four odd-shaped batches of one tile each plus CPU-side work (benchmarks/results/gpu/).
 _CPU_TILE = 192
-_CUDA_TILE = 1024
+_CUDA_TILE = 2048
 _AMP = {None: None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
         "float16": torch.float16}
 
@@ -332,6 +338,16 @@ def crop_sums(err: np.ndarray, tops: np.ndarray, lefts: np.ndarray, crop: int) -
     return sat[b, r] - sat[t, r] - sat[b, l_] + sat[t, l_]
 
 
+def _crop_sums_torch(err: torch.Tensor, tops: np.ndarray, lefts: np.ndarray, crop: int) -> torch.Tensor:
+    """:func:`crop_sums` on ``err``'s device (float64); only the ``n`` sums leave it."""
+    sat = torch.zeros(err.shape[0] + 1, err.shape[1] + 1, dtype=torch.float64, device=err.device)
+    sat[1:, 1:] = err.to(torch.float64).cumsum(0).cumsum(1)
+    t = torch.as_tensor(np.asarray(tops, dtype=np.int64), device=err.device)
+    l_ = torch.as_tensor(np.asarray(lefts, dtype=np.int64), device=err.device)
+    b, r = t + crop, l_ + crop
+    return sat[b, r] - sat[t, r] - sat[b, l_] + sat[t, l_]
+
+
 def _tiles(h: int, w: int, tile: int) -> list[tuple[int, int, int, int]]:
     """LR cores ``(y0, y1, x0, x1)`` of a ``tile``-sized grid over an ``h`` x ``w`` image."""
     if tile <= 0:
@@ -419,8 +435,8 @@ class _SourceItems(Dataset):
     the LR/HR pairs of the phase-shifted images that crops past the modcropped edge need) or
     ``(j, _LoadFailure)``."""
 
-    def __init__(self, plan: WholeImagePlan, crops_of: list[np.ndarray], exact: bool = False):
-        self.plan, self.crops_of, self.exact = plan, crops_of, exact
+    def __init__(self, plan: WholeImagePlan, crops_of: list[np.ndarray], exact: bool = False, raw: bool = False):
+        self.plan, self.crops_of, self.exact, self.raw = plan, crops_of, exact, raw
 
     def __len__(self) -> int:
         return len(self.plan.sources)
@@ -442,17 +458,33 @@ class _SourceItems(Dataset):
                         f"cannot read image {p.sources[j]}: it is {arr.shape[0]}x{arr.shape[1]} and does not hold "
                         f"crop {p.keys[worst]!r} (top {int(p.index[worst, 1])}, left {int(p.index[worst, 2])}, "
                         f"size {p.crop}); the file changed since the dataset was built")
-            full = _to_tensor(arr)
-            gt = modcrop(full, p.scale)
-            phases = []
-            if self.exact and len(idx):
-                ph = _phases(p.index[idx, 1], p.index[idx, 2], p.crop, p.scale, *gt.shape[-2:])
-                for dy, dx in sorted({(int(a), int(b)) for a, b in ph} - {(0, 0)}):
-                    g = modcrop(full[:, dy:, dx:], p.scale)
-                    phases.append((dy, dx, downsample(g, p.scale), g))
-            return j, {"lq": downsample(gt, p.scale), "gt": gt, "phases": phases}
+            if self.raw:  # the main process degrades on the device (CUDA): ship the 8/16-bit pixels only
+                raw = arr if arr.dtype == np.uint8 else arr.astype(np.int32)  # torch lacks uint16 ops
+                if not (raw.flags.writeable and raw.flags.c_contiguous):  # a read-only cache array
+                    raw = np.array(raw, order="C")
+                return j, {"raw": torch.from_numpy(raw)}
+            return j, _degrade(_to_tensor(arr), idx, p, self.exact)
         except Exception as e:  # noqa: BLE001 - reported by the main process, per on_error
             return j, _LoadFailure(j, e)
+
+
+def _raw_to_tensor(raw: torch.Tensor) -> torch.Tensor:
+    """HWC uint8/uint16 tensor (any device) -> CHW float32 in [0, 1]; same values as ``data._to_tensor``."""
+    peak = 255.0 if raw.dtype == torch.uint8 else 65535.0  # int32 carries 16-bit sources
+    return raw.permute(2, 0, 1).to(torch.float32).contiguous().div_(peak)
+
+
+def _degrade(full: torch.Tensor, idx: np.ndarray, p: WholeImagePlan, exact: bool) -> dict:
+    """``{"lq", "gt", "phases"}`` of a source ``full`` ([C, H, W] in [0, 1], on any device): the
+    modcropped HR, its MATLAB-bicubic LR and, for ``exact``, the phase-shifted pairs."""
+    gt = modcrop(full, p.scale)
+    phases = []
+    if exact and len(idx):
+        ph = _phases(p.index[idx, 1], p.index[idx, 2], p.crop, p.scale, *gt.shape[-2:])
+        for dy, dx in sorted({(int(a), int(b)) for a, b in ph} - {(0, 0)}):
+            g = modcrop(full[:, dy:, dx:], p.scale)
+            phases.append((dy, dx, downsample(g, p.scale), g))
+    return {"lq": downsample(gt, p.scale), "gt": gt, "phases": phases}
 
 
 # --------------------------------------------------------------------------- the scorer
@@ -466,7 +498,7 @@ class WholeImageScorer:
         loss: ``"mse"`` or ``"l1"``.
         on_y: compare on Y (default: the model's ``trains_on_y``).
         scale: SR scale when the model has no ``.scale`` (default: the dataset's).
-        tile: LR core size of a tile; default ``192 // scale`` on CPU, ``1024 // scale`` on CUDA;
+        tile: LR core size of a tile; default ``192 // scale`` on CPU, ``2048 // scale`` on CUDA;
             0: whole images untiled.
         halo: LR context per tile (default :func:`receptive_halo`).
         amp: None (fp32), ``"bf16"`` or ``"fp16"``: autocast on CUDA (ignored on CPU).
@@ -523,6 +555,10 @@ class WholeImageScorer:
         self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
         # CPU: one tile per pass keeps activations cache-sized; CUDA: batches fill the device
         self.tile_batch = tile_batch if tile_batch is not None else (8 if self.device.type == "cuda" else 1)
+        # On CUDA the LR is made and the crop sums read on the device: the first H200 run was bound by
+        # the loader's CPU bicubic and the main process's CPU summed-area table, not by the model.
+        # CPU runs keep both on the CPU (in the workers / numpy), as before.
+        self._on_device = self.device.type == "cuda"
         self.num_workers, self.on_error, self.progress = num_workers, on_error, progress
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.checkpoint_every = checkpoint_every
@@ -593,7 +629,8 @@ class WholeImageScorer:
         bar = tqdm(total=sum(len(crops_of[j]) for j in mine), initial=resumed, unit="sample",
                    desc="scoring (loss, whole image)", disable=not self.progress or rank != 0, dynamic_ncols=True)
         try:
-            loader = DataLoader(_SourceItems(plan, crops_of, self.border == "exact"), sampler=todo, batch_size=None,
+            exact = self.border == "exact"
+            loader = DataLoader(_SourceItems(plan, crops_of, exact, raw=self._on_device), sampler=todo, batch_size=None,
                                 num_workers=self.num_workers if todo else 0,
                                 pin_memory=self.device.type == "cuda")
             for j, item in (loader if todo else ()):
@@ -601,6 +638,9 @@ class WholeImageScorer:
                 if not isinstance(item, dict):
                     self._failed(item, j, idx, plan, state)
                 else:
+                    if "raw" in item:
+                        raw = item["raw"].to(self.device, non_blocking=self.device.type == "cuda")
+                        item = _degrade(_raw_to_tensor(raw), idx, plan, exact)
                     vals, sh = self._score_source(item, idx, plan, tile, halo)
                     state.values[idx] = vals
                     shifted += sh
@@ -691,6 +731,8 @@ class WholeImageScorer:
             err = error_map(self.model, lq, gt, scale=s, loss=self.loss, on_y=self.on_y, tile=tile, halo=halo,
                             needed=needed, amp=self.amp, channels_last=self.channels_last,
                             tile_batch=self.tile_batch)
+            if self._on_device:
+                return _crop_sums_torch(err, tops, lefts, c).cpu().numpy() / (c * c)
         return crop_sums(err.cpu().numpy(), tops, lefts, c) / (c * c)
 
     def __repr__(self) -> str:

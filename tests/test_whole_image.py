@@ -158,6 +158,30 @@ def test_border_exact_scores_each_crop_on_its_own_phase(srcs):
         WholeImageScorer(model, border="pad")
 
 
+@pytest.mark.parametrize("border,workers", [("shift", 0), ("exact", 2)])
+def test_device_side_path_gives_the_cpu_path_scores(srcs, border, workers):
+    # The CUDA path ships raw pixels, makes the LR and reads the crop sums on the device; forced on
+    # the CPU here it must give the CPU path's scores (same arithmetic, other place).
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    opts = dict(FAST, num_workers=workers)
+    ref = WholeImageScorer(_model(), tile=5, border=border, **opts).score(ds)
+    dev = WholeImageScorer(_model(), tile=5, border=border, **opts)
+    dev._on_device = True
+    got = dev.score(ds)
+    assert got.keys == ref.keys
+    np.testing.assert_allclose(got.values, ref.values, rtol=1e-6, atol=0)
+
+
+def test_raw_pixels_convert_like_the_loader():
+    from coreset_sampler.data import _to_tensor
+    from coreset_sampler.whole_image import _raw_to_tensor
+
+    rng = np.random.default_rng(0)
+    for arr in (rng.integers(0, 256, (5, 7, 3)).astype(np.uint8), rng.integers(0, 65536, (5, 7, 3)).astype(np.uint16)):
+        raw = torch.from_numpy(arr if arr.dtype == np.uint8 else arr.astype(np.int32))
+        assert torch.equal(_raw_to_tensor(raw), _to_tensor(arr))
+
+
 def test_l1_and_all_channels():
     class Up(torch.nn.Module):
         scale = 2

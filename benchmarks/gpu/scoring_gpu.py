@@ -10,13 +10,18 @@ Measured (each after a warm-up, synchronised):
 * model-only: SRCNN on batches of LR crops (``crop/scale`` squared), pre-loaded on the device;
 * per-crop: ``LossScorer(whole_image=False)`` over ``SubImageDataset`` (DataLoader workers
   degrade crops, pinned memory);
-* whole-image: ``LossScorer`` default path (model once per source, tiles batched, channels_last,
-  pinned-memory prefetch);
+* whole-image: ``LossScorer`` default path (model once per source; on CUDA the LR, error map and
+  summed-area table on the device, tiles of 2048 HR pixels, channels_last, pinned-memory prefetch);
+* whole-image as first run on the H200 (``whole_image_fp32_cpu_lr``: LR made by the loader workers
+  on the CPU, crop sums in numpy, tiles of 1024 HR pixels), the same-process baseline of the fix;
 
 each in fp32 and bf16 (autocast; per-crop and model-only through an autocast wrapper, whole-image
 through ``whole_image_options={"amp": "bf16"}``; losses in fp32/fp64). Stated: the bf16 - fp32
 score difference (max and median relative, Spearman, refined-selection overlap) and whole-image vs
-per-crop Spearman. Without CUDA it runs a tiny CPU smoke version (same code paths).
+per-crop Spearman. Each timed stage follows an untimed warm-up on two sources and is repeated
+until it has run ``--min-seconds`` (10 on CUDA) or the budget is near, so that short stages are not
+dominated by start-up; samples/s is over all repeats. Without CUDA it runs a tiny CPU smoke version
+(same code paths, one run each).
 
 Writes ``$OUT/scoring_gpu.json`` and ``$OUT/scoring_gpu.md``.
 """
@@ -44,6 +49,7 @@ from coreset_sampler.data import IMAGE_EXTS, SubImageDataset  # noqa: E402
 from coreset_sampler.models import load_pretrained  # noqa: E402
 from coreset_sampler.scorers import LossScorer  # noqa: E402
 from coreset_sampler.selection import select_indices  # noqa: E402
+from coreset_sampler.whole_image import WholeImageScorer  # noqa: E402
 
 T_START = time.perf_counter()
 
@@ -100,6 +106,16 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+def repeated(fn, min_seconds: float, deadline: float):
+    """Run ``fn`` until ``min_seconds`` have passed (at least once; no new run that would likely end
+    past ``deadline``, a ``perf_counter`` value). Returns the first output and the run times."""
+    out, t = timed(fn)
+    times = [t]
+    while sum(times) < min_seconds and time.perf_counter() + t < deadline:
+        times.append(timed(fn)[1])
+    return out, times
+
+
 def spearman(a, b) -> float:
     from scipy.stats import spearmanr
 
@@ -128,7 +144,7 @@ def machine(dev) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_out")))
-    ap.add_argument("--sources", type=int, default=None, help="default 32 on CUDA, 2 on CPU")
+    ap.add_argument("--sources", type=int, default=None, help="default 96 on CUDA, 2 on CPU")
     ap.add_argument("--scale", type=int, default=2)
     ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="synthetic image size (default 1404 2040 on CUDA, 120 168 on CPU)")
@@ -136,16 +152,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--step", type=int, default=None, help="default 240 (24 on CPU)")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(8, cores - 1))")
     ap.add_argument("--budget", type=float, default=200.0, help="seconds; later stages are skipped past it")
+    ap.add_argument("--min-seconds", type=float, default=None,
+                    help="repeat each timed stage until it ran this long (default 10 on CUDA, 0 on CPU)")
     args = ap.parse_args(argv)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = dev.type == "cuda"
-    n_src = args.sources or (32 if gpu else 2)
+    n_src = args.sources or (96 if gpu else 2)
+    min_s = args.min_seconds if args.min_seconds is not None else (10.0 if gpu else 0.0)
+    deadline = T_START + args.budget
     h, w = args.size or ((1404, 2040) if gpu else (120, 168))
     crop, step = args.crop or (480 if gpu else 48), args.step or (240 if gpu else 24)
     workers = args.workers if args.workers is not None else (min(8, max(0, (os.cpu_count() or 1) - 1)) if gpu else 0)
     args.out.mkdir(parents=True, exist_ok=True)
     res: dict = {"benchmark": "scoring_gpu", "machine": machine(dev), "mode": "cuda" if gpu else "cpu-fallback",
-                 "setup": {"scale": args.scale, "crop": crop, "step": step, "workers": workers}, "stages": {},
+                 "setup": {"scale": args.scale, "crop": crop, "step": step, "workers": workers,
+                           "min_seconds": min_s}, "stages": {},
                  "skipped": []}
 
     def over_budget(stage) -> bool:
@@ -189,52 +210,81 @@ def main(argv=None) -> dict:
                 rate = model_only(m, dev, lr, batch, 3.0 if gpu else 0.5)
                 res["stages"][f"model_only_{prec}_b{batch}"] = {"samples_per_s": rate,
                                                                "hr_mpixel_per_s": rate * crop * crop / 1e6}
+        warm = Path(tmp) / "warm"  # two sources: untimed warm-up of each path (CUDA init, cuDNN autotune)
+        warm.mkdir()
+        for p in sorted(src.iterdir())[:2]:
+            (warm / p.name).symlink_to(p.resolve())
+        ds_warm = SubImageDataset(warm, crop=crop, step=step, scale=args.scale, progress=False)
         scores = {}
+
+        def stage(name, key, make):
+            """Warm up, then time ``make().score(ds)`` repeatedly; record and keep the scores."""
+            if over_budget(name):
+                return None
+            make().score(ds_warm)
+            sync(dev)
+
+            def run():
+                out = make().score(ds)
+                sync(dev)
+                return out
+
+            s, times = repeated(run, min_s, deadline)
+            scores[key] = s.values.astype(np.float64)
+            row = {"samples": len(ds), "runs": len(times), "seconds": sum(times), "first_run_seconds": times[0],
+                   "samples_per_s": len(ds) * len(times) / sum(times)}
+            if "whole_image" in s.metadata:
+                row["geometry"] = s.metadata["whole_image"]
+                row["source_mpixel_per_s"] = res["setup"]["source_pixels"] * len(times) / sum(times) / 1e6
+            res["stages"][name] = row
+            write(res, scores, args.out)
+            return s
+
         for prec in ("fp32", "bf16"):
-            if over_budget(f"whole_image_{prec}"):
-                continue
             opts = {"amp": "bf16"} if prec == "bf16" else {}
-            sc = LossScorer(base, num_workers=workers, progress=False, device=dev, whole_image_options=opts)
-            s, t = timed(lambda: sc.score(ds))
-            scores[f"whole_{prec}"] = s.values.astype(np.float64)
-            res["stages"][f"whole_image_{prec}"] = {"samples": len(ds), "seconds": t, "samples_per_s": len(ds) / t,
-                                                    "source_mpixel_per_s": res["setup"]["source_pixels"] / t / 1e6,
-                                                    "geometry": s.metadata["whole_image"]}
+            stage(f"whole_image_{prec}", f"whole_{prec}",
+                  lambda: LossScorer(base, num_workers=workers, progress=False, device=dev, whole_image_options=opts))
+
+        def first_version():  # as measured in the first H200 run: LR on CPU workers, numpy sums, tile 1024
+            ws = WholeImageScorer(base, tile=1024 // args.scale, num_workers=workers, progress=False, device=dev)
+            ws._on_device = False
+            return ws
+
+        stage("whole_image_fp32_cpu_lr", "whole_fp32_cpu_lr", first_version)
         for prec in ("fp32", "bf16"):
-            if over_budget(f"per_crop_{prec}"):
-                continue
-            sc = LossScorer(models[prec], whole_image=False, batch_size=32 if gpu else 8, num_workers=workers,
-                            progress=False, device=dev)
-            s, t = timed(lambda: sc.score(ds))
-            scores[f"crop_{prec}"] = s.values.astype(np.float64)
-            res["stages"][f"per_crop_{prec}"] = {"samples": len(ds), "seconds": t, "samples_per_s": len(ds) / t}
-        # the first timed stage also paid for CUDA start-up: time whole-image fp32 again
-        if "whole_fp32" in scores and not over_budget("whole_image_fp32_again"):
-            sc = LossScorer(base, num_workers=workers, progress=False, device=dev)
-            _, t = timed(lambda: sc.score(ds))
-            res["stages"]["whole_image_fp32_again"] = {"samples": len(ds), "seconds": t,
-                                                       "samples_per_s": len(ds) / t}
+            stage(f"per_crop_{prec}", f"crop_{prec}",
+                  lambda: LossScorer(models[prec], whole_image=False, batch_size=32 if gpu else 8, num_workers=workers,
+                                     progress=False, device=dev))
+    md = write(res, scores, args.out)
+    print(md)
+    return res
+
+
+def write(res: dict, scores: dict, out: Path) -> str:
+    """Differences, ratios and both result files from what has been measured so far (called after
+    every stage, so a run cut short by the outer timeout still leaves its finished stages)."""
     diffs = {}
-    for a, b in (("whole_bf16", "whole_fp32"), ("crop_bf16", "crop_fp32"), ("whole_fp32", "crop_fp32")):
+    for a, b in (("whole_bf16", "whole_fp32"), ("crop_bf16", "crop_fp32"), ("whole_fp32", "crop_fp32"),
+                 ("whole_fp32", "whole_fp32_cpu_lr")):
         if a in scores and b in scores:
             diffs[f"{a} vs {b}"] = compare(scores[a], scores[b])
     res["score_differences"] = diffs
     st = res["stages"]
     ratios = {}
-    wf = min((st[k]["seconds"] for k in ("whole_image_fp32", "whole_image_fp32_again") if k in st), default=None)
-    if wf and "per_crop_fp32" in st:
-        ratios["whole_over_per_crop_fp32"] = st["per_crop_fp32"]["seconds"] / wf
-    if "whole_image_bf16" in st and "per_crop_bf16" in st:
-        ratios["whole_over_per_crop_bf16"] = st["per_crop_bf16"]["seconds"] / st["whole_image_bf16"]["seconds"]
-    if wf and "whole_image_bf16" in st:
-        ratios["whole_bf16_over_fp32"] = wf / st["whole_image_bf16"]["seconds"]
+    rate = {k: v["samples_per_s"] for k, v in st.items()}
+    for name, a, b in (("whole_over_per_crop_fp32", "whole_image_fp32", "per_crop_fp32"),
+                       ("whole_over_per_crop_bf16", "whole_image_bf16", "per_crop_bf16"),
+                       ("whole_bf16_over_fp32", "whole_image_bf16", "whole_image_fp32"),
+                       ("whole_fp32_over_first_version", "whole_image_fp32", "whole_image_fp32_cpu_lr"),
+                       ("whole_fp32_over_model_only_fp32_b32", "whole_image_fp32", "model_only_fp32_b32")):
+        if a in rate and b in rate:
+            ratios[name] = rate[a] / rate[b]
     res["ratios"] = ratios
     res["total_seconds"] = time.perf_counter() - T_START
-    (args.out / "scoring_gpu.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / "scoring_gpu.json").write_text(json.dumps(res, indent=2) + "\n")
     md = render_md(res)
-    (args.out / "scoring_gpu.md").write_text(md)
-    print(md)
-    return res
+    (out / "scoring_gpu.md").write_text(md)
+    return md
 
 
 def render_md(r: dict) -> str:
@@ -242,7 +292,8 @@ def render_md(r: dict) -> str:
     lines = [f"# GPU scoring ({r['mode']}): {m['device']}", "",
              f"- torch {m['torch']} (CUDA {m['cuda']}), python {m['python']}, git {m['git_commit']}, {m['date']}",
              f"- data: {s['data']} -> {s['crops']} sub-images {s['crop']}x{s['crop']} stride {s['step']}, x{s['scale']}, "
-             f"bundled SRCNN, MSE on Y; {s['workers']} DataLoader workers",
+             f"bundled SRCNN, MSE on Y; {s['workers']} DataLoader workers; each stage warmed up, then repeated "
+             f"until >= {s['min_seconds']:g} s",
              "", "| stage | samples/s | seconds | notes |", "|---|---:|---:|---|"]
     for k, v in r["stages"].items():
         note = ""
@@ -251,6 +302,8 @@ def render_md(r: dict) -> str:
         elif "geometry" in v:
             g = v["geometry"]
             note = f"tile {g['tile']} (LR), halo {g['halo']}, amp {g['amp']}, channels_last {g['channels_last']}"
+        if "runs" in v:
+            note = f"{v['runs']} run(s), first {v['first_run_seconds']:.2f} s" + (f"; {note}" if note else "")
         lines.append(f"| {k} | {v['samples_per_s']:.1f} | {v.get('seconds', float('nan')):.2f} | {note} |")
     lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in r["ratios"].items()]
     lines += ["", "Score differences (a vs reference b):", "",

@@ -3,7 +3,8 @@
 # Run from anywhere; results go to $OUT (default ./gpu_out): scoring_gpu.json, scoring_gpu.md,
 # scoring_gpu.log. Without CUDA it runs a tiny CPU smoke version of the same code paths.
 # Stays under 4 minutes: a 200 s budget inside the script (later stages are skipped past it),
-# and a hard 230 s timeout around it.
+# and a hard 230 s timeout around it (the result files are rewritten after every stage, so a cut run keeps
+# what it finished).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
