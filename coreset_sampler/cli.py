@@ -636,12 +636,10 @@ def _check_existing_scores(out: Path, spec: str, roots, crop: int, step: int, sc
     if isinstance(layout, dict) and layout.get("roots"):
         now = [str(Path(r).resolve()) for r in roots]
         if list(layout["roots"]) != now:
-            raise ProvenanceError(f"{out}: data folders are {layout['roots']} in the scores file but {now} here; "
-                                  f"{fix}")
+            raise ProvenanceError.mismatch(out, "roots (data folders)", list(layout["roots"]), now, fix)
         lr_now = None if lr_root is None else str(Path(lr_root).resolve())
         if layout.get("lr_root") != lr_now:
-            raise ProvenanceError(f"{out}: lr_root is {layout.get('lr_root')!r} in the scores file but {lr_now!r} "
-                                  f"here; {fix}")
+            raise ProvenanceError.mismatch(out, "lr_root", layout.get("lr_root"), lr_now, fix)
 
 
 def cmd_select(args) -> int:
