@@ -33,7 +33,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = ["Scores", "dataset_fingerprint", "atomic_write_bytes", "remove_stale_temps", "remove_stale_temp_files",
-           "temp_path", "read_header",
+           "temp_path", "read_header", "file_kind",
            "FORMAT_VERSION", "KNOWN_VERSIONS"]
 
 FORMAT = "coreset-sampler/scores"
@@ -384,6 +384,33 @@ class Scores:
         return out
 
 
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device file"), (stat.S_ISBLK, "a block device file"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def _kind(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    return next((text for test, text in _KINDS if test(mode)), "not a regular file")
+
+
+def file_kind(path) -> str | None:
+    """What ``path`` is when it exists but is not a regular file (symlinks followed), else None.
+
+    The one wording of "a folder / a FIFO (named pipe) / a character device file / ..." for every
+    path a user gives as a file to read or write.
+
+    Example:
+        >>> file_kind("/dev/null")
+        'a character device file'
+    """
+    try:
+        return _kind(os.stat(path).st_mode)
+    except OSError:
+        return None
+
+
 def read_header(path) -> tuple[dict, dict]:
     """Validate a scores file from its ``.safetensors`` header alone; no tensor is read.
 
@@ -396,11 +423,10 @@ def read_header(path) -> tuple[dict, dict]:
         st = os.stat(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"scores file not found: {path}") from None
-    if not stat.S_ISREG(st.st_mode):  # before open(): opening a FIFO would block
-        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
-                else "a device file" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise ValueError(f"scores file {path} is {kind}; give the path of a .safetensors scores file")
+    kind = _kind(st.st_mode)
+    if kind is not None:  # before open(): opening a FIFO would block, a device reads as junk
+        raise ValueError(f"scores file {path} is {kind}, not a regular file; give the path of a .safetensors "
+                         f"scores file")
     size = st.st_size
     bad = f"{path} is not a coreset-sampler scores file"
     with open(path, "rb") as f:

@@ -521,15 +521,20 @@ def test_subprocess_cuda_without_gpu(ws, tmp_path):
     assert not (tmp_path / "s.safetensors").exists()
 
 
+def _piped_into_head(argv, redirect: str) -> subprocess.CompletedProcess:
+    """``coreset-sr ARGV REDIRECT | head -1`` in bash; the last stdout line is ``status=<coreset-sr's exit>``."""
+    cmd = " ".join(map(str, [sys.executable, "-m", "coreset_sampler", *argv]))
+    script = f"set -o pipefail; {cmd} {redirect} | head -1; echo \"status=${{PIPESTATUS[0]}}\""
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+
+
 def test_export_piped_into_head_ends_quietly(ws, tmp_path, untouched):
     """``coreset-sr export ... | head -1``: the first line arrives, no BrokenPipeError, exit 0, and the
     export is complete (the closed reader only discards the rest of the report)."""
     out = tmp_path / "core"
-    cmd = " ".join(map(str, [sys.executable, "-m", "coreset_sampler", *ws.export(out)]))
-    script = f"set -o pipefail; {cmd} 2>{tmp_path / 'err'} | head -1; echo \"status=${{PIPESTATUS[0]}}\""
     with untouched(ws.data, ws.lr):
-        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
-                           env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+        r = _piped_into_head(ws.export(out), f"2>{tmp_path / 'err'}")
     lines = r.stdout.splitlines()
     assert lines[0].startswith("core-set: kept "), r.stdout
     assert lines[-1] == "status=0", lines
@@ -541,11 +546,8 @@ def test_export_piped_into_head_ends_quietly(ws, tmp_path, untouched):
 def test_export_with_progress_bars_piped_into_head_ends_quietly(ws, tmp_path, untouched):
     """``... 2>&1 | head -1``: progress bars and warnings on the closed pipe do not stop the export either."""
     out = tmp_path / "core"
-    cmd = " ".join(map(str, [sys.executable, "-m", "coreset_sampler", *ws.export(out)[:-1]]))  # with progress
-    script = f"set -o pipefail; {cmd} 2>&1 | head -1; echo \"status=${{PIPESTATUS[0]}}\""
     with untouched(ws.data, ws.lr):
-        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
-                           env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+        r = _piped_into_head(ws.export(out)[:-1], "2>&1")  # with progress bars
     lines = r.stdout.splitlines()
     assert len(lines) == 2 and lines[-1] == "status=0", r.stdout + r.stderr
     assert len((out / "meta_info.txt").read_text().split()) == 12
