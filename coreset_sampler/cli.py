@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score again on purpose: overwrite an existing --out computed from other settings "
                         "and ignore its progress checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--per-crop", action="store_true",
+                   help="model loss of each sub-image on its own (default for sub-images: the model runs once "
+                        "per source image and each crop's loss is read off its error map; see README)")
 
     # -- select -------------------------------------------------------------------------
     p = sub.add_parser(
@@ -547,6 +550,8 @@ def cmd_score(args) -> int:
         # the scorer first: a bad weights file is reported before the images are decoded
         scorer = make_scorer(args.scorer, args.scale, batch_size=args.batch_size, num_workers=args.workers,
                              checkpoint=ckpt, on_error=args.on_error, progress=progress, device=args.device)
+        if getattr(args, "per_crop", False) and hasattr(scorer, "whole_image"):
+            scorer.whole_image = False  # LossScorer: score each sub-image on its own
         ds = build_dataset(roots, crop, args.step, args.scale, lr_root, cache=True, progress=progress)
         mine = ckpt if world == 1 else ckpt.with_name(f"{ckpt.stem}.rank{rank}of{world}{ckpt.suffix}")
         if args.rescore and mine.exists():
