@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 __all__ = ["ProvenanceError", "file_digest", "sources_digest", "provenance_of", "check_provenance",
-           "DATASET_FIELDS"]
+           "check_granularity", "recorded_granularity", "DATASET_FIELDS"]
 
 #: dataset settings compared between a dataset and the provenance of its scores
 DATASET_FIELDS = ("dataset", "scale", "crop", "step", "thresh", "degradation")
@@ -163,3 +163,49 @@ def check_provenance(scores, *, expected: Mapping | None = None, dataset=None, s
                 raise ProvenanceError(f"{source}: {what} ({len(rec[what])} file(s)) is recorded in the scores "
                                       f"file but the dataset has none; {fix}")
             _compare_sources(rec[what], cur[what], source, fix, what)
+    # sub-images traced to their source images (whole_image.SubImageFolder): the grid and the sources.
+    # Only where the dataset itself is traced (a plain folder of the sub-images reads them as files).
+    if "traced_from" in cur:
+        a, b = rec.get("traced_from"), cur["traced_from"]
+        if not isinstance(a, Mapping):
+            raise ProvenanceError(f"{source}: traced_from (the source images the sub-images were cut from) is not "
+                                  f"recorded in the scores file, but this dataset is traced to "
+                                  f"{', '.join(map(str, b.get('roots', [])))}; {fix}")
+        for field in ("crop", "step", "thresh"):
+            if a.get(field) != b.get(field):
+                raise ProvenanceError.mismatch(source, f"traced_from.{field}", a.get(field), b.get(field), fix)
+        _compare_sources(a.get("sources", {}), b.get("sources", {}), source, fix, "traced_from sources")
+
+
+def recorded_granularity(scores) -> str:
+    """``"whole_image"`` or ``"per_crop"``: how ``scores`` were computed (files written before
+    whole-image scoring existed record nothing: per crop).
+
+    Example:
+        >>> from coreset_sampler.scores import Scores
+        >>> recorded_granularity(Scores([1.0], metadata={"provenance": {}}))
+        'per_crop'
+    """
+    rec = scores.metadata.get("provenance")
+    got = rec.get("granularity") if isinstance(rec, Mapping) else None
+    return got or scores.metadata.get("granularity") or "per_crop"
+
+
+def check_granularity(scores, want: str, *, source: str, fix: str) -> None:
+    """Refuse ``scores`` computed per crop where whole-image scores are wanted, or the reverse.
+
+    The two rank crops alike but not identically (``benchmarks/results/whole_image_agreement.md``),
+    so a cached file of the other kind describes other numbers than the run would compute.
+
+    Raises:
+        ProvenanceError: naming ``granularity``, both values and ``fix``.
+
+    Example:
+        >>> from coreset_sampler.scores import Scores
+        >>> check_granularity(Scores([1.0], metadata={"provenance": {"granularity": "whole_image"}}),
+        ...                   "per_crop", source="s.safetensors", fix="rescore")  # doctest: +SKIP
+        ProvenanceError: s.safetensors: granularity is 'whole_image' in the scores file but 'per_crop' here; rescore
+    """
+    got = recorded_granularity(scores)
+    if got != want:
+        raise ProvenanceError.mismatch(source, "granularity", got, want, fix)

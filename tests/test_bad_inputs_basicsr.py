@@ -644,3 +644,150 @@ def test_basicsr_own_loader_is_safe_while_hooked(tmp_path, monkeypatch):
             bo._postprocess_yml_value("[__import__('os').system('touch PWNED')]")
     assert not (tmp_path / "PWNED").exists()
     assert bo._postprocess_yml_value is not rc.parse_force_value  # restored on exit
+
+
+# -- whole-image scoring: `sources:` traces dataroot_gt's sub-images to their source images -------
+
+SUB_SIZES = [(40, 52), (32, 40), (48, 36)]  # 24 + 12 + 20 sub-images of 16x16 at stride 8
+
+
+def make_subimages(root: Path) -> Path:
+    """Sources root/src, their MATLAB-bicubic x2 LR, and both cut as BasicSR's DIV2K preparation does
+    (HR crop 16 step 8 -> root/HR_sub, LR crop 8 step 4 -> root/LR_sub): the same names on both sides."""
+    from coreset_sampler.data import extract_subimages, load_image
+    from coreset_sampler.degradation import downsample
+
+    src, lr = root / "src", root / "src_lr"
+    src.mkdir(parents=True)
+    lr.mkdir()
+    rng = np.random.default_rng(1)
+    for i, (h, w) in enumerate(SUB_SIZES):
+        base = rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3)).astype(np.uint8)
+        img = np.kron(base, np.ones((4, 4, 1), np.uint8))[:h, :w].astype(int) + rng.integers(-20, 21, (h, w, 3))
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(src / f"im{i}.png")
+        lq = downsample(load_image(src / f"im{i}.png"), 2)
+        Image.fromarray((lq.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(lr / f"im{i}.png")
+    extract_subimages(src, root / "HR_sub", crop=16, step=8, progress=False)
+    extract_subimages(lr, root / "LR_sub", crop=8, step=4, progress=False)
+    return root
+
+
+@pytest.fixture
+def subs(tmp_path) -> Path:
+    return make_subimages(tmp_path / "div")
+
+
+def sub_opt(subs: Path, **block) -> dict:
+    dopt = dataset_opt(subs, scorer="srcnn", sources=str(subs / "src"), crop=16, step=8, **block)
+    dopt.update(dataroot_gt=str(subs / "HR_sub"), dataroot_lq=str(subs / "LR_sub"))
+    return dopt
+
+
+def _sub_keys(subs: Path) -> list[str]:
+    return sorted(p.stem for p in (subs / "HR_sub").iterdir())
+
+
+def test_sources_block_scores_whole_image_with_the_per_crop_keys(subs, tmp_path, untouched):
+    from coreset_sampler.scorers import LossScorer
+    from coreset_sampler.whole_image import SubImageFolder
+
+    scores = tmp_path / "s.safetensors"
+    dopt = sub_opt(subs, scores=str(scores))
+    with untouched(subs / "src", subs / "HR_sub", subs / "LR_sub"):
+        core = build(dopt)
+    s = Scores.load(scores)
+    assert s.keys == _sub_keys(subs) and len(s) == 56 and len(core) == 28
+    prov = s.metadata["provenance"]
+    assert prov["granularity"] == "whole_image" and prov["scorer"] == "srcnn" and prov["degradation"] == "bicubic"
+    assert prov["traced_from"]["crop"] == 16 and prov["traced_from"]["step"] == 8 and prov["traced_from"]["thresh"] == 0
+    assert set(prov["traced_from"]["sources"]) == {"im0.png", "im1.png", "im2.png"}
+    # the library's whole-image scores of the same folder, nothing else
+    ref = LossScorer.pretrained("srcnn", 2, num_workers=0, progress=False, device="cpu").score(
+        SubImageFolder(subs / "HR_sub", subs / "src", crop=16, step=8, scale=2))
+    assert ref.metadata["granularity"] == "whole_image"
+    np.testing.assert_array_equal(s.values, np.asarray(ref.values)[[ref.keys.index(k) for k in s.keys]])
+    # the cached file is reused as it is by the next run
+    before = scores.read_bytes()
+    assert build(dopt).keys == core.keys and scores.read_bytes() == before
+
+
+def test_granularity_of_a_cached_file_must_match_the_recipe(subs, tmp_path, untouched):
+    scores = tmp_path / "s.safetensors"
+    whole = sub_opt(subs, scores=str(scores))
+    per_crop = sub_opt(subs, scores=str(scores))
+    for k in ("sources", "crop", "step"):
+        per_crop["coreset"].pop(k)
+    build(whole)
+    before = scores.read_bytes()
+    with untouched(subs / "src", subs / "HR_sub", subs / "LR_sub"):
+        with pytest.raises(ProvenanceError) as e:
+            build(per_crop)
+        assert_message(e.value, ["s.safetensors", "granularity is 'whole_image' in the scores file but 'per_crop' "
+                                                  "here", "rescore: true"])
+        assert scores.read_bytes() == before
+        per_crop["coreset"]["rescore"] = True  # on purpose: per crop now
+        build(per_crop)
+        assert Scores.load(scores).metadata["provenance"]["granularity"] == "per_crop"
+        with pytest.raises(ProvenanceError, match="granularity is 'per_crop' in the scores file but 'whole_image' here"):
+            build(whole)
+
+
+def _del(rel):
+    return lambda s, d: (s / rel).unlink()
+
+
+def _shrink_source(s: Path, d: dict) -> None:
+    Image.open(s / "src" / "im0.png").crop((0, 0, 52, 24)).save(s / "src" / "im0.png")  # 40x52 -> 24x52
+
+
+def _sub_block(**kw):
+    return lambda s, d: d["coreset"].update(kw)
+
+
+SOURCES_CASES = [
+    # id, mutation(subs, dataset_opt), substrings: refused by validate_options, before anything is built
+    ("source-missing", _del("src/im1.png"), ["coreset.sources", "'im1_s001'", "im1_s001.png", "no source image 'im1'"]),
+    ("crop-outside-its-source", _shrink_source,
+     ["coreset.sources", "im0.png", "is 24x52", "crop grid", "'im0_s0", "is not inside it"]),
+    ("grid-mismatch-crop", _sub_block(crop=12), ["coreset.sources", "'im0_s001'", "is 16x16, not 12x12"]),
+    ("grid-mismatch-step", _sub_block(step=12), ["coreset.sources", "crop grid", "step 12", "not inside it"]),
+    ("sources-not-a-folder", _sub_block(sources="nope"), ["coreset.sources", "'nope'", "is not a folder"]),
+    ("sub-image-not-traceable", lambda s, d: shutil.copy(s / "HR_sub" / "im0_s001.png", s / "HR_sub" / "extra.png"),
+     ["coreset.sources", "extra.png", "{stem}_s{NNN}"]),
+    ("crop-without-sources", _sub_block(sources=None), ["coreset.crop", "only used with", "coreset.sources"]),
+    ("sources-with-sobel", _sub_block(scorer="sobel"), ["coreset.sources", "needs a loss scorer", "'sobel'"]),
+    ("crop-not-divisible", _sub_block(crop=15), ["coreset.crop", "15", "not divisible by the recipe's scale 2"]),
+    ("step-as-string", _sub_block(step="240"), ["coreset.step", "'240'", "YAML"]),
+    ("thresh-negative", _sub_block(thresh=-1), ["coreset.thresh", "-1", "integer >= 0"]),
+]
+
+
+@pytest.mark.parametrize("case, mutate, needles", SOURCES_CASES, ids=[c[0] for c in SOURCES_CASES])
+def test_sources_refusals_before_anything_is_built(case, mutate, needles, subs, tmp_path, untouched):
+    scores = tmp_path / "s.safetensors"
+    dopt = sub_opt(subs, scores=str(scores))
+    mutate(subs, dopt)
+    with untouched(subs / "src", subs / "HR_sub", subs / "LR_sub"):
+        with pytest.raises(cs.CoresetConfigError) as e:
+            cs.validate_options(full_opt(dopt))
+    assert_message(e.value, needles)
+    assert len(str(e.value).splitlines()) == 1
+    assert not scores.exists()
+
+
+def test_main_refuses_a_missing_source_before_experiments(subs, tmp_path, monkeypatch, capsys):
+    (subs / "src" / "im2.png").unlink()
+    recipe = tiny_recipe(tmp_path, None, scorer="srcnn", sources=str(subs / "src"), crop=16, step=8)
+    opt = yaml.safe_load(recipe.read_text())
+    for phase in ("train", "val"):
+        opt["datasets"][phase].update(dataroot_gt=str(subs / "HR_sub"), dataroot_lq=str(subs / "LR_sub"))
+    recipe.write_text(yaml.safe_dump(opt))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        tr.main(["-opt", str(recipe)])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("coreset-sr-train: error: "), lines
+    assert_message(lines[0], ["datasets.train.coreset.sources", "'im2_s001'", "no source image 'im2'"])
+    assert not (tmp_path / "experiments").exists() and not (tmp_path / "tb_logger").exists()
+    assert not (tmp_path / "scores").exists()

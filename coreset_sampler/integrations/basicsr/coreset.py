@@ -17,6 +17,11 @@
           export_meta_info: ~  # optional: write BasicSR's meta_info file of the kept sub-images
           batch_size: 16       # optional: scoring batch size
           num_workers: 4       # optional: scoring DataLoader workers
+          sources: ~           # optional: folder of the HR images dataroot_gt's sub-images were cut
+                               # from: score whole-image (the model once per source image)
+          crop: 480            # with sources: how the sub-images were cut (BasicSR's DIV2K preparation:
+          step: 240            #   extract_subimages.py, crop_size 480, step 240, thresh_size 0)
+          thresh: 0
 
 What happens (see :func:`build_coreset_dataset`): BasicSR builds the train dataset; its samples
 are keyed by GT file stem (``0801_s001``); every LQ/GT pair is checked against ``scale``; the
@@ -24,7 +29,17 @@ scores file is loaded, checked against the recipe (its recorded scorer, scale, L
 bytes of every source image, see :mod:`coreset_sampler.provenance`) and matched to those keys, or
 computed with ``scorer`` on a deterministic view of the dataset (full sub-images read from its
 ``paths``: no random crop, no flip), saved atomically with its provenance and reused next time;
-the dataset is wrapped in :class:`~coreset_sampler.CoreSetDataset`. ``train.total_iter`` is left as it is, so the run is
+the dataset is wrapped in :class:`~coreset_sampler.CoreSetDataset`.
+
+With ``sources:`` the sub-images of ``dataroot_gt`` (named ``{stem}_sNNN`` by BasicSR's
+``extract_subimages.py``) are traced to the source images they were cut from
+(:class:`~coreset_sampler.whole_image.SubImageFolder`, checked from headers before ``experiments/``
+is made) and scored whole-image: the model runs once per source image on its MATLAB-bicubic LR and
+each crop's loss is read off the error map (:mod:`coreset_sampler.whole_image`; the LR of a crop is
+the crop of the LR of the whole image, what DIV2K's LR sub-images are). Keys are the same as per
+crop. The provenance records ``granularity: whole_image`` and the sources; a cached file of the
+other granularity is refused (``rescore: true`` scores again). Needs a loss scorer (``srcnn`` or a
+weights file). ``train.total_iter`` is left as it is, so the run is
 step-matched: the same number of updates spread over more epochs of the smaller set.
 
 Relative paths are taken from the working directory, as BasicSR's own ``dataroot_*`` are.
@@ -42,7 +57,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ...dataset import CoreSetDataset
-from ...provenance import ProvenanceError, check_provenance, sources_digest
+from ...provenance import ProvenanceError, check_granularity, check_provenance, sources_digest
 from ...scores import Scores, atomic_write_bytes
 from ...selection import MODES, selection_counts
 
@@ -50,7 +65,7 @@ __all__ = [
     "CORESET_KEYS", "BUILTIN_SCORERS", "CoresetConfigError", "CoresetOptions", "parse_coreset_block",
     "validate_options", "basicsr_keys", "BasicSRScoringView", "align_scores", "build_coreset_dataset",
     "write_meta_info", "implied_epochs", "step_matched_epochs", "check_pair_sizes", "check_outside_dataroots",
-    "basicsr_provenance", "expected_provenance", "RESCORE_FIX",
+    "basicsr_provenance", "expected_provenance", "RESCORE_FIX", "subimage_folder", "SUBIMAGE_DEFAULTS",
 ]
 
 BUILTIN_SCORERS = ("srcnn", "sobel", "interpolation")
@@ -67,7 +82,14 @@ CORESET_KEYS: dict[str, str] = {
     "export_meta_info": "a path for BasicSR's meta_info .txt of the kept sub-images, or ~",
     "batch_size": "an integer >= 1 (scoring batch size)",
     "num_workers": "an integer >= 0 (scoring DataLoader workers)",
+    "sources": "a folder of the HR images dataroot_gt's sub-images were cut from (whole-image scoring), or ~",
+    "crop": "an integer >= 1 divisible by scale: the sub-images' size (with sources; default 480)",
+    "step": "an integer >= 1: the stride the sub-images were cut with (with sources; default 240)",
+    "thresh": "an integer >= 0: extract_subimages' thresh_size (with sources; default 0)",
 }
+
+#: BasicSR's DIV2K preparation (scripts/data_preparation/extract_subimages.py, HR): crop_size, step, thresh_size
+SUBIMAGE_DEFAULTS = {"crop": 480, "step": 240, "thresh": 0}
 
 WHERE = "datasets.train.coreset"
 
@@ -89,6 +111,8 @@ class CoresetOptions:
         rescore: score again and overwrite ``scores`` even when it exists (a cached file is
             otherwise checked against the recipe and refused when it was computed from
             something else).
+        sources: folder of the source images of ``dataroot_gt``'s sub-images: whole-image scoring.
+        crop, step, thresh: how the sub-images were cut (used with ``sources``).
 
     Example:
         >>> parse_coreset_block({"scores": "s.safetensors", "ratio": 0.5}).mode
@@ -105,6 +129,15 @@ class CoresetOptions:
     batch_size: int | None = None
     num_workers: int | None = None
     rescore: bool = False
+    sources: str | None = None
+    crop: int = 480
+    step: int = 240
+    thresh: int = 0
+
+    @property
+    def granularity(self) -> str:
+        """``"whole_image"`` with ``sources``, else ``"per_crop"`` (as the scores record it)."""
+        return "whole_image" if self.sources is not None else "per_crop"
 
     @property
     def needs_scores(self) -> bool:
@@ -114,7 +147,8 @@ class CoresetOptions:
 
 def _bad(key: str, value: Any, why: str = "") -> CoresetConfigError:
     got = f"got {value!r}"
-    if isinstance(value, str) and key in ("ratio", "skip_top", "seed", "batch_size", "num_workers"):
+    if isinstance(value, str) and key in ("ratio", "skip_top", "seed", "batch_size", "num_workers", "crop", "step",
+                                          "thresh"):
         got += " (a string: YAML reads 5e-1 as text; write 0.5 or !!float 5e-1)"
     why = f" ({why})" if why else ""
     return CoresetConfigError(f"{WHERE}.{key}: invalid value, {got}{why}; allowed: {CORESET_KEYS[key]}")
@@ -179,10 +213,30 @@ def parse_coreset_block(block: Any, where: str = WHERE) -> CoresetOptions:
     rescore = o.get("rescore", defaults.rescore)
     if not isinstance(rescore, bool):
         raise _bad("rescore", rescore)
+    sources = o.get("sources")
+    if sources is not None and (not isinstance(sources, (str, os.PathLike)) or not str(sources).strip()):
+        raise _bad("sources", sources)
+    grid = {}
+    for key, low in (("crop", 1), ("step", 1), ("thresh", 0)):
+        v = o.get(key)
+        if v is None:
+            grid[key] = SUBIMAGE_DEFAULTS[key]
+            continue
+        if sources is None:
+            raise CoresetConfigError(f"{where}.{key}: only used with {where}.sources (how the sub-images were cut "
+                                     f"from the source images); give sources: or remove {key}")
+        if not _is_int(v) or v < low:
+            raise _bad(key, v)
+        grid[key] = int(v)
+    if sources is not None and not (scorer == "srcnn" or scorer.endswith(".safetensors")):
+        raise CoresetConfigError(f"{where}.sources: whole-image scoring needs a loss scorer (srcnn or a weights "
+                                 f".safetensors file), got scorer {scorer!r}; remove sources to score {scorer} "
+                                 f"per sub-image")
     opts = CoresetOptions(scores=None if scores is None else str(scores), scorer=scorer, mode=mode,
                           ratio=float(ratio), skip_top=float(skip_top), seed=int(seed),
                           export_meta_info=None if export is None else str(export),
-                          batch_size=o.get("batch_size"), num_workers=o.get("num_workers"), rescore=rescore)
+                          batch_size=o.get("batch_size"), num_workers=o.get("num_workers"), rescore=rescore,
+                          sources=None if sources is None else str(sources), **grid)
     if opts.scores is None and opts.needs_scores:
         raise CoresetConfigError(
             f"{where}.scores: missing; mode {mode!r} with skip_top {skip_top:g} ranks by score, so it needs "
@@ -236,6 +290,8 @@ def validate_options(opt: Mapping) -> CoresetOptions | None:
                 raise CoresetConfigError(f"{WHERE}.export_meta_info: {copts.export_meta_info!r} is the recipe's own "
                                          "meta_info_file; write the pruned list to another path")
             check_outside_dataroots(copts.export_meta_info, dataset_opt)
+        if copts.sources is not None and copts.needs_scores:
+            subimage_folder(copts, dataset_opt, opt.get("scale", dataset_opt.get("scale")))
         result = copts
     return result
 
@@ -265,6 +321,58 @@ def check_outside_dataroots(path, dataset_opt: Mapping, key: str = "export_meta_
         check_writable_outside([os.path.expanduser(str(path))], roots)
     except UnsafeWriteError as e:
         raise CoresetConfigError(f"{WHERE}.{key}: {e} (BasicSR would read it as one more image)") from None
+
+
+def subimage_folder(copts: CoresetOptions, dataset_opt: Mapping, scale):
+    """The :class:`~coreset_sampler.whole_image.SubImageFolder` of ``dataroot_gt`` traced to ``sources``.
+
+    Checks from image headers (no decoding) that every sub-image is named ``{stem}_sNNN``, has a
+    source image, lies in its source's crop grid and is ``crop`` x ``crop``.
+
+    Raises:
+        CoresetConfigError: one line naming ``coreset.sources`` (or ``crop``), the sub-image key,
+            its file and the source.
+
+    Example:
+        >>> copts = parse_coreset_block({"scores": "s.safetensors", "scorer": "srcnn", "sources": "DIV2K_train_HR"})
+        >>> subimage_folder(copts, {"dataroot_gt": "DIV2K_train_HR_sub"}, 2)   # doctest: +SKIP
+        SubImageFolder(DIV2K_train_HR_sub, sources=['DIV2K_train_HR'], crop=480, step=240, scale=2, n=32592)
+    """
+    from ...whole_image import SubImageFolder
+
+    src = os.path.expanduser(str(copts.sources))
+    if not os.path.isdir(src):
+        raise CoresetConfigError(f"{WHERE}.sources: {copts.sources!r} is not a folder; allowed: {CORESET_KEYS['sources']}")
+    backend = (dataset_opt.get("io_backend") or {}).get("type", "disk")
+    gt = dataset_opt.get("dataroot_gt")
+    if backend != "disk" or not isinstance(gt, (str, os.PathLike)):
+        raise CoresetConfigError(f"{WHERE}.sources: whole-image scoring reads the sub-image files of one "
+                                 f"dataroot_gt folder (io_backend type 'disk'), got io_backend {backend!r} and "
+                                 f"dataroot_gt {gt!r}; remove sources to score per sub-image")
+    if not _is_int(scale) or scale < 1:
+        raise CoresetConfigError(f"{WHERE}.sources: the recipe's scale must be an integer >= 1, got {scale!r}")
+    if copts.crop % scale:
+        raise _bad("crop", copts.crop, f"not divisible by the recipe's scale {scale}")
+    try:
+        return SubImageFolder(os.path.expanduser(str(gt)), src, crop=copts.crop, step=copts.step,
+                              thresh=copts.thresh, scale=int(scale))
+    except (ValueError, OSError) as e:
+        raise CoresetConfigError(f"{WHERE}.sources: {' '.join(str(e).split())}") from None
+
+
+def _subset(scores: Scores, keys: list[str]) -> Scores:
+    """``scores`` restricted to ``keys`` when it holds all of them (whole-image scores cover every
+    sub-image of the folder; a ``meta_info_file`` may train on fewer). Otherwise unchanged, so
+    :func:`align_scores` names the first missing key."""
+    if scores.keys is None or len(scores.keys) == len(keys):
+        return scores
+    pos = {k: i for i, k in enumerate(scores.keys)}
+    if any(k not in pos for k in keys):
+        return scores
+    idx = np.array([pos[k] for k in keys], dtype=np.int64)
+    back = {int(i): j for j, i in enumerate(idx)}
+    failed = {back[i]: m for i, m in scores.failed.items() if i in back}
+    return Scores(scores.values[idx], keys=list(keys), metadata=scores.metadata, failed=failed)
 
 
 # -- the dataset side -------------------------------------------------------------------------
@@ -432,8 +540,11 @@ def expected_provenance(copts: CoresetOptions, scale: int) -> dict:
 
     ``scorer`` (the block's spec as written), ``scale`` (the recipe's) and ``degradation``:
     BasicSR's paired datasets read LR images from ``dataroot_lq``, so scores computed from a
-    bicubic downscale of the HR images (``coreset-sr score`` without ``--lr``) do not fit.
+    bicubic downscale of the HR images (``coreset-sr score`` without ``--lr``) do not fit. With
+    ``sources:`` (whole-image) the LR is the bicubic of the source images: ``degradation: bicubic``.
     """
+    if copts.sources is not None:  # whole-image: the LR is MATLAB bicubic of the sources, not dataroot_lq
+        return {"scorer": copts.scorer, "scale": int(scale), "degradation": "bicubic"}
     return {"scorer": copts.scorer, "scale": int(scale), "degradation": "lr_folder"}
 
 
@@ -657,34 +768,51 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
     else:
         path = Path(copts.scores)
         source = f"{WHERE}.scores file {str(path)!r}"
+        # whole-image: the sub-images traced to their sources (checked again here: the files may have
+        # changed since validate_options)
+        folder = subimage_folder(copts, dataset_opt, scale) if copts.sources is not None else None
+        described = folder if folder is not None else _Described(dataset, scale)
         if _rank0_decides(path.is_file()) and not copts.rescore:
             origin = f"{path} (loaded)"
-            loaded = align_scores(_load_scores(path, source), keys, source)
-            # Rank 0 fingerprints the sources (hashing every image once); all ranks share its verdict.
-            _on_rank0(lambda: check_provenance(
-                loaded, expected=expected_provenance(copts, scale), dataset=_Described(dataset, scale),
-                source=source, fix=RESCORE_FIX))
+            loaded = align_scores(_subset(_load_scores(path, source), keys), keys, source)
+
+            def check():
+                # per crop vs whole image first: the two are other numbers, whatever else matches
+                check_granularity(loaded, copts.granularity, source=source, fix=RESCORE_FIX)
+                # Rank 0 fingerprints the sources (hashing every image once); all ranks share its verdict.
+                check_provenance(loaded, expected=expected_provenance(copts, scale), dataset=described,
+                                 source=source, fix=RESCORE_FIX)
+
+            _on_rank0(check)
         else:
             scorer = _make_scorer(copts, scale, _scoring_device(opt))
             why = " (rescore: true)" if copts.rescore and path.is_file() else ""
             if logger is not None:
+                how = f"whole-image from {len(folder.sources)} source image(s) in {copts.sources}" if folder else ""
                 logger.info(f"core-set: scoring {len(keys)} samples with {copts.scorer!r} "
-                            f"(x{scale}, {world} rank(s)) -> {path}{why}")
-            fresh = scorer.score(BasicSRScoringView(dataset, scale))
+                            f"(x{scale}, {world} rank(s){', ' + how if how else ''}) -> {path}{why}")
+            if folder is not None:
+                fresh = _subset(scorer.score(folder), keys)  # LossScorer's whole-image path
+                if fresh.metadata.get("granularity") != "whole_image":
+                    raise CoresetConfigError(f"{WHERE}.sources: scorer {copts.scorer!r} did not score whole-image")
+            else:
+                fresh = scorer.score(BasicSRScoringView(dataset, scale))
             fresh = align_scores(fresh, keys, "the scorer's output")
             fresh.metadata.setdefault("scorer_spec", copts.scorer)
             fresh.metadata.setdefault("scale", scale)
             fresh.metadata.setdefault("basicsr_dataset", str(dataset_opt.get("name")))
             if rank == 0:
                 # what the scores were computed from: the block's scorer spec, the recipe's scale and
-                # LR folder, and a fingerprint of every GT and LQ file (checked on every later use)
-                fresh.metadata["provenance"] = {**(fresh.metadata.get("provenance") or {}),
-                                                **basicsr_provenance(dataset, scale), "scorer": copts.scorer}
+                # LR folder, and a fingerprint of every GT and LQ file (checked on every later use);
+                # whole-image: the sub-image files, the granularity and the traced sources instead
+                prov = folder.provenance() if folder is not None else basicsr_provenance(dataset, scale)
+                fresh.metadata["provenance"] = {**(fresh.metadata.get("provenance") or {}), **prov,
+                                                "granularity": copts.granularity, "scorer": copts.scorer}
                 fresh.save(path)
             origin = f"{path} (computed with {copts.scorer}{why})"
             _barrier()
             loaded = _load_scores(path, source)
-        scores = align_scores(loaded, keys, source)
+        scores = align_scores(_subset(loaded, keys), keys, source)
 
     core = CoreSetDataset(dataset, scores, mode=copts.mode, ratio=copts.ratio, skip_top=copts.skip_top,
                           seed=copts.seed)
