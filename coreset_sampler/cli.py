@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  coreset-sr score ../shared/data/T91 ../shared/data/BSD200 --scale 2 --out pool_x2.safetensors\n"
                "  coreset-sr score DIV2K_train_HR_sub --crop 0 --scorer sobel --out div2k_sobel.safetensors\n"
                "  coreset-sr score HR_sub --crop 0 --lr LR_bicubic_X2_sub --scale 2 --out scores.safetensors\n"
+               "  coreset-sr score DIV2K_train_HR_sub --sources DIV2K_train_HR --scale 2 --out div2k_x2.safetensors\n"
                "  torchrun --nproc_per_node 4 -m coreset_sampler score DATA --scale 4 --out x4.safetensors")
     p.add_argument("data", nargs="+", metavar="DATA", help="image folder(s) (top level, sorted by name)")
     p.add_argument("--scale", type=_positive_int, default=2, help="SR scale factor")
@@ -175,6 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-crop", action="store_true",
                    help="model loss of each sub-image on its own (default for sub-images: the model runs once "
                         "per source image and each crop's loss is read off its error map; see README)")
+    p.add_argument("--sources", metavar="SRC_DIR", default=None,
+                   help="DATA is a folder of sub-images cut from the images of SRC_DIR (by coreset-sr, "
+                        "extract_subimages or BasicSR's DIV2K preparation, named STEM_sNNN): score them whole-image "
+                        "through their sources, keyed by the sub-image files; --crop/--step/--thresh say how they "
+                        "were cut (default here 480/240/0, BasicSR's)")
+    p.add_argument("--thresh", type=_nonneg_int, default=None,
+                   help="with --sources: extract_subimages' thresh_size the sub-images were cut with (default 0)")
+    p.set_defaults(crop=None, step=None)  # resolved in cmd_score: 96/48, or 480/240 with --sources
+    for a in p._actions:
+        if a.dest in ("crop", "step"):
+            a.help += (f" (default: {DEFAULT_CROP}; with --sources 480)" if a.dest == "crop"
+                       else f" (default: {DEFAULT_STEP}; with --sources 240)")
 
     # -- select -------------------------------------------------------------------------
     p = sub.add_parser(
@@ -534,15 +547,35 @@ def cmd_score(args) -> int:
         raise CLIError(f"weights file not found: {args.scorer}")
     roots = _check_folders(args.data)
     lr_root = _check_folders([args.lr], "LR folder")[0] if args.lr else None
-    crop = 0 if args.whole else args.crop
+    spec = scorer_spec(args.scorer)
+    per_crop = bool(getattr(args, "per_crop", False))
+    src_root, traced = None, None
+    if args.sources is not None:
+        src_root = _check_folders([args.sources], "--sources folder")[0]
+        crop, step, thresh = (v if v is not None else d for v, d in ((args.crop, 480), (args.step, 240),
+                                                                      (args.thresh, 0)))
+        _check_sources_args(args, roots, crop, spec)
+        traced = _traced_folder(roots[0], src_root, crop, step, thresh, args.scale)
+    else:
+        if args.thresh is not None:
+            raise CLIError("--thresh says how the sub-images of --sources were cut; give --sources SRC_DIR or drop "
+                           "--thresh", code=2)
+        crop = 0 if args.whole else (args.crop if args.crop is not None else DEFAULT_CROP)
+        step = args.step if args.step is not None else DEFAULT_STEP
+    # whole-image where it applies: a loss scorer over sub-images (cut on the fly, or traced to --sources)
+    granularity = ("whole_image" if spec not in ("sobel", "interpolation") and not per_crop
+                   and (crop or traced is not None) else "per_crop")
     out = Path(args.out)
     ckpt = Path(str(out) + ".partial")
     _check_out_file(out, "scores.safetensors")
-    _refuse_unsafe_out([out, ckpt], _protected(roots, lr_root))
+    protected = _protected(roots, lr_root)
+    if src_root is not None:
+        protected["the --sources folder"] = src_root
+    _refuse_unsafe_out([out, ckpt], protected)
     _check_device(args.device)
-    spec = scorer_spec(args.scorer)
     if not args.rescore:
-        _check_existing_scores(out, spec, roots, crop, args.step, args.scale, lr_root)
+        _check_existing_scores(out, spec, roots, crop, step, args.scale, lr_root, granularity=granularity,
+                               traced=traced)
     started = _maybe_init_distributed(args.device)
     try:
         rank, world = _rank_world()
@@ -550,14 +583,17 @@ def cmd_score(args) -> int:
         # the scorer first: a bad weights file is reported before the images are decoded
         scorer = make_scorer(args.scorer, args.scale, batch_size=args.batch_size, num_workers=args.workers,
                              checkpoint=ckpt, on_error=args.on_error, progress=progress, device=args.device)
-        if getattr(args, "per_crop", False) and hasattr(scorer, "whole_image"):
+        if per_crop and hasattr(scorer, "whole_image"):
             scorer.whole_image = False  # LossScorer: score each sub-image on its own
-        ds = build_dataset(roots, crop, args.step, args.scale, lr_root, cache=True, progress=progress)
+        ds = traced if traced is not None else build_dataset(roots, crop, step, args.scale, lr_root, cache=True,
+                                                             progress=progress)
         mine = ckpt if world == 1 else ckpt.with_name(f"{ckpt.stem}.rank{rank}of{world}{ckpt.suffix}")
         if args.rescore and mine.exists():
             mine.unlink()  # on purpose: whatever the checkpoint was computed from, start again
         if rank == 0:
-            what = f"{len(ds)} sub-images ({crop}x{crop}, step {args.step})" if crop else f"{len(ds)} images"
+            what = f"{len(ds)} sub-images ({crop}x{crop}, step {step})" if crop else f"{len(ds)} images"
+            if traced is not None:
+                what += f" whole-image through {len(traced.sources)} source image(s) of {src_root}"
             print(f"scoring {what} of {', '.join(map(str, roots))} with {args.scorer} (x{args.scale})"
                   + (f" on {world} ranks" if world > 1 else ""), flush=True)
         if mine.exists():
@@ -599,9 +635,40 @@ def scorer_spec(text: str) -> str:
     return str(Path(text).resolve())
 
 
-def _check_existing_scores(out: Path, spec: str, roots, crop: int, step: int, scale: int, lr_root) -> None:
-    """Scoring into an existing scores file of other settings is an error (``--rescore`` does it on purpose)."""
-    from .provenance import ProvenanceError, check_provenance
+def _check_sources_args(args, roots, crop: int, spec: str) -> None:
+    """What ``--sources`` cannot be combined with (one line, exit 2)."""
+    if len(roots) != 1:
+        raise CLIError(f"--sources traces one folder of sub-images (DATA), got {len(roots)}: "
+                       f"{', '.join(map(str, roots))}", code=2)
+    if args.lr is not None:
+        raise CLIError("--lr and --sources: whole-image scoring makes the LR by MATLAB bicubic of the source images; "
+                       "drop --lr (or drop --sources to score DATA against LR_DIR)", code=2)
+    if args.whole or crop == 0:
+        raise CLIError("--sources needs the sub-images' size: --crop > 0 (default 480), not --whole / --crop 0",
+                       code=2)
+    if spec in ("sobel", "interpolation"):
+        raise CLIError(f"--sources scores whole-image with a loss scorer (srcnn or a weights file), got --scorer "
+                       f"{spec}; drop --sources to score each sub-image with {spec}", code=2)
+    if crop % args.scale:
+        raise CLIError(f"--crop {crop} must be divisible by --scale {args.scale} (the LR sub-image is crop/scale)",
+                       code=2)
+
+
+def _traced_folder(sub_root: Path, src_root: Path, crop: int, step: int, thresh: int, scale: int):
+    """``SubImageFolder(DATA, --sources)``; a sub-image that does not trace is one line, exit 2."""
+    from .whole_image import SubImageFolder
+
+    try:
+        return SubImageFolder(sub_root, src_root, crop=crop, step=step, thresh=thresh, scale=scale)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(f"--sources {src_root}: {_one_line(e)}", code=2) from None
+
+
+def _check_existing_scores(out: Path, spec: str, roots, crop: int, step: int, scale: int, lr_root, *,
+                           granularity: str = "per_crop", traced=None) -> None:
+    """Scoring into an existing scores file of other settings is an error (``--rescore`` does it on purpose);
+    per-crop scores are not replaced by whole-image scores (or the reverse) without ``--rescore``."""
+    from .provenance import ProvenanceError, check_granularity, check_provenance
     from .scores import Scores
 
     if not out.is_file():
@@ -612,11 +679,25 @@ def _check_existing_scores(out: Path, spec: str, roots, crop: int, step: int, sc
     except (ValueError, OSError) as e:
         raise CLIError(f"--out {out} exists and cannot be read as a scores file ({_one_line(e)}); {fix}",
                        code=2) from None
-    expected = {"scorer": spec, "scale": scale, "dataset": "subimages" if crop else "paired_folder",
+    check_granularity(old, granularity, source=str(out), fix=fix)
+    expected = {"scorer": spec, "scale": scale,
+                "dataset": "subimages" if crop and traced is None else "paired_folder",
                 "degradation": "lr_folder" if lr_root is not None else "bicubic"}
-    if crop:
+    if crop and traced is None:
         expected.update(crop=crop, step=step, thresh=0)
     check_provenance(old, expected=expected, source=str(out), fix=fix)
+    if traced is not None:  # the grid and the source folder (their bytes are checked by select/export's users)
+        rec = (old.metadata.get("provenance") or {}).get("traced_from")
+        now = {"roots": [str(r) for r in traced.source_roots], "crop": traced.crop, "step": traced.step,
+               "thresh": traced.thresh}
+        if not isinstance(rec, dict):
+            raise ProvenanceError.mismatch(out, "traced_from (sources)", None, now["roots"], fix)
+        for field in ("crop", "step", "thresh"):
+            if rec.get(field) != now[field]:
+                raise ProvenanceError.mismatch(out, f"traced_from.{field}", rec.get(field), now[field], fix)
+        was = [str(Path(r).resolve()) for r in rec.get("roots", [])]
+        if was != [str(Path(r).resolve()) for r in now["roots"]]:
+            raise ProvenanceError.mismatch(out, "traced_from.roots (--sources)", rec.get("roots"), now["roots"], fix)
     layout = old.metadata.get(DATA_META)
     if isinstance(layout, dict) and layout.get("roots"):
         now = [str(Path(r).resolve()) for r in roots]

@@ -147,13 +147,20 @@ def dataset_layout(dataset) -> dict:
 
     ``{"kind": "subimages", "roots", "scale", "crop", "step", "thresh"}`` for a
     :class:`~coreset_sampler.data.SubImageDataset`, ``{"kind": "images", "roots", "scale"[,
-    "lr_root"]}`` for a :class:`~coreset_sampler.data.PairedImageFolder` (folders absolute):
+    "lr_root"]}`` for a :class:`~coreset_sampler.data.PairedImageFolder` (folders absolute; a
+    :class:`~coreset_sampler.whole_image.SubImageFolder` adds ``"traced_from"``):
     enough for ``coreset-sr export`` / ``plot --grid`` to rebuild the same samples.
 
     Example:
         >>> dataset_layout(SubImageDataset("T91", crop=96, step=48, scale=2))  # doctest: +SKIP
         {'kind': 'subimages', 'roots': ['/data/T91'], 'scale': 2, 'crop': 96, 'step': 48, 'thresh': 0}
     """
+    if hasattr(dataset, "whole_image_plan") and hasattr(dataset, "hr_paths"):
+        # whole_image.SubImageFolder: its samples are the sub-image files (exported as they are),
+        # traced to the source images they were cut from
+        return {"kind": "images", "roots": [str(Path(dataset.hr_root).resolve())], "scale": int(dataset.scale),
+                "traced_from": {"roots": [str(Path(r).resolve()) for r in dataset.source_roots],
+                                "crop": int(dataset.crop), "step": int(dataset.step), "thresh": int(dataset.thresh)}}
     if hasattr(dataset, "source") and hasattr(dataset, "crop"):
         return {"kind": "subimages", "roots": [str(Path(r).resolve()) for r in dataset.roots],
                 "scale": int(dataset.scale), "crop": int(dataset.crop), "step": int(dataset.step),

@@ -398,6 +398,95 @@ CASES += [
          ("exists and cannot be read", "--rescore")),
 ]
 
+# -- whole-image scoring of a sub-image folder through its sources (--sources) -----------------------
+
+def _subs(t: Path, w: WS) -> Path:
+    """DATA's images cut as BasicSR cuts DIV2K (crop 32, step 32: 6 sub-images each)."""
+    from coreset_sampler.data import extract_subimages
+
+    extract_subimages(w.data, t / "sub", crop=CROP, step=STEP, progress=False)
+    return t / "sub"
+
+
+def _sources_case(*extra, sources=None, prepare=None):
+    """``score SUB --sources SRC --crop 32 --step 32 ...``; ``sources(w, t)`` makes another SRC,
+    ``prepare(w, t, sub, src)`` runs first (a scores file already there)."""
+    def build(w: WS, t: Path):
+        sub = _subs(t, w)
+        src = sources(w, t) if sources else w.data
+        if prepare is not None:
+            prepare(w, t, sub, src)
+        argv = ["score", sub, "--sources", src, "--crop", CROP, "--step", STEP, "--workers", 0, "--no-progress",
+                "--out", t / "s.safetensors", *extra]
+        return argv, [sub, src]
+    return build
+
+
+def _sources_without(name):
+    def make(w: WS, t: Path) -> Path:
+        shutil.copytree(w.data, t / "src")
+        (t / "src" / name).unlink()
+        return t / "src"
+    return make
+
+
+def _sources_shrunk(w: WS, t: Path) -> Path:
+    shutil.copytree(w.data, t / "src")
+    Image.open(t / "src" / "gradient.png").crop((0, 0, 40, 40)).save(t / "src" / "gradient.png")
+    return t / "src"
+
+
+def _prescored(*argv_extra):
+    def prepare(w: WS, t: Path, sub: Path, src: Path) -> None:
+        argv = ["score", sub, "--workers", 0, "--no-progress", "--out", t / "s.safetensors",
+                *(src if a == "SRC" else a for a in argv_extra)]
+        assert main([str(a) for a in argv]) == 0
+        shutil.copy(t / "s.safetensors", t / "before.safetensors")
+    return prepare
+
+
+def _file_kept(w, t):
+    assert (t / "s.safetensors").read_bytes() == (t / "before.safetensors").read_bytes()
+
+
+CASES += [
+    Case("score-sources-missing-source", _sources_case(sources=_sources_without("noise.png")), 2,
+         ("--sources", "'noise_s001'", "noise_s001.png", "no source image 'noise'")),
+    Case("score-sources-crop-outside-its-source", _sources_case(sources=_sources_shrunk), 2,
+         ("--sources", "gradient.png", "is 40x40", "crop grid", "'gradient_s005'", "not inside it")),
+    Case("score-sources-other-crop", _sources_case("--crop", 16), 2,
+         ("--sources", "'flat_s001'", "is 32x32, not 16x16")),
+    Case("score-sources-with-lr",
+         lambda w, t: ["score", _subs(t, w), "--sources", w.data, "--lr", w.lr, "--out", t / "s.safetensors"], 2,
+         ("--lr and --sources", "bicubic of the source")),
+    Case("score-sources-with-sobel", _sources_case("--scorer", "sobel"), 2,
+         ("--sources scores whole-image with a loss scorer", "sobel")),
+    Case("score-sources-whole", _sources_case("--whole"), 2, ("--sources needs", "--crop > 0")),
+    Case("score-thresh-without-sources", lambda w, t: ["score", w.data, "--thresh", 8, "--out", t / "s.safetensors"],
+         2, ("--thresh", "--sources")),
+    Case("score-sources-two-folders",
+         lambda w, t: ["score", w.data, w.lr, "--sources", w.data, "--out", t / "s.safetensors"], 2,
+         ("--sources traces one folder", "got 2")),
+    # an existing file of the other granularity is never silently replaced (issue 14)
+    Case("score-whole-image-into-per-crop-scores",
+         _sources_case(prepare=_prescored("--crop", CROP, "--step", STEP, "--per-crop")), 2,
+         ("s.safetensors", "granularity is 'per_crop' in the scores file but 'whole_image' here", "--rescore"),
+         check=_file_kept),
+    Case("score-per-crop-into-whole-image-scores",
+         _sources_case("--per-crop", prepare=_prescored("--sources", "SRC", "--crop", CROP, "--step", STEP)), 2,
+         ("granularity is 'whole_image' in the scores file but 'per_crop' here", "--rescore"), check=_file_kept),
+    Case("score-sources-other-step-than-recorded",
+         _sources_case("--step", 16, prepare=_prescored("--sources", "SRC", "--crop", CROP, "--step",
+                                                        STEP)), 2,
+         ("traced_from.step is 32 in the scores file but 16 here", "--rescore"), check=_file_kept),
+    Case("score-subimages-whole-image-into-per-crop-scores",
+         lambda w, t: (_prescored("--crop", CROP, "--step", STEP, "--per-crop")(w, t, w.data, w.data),
+                       ["score", w.data, "--crop", CROP, "--step", STEP, "--workers", 0, "--no-progress", "--out",
+                        t / "s.safetensors"])[1], 2,
+         ("granularity is 'per_crop' in the scores file but 'whole_image' here", "--rescore"), check=_file_kept),
+]
+
+
 def _scorer_raising(exc_factory):
     """Make ``make_scorer`` return a scorer whose ``score`` raises ``exc_factory()`` (Ctrl-C, CUDA OOM ...)."""
     def patch(mp):
@@ -677,3 +766,45 @@ def test_on_error_skip_works_in_the_default_subimage_mode(ws, tmp_path, capsys, 
     assert bad and {s.keys.index(k) for k in bad} == set(s.failed)
     assert np.isfinite(np.delete(s.values, sorted(s.failed))).all()
     assert len(s.keys) - len(bad) == len(Scores.load(ws.sub).keys)
+
+
+# --------------------------------------------------------------------------- --sources, the happy path
+
+
+def test_score_sources_scores_a_subimage_folder_whole_image(ws, tmp_path, capsys, untouched):
+    """``score SUB --sources SRC``: whole-image scores keyed by the sub-image files, the same numbers
+    as the library's SubImageFolder; select and export read the file; --rescore switches granularity."""
+    from coreset_sampler.scorers import LossScorer
+    from coreset_sampler.whole_image import SubImageFolder
+
+    sub = _subs(tmp_path, ws)
+    out = tmp_path / "s.safetensors"
+    argv = ["score", sub, "--sources", ws.data, "--crop", CROP, "--step", STEP, "--workers", 0, "--no-progress",
+            "--out", out]
+    with untouched(ws.data, sub):
+        code, stdout, err = call(capsys, *argv)
+        assert code == 0, err
+        assert "whole-image through 4 source image(s)" in stdout
+        s = Scores.load(out)
+        assert s.keys == sorted(p.stem for p in sub.iterdir()) and len(s) == 24
+        prov = s.metadata["provenance"]
+        assert prov["granularity"] == "whole_image" and prov["traced_from"]["step"] == STEP
+        assert set(prov["traced_from"]["sources"]) == {f"{n}.png" for n in NAMES}
+        ref = LossScorer.pretrained("srcnn", 2, num_workers=0, progress=False, device="cpu").score(
+            SubImageFolder(sub, ws.data, crop=CROP, step=STEP, scale=2))
+        np.testing.assert_array_equal(s.values, ref.values)
+        # rerunning the same command is accepted (same granularity and grid)
+        assert call(capsys, *argv)[0] == 0
+        code, _, err = call(capsys, "select", out, "--ratio", 0.5, "--skip-top", 0, "--out", tmp_path / "keep.txt")
+        assert code == 0, err
+        assert set((tmp_path / "keep.txt").read_text().split()) == {s.keys[i] for i in np.argsort(-s.values)[:12]}
+        code, _, err = call(capsys, "export", sub, "--scores", out, "--ratio", 0.5, "--skip-top", 0, "--out",
+                            tmp_path / "core", "--no-progress")
+        assert code == 0, err
+        assert len(list((tmp_path / "core").glob("*.png"))) == 12
+        # --per-crop into it needs --rescore, then the file is per crop
+        assert call(capsys, *argv, "--per-crop")[0] == 2
+        assert call(capsys, *argv, "--per-crop", "--rescore")[0] == 0
+        from coreset_sampler.provenance import recorded_granularity
+
+        assert recorded_granularity(Scores.load(out)) == "per_crop"
