@@ -34,6 +34,8 @@ _EXPORTS = {
     "provenance_of": "provenance",
     "file_digest": "provenance",
     "sources_digest": "provenance",
+    "check_granularity": "provenance",
+    "recorded_granularity": "provenance",
     "MODES": "selection",
     "select_indices": "selection",
     "selection_summary": "selection",
@@ -69,7 +71,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .export import ExportReport, check_writable_outside, export_coreset
     from .sampler import StepMatchedSampler
     from .scorers import InterpolationScorer, LossScorer, SobelScorer, make_scorer
-    from .provenance import ProvenanceError, check_provenance, file_digest, provenance_of, sources_digest
+    from .provenance import (ProvenanceError, check_granularity, check_provenance, file_digest, provenance_of,
+                             recorded_granularity, sources_digest)
     from .scores import Scores, dataset_fingerprint
     from .selection import MODES, select_indices, selection_summary
     from .whole_image import SubImageFolder, WholeImageScorer
