@@ -32,6 +32,8 @@ _EXPORTS = {
     "SobelScorer": "scorers",
     "InterpolationScorer": "scorers",
     "make_scorer": "scorers",
+    "AdaptiveCoreSetSampler": "adaptive",
+    "IndexedDataset": "adaptive",
 }
 
 __all__ = list(_EXPORTS)
@@ -51,6 +53,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from .adaptive import AdaptiveCoreSetSampler, IndexedDataset
     from .dataset import CoreSetDataset
     from .sampler import StepMatchedSampler
     from .scorers import InterpolationScorer, LossScorer, SobelScorer, make_scorer
