@@ -24,6 +24,7 @@ sys.path.insert(0, str(BENCH))
 
 import sweep  # noqa: E402
 import sweep_archs  # noqa: E402
+import sweep_run  # noqa: E402
 import sweep_stats  # noqa: E402
 
 
@@ -247,7 +248,7 @@ def test_failed_run_is_recorded_not_retried_unless_asked(data_dir, tmp_path, mon
             raise RuntimeError("boom in training")
         return real(run, *a, **k)
 
-    monkeypatch.setattr(sweep, "execute", flaky)
+    monkeypatch.setattr(sweep_run, "execute", flaky)
     only = lambda r: r.hash in (target.hash, s.plan()[0].hash)  # noqa: E731
     res = s.run(only=only)
     assert res["ran"] == 1 and res["failed"] == 1
@@ -257,7 +258,7 @@ def test_failed_run_is_recorded_not_retried_unless_asked(data_dir, tmp_path, mon
     s.report()
     assert "**failed**: RuntimeError: boom in training" in written["md"]
     assert written["payload"]["status"]["failed"] == 1
-    monkeypatch.setattr(sweep, "execute", real)
+    monkeypatch.setattr(sweep_run, "execute", real)
     res = s.run(only=only, retry_failed=True)
     rec = json.loads((s.cache_dir / f"{target.hash}.json").read_text())
     assert res["ran"] == 1 and rec["status"] == "ok" and rec["attempts"][0]["status"] == "failed"
@@ -288,7 +289,7 @@ def test_missing_weights_block_only_the_runs_that_need_scores(data_dir, tmp_path
     with pytest.raises(FileNotFoundError, match="no bundled srcnn weights for x2"):
         sweep.get_scores("srcnn", 2, pool, tmp_path, "srcnn:missing-weights", progress=False)
     s, written = _sweep(data_dir, tmp_path, preset=dataclasses.replace(TINY, scorer="srcnn"), quick=True)
-    monkeypatch.setattr(sweep, "scorer_id", lambda spec, scale: f"{spec}:missing-weights" if spec == "srcnn" else spec)
+    monkeypatch.setattr(sweep_run, "scorer_id", lambda spec, scale: f"{spec}:missing-weights" if spec == "srcnn" else spec)
     res = s.run()
     recs = [json.loads(p.read_text()) for p in s.cache_dir.glob("*.json")]
     assert res["failed"] == 0 and res["blocked"] > 0
