@@ -54,6 +54,8 @@ def main(argv=None) -> int:
                     help="folder holding further benchmark sets (Urban100, Manga109); repeatable")
     ap.add_argument("--cache-dir", type=Path, default=None, help="default benchmarks/results/sweep_cache/<preset>")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's, 1 for cpu)")
+    ap.add_argument("--arch", action="append", default=None,
+                    help="run only the runs of this architecture (repeatable); the report covers the whole plan")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -83,7 +85,13 @@ def main(argv=None) -> int:
         print(f"report: {md} {js}")
         return 0
     try:
-        res = sweep.run(max_minutes=args.max_minutes, retry_failed=args.retry_failed)
+        only = None
+        if args.arch:
+            unknown = sorted(set(args.arch) - set(preset.archs))
+            if unknown:
+                ap.error(f"--arch {', '.join(unknown)} not in preset {preset.name!r} ({', '.join(preset.archs)})")
+            only = lambda r: r.arch in args.arch  # noqa: E731
+        res = sweep.run(max_minutes=args.max_minutes, retry_failed=args.retry_failed, only=only)
     except (FileNotFoundError, RuntimeError) as e:  # missing data, a second sweep on the same cache
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -77,9 +77,9 @@ def make_config(preset: Preset, arch_key: str, scale: int, mode: str, ratio: flo
                 skip_top: float = 0.0) -> dict:
     """The dict that determines a run's result (and its cache hash)."""
     spec = preset.archs[arch_key]
-    uses_scores = mode in ("des", "asc", "stratified")
+    uses_scores = mode in ("des", "asc", "stratified", "adaptive")
     scorer = (scorer or preset.scorer) if uses_scores else None
-    return {
+    config = {
         "v": SWEEP_VERSION,
         "preset": preset.name,
         "arch": spec.name,
@@ -94,6 +94,10 @@ def make_config(preset: Preset, arch_key: str, scale: int, mode: str, ratio: flo
         "eval_sets": list(eval_sets),
         "seed": seed,
     }
+    if mode == "adaptive":  # only adaptive configs carry the key: the static rows' hashes stay as cached
+        config["selection"]["adaptive"] = {"select": "des", "refresh": preset.adaptive_refresh,
+                                           "momentum": preset.adaptive_momentum, "warmup": 0, "full_after": None}
+    return config
 
 
 def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick: bool = False) -> list[Run]:
@@ -113,7 +117,7 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
                 ("des", 0.5, "epoch", None, 0.0)]
 
     def add(table: str, arch: str, scale: int, mode: str, ratio: float, matching: str, scorer=None,
-            skip_top=0.0, tier=2, seeds=None):
+            skip_top=0.0, tier=2, seeds=None, keep_tier=False):
         spec = preset.archs[arch]
         label = row_label(mode, ratio, matching, scorer, skip_top, preset.scorer)
         for seed in (seeds if seeds is not None else spec.seeds):
@@ -123,7 +127,7 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
             t = tier
             if (mode, ratio, matching, scorer, skip_top) in key_rows and scale == 2:
                 t = 0 if arch == preset.quick_arch else min(tier, 1)
-            if list(spec.seeds).index(seed) >= 3:
+            if list(spec.seeds).index(seed) >= 3 and not keep_tier:
                 t = 5
             run = runs.get(h)
             if run is None:
@@ -135,10 +139,25 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
                 run.cells.append(cell)
                 run.cell_rank[cell] = cell_order.setdefault(cell, len(cell_order))
 
+    def add_adaptive(seeds_of):
+        # The adaptive rows and the static rows they are read against, seed-major per arch (tiers 6+:
+        # after everything else, FSRCNN first; a partial run has every row at the same seeds).
+        for k, arch in enumerate(a for a in preset.adaptive_archs if a in preset.archs):
+            seeds = seeds_of(arch)
+            rows = [("full", 1.0, 0.0), ("des", 0.5, 0.0), ("des", 0.5, 0.05), ("random", 0.5, 0.0)]
+            for r in preset.adaptive_ratios:
+                if r != 0.5 and not preset.quick_only:  # cpu_long has no static rows at other ratios
+                    rows += [("des", r, 0.0), ("random", r, 0.0)]
+                rows.append(("adaptive", r, 0.0))
+            for mode, r, skip in rows:
+                add("adaptive", arch, 2, mode, r, "step", skip_top=skip, tier=6 + k, seeds=seeds, keep_tier=True)
+
     if quick:
         arch = preset.quick_arch
         for mode, ratio, matching, scorer, skip in key_rows:
             add("quick", arch, 2, mode, ratio, matching, scorer, skip, tier=0, seeds=preset.quick_seeds)
+        if arch in preset.adaptive_archs:
+            add_adaptive(lambda a: preset.quick_seeds)
         return sorted(runs.values(), key=lambda r: _order_key(preset, r))
 
     for arch in preset.table1_archs:
@@ -162,6 +181,7 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
             add("table3", arch, scale, "full", 1.0, "step", tier=tier)
             add("table3", arch, scale, "des", 0.5, "step", tier=tier)
             add("table3", arch, scale, "des", 0.5, "step", skip_top=0.05, tier=tier)
+    add_adaptive(lambda a: None)
     return sorted(runs.values(), key=lambda r: _order_key(preset, r))
 
 

@@ -75,6 +75,11 @@ class Preset:
     est_scoring_s: dict = dataclasses.field(default_factory=dict)  # scorer -> measured seconds per scale
     eval_batch: bool = False
     quick_only: bool = False             # a follow-up preset: its plan is the key rows (--quick) only
+    # Adaptive core-set rows (coreset_sampler.adaptive): archs, ratios, refresh interval (steps), EMA momentum.
+    adaptive_archs: tuple[str, ...] = ()
+    adaptive_ratios: tuple[float, ...] = (0.5, 0.25)
+    adaptive_refresh: int = 50
+    adaptive_momentum: float = 0.5
 
 
 CPU = Preset(
@@ -115,6 +120,9 @@ CPU = Preset(
     quick_arch="fsrcnn",
     device="cpu",
     threads=1,  # two OpenMP threads were 3.5-4.7x slower per step on this shared 2-core machine (measured)
+    # 500 / 300 steps: refresh every 50 steps re-selects 9 / 5 times; init from the preset's SRCNN scores,
+    # so the first 50 steps are the static DES core-set and every later change is the adaptation's
+    adaptive_archs=("fsrcnn", "edsr", "swinir"),
 )
 
 # The paper's setting (Sec. 4.1): DIV2K train HR cut into 480x480 sub-images at stride 240 (~32k),
@@ -167,6 +175,7 @@ CPU_LONG = dataclasses.replace(
     table2_archs=(),
     table3={},
     quick_only=True,
+    adaptive_archs=("fsrcnn",),
 )
 
 PRESETS = {p.name: p for p in (CPU, CPU_LONG, PAPER)}

@@ -130,7 +130,9 @@ def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, 
     tables = [("table1", "Table 1 analog (x2): ASC vs DES, step- vs epoch-matched, random and stratified baselines"),
               ("table2", "Table 2 analog (x2, 50%, step-matched): loss vs Sobel vs interpolation vs random"),
               ("table3", "Table 3 analog: full vs 50% DES vs refined 50% (skip top 5%), x2 / x3 / x4"),
-              ("quick", "Quick rows (x2)")]
+              ("quick", "Quick rows (x2)"),
+              ("adaptive", f"Adaptive core-set (x2, step-matched): re-selected every {preset.adaptive_refresh} steps "
+                           f"from the training loss, initialised from the static scores")]
     for table, title in tables:
         keys = [k for k in cells if k[0] == table]
         if not keys:
@@ -186,6 +188,8 @@ def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, 
                     wall = f"{statistics.mean(walls):.0f}" if walls else "-"
                     md.append(f"| {label} | {steps} | {ncell} | " + " | ".join(cellrow) + f" | {dfull} | {wall} |")
                 md.append("")
+    if any(k[0] == "adaptive" for k in cells):
+        md.append(_adaptive_section(preset, cells, records))
     # ---- every run ------------------------------------------------------------------------
     md.append("## Every run\n")
     md.append("All planned runs, in execution order, with their status (no run is left out; failed and "
@@ -417,4 +421,50 @@ def _claims(preset, cells, records, prim, eval_sets, find, any_table, values, qu
     if quick:
         arch = preset.quick_arch
         add("refined 50% beats 50% DES (T3)", arch, 2, "refined DES (skip top 5%) 50% step", "DES 50% step", "better")
+    for arch in preset.adaptive_archs:  # issue 13: does re-selecting by the training loss beat static selection?
+        for r in preset.adaptive_ratios:
+            pct = f"{100 * r:g}%"
+            ad = f"adaptive {pct} step"
+            add("(new) adaptive beats static DES", arch, 2, ad, f"DES {pct} step", "better")
+            if r == 0.5:
+                add("(new) adaptive beats refined DES", arch, 2, ad, "refined DES (skip top 5%) 50% step", "better")
+            add("(new) adaptive beats random", arch, 2, ad, f"random {pct} step", "better")
+            add("(new) adaptive beats full", arch, 2, ad, "full", "better")
     return out
+
+
+def _adaptive_section(preset: Preset, cells: dict, records: dict) -> str:
+    """What the adaptive runs did and cost: refreshes, churn, coverage; seconds per step vs static DES."""
+    lines = ["### What the adaptive sampler did, and its cost\n",
+             "Per arch and ratio, mean over seeds: re-selections in the run, samples swapped per re-selection, "
+             "distinct samples drawn, share of the final core-set that was in the initial (static DES) one. "
+             "Cost: training seconds per step, adaptive vs the static DES row of the same ratio and seeds "
+             "(ratio of means). The static rows ran days earlier, at another machine load (1-minute load averages "
+             "in the last column), so this ratio is indicative only; `sweep_adaptive_cost.md` measures the "
+             "overhead in one process.\n",
+             "| arch | row | n | refreshes | swapped / refresh | distinct drawn | final ∩ initial | s/step | "
+             "static DES s/step | ratio | load (adaptive / static) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (table, arch, scale, label), runs in cells.items():
+        if table != "adaptive" or not label.startswith("adaptive"):
+            continue
+        recs = [records[r.hash] for r in runs if records.get(r.hash, {}).get("status") == "ok"]
+        if not recs:
+            continue
+        static_label = label.replace("adaptive", "DES", 1)
+        static = [records[r.hash] for r in cells.get((table, arch, scale, static_label), [])
+                  if records.get(r.hash, {}).get("status") == "ok"]
+        seeds = {x["seed"] for x in recs} & {x["seed"] for x in static}
+        a_s = [x["train_s"] / x["steps"] for x in recs if x["seed"] in seeds]
+        s_s = [x["train_s"] / x["steps"] for x in static if x["seed"] in seeds]
+        load = lambda xs: statistics.mean(x.get("machine", {}).get("loadavg_1m", float("nan")) for x in xs)  # noqa: E731
+        ad = [x["adaptive"] for x in recs]
+        ratio = f"{statistics.mean(a_s) / statistics.mean(s_s):.2f}" if a_s and s_s else "-"
+        lines.append(
+            f"| {arch} | {label} | {len(recs)} | {statistics.mean(a['refreshes'] for a in ad):.0f} | "
+            f"{statistics.mean(a['mean_changed'] for a in ad):.0f} | {statistics.mean(a['drawn_distinct'] for a in ad):.0f} | "
+            f"{statistics.mean(a['final_overlap_initial'] for a in ad):.2f} | "
+            + (f"{statistics.mean(a_s):.4f} | {statistics.mean(s_s):.4f} | {ratio} | "
+               f"{load(recs):.1f} / {load([x for x in static if x['seed'] in seeds]):.1f} |" if a_s and s_s
+               else "- | - | - | - |"))
+    lines.append("")
+    return "\n".join(lines)

@@ -300,9 +300,20 @@ def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], An
     cfg = run.config
     sel, tr = cfg["selection"], cfg["train"]
     seed = cfg["seed"]
+    adaptive = None
     if sel["mode"] == "full":
         data = pool
         sampler = StepMatchedSampler(pool, seed=seed)
+        steps = tr["steps_full"]
+    elif sel["mode"] == "adaptive":
+        from coreset_sampler.adaptive import AdaptiveCoreSetSampler
+
+        ad = sel["adaptive"]
+        data = pool
+        adaptive = sampler = AdaptiveCoreSetSampler(
+            pool, sel["ratio"], mode=ad["select"], skip_top=sel["skip_top"], scores=scores_for(sel["scorer"]),
+            batch_size=tr["batch_size"], refresh=ad["refresh"], momentum=ad["momentum"], warmup=ad["warmup"],
+            full_after=ad["full_after"], seed=seed)
         steps = tr["steps_full"]
     else:
         scores = scores_for(sel["scorer"]) if sel["scorer"] else np.zeros(len(pool), dtype=np.float32)
@@ -327,9 +338,25 @@ def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], An
         metrics[name] = {"psnr": r["psnr"], "ssim": r["ssim"], "n": r["n"]}
     eval_s = time.perf_counter() - t1
     tail = hist["losses"][-50:]
-    return {"steps": steps, "kept": len(data), "pool_size": len(pool), "train_s": train_s, "eval_s": eval_s,
-            "final_loss": float(sum(tail) / len(tail)), "metrics": metrics,
-            "params": sweep_archs.count_params(model)}
+    out = {"steps": steps, "kept": len(data), "pool_size": len(pool), "train_s": train_s, "eval_s": eval_s,
+           "final_loss": float(sum(tail) / len(tail)), "metrics": metrics,
+           "params": sweep_archs.count_params(model)}
+    if adaptive is not None:
+        out["kept"] = int(adaptive.core.size)
+        out["adaptive"] = adaptive_summary(adaptive)
+        out["adaptive_key"] = adaptive.selection_key().astype(np.float32)  # popped by Sweep._run_one
+    return out
+
+
+def adaptive_summary(sampler) -> dict:
+    """What the adaptive sampler did in a run: refreshes, churn, coverage, overlap with its initial core-set."""
+    log = sampler.refresh_log
+    changed = [r["changed"] for r in log[1:]]
+    initial = set(sampler.initial_core.tolist())
+    return {"refreshes": len(log), "mean_changed": float(np.mean(changed)) if changed else 0.0,
+            "seen": int(sampler.seen.sum()), "final_kept": int(sampler.core.size),
+            "final_overlap_initial": len(initial & set(sampler.core.tolist())) / max(1, sampler.core.size),
+            "drawn_distinct": int((sampler.counts > 0).sum())}
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -528,6 +555,9 @@ class Sweep:
             pool = self.pool(run.scale)
             res = execute(run, pool, self.evalsets(run.scale), lambda spec: self.scores(spec, run.scale), device,
                           progress=False)
+            key = res.pop("adaptive_key", None)
+            if key is not None:  # the final adaptive estimate, exportable as a scores file
+                res["adaptive"]["scores_file"] = save_adaptive_scores(self.cache_dir, run, key)
             rec.update(res)
             rec["status"] = "ok"
         except KeyboardInterrupt:
@@ -565,6 +595,18 @@ class Sweep:
         if wall_s is not None:
             payload["this_invocation_wall_s"] = wall_s
         return self.write(self.results_name, payload, md)
+
+
+def save_adaptive_scores(cache_dir: Path, run: Run, key) -> str:
+    """Write a run's final adaptive estimate as a scores file (values only; the pool's order)."""
+    from coreset_sampler.scores import Scores
+
+    path = cache_dir / "scores" / f"adaptive_{run.hash}.safetensors"
+    sel = run.config["selection"]
+    Scores(key, metadata={"scorer": "adaptive", "adaptive": True, "adaptive_run": run.hash,
+                          "adaptive_config": sel, "arch": run.arch, "seed": run.seed,
+                          "scale": run.scale}).save(path)
+    return path.name
 
 
 def _scoring_records(cache_dir: Path) -> list[dict]:
