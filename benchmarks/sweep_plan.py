@@ -125,7 +125,9 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
                               skip_top)
             h = config_hash(cfg)
             t = tier
-            if (mode, ratio, matching, scorer, skip_top) in key_rows and scale == 2:
+            if keep_tier:  # the adaptive table: its tier as given (static runs it shares keep their lower one)
+                pass
+            elif (mode, ratio, matching, scorer, skip_top) in key_rows and scale == 2:
                 t = 0 if arch == preset.quick_arch else min(tier, 1)
             if list(spec.seeds).index(seed) >= 3 and not keep_tier:
                 t = 5
@@ -139,10 +141,10 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
                 run.cells.append(cell)
                 run.cell_rank[cell] = cell_order.setdefault(cell, len(cell_order))
 
-    def add_adaptive(seeds_of):
+    def add_adaptive(archs, seeds_of):
         # The adaptive rows and the static rows they are read against, seed-major per arch (tiers 6+:
         # after everything else, FSRCNN first; a partial run has every row at the same seeds).
-        for k, arch in enumerate(a for a in preset.adaptive_archs if a in preset.archs):
+        for k, arch in enumerate(a for a in preset.adaptive_archs if a in archs):
             seeds = seeds_of(arch)
             rows = [("full", 1.0, 0.0), ("des", 0.5, 0.0), ("des", 0.5, 0.05), ("random", 0.5, 0.0)]
             for r in preset.adaptive_ratios:
@@ -157,7 +159,7 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
         for mode, ratio, matching, scorer, skip in key_rows:
             add("quick", arch, 2, mode, ratio, matching, scorer, skip, tier=0, seeds=preset.quick_seeds)
         if arch in preset.adaptive_archs:
-            add_adaptive(lambda a: preset.quick_seeds)
+            add_adaptive([arch], lambda a: preset.quick_seeds)
         return sorted(runs.values(), key=lambda r: _order_key(preset, r))
 
     for arch in preset.table1_archs:
@@ -181,7 +183,7 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
             add("table3", arch, scale, "full", 1.0, "step", tier=tier)
             add("table3", arch, scale, "des", 0.5, "step", tier=tier)
             add("table3", arch, scale, "des", 0.5, "step", skip_top=0.05, tier=tier)
-    add_adaptive(lambda a: None)
+    add_adaptive(list(preset.archs), lambda a: None)
     return sorted(runs.values(), key=lambda r: _order_key(preset, r))
 
 

@@ -68,7 +68,7 @@ def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, 
         return cells.get((table, arch, scale, label), [])
 
     def any_table(arch, scale, label) -> list[Run]:
-        for t in ("table1", "table2", "table3", "quick"):
+        for t in ("table1", "table2", "table3", "quick", "adaptive"):
             if (t, arch, scale, label) in cells:
                 return cells[(t, arch, scale, label)]
         return []
@@ -447,24 +447,26 @@ def _adaptive_section(preset: Preset, cells: dict, records: dict) -> str:
     for (table, arch, scale, label), runs in cells.items():
         if table != "adaptive" or not label.startswith("adaptive"):
             continue
-        recs = [records[r.hash] for r in runs if records.get(r.hash, {}).get("status") == "ok"]
-        if not recs:
+        def done(rs):
+            return {r.seed: records[r.hash] for r in rs if records.get(r.hash, {}).get("status") == "ok"
+                    and "train_s" in records[r.hash]}
+
+        recs = done(runs)
+        ad = [x["adaptive"] for x in recs.values() if "adaptive" in x]
+        if not ad:
             continue
-        static_label = label.replace("adaptive", "DES", 1)
-        static = [records[r.hash] for r in cells.get((table, arch, scale, static_label), [])
-                  if records.get(r.hash, {}).get("status") == "ok"]
-        seeds = {x["seed"] for x in recs} & {x["seed"] for x in static}
-        a_s = [x["train_s"] / x["steps"] for x in recs if x["seed"] in seeds]
-        s_s = [x["train_s"] / x["steps"] for x in static if x["seed"] in seeds]
+        static = done(cells.get((table, arch, scale, label.replace("adaptive", "DES", 1)), []))
+        seeds = sorted(set(recs) & set(static))
+        a_s = [recs[k]["train_s"] / recs[k]["steps"] for k in seeds]
+        s_s = [static[k]["train_s"] / static[k]["steps"] for k in seeds]
         load = lambda xs: statistics.mean(x.get("machine", {}).get("loadavg_1m", float("nan")) for x in xs)  # noqa: E731
-        ad = [x["adaptive"] for x in recs]
         ratio = f"{statistics.mean(a_s) / statistics.mean(s_s):.2f}" if a_s and s_s else "-"
         lines.append(
-            f"| {arch} | {label} | {len(recs)} | {statistics.mean(a['refreshes'] for a in ad):.0f} | "
+            f"| {arch} | {label} | {len(ad)} | {statistics.mean(a['refreshes'] for a in ad):.0f} | "
             f"{statistics.mean(a['mean_changed'] for a in ad):.0f} | {statistics.mean(a['drawn_distinct'] for a in ad):.0f} | "
             f"{statistics.mean(a['final_overlap_initial'] for a in ad):.2f} | "
             + (f"{statistics.mean(a_s):.4f} | {statistics.mean(s_s):.4f} | {ratio} | "
-               f"{load(recs):.1f} / {load([x for x in static if x['seed'] in seeds]):.1f} |" if a_s and s_s
+               f"{load([recs[k] for k in seeds]):.1f} / {load([static[k] for k in seeds]):.1f} |" if a_s and s_s
                else "- | - | - | - |"))
     lines.append("")
     return "\n".join(lines)
