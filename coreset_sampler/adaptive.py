@@ -134,7 +134,11 @@ class AdaptiveCoreSetSampler(Sampler[int]):
     Resume: :meth:`state_dict` holds the position, the loss table, draw counts, the current
     segment and the not yet applied reports (tensors and plain types, safe for
     ``torch.load(weights_only=True)``); after :meth:`load_state_dict` the next iteration yields
-    exactly the remaining sequence (torchdata ``StatefulDataLoader`` protocol). A state saved
+    exactly the remaining sequence (torchdata ``StatefulDataLoader`` protocol; tested with
+    ``num_workers=0``). With ``num_workers > 0`` the ``StatefulDataLoader`` snapshots the sampler
+    when a batch's indices are sent to the workers, i.e. before the loop has reported the losses
+    of the batches in flight (``num_workers * prefetch_factor``); those reports are missing after
+    a resume, so the order is exact up to the next re-selection and may differ after it. A state saved
     after the epoch was fully consumed resumes at the start of the next epoch. The state
     carries the sampler's configuration and an identity digest; a state of a differently
     configured sampler is refused, naming the field.
@@ -157,6 +161,8 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         seed: base seed, identical on every rank.
         num_replicas, rank: default ``torch.distributed``'s (or 1 and 0).
         drop_last: drop the tail so ``num_samples`` divides across ranks (default: round up).
+        check_sources: check a scores file's provenance against ``data_source`` as
+            :class:`~coreset_sampler.dataset.CoreSetDataset` does (default True).
 
     Example:
         >>> sampler = AdaptiveCoreSetSampler(train_set, ratio=.5, scores="scores.safetensors",
@@ -173,7 +179,8 @@ class AdaptiveCoreSetSampler(Sampler[int]):
     def __init__(self, data_source, ratio: float = 0.5, *, mode: str = "des", skip_top: float = 0.0,
                  scores=None, batch_size: int, refresh: int = 100, momentum: float = 0.5, warmup: int = 0,
                  full_after: int | None = None, num_samples: int | None = None, seed: int = 0,
-                 num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False):
+                 num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False,
+                 check_sources: bool = True):
         if not hasattr(data_source, "__len__"):
             raise TypeError(f"data_source must have a length, got {type(data_source).__name__}")
         n = len(data_source)
@@ -186,7 +193,9 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         _positive_int("refresh", refresh)
         _positive_int("warmup", warmup, allow_zero=True)
         _positive_int("full_after", full_after, allow_none=True, allow_zero=True)
-        _positive_int("seed", seed, allow_zero=True)
+        from .selection import check_seed
+
+        seed = check_seed(seed, "AdaptiveCoreSetSampler seed")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
             raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
         if num_samples is None:
@@ -201,7 +210,7 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         if drop_last and num_samples < num_replicas:
             raise ValueError(f"drop_last with num_samples={num_samples} < num_replicas={num_replicas} leaves nothing")
 
-        init, valid, source = self._initial(data_source, scores, n)
+        init, valid, source = self._initial(data_source, scores, n, check_sources)
         self.data_source, self.n = data_source, n
         self.ratio, self.mode, self.skip_top = float(ratio), mode, float(skip_top)
         self.batch_size, self.refresh, self.momentum = int(batch_size), int(refresh), float(momentum)
@@ -228,14 +237,20 @@ class AdaptiveCoreSetSampler(Sampler[int]):
 
     # -- set-up ------------------------------------------------------------------------
     @staticmethod
-    def _initial(data_source, scores, n):
+    def _initial(data_source, scores, n, check_sources):
         if scores is None:
             return np.ones(n, dtype=np.float64), np.arange(n, dtype=np.int64), "uniform"
         from .dataset import _as_scores, dataset_keys  # local: dataset imports scores (and PIL-free)
+        from .provenance import check_provenance, provenance_of
 
         source = f"scores file {scores}" if isinstance(scores, (str, os.PathLike)) else "scores"
         s = _as_scores(scores)
         s.check(n=n, keys=dataset_keys(data_source), source=source)
+        recorded = s.format_version is not None or "provenance" in s.metadata
+        if check_sources and recorded and provenance_of(data_source) is not None:  # as CoreSetDataset does
+            check_provenance(s, dataset=data_source, source=source,
+                             fix="rescore this dataset (LossScorer(...).score(dataset), or `coreset-sr score "
+                                 "... --rescore`)")
         valid = s.valid_indices.astype(np.int64)
         if valid.size == 0:
             raise ValueError(f"no sample of the {n} could be scored ({source}); nothing to select")
@@ -249,7 +264,7 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         return {"n": self.n, "ratio": self.ratio, "mode": self.mode, "skip_top": self.skip_top,
                 "batch_size": self.batch_size, "refresh": self.refresh, "momentum": self.momentum,
                 "warmup": self.warmup, "full_after": self.full_after, "num_samples": self.num_samples,
-                "seed": self.seed, "num_replicas": self.num_replicas, "drop_last": self.drop_last,
+                "seed": self.seed, "num_replicas": self.num_replicas, "rank": self.rank, "drop_last": self.drop_last,
                 "init": hashlib.sha256(self.init.tobytes() + self.valid.tobytes()).hexdigest()[:16]}
 
     def digest(self) -> str:
