@@ -32,6 +32,7 @@ import torch
 
 from . import compat  # noqa: F401  (must come before any basicsr import)
 from . import archs  # noqa: F401  (registers RDN in BasicSR's ARCH_REGISTRY)
+from .adaptive import adaptive_patches
 from .coreset import CoresetConfigError, build_coreset_dataset, validate_options
 
 import basicsr.train as _bt  # noqa: E402
@@ -156,6 +157,7 @@ def basicsr_hooks():
         (_bt, "load_resume_state", load_resume_state),
         (_bo, "init_dist", _init_dist),
         (BaseModel, "model_to_device", _model_to_device),
+        *adaptive_patches(_bt),  # mode: adaptive (its sampler and the per-step loss report)
     ])
 
 
