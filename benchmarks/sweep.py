@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's, 1 for cpu)")
     ap.add_argument("--arch", action="append", default=None,
                     help="run only the runs of this architecture (repeatable); the report covers the whole plan")
+    ap.add_argument("--row", action="append", default=None,
+                    help="run only the runs of this report row, e.g. 'adaptive 50%% step' (repeatable)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -90,7 +92,14 @@ def main(argv=None) -> int:
             unknown = sorted(set(args.arch) - set(preset.archs))
             if unknown:
                 ap.error(f"--arch {', '.join(unknown)} not in preset {preset.name!r} ({', '.join(preset.archs)})")
-            only = lambda r: r.arch in args.arch  # noqa: E731
+        if args.row:
+            labels = {r.label for r in sweep.plan()}
+            unknown = sorted(set(args.row) - labels)
+            if unknown:
+                ap.error(f"--row {', '.join(map(repr, unknown))} is no row of this plan; rows: "
+                         f"{', '.join(sorted(labels))}")
+        if args.arch or args.row:
+            only = lambda r: (not args.arch or r.arch in args.arch) and (not args.row or r.label in args.row)  # noqa: E731
         res = sweep.run(max_minutes=args.max_minutes, retry_failed=args.retry_failed, only=only)
     except (FileNotFoundError, RuntimeError) as e:  # missing data, a second sweep on the same cache
         print(f"error: {e}", file=sys.stderr)
