@@ -189,7 +189,7 @@ def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, 
                     md.append(f"| {label} | {steps} | {ncell} | " + " | ".join(cellrow) + f" | {dfull} | {wall} |")
                 md.append("")
     if any(k[0] == "adaptive" for k in cells):
-        md.append(_adaptive_section(preset, cells, records))
+        md.append(_adaptive_section(preset, cells, records, prim))
     # ---- every run ------------------------------------------------------------------------
     md.append("## Every run\n")
     md.append("All planned runs, in execution order, with their status (no run is left out; failed and "
@@ -433,7 +433,7 @@ def _claims(preset, cells, records, prim, eval_sets, find, any_table, values, qu
     return out
 
 
-def _adaptive_section(preset: Preset, cells: dict, records: dict) -> str:
+def _adaptive_section(preset: Preset, cells: dict, records: dict, prim: str = "BSD100") -> str:
     """What the adaptive runs did and cost: refreshes, churn, coverage; seconds per step vs static DES."""
     lines = ["### What the adaptive sampler did, and its cost\n",
              "Per arch and ratio, mean over seeds: re-selections in the run, samples swapped per re-selection, "
@@ -469,4 +469,40 @@ def _adaptive_section(preset: Preset, cells: dict, records: dict) -> str:
                f"{load([recs[k] for k in seeds]):.1f} / {load([static[k] for k in seeds]):.1f} |" if a_s and s_s
                else "- | - | - | - |"))
     lines.append("")
+    lines += _adaptive_pooled(preset, cells, records, prim)
     return "\n".join(lines)
+
+
+def _adaptive_pooled(preset: Preset, cells: dict, records: dict, prim: str) -> list[str]:
+    """Adaptive vs each other row, pooled over architectures: one paired t-test over (arch, seed) pairs."""
+    lines = [f"### Adaptive rows pooled over architectures ({prim} Y-PSNR)\n",
+             "Each (architecture, seed) pair is one paired difference; a paired t-test over all of them (the "
+             "issue's target: p < 0.05 and at least +0.1 dB at 50%). Architectures differ in spread, so this "
+             "reads the average effect, not each architecture's.\n",
+             "| comparison | archs (pairs) | pairs | mean Δ dB | p | ≥ +0.1 dB and p < 0.05 |",
+             "|---|---|---|---|---|---|"]
+    metric = _m(prim, "psnr")
+    for r in preset.adaptive_ratios:
+        pct = f"{100 * r:g}%"
+        others = [f"DES {pct} step", f"random {pct} step", "full"]
+        if r == 0.5:
+            others.insert(1, "refined DES (skip top 5%) 50% step")
+        for other in others:
+            a, b, archs = {}, {}, []
+            for arch in preset.adaptive_archs:
+                ra = cells.get(("adaptive", arch, 2, f"adaptive {pct} step"), [])
+                rb = cells.get(("adaptive", arch, 2, other), [])
+                va, vb = _per_seed(records, ra, metric), _per_seed(records, rb, metric)
+                common = set(va) & set(vb)
+                if common:
+                    archs.append(f"{arch} ({len(common)})")
+                a.update({(arch, k): va[k] for k in common})
+                b.update({(arch, k): vb[k] for k in common})
+            if len(a) < 2:
+                continue
+            c = sweep_stats.compare(a, b)
+            hit = "**yes**" if c.significant and c.diff >= 0.1 else "no"
+            lines.append(f"| adaptive {pct} vs {other} | {', '.join(archs)} | {c.n_pairs} | {c.diff:+.3f} | "
+                         f"{c.p:.3f}{'*' if c.significant else ''} | {hit} |")
+    lines.append("")
+    return lines
