@@ -486,6 +486,16 @@ def test_cli_rejects_bad_arguments(capsys):
         sweep.main(["--preset", "nope"])
 
 
+def test_cli_run_filters_name_unknown_archs_and_rows(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--arch", "rdn", "--cache-dir", str(tmp_path)])
+    assert e.value.code == 2 and "--arch rdn not in preset 'cpu' (fsrcnn, edsr, swinir)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--row", "adaptive 40% step", "--cache-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "'adaptive 40% step' is no row of this plan" in err and "adaptive 50% step" in err
+
+
 def test_cli_names_missing_data(tmp_path, capsys):
     rc = sweep.main(["--preset", "paper", "--data-root", str(tmp_path / "div2k"), "--cache-dir", str(tmp_path / "c")])
     assert rc == 2 and "div2k/DIV2K_train_HR" in capsys.readouterr().err
