@@ -487,12 +487,21 @@ def _adaptive_pooled(preset: Preset, cells: dict, records: dict, prim: str) -> l
         others = [f"DES {pct} step", f"random {pct} step", "full"]
         if r == 0.5:
             others.insert(1, "refined DES (skip top 5%) 50% step")
-        for other in others:
+        # the static DES row against the same baselines, on the same (arch, seed) pairs: what the
+        # adaptive rows add over it
+        pairs = [(f"adaptive {pct} step", o) for o in others]
+        pairs += [(f"DES {pct} step", o) for o in others[-2:]]
+        for mine, other in pairs:
             a, b, archs = {}, {}, []
             for arch in preset.adaptive_archs:
-                ra = cells.get(("adaptive", arch, 2, f"adaptive {pct} step"), [])
+                if mine.startswith("DES") and not cells.get(("adaptive", arch, 2, f"adaptive {pct} step")):
+                    continue
+                ra = cells.get(("adaptive", arch, 2, mine), [])
                 rb = cells.get(("adaptive", arch, 2, other), [])
                 va, vb = _per_seed(records, ra, metric), _per_seed(records, rb, metric)
+                if mine.startswith("DES"):  # only the seeds the adaptive row has, for a like-for-like reference
+                    done = _per_seed(records, cells.get(("adaptive", arch, 2, f"adaptive {pct} step"), []), metric)
+                    va = {k: v for k, v in va.items() if k in done}
                 common = set(va) & set(vb)
                 if common:
                     archs.append(f"{arch} ({len(common)})")
@@ -502,7 +511,8 @@ def _adaptive_pooled(preset: Preset, cells: dict, records: dict, prim: str) -> l
                 continue
             c = sweep_stats.compare(a, b)
             hit = "**yes**" if c.significant and c.diff >= 0.1 else "no"
-            lines.append(f"| adaptive {pct} vs {other} | {', '.join(archs)} | {c.n_pairs} | {c.diff:+.3f} | "
+            name = f"adaptive {pct} vs {other}" if mine.startswith("adaptive") else f"(static reference) {mine} vs {other}"
+            lines.append(f"| {name} | {', '.join(archs)} | {c.n_pairs} | {c.diff:+.3f} | "
                          f"{c.p:.3f}{'*' if c.significant else ''} | {hit} |")
     lines.append("")
     return lines
