@@ -5,7 +5,14 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install install-redux test test-fast demo bench clean
+
+# traiNNer-redux runs from a clone (it is not on PyPI). When one is found here (CI: the snapshot in
+# ../shared), `make install` adds the redux extra (its dependencies, pinned) so its tests run;
+# without one they skip. `make install-redux` adds the extra in any case.
+REDUX_ROOT ?= ../shared/thirdparty/traiNNer-redux
+comma := ,
+EXTRAS := all$(if $(wildcard $(REDUX_ROOT)/train.py),$(comma)redux,)
 
 install: $(STAMP)
 
@@ -16,9 +23,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt setuptools torch torchvision numpy \
 	  || $(PIP) install -q --no-cache-dir -c constraints.txt setuptools torch torchvision numpy
-	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[all]" \
-	  || $(PIP) install -q --no-cache-dir -c constraints.txt --no-build-isolation -e ".[all]"
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[$(EXTRAS)]" \
+	  || $(PIP) install -q --no-cache-dir -c constraints.txt --no-build-isolation -e ".[$(EXTRAS)]"
 	touch $(STAMP)
+
+install-redux: $(STAMP)
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[all,redux]" \
+	  || $(PIP) install -q --no-cache-dir -c constraints.txt --no-build-isolation -e ".[all,redux]"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
