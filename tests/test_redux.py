@@ -353,6 +353,8 @@ BAD = [
     ({"export_meta_info": "meta.txt", "__meta_info": "meta.txt"}, "is the recipe's own meta_info"),
     ({"export_meta_info": "data/kept.txt"}, "datasets.train.coreset.export_meta_info: refusing to write"),
     ({"rescore": "yes"}, "datasets.train.coreset.rescore: invalid value, got 'yes'"),
+    ({"sources": "src"}, "datasets.train.coreset.sources: whole-image scoring (sources:) is supported by "
+                         "coreset-sr-train (BasicSR) only"),
 ]
 
 

@@ -65,6 +65,11 @@ def validate_recipe(recipe: Mapping) -> CoresetOptions | None:
         >>> validate_recipe({"scale": 4, "datasets": {"train": {"coreset": {"mode": "random", "skip_top": 0}}}}).mode
         'random'
     """
+    block = ((recipe.get("datasets") or {}).get("train") or {}).get("coreset")
+    if isinstance(block, Mapping) and block.get("sources") is not None:
+        # whole-image scoring is wired into the BasicSR entry point only; refuse, never ignore it
+        raise CoresetConfigError(f"{WHERE}.sources: whole-image scoring (sources:) is supported by coreset-sr-train "
+                                 f"(BasicSR) only; traiNNer-redux recipes score each sub-image: remove sources")
     copts = validate_options(recipe)
     if copts is None:
         return None
