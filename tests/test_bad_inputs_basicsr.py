@@ -791,3 +791,18 @@ def test_main_refuses_a_missing_source_before_experiments(subs, tmp_path, monkey
     assert_message(lines[0], ["datasets.train.coreset.sources", "'im2_s001'", "no source image 'im2'"])
     assert not (tmp_path / "experiments").exists() and not (tmp_path / "tb_logger").exists()
     assert not (tmp_path / "scores").exists()
+
+
+def test_cli_whole_image_scores_of_the_same_folders_fit_the_sources_block(subs, tmp_path):
+    """``coreset-sr score HR_sub --sources src`` writes what the block with ``sources:`` would: loaded."""
+    from coreset_sampler.cli import main
+
+    scores = tmp_path / "s.safetensors"
+    assert main(["score", str(subs / "HR_sub"), "--sources", str(subs / "src"), "--crop", "16", "--step", "8",
+                 "--workers", "0", "--no-progress", "--out", str(scores)]) == 0
+    before = scores.read_bytes()
+    dopt = sub_opt(subs, scores=str(scores))
+    log = []
+    core = cs.build_coreset_dataset(stock(dopt), dopt, full_opt(dopt), type("L", (), {
+        "info": lambda self, m: log.append(m), "warning": lambda self, m: log.append(m)})())
+    assert len(core) == 28 and "(loaded)" in log[0] and scores.read_bytes() == before
