@@ -71,8 +71,7 @@ __all__ = ["WholeImagePlan", "WholeImageScorer", "SubImageFolder", "plan_of", "r
 
 # CPU: tiles of 192x192 HR core pixels keep SRCNN's 64-channel activations near cache size while
 # the halo adds little (measured, benchmarks/results/scoring.md). CUDA: 2048 HR pixels, so a DIV2K
-# image (about 2040x1400) is one pass at x2-x4: the first H200 run (tiles of 1024) spent its time in
-# four odd-shaped batches of one tile each plus CPU-side work (benchmarks/results/gpu/).
+# image (about 2040x1400) is one pass at x2-x4 (tiles of 1024 cut it into four odd-shaped batches of one).
 _CPU_TILE = 192
 _CUDA_TILE = 2048
 _AMP = {None: None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
@@ -555,8 +554,9 @@ class WholeImageScorer:
         self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
         # CPU: one tile per pass keeps activations cache-sized; CUDA: batches fill the device
         self.tile_batch = tile_batch if tile_batch is not None else (8 if self.device.type == "cuda" else 1)
-        # On CUDA the LR is made and the crop sums read on the device: the first H200 run was bound by
-        # the loader's CPU bicubic and the main process's CPU summed-area table, not by the model.
+        # On CUDA the LR is made and the crop sums read on the device: the first H200 run was loader-bound
+        # (CPU bicubic in the workers, 43 MB of float HR + LR per source into the main process, the error
+        # map copied back and summed with numpy there), at a quarter of the model's throughput.
         # CPU runs keep both on the CPU (in the workers / numpy), as before.
         self._on_device = self.device.type == "cuda"
         self.num_workers, self.on_error, self.progress = num_workers, on_error, progress
