@@ -56,7 +56,7 @@ opt["manual_seed"] = 1024
 opt["logger"].update(print_freq=50, save_checkpoint_freq=200)
 tr["coreset"] = {"scores": str(w / "scores/e2e_x4_srcnn.safetensors"), "scorer": "srcnn", "mode": "des",
                  "ratio": 0.5, "skip_top": 0.05, "seed": 0}
-for name, iters in (("4x_Compact_coreset_e2e", 400), ("4x_Compact_coreset_e2e_cached", 100)):
+for name, iters in (("4x_Compact_coreset_e2e", 200), ("4x_Compact_coreset_e2e_cached", 50)):
     opt["name"], opt["train"]["total_iter"] = name, iters
     (w / f"{name}.yml").write_text(yaml.safe_dump(opt, sort_keys=False))
 print("data and recipes written to", w)
@@ -66,7 +66,7 @@ cd "$W"
 rc=0
 for name in 4x_Compact_coreset_e2e 4x_Compact_coreset_e2e_cached; do
   start=$(date +%s)
-  COLUMNS=200 timeout 400 "$PY" -m coreset_sampler.integrations.redux.train -opt "$name.yml" --redux-root "$ROOT" ${E2E_DRY_RUN:+--dry-run} \
+  COLUMNS=200 timeout 170 "$PY" -m coreset_sampler.integrations.redux.train -opt "$name.yml" --redux-root "$ROOT" ${E2E_DRY_RUN:+--dry-run} \
     > "$OUT/${name}_console.log" 2>&1
   r=$?; [ $r -ne 0 ] && rc=$r
   echo "$name: exit $r in $(( $(date +%s) - start )) s" >> "$OUT/redux_e2e_env.txt"
