@@ -410,6 +410,8 @@ def evaluate(
     if n == 0:
         raise ValueError("evaluate got no images")
     was_training = model.training if model is not None else False
+    # Give the model back where it was: evaluating must not move a caller's model to another device.
+    home = next(iter(model.parameters()), torch.empty(0)).device if model is not None else None
     if model is not None:
         model.to(device).eval()
     per = []
@@ -435,7 +437,7 @@ def evaluate(
                                      f"for {key!r}")
                 per.append({"key": key, "psnr": psnr_y(sr, hr, scale), "ssim": ssim_y(sr, hr, scale)})
     finally:
-        if model is not None and was_training:
-            model.train()
+        if model is not None:
+            model.to(home).train(was_training)
     return {"psnr": sum(p["psnr"] for p in per) / n, "ssim": sum(p["ssim"] for p in per) / n,
             "n": n, "per_image": per}

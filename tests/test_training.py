@@ -347,3 +347,16 @@ def test_adaptive_sampler_must_match_dataset_and_batch_size():
     with pytest.raises(ValueError, match="batch_size=2 differs from train's batch_size=3"):
         train(_fsrcnn(), items, 2, batch_size=3, patch_size=12, progress=False, device="cpu",
               sampler=AdaptiveCoreSetSampler(items, 0.5, batch_size=2))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_evaluate_gives_the_model_back_on_its_device_and_mode(device):
+    """evaluate() must leave a caller's model where it was, on its device and in its mode (seen on
+    a GPU machine: a CPU model came back on CUDA and the caller's next CPU forward failed)."""
+    hr = torch.rand(3, 16, 16)
+    for training in (True, False):
+        model = FSRCNN(scale=2, d=8, s=4, m=1).train(training)
+        evaluate(model, [{"gt": hr, "key": "a"}], 2, device=device)
+        assert model.training is training
+        assert next(model.parameters()).device.type == "cpu"
