@@ -32,6 +32,8 @@ _EXPORTS = {
     "SobelScorer": "scorers",
     "InterpolationScorer": "scorers",
     "make_scorer": "scorers",
+    "load_model_file": "model_files",
+    "ModelFileError": "model_files",
 }
 
 __all__ = list(_EXPORTS)
@@ -52,6 +54,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .dataset import CoreSetDataset
+    from .model_files import ModelFileError, load_model_file
     from .sampler import StepMatchedSampler
     from .scorers import InterpolationScorer, LossScorer, SobelScorer, make_scorer
     from .scores import Scores, dataset_fingerprint

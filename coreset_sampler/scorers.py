@@ -627,7 +627,8 @@ class LossScorer(_BatchScorer):
         from .models import weights_digest
 
         return {"model": self.model_name, "model_digest": weights_digest(self.model.state_dict()),
-                "scale": self.scale, "loss": self.loss, "channels": "y" if self.on_y else "all"}
+                "scale": self.scale, "loss": self.loss, "channels": "y" if self.on_y else "all",
+                **getattr(self.model, "provenance", {})}  # a model file's name, sha256, architecture
 
     def _check_shapes(self, lq_shape, gt_shape, key: str) -> None:
         (_, h, w), (_, H, W) = lq_shape, gt_shape
@@ -744,8 +745,10 @@ def make_scorer(spec: str, scale: int, **kwargs) -> _BatchScorer:
 
     Args:
         spec: ``"srcnn"`` (bundled pre-trained SRCNN for ``scale``), ``"sobel"``,
-            ``"interpolation"`` (alias ``"bicubic"``), or a path to a ``.safetensors`` weights
-            file written by :func:`coreset_sampler.models.save_weights`.
+            ``"interpolation"`` (alias ``"bicubic"``), a path to a ``.safetensors`` weights
+            file written by :func:`coreset_sampler.models.save_weights`, or a model file of any
+            architecture spandrel recognises (``.safetensors``/``.pth``/``.pt``, weights only; see
+            :func:`coreset_sampler.model_files.load_model_file`).
         scale: SR scale of the dataset (ignored by ``sobel``; a weights file must match it).
         **kwargs: passed to the scorer (batch_size, num_workers, checkpoint, on_error, ...).
 
@@ -767,6 +770,10 @@ def make_scorer(spec: str, scale: int, **kwargs) -> _BatchScorer:
         if low not in available_pretrained():
             raise ValueError(f"no bundled weights for {s!r}; pass a .safetensors weights file instead")
         return LossScorer.pretrained(low, scale=scale, **kwargs)
+    from .model_files import is_model_file_spec, load_model_file
+
+    if is_model_file_spec(s):  # any architecture spandrel recognises, weights only
+        return LossScorer(load_model_file(s, scale=scale), **kwargs)
     path = Path(s)
     if path.suffix == ".safetensors" or path.exists():
         if not path.is_file():
@@ -776,4 +783,4 @@ def make_scorer(spec: str, scale: int, **kwargs) -> _BatchScorer:
             raise ValueError(f"weights file {path} is for scale {model.scale}, but scale {scale} was asked for")
         return LossScorer(model, **kwargs)
     raise ValueError(f"unknown scorer {s!r}: expected 'srcnn', 'sobel', 'interpolation' or a path to a "
-                     f".safetensors weights file")
+                     f".safetensors weights file or a model file (.safetensors/.pth/.pt)")
