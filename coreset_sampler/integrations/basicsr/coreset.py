@@ -53,7 +53,8 @@ BUILTIN_SCORERS = ("srcnn", "sobel", "interpolation")
 #: Every key the block accepts, with the values it allows (used in error messages).
 CORESET_KEYS: dict[str, str] = {
     "scores": "a path to the scores .safetensors file (computed and cached there when missing)",
-    "scorer": f"{' | '.join(BUILTIN_SCORERS)} | path/to/weights.safetensors",
+    "scorer": f"{' | '.join(BUILTIN_SCORERS)} | path/to/weights.safetensors | path/to/model.safetensors|.pth|.pt "
+              "(any SR model file spandrel recognises)",
     "mode": " | ".join(MODES),
     "ratio": "a number in (0, 1], with ratio + skip_top <= 1",
     "skip_top": "a number in [0, 1), with ratio + skip_top <= 1",
@@ -64,6 +65,7 @@ CORESET_KEYS: dict[str, str] = {
 }
 
 WHERE = "datasets.train.coreset"
+_MODEL_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
 class CoresetConfigError(ValueError):
@@ -154,7 +156,7 @@ def parse_coreset_block(block: Any, where: str = WHERE) -> CoresetOptions:
     if not _is_int(seed) or seed < 0:
         raise _bad("seed", seed)
     scorer = o.get("scorer", defaults.scorer)
-    if not isinstance(scorer, str) or not (scorer in BUILTIN_SCORERS or scorer.endswith(".safetensors")):
+    if not isinstance(scorer, str) or not (scorer in BUILTIN_SCORERS or scorer.endswith(_MODEL_SUFFIXES)):
         raise _bad("scorer", scorer)
     scores = o.get("scores")
     if scores is not None and (not isinstance(scores, (str, os.PathLike)) or not str(scores).strip()):
@@ -197,9 +199,11 @@ def validate_options(opt: Mapping) -> CoresetOptions | None:
                                      "datasets.train (validation and test sets are never pruned)")
         copts = parse_coreset_block(dataset_opt["coreset"])
         must_score = copts.needs_scores and not os.path.exists(copts.scores)
-        if must_score and copts.scorer.endswith(".safetensors") and not os.path.isfile(copts.scorer):
+        if must_score and copts.scorer.endswith(_MODEL_SUFFIXES) and not os.path.isfile(copts.scorer):
             raise CoresetConfigError(f"{WHERE}.scorer: weights file {copts.scorer!r} not found (needed to compute "
                                      f"{copts.scores!r}); allowed: {CORESET_KEYS['scorer']}")
+        if must_score and copts.scorer.endswith(_MODEL_SUFFIXES):
+            _check_model_file(copts.scorer, opt.get("scale", dataset_opt.get("scale")))
         if must_score and copts.scorer == "srcnn":
             from ...models import available_pretrained
 
@@ -225,14 +229,33 @@ def validate_options(opt: Mapping) -> CoresetOptions | None:
 
 # -- the dataset side -------------------------------------------------------------------------
 
+def _check_model_file(spec: str, scale) -> None:
+    """A foreign model file as ``scorer``: unknown architecture, pickle, wrong scale -> refused now."""
+    from ...model_files import ModelFileError, is_model_file_spec, load_model_file
+
+    if is_model_file_spec(spec):
+        try:
+            load_model_file(spec, scale=scale)
+        except ModelFileError as e:
+            raise CoresetConfigError(f"{WHERE}.scorer: {e}") from None
+
+
+def _gt_files(dataset) -> list[str]:
+    """The GT file of every sample: paired ``paths`` or an HR-only file list."""
+    from .hr_only import _path_of, hr_file_list
+
+    hr = hr_file_list(dataset)
+    return [_path_of(p) for p in hr] if hr is not None else [p["gt_path"] for p in _paired_paths(dataset)]
+
+
 def _paired_paths(dataset) -> list[dict]:
     paths = getattr(dataset, "paths", None)
     if not isinstance(paths, list) or not all(isinstance(p, Mapping) and "gt_path" in p and "lq_path" in p
                                                for p in paths):
         raise CoresetConfigError(
-            f"{WHERE}: the train dataset type {type(dataset).__name__} has no paired `paths` (a list of dicts with "
-            "gt_path and lq_path, as BasicSR's PairedImageDataset keeps); the coreset block supports paired "
-            "datasets only")
+            f"{WHERE}: the train dataset type {type(dataset).__name__} has neither paired `paths` (a list of dicts "
+            "with gt_path and lq_path, as BasicSR's PairedImageDataset keeps) nor an HR file list (`paths` of "
+            "file names, as Real-ESRGAN's RealESRGANDataset keeps); the coreset block needs one of them")
     return paths
 
 
@@ -347,11 +370,11 @@ def write_meta_info(path, dataset, indices) -> Path:
     """
     from PIL import Image
 
-    paths = _paired_paths(dataset)
+    files = _gt_files(dataset)
     gt_root = dataset.opt["dataroot_gt"]
     lines = []
     for i in indices:
-        gt_path = paths[int(i)]["gt_path"]
+        gt_path = files[int(i)]
         with Image.open(gt_path) as im:  # reads the header only
             w, h = im.size
             c = len(im.getbands())
@@ -426,11 +449,23 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
     """
     copts = parse_coreset_block(dataset_opt["coreset"])
     scale = int(opt.get("scale", dataset_opt.get("scale", 1)))
-    paths = _paired_paths(dataset)
+    from .hr_only import HROnlyScoringView, hr_file_list, hr_only_keys
+
+    hr_only = hr_file_list(dataset) is not None  # Real-ESRGAN style: HR files only, LR made on the fly
     # Folder listings come in file-system order: sort by key so the kept set, the scores file and
     # the tie-breaking do not depend on the machine.
-    paths.sort(key=lambda p: Path(p["gt_path"]).stem)
-    keys = basicsr_keys(dataset)
+    if hr_only:
+        try:
+            unsorted = hr_only_keys(dataset)
+        except ValueError as e:
+            raise CoresetConfigError(f"{WHERE}: {e}") from None
+        order = sorted(range(len(unsorted)), key=unsorted.__getitem__)
+        dataset.paths[:] = [dataset.paths[i] for i in order]
+        keys = [unsorted[i] for i in order]
+    else:
+        paths = _paired_paths(dataset)
+        paths.sort(key=lambda p: Path(p["gt_path"]).stem)
+        keys = basicsr_keys(dataset)
     rank, world = _dist()
 
     if not copts.needs_scores:
@@ -442,11 +477,19 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
         if _rank0_decides(path.is_file()):
             origin = f"{path} (loaded)"
         else:
-            scorer = _make_scorer(copts, scale, _scoring_device(opt))
+            try:
+                scorer = _make_scorer(copts, scale, _scoring_device(opt))
+            except ValueError as e:  # a model file that cannot score this recipe
+                raise CoresetConfigError(f"{WHERE}.scorer: {e}") from None
             if logger is not None:
+                what = " (HR only: LR by MATLAB bicubic from each whole HR image)" if hr_only else ""
                 logger.info(f"core-set: scoring {len(keys)} samples with {copts.scorer!r} "
-                            f"(x{scale}, {world} rank(s)) -> {path}")
-            fresh = scorer.score(BasicSRScoringView(dataset, scale))
+                            f"(x{scale}, {world} rank(s)){what} -> {path}")
+            view = HROnlyScoringView(dataset, keys) if hr_only else BasicSRScoringView(dataset, scale)
+            try:
+                fresh = scorer.score(view)
+            except ValueError as e:  # e.g. an HR image smaller than the scale allows (names the key)
+                raise CoresetConfigError(f"{WHERE}: scoring with {copts.scorer!r} failed: {e}") from None
             fresh = align_scores(fresh, keys, "the scorer's output")
             fresh.metadata.setdefault("scorer_spec", copts.scorer)
             fresh.metadata.setdefault("scale", scale)
