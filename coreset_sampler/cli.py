@@ -906,6 +906,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         from .data import ImageReadError
+        from .degradation import ImageTooSmallError
+
+        if isinstance(e, ImageTooSmallError):  # bad input for this scale: a usage error, as --scorer's
+            print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+            return 2
 
         hint = " (pass --on-error skip to record unreadable images as failed)" \
             if isinstance(e, ImageReadError) and args.command == "score" else ""

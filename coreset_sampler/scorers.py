@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .dataset import dataset_keys
-from .degradation import _check_scale, downsample, imresize, modcrop, rgb_to_y
+from .degradation import _check_scale, check_lr_size, downsample, imresize, modcrop, rgb_to_y
 from .scores import Scores, atomic_write_bytes, dataset_fingerprint
 
 __all__ = ["LossScorer", "SobelScorer", "InterpolationScorer", "make_scorer", "EXPECTED_ITEM"]
@@ -166,10 +166,7 @@ def _lq_from_gt(gt: torch.Tensor, scale: int | None, where: str) -> tuple[torch.
     if scale is None:
         raise TypeError(f"{where} has only 'gt'; LR is made from it by bicubic at the scorer's scale, but this "
                         f"scorer has none: pass scale= (or give items an 'lq')")
-    H, W = gt.shape[-2:]
-    if H < scale or W < scale:
-        raise ValueError(f"{where}: HR image {H}x{W} is smaller than scale {scale} allows (its LR would be "
-                         f"{H // scale}x{W // scale}); remove the image or score at a smaller scale")
+    check_lr_size(*gt.shape[-2:], scale, where)
     gt = modcrop(gt, scale)
     return downsample(gt, scale), gt
 

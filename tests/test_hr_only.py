@@ -92,3 +92,33 @@ def test_sobel_reads_gt_only_and_is_unchanged(folder):
     # Sobel never makes LR: the HR-only view's un-modcropped images give their own (different) values
     b = SobelScorer(**_kw()).score(HROnlyFolder(paired)).values
     assert a.shape == b.shape and not np.array_equal(a, b)
+
+
+def test_too_small_is_its_own_error_type_from_scorers_and_folders(tmp_path):
+    from coreset_sampler.degradation import ImageTooSmallError
+
+    with pytest.raises(ImageTooSmallError):
+        InterpolationScorer(2, **_kw()).score([{"gt": torch.rand(3, 1, 9), "key": "thin"}])
+    d = tmp_path / "hr"
+    d.mkdir()
+    Image.fromarray(np.zeros((2, 30, 3), dtype=np.uint8)).save(d / "thin.png")
+    with pytest.raises(ImageTooSmallError, match=r"key 'thin' \(.*thin\.png\): HR image 2x30 .* scale 3"):
+        PairedImageFolder(d, scale=3)[0]
+
+
+@pytest.mark.parametrize("scorer", ["interpolation", "srcnn"])
+def test_cli_hr_image_smaller_than_the_scale_is_one_line_exit_2(tmp_path, capsys, untouched, scorer):
+    from coreset_sampler.cli import main
+
+    d = tmp_path / "hr"
+    d.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(d / "fine.png")
+    Image.fromarray(np.zeros((3, 40, 3), dtype=np.uint8)).save(d / "sliver.png")
+    out = tmp_path / "out" / "s.safetensors"
+    with untouched(d):
+        rc = main(["score", str(d), "--crop", "0", "--scale", "4", "--scorer", scorer, "--out", str(out),
+                   "--workers", "0", "--no-progress", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "key 'sliver'" in err[0] and "HR image 3x40 is smaller than scale 4 allows" in err[0]
+    assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))  # no debris
