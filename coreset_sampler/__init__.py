@@ -4,6 +4,8 @@ Public API (see README):
 
 - :func:`select_indices`, :func:`selection_summary` — which samples to keep (pure).
 - :class:`Scores` — per-sample scores and their ``.safetensors`` file.
+- :func:`check_provenance`, :class:`ProvenanceError` — scores checked against what they were
+  computed from (scorer, scale, degradation, source image bytes).
 - :class:`CoreSetDataset` — a core-set view over any map-style dataset.
 - :class:`StepMatchedSampler` — as many draws per epoch as the full set would get.
 - :class:`LossScorer`, :class:`SobelScorer`, :class:`InterpolationScorer` — scores from data;
@@ -25,6 +27,11 @@ _EXPORTS = {
     "StepMatchedSampler": "sampler",
     "Scores": "scores",
     "dataset_fingerprint": "scores",
+    "ProvenanceError": "provenance",
+    "check_provenance": "provenance",
+    "provenance_of": "provenance",
+    "file_digest": "provenance",
+    "sources_digest": "provenance",
     "MODES": "selection",
     "select_indices": "selection",
     "selection_summary": "selection",
@@ -57,5 +64,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .model_files import ModelFileError, load_model_file
     from .sampler import StepMatchedSampler
     from .scorers import InterpolationScorer, LossScorer, SobelScorer, make_scorer
+    from .provenance import ProvenanceError, check_provenance, file_digest, provenance_of, sources_digest
     from .scores import Scores, dataset_fingerprint
     from .selection import MODES, select_indices, selection_summary

@@ -26,9 +26,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .degradation import _check_scale, check_lr_size, downsample, modcrop
+from .provenance import sources_digest
 
 __all__ = [
     "ImageReadError",
+    "PairSizeError",
     "load_image",
     "PairedImageFolder",
     "extract_subimages",
@@ -47,6 +49,10 @@ _SIXTEEN_BIT = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 
 class ImageReadError(OSError):
     """An image file exists but cannot be decoded (not an image, truncated, corrupt)."""
+
+
+class PairSizeError(ValueError):
+    """An LR/HR pair whose sizes disagree with the scale: the dataset is wrong, never skipped."""
 
 
 # --------------------------------------------------------------------------- decoding
@@ -240,11 +246,42 @@ class PairedImageFolder(torch.utils.data.Dataset):
             lq = load_image(self.lr_paths[i])
             (h, w), (lh, lw) = gt.shape[-2:], lq.shape[-2:]
             if (lh * self.scale, lw * self.scale) != (h, w):
-                raise ValueError(
+                raise PairSizeError(
                     f"key {key!r}: LR size {lh}x{lw} ({self.lr_paths[i]}) times scale {self.scale} "
                     f"does not match HR size {h}x{w} ({self.hr_paths[i]}, after modcrop)")
         item = {"lq": lq, "gt": gt, "key": key}
         return self.transform(item) if self.transform is not None else item
+
+    def pair_shapes(self):
+        """``(key, (3, h, w), (3, H, W))`` of every LR/HR pair from the image headers (no decoding).
+
+        HR sizes are after modcrop. Scorers call this before scoring anything, so a pair whose
+        sizes disagree with the scale stops the run up front, naming its key. Pairs whose headers
+        cannot be read are left out (they fail, or are skipped, when loaded).
+        """
+        s = self.scale
+        for i, key in enumerate(self.keys):
+            try:
+                H, W = _header_size(self.hr_paths[i])
+                h, w = _header_size(self.lr_paths[i]) if self.lr_paths is not None else (H // s, W // s)
+            except OSError:
+                continue
+            yield key, (3, h, w), (3, H - H % s, W - W % s)
+
+    def provenance(self) -> dict:
+        """What this dataset is made of, for the provenance of its scores (JSON-able).
+
+        ``{"dataset": "paired_folder", "scale", "degradation": "bicubic" | "lr_folder", "hr_root",
+        "lr_root", "sources": {file: "<size>:<hash>"}, "lr_sources": {...}}`` (``lr_sources`` only
+        with ``lr_root``); see :mod:`coreset_sampler.provenance`.
+        """
+        out = {"dataset": "paired_folder", "scale": self.scale,
+               "degradation": "bicubic" if self.lr_root is None else "lr_folder",
+               "hr_root": str(self.hr_root), "lr_root": None if self.lr_root is None else str(self.lr_root),
+               "sources": sources_digest(self.hr_paths, self.hr_root)}
+        if self.lr_paths is not None:
+            out["lr_sources"] = sources_digest(self.lr_paths, self.lr_root)
+        return out
 
     def __repr__(self) -> str:
         lr = "bicubic on the fly" if self.lr_root is None else str(self.lr_root)
@@ -417,6 +454,12 @@ class SubImageDataset(torch.utils.data.Dataset):
     each root in the given order, files sorted by name, crops in row-major order, so key order is
     deterministic. Images smaller than ``crop`` are skipped with a warning (listed in ``.skipped``).
 
+    Unreadable source images do not stop construction (so a scorer's ``on_error="skip"`` can
+    record them): they are listed in ``.unreadable`` (``{path: message}``) with one warning, and
+    every item cut from one raises :class:`ImageReadError` naming the file. An image whose header
+    cannot be read has an unknown size, so it stands as one placeholder item ``{stem}_s000``.
+    Scorers with ``on_error="raise"`` refuse such a dataset before scoring anything.
+
     Memory: with ``cache=True`` every source image is decoded once at construction and kept as an
     8-bit HWC array, ``H * W * 3`` bytes per image (``.nbytes``): about 100 MB for the 291-image
     pool (T91 + BSD200). DataLoader workers started by fork share it copy-on-write; with spawn each
@@ -459,16 +502,30 @@ class SubImageDataset(torch.utils.data.Dataset):
             raise ValueError("root must be a folder or a non-empty list of folders")
         self.roots = [Path(r) for r in roots]
 
-        files = [p for r in self.roots for p in _list_images(r)]
+        listed = [(ri, p) for ri, r in enumerate(self.roots) for p in _list_images(r)]
+        files = [p for _, p in listed]
         stems = [_subimage_stem(p) for p in files]
         _check_unique(stems, files, "sub-image name stem")
 
         self.files: list[Path] = []
+        self._file_root: list[int] = []
         self.skipped: list[tuple[Path, tuple[int, int]]] = []
+        #: source images that cannot be read: ``{path: message}``; their items raise ImageReadError
+        self.unreadable: dict[Path, str] = {}
         self.keys: list[str] = []
         index: list[tuple[int, int, int]] = []
-        for path, stem in zip(files, stems):
-            h, w = _header_size(path)
+        for (ri, path), stem in zip(listed, stems):
+            try:
+                h, w = _header_size(path)
+            except ImageReadError as e:
+                # Size unknown, so its crops are unknown: one placeholder item "{stem}_s000" (crop
+                # numbers start at 1) stands for the whole image and raises when read.
+                self.unreadable[path] = str(e)
+                index.append((len(self.files), -1, -1))
+                self.keys.append(_subimage_name(stem, 0))
+                self.files.append(path)
+                self._file_root.append(ri)
+                continue
             positions = subimage_positions(h, w, self.crop, self.step, self.thresh)
             if not positions:
                 self.skipped.append((path, (h, w)))
@@ -477,22 +534,56 @@ class SubImageDataset(torch.utils.data.Dataset):
                 index.append((len(self.files), top, left))
                 self.keys.append(_subimage_name(stem, n))
             self.files.append(path)
+            self._file_root.append(ri)
         _warn_skipped(self.skipped, self.crop)
-        if not index:
+        if len(self.unreadable) == len(self.files):
+            if self.unreadable:
+                raise ImageReadError(f"no image in {', '.join(map(str, self.roots))} can be read; first: "
+                                     f"{next(iter(self.unreadable.values()))}")
             raise ValueError(f"no image in {', '.join(map(str, self.roots))} is at least {crop}x{crop}")
         # One int32 array instead of ~10k tuples: compact and fast to pickle to workers.
         self._index = np.asarray(index, dtype=np.int32).reshape(-1, 3)
 
-        self._cache: list[np.ndarray] | None = None
+        self._cache: list[np.ndarray | None] | None = None
         if cache:
-            self._cache = [
-                _read_array(p) for p in tqdm(self.files, desc="decode", unit="img", disable=not progress)
-            ]
+            self._cache = []
+            for p in tqdm(self.files, desc="decode", unit="img", disable=not progress):
+                arr = None
+                if p not in self.unreadable:
+                    try:
+                        arr = _read_array(p)
+                    except ImageReadError as e:  # truncated pixels: its crops raise when read
+                        self.unreadable[p] = str(e)
+                self._cache.append(arr)
+        if self.unreadable:
+            shown = "; ".join(list(self.unreadable.values())[:5])
+            warnings.warn(f"{len(self.unreadable)} source image(s) cannot be read; their sub-images raise "
+                          f"ImageReadError when loaded (scorers: on_error='skip' records them in "
+                          f"Scores.failed): {shown}", stacklevel=2)
+
+    def provenance(self) -> dict:
+        """What this dataset is made of, for the provenance of its scores (JSON-able).
+
+        ``{"dataset": "subimages", "scale", "crop", "step", "thresh", "degradation": "bicubic",
+        "roots": [...], "sources": {file: "<size>:<hash>"}}``. With several roots a source is
+        named ``<root folder name>/<file>`` (``<root index>/<file>`` when two roots share a name).
+        """
+        names = [r.name for r in self.roots]
+        if len(set(names)) != len(names):
+            names = [str(i) for i in range(len(self.roots))]
+        sources = {}
+        for path, ri in zip(self.files, self._file_root):
+            rel = sources_digest([path], self.roots[ri])
+            for k, v in rel.items():
+                sources[k if len(self.roots) == 1 else f"{names[ri]}/{k}"] = v
+        return {"dataset": "subimages", "scale": self.scale, "crop": self.crop, "step": self.step,
+                "thresh": self.thresh, "degradation": "bicubic", "roots": [str(r) for r in self.roots],
+                "sources": sources}
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the image cache (0 without cache)."""
-        return 0 if self._cache is None else sum(a.nbytes for a in self._cache)
+        return 0 if self._cache is None else sum(a.nbytes for a in self._cache if a is not None)
 
     def source(self, i: int) -> tuple[Path, int, int]:
         """``(file, top, left)`` of sub-image ``i`` (where its HR crop comes from)."""
@@ -505,6 +596,9 @@ class SubImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i) -> dict:
         i = _check_index(i, len(self))
         f, top, left = (int(v) for v in self._index[i])
+        bad = self.unreadable.get(self.files[f])
+        if bad is not None:
+            raise ImageReadError(bad)
         arr = self._cache[f] if self._cache is not None else _read_array(self.files[f])
         if arr.shape[0] < top + self.crop or arr.shape[1] < left + self.crop:
             raise ImageReadError(f"cannot read image {self.files[f]}: it no longer holds crop "

@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from .provenance import check_provenance, provenance_of
 from .scores import Scores
-from .selection import select_indices, selection_summary
+from .selection import check_seed, select_indices, selection_summary
 
 __all__ = ["CoreSetDataset", "dataset_keys"]
 
@@ -43,7 +44,14 @@ class CoreSetDataset(Dataset):
         ratio: fraction of the full dataset kept, in (0, 1].
         skip_top: fraction of the full dataset with the highest scores removed first;
             the paper's refined core-set uses ``0.05``.
-        seed: seed for ``random`` and ``stratified``.
+        seed: seed for ``random`` and ``stratified`` (an integer in ``[0, 2**63 - 1]``).
+        check_sources: when ``dataset`` exposes ``provenance()`` (``PairedImageFolder``,
+            ``SubImageDataset``), scores from a file or a scorer are checked against it: same
+            settings (scale, crop, step, thresh, degradation) and unchanged source images, else
+            :class:`~coreset_sampler.provenance.ProvenanceError` names the field or the files.
+            A scores file without provenance (format_version "1") is refused. Pass ``False``
+            only for scores you have just computed from this very dataset. Plain arrays and
+            in-memory ``Scores`` without provenance carry nothing to check.
 
     Samples that failed to score (``Scores.failed``) are excluded and ``ratio`` applies to the
     rest; :meth:`summary` reports them.
@@ -55,13 +63,21 @@ class CoreSetDataset(Dataset):
     """
 
     def __init__(self, dataset, scores, mode: str = "des", ratio: float = 0.5, skip_top: float = 0.0,
-                 seed: int = 0):
+                 seed: int = 0, *, check_sources: bool = True):
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
             raise TypeError(f"dataset must be map-style (__len__ and __getitem__), got {type(dataset).__name__}")
+        check_seed(seed, "CoreSetDataset seed")
+        if len(dataset) == 0:
+            raise ValueError(f"dataset {type(dataset).__name__} is empty: nothing to select from")
         self.dataset = dataset
         self.scores = _as_scores(scores)
         source = f"scores file {scores}" if isinstance(scores, (str, os.PathLike)) else "scores"
         self.scores.check(n=len(dataset), keys=dataset_keys(dataset), source=source)
+        recorded = self.scores.format_version is not None or "provenance" in self.scores.metadata
+        if check_sources and recorded and provenance_of(dataset) is not None:
+            check_provenance(self.scores, dataset=dataset, source=source,
+                             fix="rescore this dataset (LossScorer(...).score(dataset), or `coreset-sr score "
+                                 "... --rescore`)")
         self.mode, self.ratio, self.skip_top, self.seed = mode, ratio, skip_top, seed
         valid = self.scores.valid_indices
         if valid.size == 0:

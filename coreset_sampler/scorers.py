@@ -38,10 +38,12 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
+import random
 import sys
 import time
 import traceback
@@ -54,9 +56,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .data import ImageReadError, PairSizeError
 from .dataset import dataset_keys
 from .degradation import _check_scale, check_lr_size, downsample, imresize, modcrop, rgb_to_y
-from .scores import Scores, atomic_write_bytes, dataset_fingerprint
+from .provenance import provenance_of
+from .scores import Scores, atomic_write_bytes, dataset_fingerprint, read_header
 
 __all__ = ["LossScorer", "SobelScorer", "InterpolationScorer", "make_scorer", "EXPECTED_ITEM"]
 
@@ -69,6 +73,25 @@ _CPU_FORWARD_PIXELS = 32768
 
 _CKPT_FORMAT = "coreset-sampler/scoring-checkpoint"
 _CKPT_VERSION = "1"
+
+#: a per-sample loss or texture of images in [0, 1] is far below this; above it a value is
+#: refused (when computed, and in a checkpoint, where it means the file was tampered with)
+PLAUSIBLE_MAX = 1e12
+
+
+@contextlib.contextmanager
+def _rng_preserved():
+    """Restore the caller's torch (CPU and initialised CUDA), numpy and ``random`` states."""
+    cpu, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 # --------------------------------------------------------------------------- worker side
@@ -263,6 +286,8 @@ class _BatchScorer:
 
     name = "base"
     needs_lq = True
+    #: what made the scores, recorded as ``provenance["scorer"]`` ("srcnn", "sobel", a weights path...)
+    spec = "base"
 
     def __init__(self, *, batch_size: int = 64, device=None, num_workers: int = 2,
                  checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 20,
@@ -320,8 +345,42 @@ class _BatchScorer:
         """
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
             raise TypeError(f"dataset must be map-style (__len__ and __getitem__), got {type(dataset).__name__}")
+        with _rng_preserved():  # scoring must not change how the caller's training is seeded
+            return self._score(dataset)
+
+    __call__ = score
+
+    def _precheck(self, dataset, n: int) -> None:
+        """Refuse, before any sample is scored, what the dataset can tell is wrong."""
+        if n == 0:
+            raise ValueError(f"dataset {type(dataset).__name__} is empty: nothing to score")
+        ds_scale = getattr(dataset, "scale", None)
+        my_scale = getattr(self, "scale", None)
+        if (self.needs_lq and ds_scale is not None and my_scale is not None and not self._inferred()
+                and int(ds_scale) != int(my_scale)):
+            raise PairSizeError(f"the scorer is for scale {my_scale} but the dataset "
+                                f"{type(dataset).__name__} has scale {ds_scale}; use a scorer of scale "
+                                f"{ds_scale} or a dataset of scale {my_scale}")
+        unreadable = getattr(dataset, "unreadable", None)
+        if unreadable and self.on_error == "raise":
+            path, msg = next(iter(unreadable.items()))
+            raise ImageReadError(f"{msg} ({len(unreadable)} unreadable source image(s) in the dataset); "
+                                 f"pass on_error='skip' to record their samples in Scores.failed instead")
+        pair_shapes = getattr(dataset, "pair_shapes", None)
+        if self.needs_lq and callable(pair_shapes):
+            # (key, (C, h, w) of LR, (C, H, W) of HR) from image headers: a whole-dataset check
+            # that costs no decoding, so a bad pair stops the run before its first window.
+            for key, lq_shape, gt_shape in pair_shapes():
+                self._check_shapes(tuple(lq_shape), tuple(gt_shape), f"key {key!r}")
+
+    def _inferred(self) -> bool:
+        return False
+
+    def _score(self, dataset) -> Scores:
         t0 = time.perf_counter()
         n = len(dataset)
+        self._precheck(dataset, n)
+        ds_provenance = provenance_of(dataset)  # source digests as scoring starts
         B = self.batch_size
         ds_keys = dataset_keys(dataset)
         if ds_keys is not None and len(ds_keys) != n:
@@ -369,7 +428,11 @@ class _BatchScorer:
         keys = self._final_keys(ds_keys, state, n)
         if "scale" in config:  # a LossScorer may have inferred it from the data
             config = {**config, "scale": self.scale}
-        meta = {"scorer": self.name, **config, "dataset_fingerprint": dataset_fingerprint(keys, n),
+        provenance = {"scorer": self.spec, "model_digest": config.get("model_digest"),
+                      "loss": config.get("loss"), "scale": getattr(self, "scale", None),
+                      **(ds_provenance or {})}
+        meta = {"scorer": self.name, **config, "provenance": provenance,
+                "dataset_fingerprint": dataset_fingerprint(keys, n),
                 "num_samples": n, "batch_size": B, "library_version": _version(),
                 "torch_version": torch.__version__,
                 "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -377,8 +440,6 @@ class _BatchScorer:
         self.last_stats = {"computed": computed, "resumed": resumed, "failed": len(failed),
                            "seconds": time.perf_counter() - t0, "rank": rank, "world_size": world}
         return Scores(state.values, keys=keys, metadata=meta, failed=failed)
-
-    __call__ = score
 
     def _windows(self, dataset, todo: Sequence[int], n: int):
         """Yield :class:`_Window` for each window id in ``todo`` (decoded by workers)."""
@@ -398,7 +459,8 @@ class _BatchScorer:
         failed: dict[int, str] = {}
         for f in win.failures:
             key = f" (key {ds_keys[f.index]!r})" if ds_keys is not None else ""
-            if self.on_error == "raise":
+            strict = f.exc_type is not None and issubclass(f.exc_type, PairSizeError)
+            if self.on_error == "raise" or strict:  # a pair of wrong sizes is a wrong dataset: never skipped
                 exc = f.rebuild()
                 note = (f"while loading dataset item {f.index}{key}; pass on_error='skip' to record unreadable "
                         f"samples in Scores.failed instead. Loader traceback:\n{f.tb}")
@@ -427,6 +489,12 @@ class _BatchScorer:
                 j = int(np.flatnonzero(bad)[0])
                 kj = g.keys[j] if g.keys[j] is not None else f"dataset item {g.indices[j]}"
                 raise ValueError(f"{self.name} scorer produced a non-finite score ({vals[j]}) for {kj!r}")
+            odd = (vals < 0) | (vals > PLAUSIBLE_MAX)
+            if odd.any():  # the same bound a checkpoint is held to on resume
+                j = int(np.flatnonzero(odd)[0])
+                kj = g.keys[j] if g.keys[j] is not None else f"dataset item {g.indices[j]}"
+                raise ValueError(f"{self.name} scorer produced an implausible score ({vals[j]:g}) for {kj!r}; "
+                                 f"scores must lie in [0, {PLAUSIBLE_MAX:g}] (are the images scaled to [0, 1]?)")
             results.append((g, vals.astype(np.float32)))
         for g, vals in results:
             state.values[g.indices] = vals
@@ -484,33 +552,88 @@ class _State:
 
     @classmethod
     def load(cls, path: Path, fingerprint: dict, n: int, n_windows: int) -> "_State":
+        """Read a checkpoint of this run; refuse one of another run, or with implausible content."""
+        import stat as _stat
+
         from safetensors import safe_open
 
+        if not _stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO or a device (would block)
+            raise ValueError(f"checkpoint {path} is not a regular file; pass another checkpoint path")
+        spec = {"values": ("F32", (n,)), "done": ("U8", (n_windows,)), "has_key": ("U8", (n,)),
+                "keys": ("U8", None), "failed": ("I64", None)}
         try:
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}
-                t = {k: f.get_tensor(k) for k in f.keys()}
+                if meta.get("format") != _CKPT_FORMAT:
+                    raise ValueError(f"{path} is not a scoring checkpoint (format={meta.get('format')!r}); "
+                                     f"pass another checkpoint path")
+                try:
+                    theirs = json.loads(meta.get("fingerprint", "{}"))
+                except json.JSONDecodeError:
+                    theirs = {"fingerprint": "<unreadable>"}
+                ours = json.loads(json.dumps(fingerprint, sort_keys=True))  # same JSON round trip
+                if theirs != ours:
+                    diff = _first_difference(theirs, ours) if isinstance(theirs, dict) else "unreadable fingerprint"
+                    raise ValueError(f"checkpoint {path} belongs to another scoring run ({diff}); "
+                                     f"delete it or pass another checkpoint path to start afresh")
+                names = set(f.keys())
+                for name, (dtype, shape) in spec.items():  # from the header, before reading any tensor
+                    if name not in names:
+                        raise ValueError(f"checkpoint {path} has no tensor {name!r}; delete it to rescore")
+                    sl = f.get_slice(name)
+                    got_dtype, got_shape = sl.get_dtype(), tuple(sl.get_shape())
+                    if got_dtype != dtype or len(got_shape) != 1 or (shape is not None and got_shape != shape):
+                        want = f"[{shape[0]}]" if shape else "1-D"
+                        raise ValueError(f"checkpoint {path}: tensor {name!r} is {got_dtype} {list(got_shape)}, "
+                                         f"expected {dtype} {want}; delete it to rescore")
+                extra = names - set(spec)
+                if extra:
+                    raise ValueError(f"checkpoint {path} has unexpected tensor(s) {sorted(extra)}; delete it to rescore")
+                t = {k: f.get_tensor(k) for k in spec}
+        except ValueError:
+            raise
         except Exception as e:  # safetensors raises its own error types
             raise ValueError(f"checkpoint {path} is not a readable .safetensors file: {e}") from None
-        if meta.get("format") != _CKPT_FORMAT:
-            raise ValueError(f"{path} is not a scoring checkpoint (format={meta.get('format')!r}); "
-                             f"pass another checkpoint path")
-        theirs = json.loads(meta.get("fingerprint", "{}"))
-        ours = json.loads(json.dumps(fingerprint, sort_keys=True))  # same JSON round trip
-        if theirs != ours:
-            diff = _first_difference(theirs, ours)
-            raise ValueError(f"checkpoint {path} belongs to another scoring run ({diff}); "
-                             f"delete it or pass another checkpoint path to start afresh")
+        bad = f"checkpoint {path}"
+        fix = "the file was altered or is corrupt: delete it to rescore"
+        if not np.isin(t["done"], (0, 1)).all():
+            raise ValueError(f"{bad}: tensor 'done' holds values other than 0/1; {fix}")
         s = cls(n, n_windows)
-        if t["values"].shape != (n,) or t["done"].shape != (n_windows,):
-            raise ValueError(f"checkpoint {path} is inconsistent: {t['values'].shape[0]} values for {n} items")
-        s.values = t["values"].astype(np.float32).copy()
         s.done = t["done"].astype(bool)
-        text = t["keys"].tobytes().decode("utf-8")
+        try:
+            errors = json.loads(meta.get("failed_errors", "[]"))
+            text = t["keys"].tobytes().decode("utf-8")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{bad}: unreadable keys or failed_errors ({e}); {fix}") from None
+        failed = t["failed"].tolist()
+        B = int(fingerprint["batch_size"])
+        seen: set[int] = set()
+        for j, i in enumerate(failed):
+            if not 0 <= i < n or not s.done[i // B] or i in seen or seen.add(i):
+                raise ValueError(f"{bad}: failed index {i} (entry {j}) is out of range, repeated, or in an "
+                                 f"unfinished window; {fix}")
+        if not isinstance(errors, list) or len(errors) != len(failed):
+            raise ValueError(f"{bad}: {len(failed)} failed indices but failed_errors does not list as many; {fix}")
         parts = text.split("\n") if n else []
+        if len(parts) != n:
+            raise ValueError(f"{bad}: {len(parts)} keys for {n} items; {fix}")
+        vals = t["values"].astype(np.float32)
+        done_item = np.repeat(s.done, B)[:n]
+        check = done_item.copy()
+        check[failed] = False
+        v = vals[check]
+        with np.errstate(invalid="ignore"):
+            wrong = ~np.isfinite(v) | (v < 0) | (v > PLAUSIBLE_MAX)
+        if wrong.any():
+            i = int(np.flatnonzero(check)[np.flatnonzero(wrong)[0]])
+            what = ("not finite" if not np.isfinite(vals[i]) else "negative" if vals[i] < 0
+                    else f"implausibly large (a loss of images in [0, 1] is far below {PLAUSIBLE_MAX:g})")
+            key = f" (key {parts[i]!r})" if t["has_key"][i] else ""
+            raise ValueError(f"{bad}: value {float(vals[i])!r} at index {i}{key} is {what}; {fix}")
+        s.values = np.where(done_item, vals, np.nan).astype(np.float32)
+        s.values[failed] = np.nan
         s.keys = [k if h else None for k, h in zip(parts, t["has_key"].tolist())]
-        errors = json.loads(meta.get("failed_errors", "[]"))
-        s.failed = dict(zip(t["failed"].tolist(), errors))
+        s.failed = dict(zip(failed, errors))
         return s
 
 
@@ -624,6 +747,10 @@ class LossScorer(_BatchScorer):
         self.loss = loss
         self.on_y = bool(getattr(model, "trains_on_y", False)) if on_y is None else bool(on_y)
         self.model_name = getattr(model, "arch", None) or type(model).__name__.lower()
+        self.spec = self.model_name
+
+    def _inferred(self) -> bool:
+        return self._inferred_scale
 
     @classmethod
     def pretrained(cls, name: str = "srcnn", scale: int = 2, **kwargs) -> "LossScorer":
@@ -635,7 +762,9 @@ class LossScorer(_BatchScorer):
         """
         from .models import load_pretrained
 
-        return cls(load_pretrained(name, scale), **kwargs)
+        scorer = cls(load_pretrained(name, scale), **kwargs)
+        scorer.spec = name
+        return scorer
 
     def _prepare(self) -> None:
         self._was_training = self.model.training
@@ -675,7 +804,7 @@ class LossScorer(_BatchScorer):
 def _check_pair(lq_shape, gt_shape, scale: int, key: str) -> None:
     (_, h, w), (_, H, W) = lq_shape, gt_shape
     if (h * scale, w * scale) != (H, W):
-        raise ValueError(f"{key}: LR size {h}x{w} times scale {scale} is {h * scale}x{w * scale}, "
+        raise PairSizeError(f"{key}: LR size {h}x{w} times scale {scale} is {h * scale}x{w * scale}, "
                          f"but the HR size is {H}x{W}")
 
 
@@ -696,6 +825,7 @@ class InterpolationScorer(_BatchScorer):
     """
 
     name = "interpolation"
+    spec = "interpolation"
 
     def __init__(self, scale: int, *, loss: str = "mse", batch_size: int = 64, device=None,
                  num_workers: int = 2, checkpoint=None, checkpoint_every: int = 20, on_error: str = "raise",
@@ -737,6 +867,7 @@ class SobelScorer(_BatchScorer):
     """
 
     name = "sobel"
+    spec = "sobel"
     needs_lq = False
 
     def __init__(self, *, batch_size: int = 64, device=None, num_workers: int = 2, checkpoint=None,
@@ -796,7 +927,9 @@ def make_scorer(spec: str, scale: int, **kwargs) -> _BatchScorer:
     from .model_files import is_model_file_spec, load_model_file
 
     if is_model_file_spec(s):  # any architecture spandrel recognises, weights only
-        return LossScorer(load_model_file(s, scale=scale), **kwargs)
+        scorer = LossScorer(load_model_file(s, scale=scale), **kwargs)
+        scorer.spec = s
+        return scorer
     path = Path(s)
     if path.suffix == ".safetensors" or path.exists():
         if not path.is_file():
@@ -804,6 +937,8 @@ def make_scorer(spec: str, scale: int, **kwargs) -> _BatchScorer:
         model = load_weights(path)
         if int(model.scale) != int(scale):
             raise ValueError(f"weights file {path} is for scale {model.scale}, but scale {scale} was asked for")
-        return LossScorer(model, **kwargs)
+        scorer = LossScorer(model, **kwargs)
+        scorer.spec = s
+        return scorer
     raise ValueError(f"unknown scorer {s!r}: expected 'srcnn', 'sobel', 'interpolation' or a path to a "
                      f".safetensors weights file or a model file (.safetensors/.pth/.pt)")

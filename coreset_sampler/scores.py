@@ -5,27 +5,46 @@ Layout of a scores file (no pickle, safe to open from anywhere):
 - tensor ``values``: float32 ``[N]``, one score per sample (NaN where scoring failed);
 - tensor ``keys`` (optional): uint8, the sample keys as UTF-8 joined by ``"\\n"``;
 - tensor ``failed`` (optional): int64 indices of samples that could not be scored;
-- header metadata: ``format`` = ``coreset-sampler/scores``, ``format_version``, and each entry of
-  ``Scores.metadata`` JSON-encoded (scorer, model digest, scale, loss, dataset fingerprint,
-  library version, created-at, ...).
+- header metadata: ``format`` = ``coreset-sampler/scores``, ``format_version`` (``"2"``; ``"1"``
+  files, written before provenance existed, still load), and each entry of ``Scores.metadata``
+  JSON-encoded (scorer, model digest, scale, loss, dataset fingerprint, library version,
+  created-at, and ``provenance``: see :mod:`coreset_sampler.provenance`).
+
+:meth:`Scores.load` validates the file from its header before any tensor is read: a regular
+file, a bounded JSON header, the format tag, a known ``format_version``, exactly the tensors
+above with their dtypes, 1-D shapes and byte ranges consistent with the file; then the ``failed``
+indices (in range, unique) and the keys (UTF-8, one per value). A file that breaks any rule is
+refused with a message naming the file and the rule, never repaired.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
+import re
+import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Scores", "dataset_fingerprint", "atomic_write_bytes"]
+__all__ = ["Scores", "dataset_fingerprint", "atomic_write_bytes", "remove_stale_temps", "read_header",
+           "FORMAT_VERSION", "KNOWN_VERSIONS"]
 
 FORMAT = "coreset-sampler/scores"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+KNOWN_VERSIONS = ("1", "2")
 _RESERVED = {"format", "format_version"}
+_MAX_HEADER = 256 << 20  # bytes of JSON header; provenance of ~1M files fits
+_F32_MAX = float(np.finfo(np.float32).max)
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+             "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+_INT_DTYPES = {"I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8"}
+_STALE_TMP_SECONDS = 60  # a temp file untouched this long belongs to a writer that was killed
 
 
 def dataset_fingerprint(keys: Sequence[str] | None, n: int | None = None) -> str:
@@ -42,9 +61,18 @@ def dataset_fingerprint(keys: Sequence[str] | None, n: int | None = None) -> str
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    Leftover temp files of a killed earlier write to the same target (``.<name>.XXXXXXXX.tmp``,
+    untouched for a minute) are removed first. A failed write (e.g. out of space) leaves no
+    temp file and raises an ``OSError`` naming ``path``.
+
+    Example:
+        >>> atomic_write_bytes("out/scores.safetensors", b"...")   # doctest: +SKIP
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
@@ -53,10 +81,39 @@ def atomic_write_bytes(path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and str(path) not in str(e):
+            hint = " (the disk is full: free space or write elsewhere)" if e.errno == errno.ENOSPC else ""
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}{hint}") from e
         raise
+
+
+def remove_stale_temps(path, older_than: float = _STALE_TMP_SECONDS) -> list[Path]:
+    """Remove temp files left by a killed atomic write of ``path`` (that target name only).
+
+    Matches ``.<name>.XXXXXXXX.tmp`` (the :func:`atomic_write_bytes` pattern) in ``path``'s
+    folder, regular files not modified for ``older_than`` seconds (younger ones may belong to a
+    write in progress). Returns the removed files.
+    """
+    path = Path(path)
+    pat = re.compile(r"\." + re.escape(path.name) + r"\.[A-Za-z0-9_]{8}\.tmp")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    now = time.time()
+    for e in entries:
+        if pat.fullmatch(e.name) and e.is_file(follow_symlinks=False):
+            try:
+                if now - e.stat(follow_symlinks=False).st_mtime >= older_than:
+                    os.unlink(e.path)
+                    removed.append(Path(e.path))
+            except OSError:
+                pass
+    return removed
 
 
 def _umask() -> int:
@@ -91,8 +148,19 @@ class Scores:
             raise ValueError(f"scores values must be 1-D, got shape {v.shape}")
         if v.dtype.kind not in "fiu":
             raise ValueError(f"scores values must be real numbers, got dtype {v.dtype}")
+        keys = None if keys is None else [str(k) for k in keys]
+        if v.dtype.kind in "iu" or v.dtype.itemsize > 4:
+            with np.errstate(invalid="ignore"):
+                over = np.isfinite(v) & (np.abs(v.astype(np.float64)) > _F32_MAX)
+            if over.any():
+                i = int(np.flatnonzero(over)[0])
+                name = f" (key {keys[i]!r})" if keys is not None and i < len(keys) else ""
+                raise ValueError(f"score {float(v[i])!r} at index {i}{name} overflows float32 (largest "
+                                 f"{_F32_MAX:.4g}); scores are stored as float32: rescale them")
+        #: ``format_version`` of the file this came from (None: built in memory)
+        self.format_version: str | None = None
         self.values = np.ascontiguousarray(v, dtype=np.float32)
-        self.keys = None if keys is None else [str(k) for k in keys]
+        self.keys = keys
         if self.keys is not None:
             if len(self.keys) != len(self.values):
                 raise ValueError(f"got {len(self.keys)} keys for {len(self.values)} values")
@@ -192,23 +260,30 @@ class Scores:
 
     @classmethod
     def load(cls, path) -> "Scores":
-        """Read a scores file written by :meth:`save`. Raises ``ValueError`` naming the file if it is not one."""
+        """Read a scores file written by :meth:`save`, validating it before its tensors are read.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            ValueError: ``path`` is not a regular file (a folder, FIFO, device), or not a valid
+                scores file (message names the file and the broken rule: format tag, unknown
+                ``format_version``, a tensor's dtype/shape/size, failed indices, keys).
+
+        Example:
+            >>> Scores.load("srcnn_x2.safetensors").metadata["provenance"]["scorer"]   # doctest: +SKIP
+            'srcnn'
+        """
         from safetensors import safe_open
 
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"scores file not found: {path}")
+        header, meta = read_header(path)
+        n = header["values"]["shape"][0]
         try:
             with safe_open(str(path), framework="numpy") as f:
-                header = f.metadata() or {}
-                names = set(f.keys())
-                tensors = {k: f.get_tensor(k) for k in names}
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
+                tensors = {k: f.get_tensor(k) for k in header}
+        except Exception as e:  # safetensors raises its own error types
             raise ValueError(f"{path} is not a readable .safetensors file: {e}") from None
-        if header.get("format") != FORMAT or "values" not in tensors:
-            raise ValueError(f"{path} is not a coreset-sampler scores file (format={header.get('format')!r})")
         metadata = {}
-        for k, v in header.items():
+        for k, v in meta.items():
             if k in _RESERVED:
                 continue
             try:
@@ -217,11 +292,117 @@ class Scores:
                 metadata[k] = v  # written by another tool: keep the raw string
         keys = None
         if "keys" in tensors:
-            text = tensors["keys"].tobytes().decode("utf-8")
-            keys = text.split("\n") if len(tensors["values"]) else []
-        failed_idx = tensors.get("failed", np.empty(0, dtype=np.int64)).tolist()
+            try:
+                text = tensors["keys"].tobytes().decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: tensor 'keys' is not UTF-8 text ({e})") from None
+            keys = text.split("\n") if n else []
+            if len(keys) != n:
+                raise ValueError(f"{path}: tensor 'keys' holds {len(keys)} key(s) for {n} values")
+        failed_idx = tensors["failed"].astype(np.int64).tolist() if "failed" in tensors else []
+        seen = set()
+        for j, i in enumerate(failed_idx):
+            if not 0 <= i < n:
+                raise ValueError(f"{path}: failed index {i} (entry {j} of tensor 'failed') is out of range "
+                                 f"for {n} values")
+            if i in seen:
+                raise ValueError(f"{path}: failed index {i} appears twice in tensor 'failed'")
+            seen.add(i)
         errors = metadata.pop("failed_errors", [""] * len(failed_idx))
-        return cls(tensors["values"], keys=keys, metadata=metadata, failed=dict(zip(failed_idx, errors)))
+        if not isinstance(errors, list) or len(errors) != len(failed_idx):
+            got = len(errors) if isinstance(errors, list) else type(errors).__name__
+            raise ValueError(f"{path}: metadata failed_errors has {got} entries for {len(failed_idx)} failed "
+                             f"indices")
+        values = tensors["values"]
+        finite_failed = [i for i in failed_idx if np.isfinite(values[i])]
+        if finite_failed:
+            i = finite_failed[0]
+            raise ValueError(f"{path}: value at failed index {i} is {float(values[i])!r}; a failed sample's "
+                             f"value must be NaN")
+        expect_n = metadata.get("num_samples")
+        if isinstance(expect_n, int) and not isinstance(expect_n, bool) and expect_n != n:
+            raise ValueError(f"{path}: metadata num_samples is {expect_n} but tensor 'values' has {n} entries")
+        try:
+            out = cls(values, keys=keys, metadata=metadata, failed=dict(zip(failed_idx, errors)))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        out.format_version = meta["format_version"]
+        return out
+
+
+def read_header(path) -> tuple[dict, dict]:
+    """Validate a scores file from its ``.safetensors`` header alone; no tensor is read.
+
+    Returns ``(tensors, metadata)``: the header's tensor entries (``dtype``, ``shape``,
+    ``data_offsets``) and its string metadata. Raises ``FileNotFoundError`` or ``ValueError``
+    naming ``path`` and the broken rule (see :meth:`Scores.load`).
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"scores file not found: {path}") from None
+    if not stat.S_ISREG(st.st_mode):  # before open(): opening a FIFO would block
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+                else "a device file" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise ValueError(f"scores file {path} is {kind}; give the path of a .safetensors scores file")
+    size = st.st_size
+    bad = f"{path} is not a coreset-sampler scores file"
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ValueError(f"{bad}: {size} bytes, too short for a .safetensors header")
+        hlen = int.from_bytes(raw, "little")
+        if hlen > min(_MAX_HEADER, size - 8):
+            raise ValueError(f"{bad}: its header length field says {hlen} bytes but the file has {size - 8} "
+                             f"after it (limit {_MAX_HEADER})")
+        text = f.read(hlen)
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{bad}: its header is not UTF-8 JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{bad}: its header is a JSON {type(header).__name__}, not an object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError(f"{bad}: its header __metadata__ is not a mapping of strings")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{bad} (format={meta.get('format')!r}, expected {FORMAT!r})")
+    version = meta.get("format_version")
+    if version not in KNOWN_VERSIONS:
+        raise ValueError(f"{path}: format_version {version!r} is not one this version of coreset-sampler reads "
+                         f"(known: {', '.join(map(repr, KNOWN_VERSIONS))}); upgrade coreset-sampler or rescore")
+    data_len = size - 8 - hlen
+    for name, e in header.items():
+        if name not in ("values", "keys", "failed"):
+            raise ValueError(f"{path}: unexpected tensor {name!r}; a scores file holds only 'values', 'keys' "
+                             f"and 'failed'")
+        ok = (isinstance(e, dict) and e.get("dtype") in _ITEMSIZE and isinstance(e.get("shape"), list)
+              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in e["shape"])
+              and isinstance(e.get("data_offsets"), list) and len(e["data_offsets"]) == 2
+              and all(isinstance(d, int) and not isinstance(d, bool) for d in e["data_offsets"]))
+        if not ok:
+            raise ValueError(f"{path}: tensor {name!r} has a malformed header entry {str(e)[:200]}")
+        a, b = e["data_offsets"]
+        nbytes = int(np.prod(e["shape"], dtype=object)) * _ITEMSIZE[e["dtype"]]
+        if not 0 <= a <= b <= data_len or b - a != nbytes:
+            raise ValueError(f"{path}: tensor {name!r} claims {nbytes} bytes at offsets [{a}, {b}) but the file "
+                             f"holds {data_len} data bytes")
+    rules = {"values": ({"F32"}, "float32"), "keys": ({"U8"}, "uint8"), "failed": (_INT_DTYPES, "an integer type")}
+    if "values" not in header:
+        raise ValueError(f"{path}: no tensor 'values' (tensors: {sorted(header)})")
+    for name, (dtypes, what) in rules.items():
+        e = header.get(name)
+        if e is None:
+            continue
+        if e["dtype"] not in dtypes or len(e["shape"]) != 1:
+            raise ValueError(f"{path}: tensor {name!r} must be 1-D {what}, the header says dtype {e['dtype']} "
+                             f"shape {e['shape']}")
+    n = header["values"]["shape"][0]
+    if "failed" in header and header["failed"]["shape"][0] > n:
+        raise ValueError(f"{path}: tensor 'failed' lists {header['failed']['shape'][0]} indices for {n} values")
+    return header, meta
 
 
 def _version() -> str:

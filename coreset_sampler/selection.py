@@ -17,7 +17,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 
-__all__ = ["MODES", "select_indices", "selection_counts", "selection_summary", "SelectionSummary"]
+__all__ = ["MODES", "check_seed", "select_indices", "selection_counts", "selection_summary", "SelectionSummary"]
 
 MODES = ("des", "asc", "random", "stratified")
 
@@ -46,6 +46,17 @@ def _as_scores(scores) -> np.ndarray:
                 f"(value {arr[idx[0]]})"
             )
     return arr
+
+
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(seed, where: str = "seed") -> int:
+    """``seed`` as an int; ``ValueError`` naming ``where`` unless an integer in ``[0, 2**63 - 1]``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{where} must be an integer in [0, 2**63 - 1], got {seed!r} "
+                         f"({type(seed).__name__})")
+    return int(seed)
 
 
 def selection_counts(n: int, ratio: float, skip_top: float = 0.0) -> tuple[int, int]:
@@ -146,6 +157,7 @@ def select_indices(scores, mode: str = "des", ratio: float = 0.5, skip_top: floa
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    check_seed(seed)  # validated in every mode: a bad seed is a bug even where unused
     s = _as_scores(scores)
     n = s.size
     kept, skipped = selection_counts(n, ratio, skip_top)
@@ -161,12 +173,14 @@ def select_indices(scores, mode: str = "des", ratio: float = 0.5, skip_top: floa
 
     rest = np.flatnonzero(~skip_mask) if skipped else np.arange(n, dtype=np.int64)
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     if mode == "random":
         picked = rest[rng.choice(rest.size, size=kept, replace=False)]
     else:
-        if isinstance(strata, bool) or int(strata) != strata or strata < 1:
-            raise ValueError(f"strata must be a positive integer, got {strata!r}")
+        integral = isinstance(strata, (int, np.integer)) or (isinstance(strata, float) and strata.is_integer())
+        if isinstance(strata, bool) or not integral or strata < 1:
+            raise ValueError(f"strata must be a positive integer (number of score strata for mode "
+                             f"'stratified'), got {strata!r} ({type(strata).__name__})")
         picked = rest[_stratified(s[rest], kept, int(strata), rng)]
     picked.sort()
     return picked.astype(np.int64)

@@ -416,8 +416,13 @@ def test_subimage_dataset_truncated_image(tmp_path):
     root = tmp_path / "r"
     _save(root / "a.png", _rand(20, 20))
     (root / "b.png").write_bytes(_png_bytes(_rand(20, 20))[:-16])
+    # The cache decodes everything up front; a bad image is recorded, and its crops raise when read.
+    with pytest.warns(UserWarning, match="b.png"):
+        cached = SubImageDataset(root, crop=12, step=8, progress=False)
+    assert list(cached.unreadable) == [root / "b.png"]
+    assert cached[0]["key"] == "a_s001"
     with pytest.raises(ImageReadError, match="b.png"):
-        SubImageDataset(root, crop=12, step=8, progress=False)  # cache decodes everything up front
+        cached[len(cached) - 1]
     lazy = SubImageDataset(root, crop=12, step=8, cache=False)
     assert lazy[0]["key"] == "a_s001"
     with pytest.raises(ImageReadError, match="b.png"):

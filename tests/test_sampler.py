@@ -87,8 +87,12 @@ def test_resume_mid_epoch_yields_exactly_the_rest(n, num_samples, world, data):
     state = s.state_dict()
     fresh = StepMatchedSampler(range(n), num_samples, seed=7, num_replicas=world, rank=rank)
     fresh.load_state_dict(state)
-    assert head + list(fresh) == full
-    assert list(fresh) == full  # after finishing the resumed epoch, the next pass is the whole epoch again
+    if stop < len(full):
+        assert head + list(fresh) == full
+        assert list(fresh) == full  # after finishing the resumed epoch, the next pass is the whole epoch again
+    else:  # a fully consumed epoch resumes at the start of the next one, never replays
+        s.set_epoch(4)
+        assert fresh.epoch == 4 and list(fresh) == list(s)
 
 
 def test_default_length_is_full_dataset_for_coreset():
@@ -112,9 +116,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="invalid rank 2"):
         StepMatchedSampler(range(3), num_replicas=2, rank=2)
     s = StepMatchedSampler(range(3), 9)
-    with pytest.raises(ValueError, match="n=4 in the state"):
+    with pytest.raises(ValueError, match="n is 4 in the state but 3 here"):
         s.load_state_dict({**s.state_dict(), "n": 4})
-    with pytest.raises(ValueError, match="yielded=10 out of range"):
+    with pytest.raises(ValueError, match="'yielded' is 10, out of range"):
         s.load_state_dict({**s.state_dict(), "yielded": 10})
 
 
@@ -148,3 +152,72 @@ def test_uses_torch_distributed_world(tmp_path):
         s.set_epoch(2)
         expected.append(list(s))
     assert shards == expected
+
+
+# --------------------------------------------------------------------------- state contract (issue 10 item 5)
+
+configs = st.fixed_dictionaries({
+    "n": sizes, "num_samples": st.integers(1, 120), "world": st.integers(1, 4), "seed": st.integers(0, 2**40),
+    "shuffle": st.booleans(), "drop_last": st.booleans(), "epoch": st.integers(0, 20)})
+
+
+def _sampler(c, rank=0, **over):
+    kw = dict(seed=c["seed"], shuffle=c["shuffle"], drop_last=c["drop_last"], num_replicas=c["world"], rank=rank)
+    kw.update(over)
+    return StepMatchedSampler(range(c["n"]), over.pop("num_samples", c["num_samples"]), **kw)
+
+
+@settings(max_examples=150, deadline=None)
+@given(configs, st.data())
+def test_state_resumes_exactly_and_rolls_over_a_finished_epoch(c, data):
+    if c["drop_last"] and c["num_samples"] < c["world"]:
+        return
+    rank = data.draw(st.integers(0, c["world"] - 1))
+    s = _sampler(c, rank)
+    s.set_epoch(c["epoch"])
+    full = list(s)
+    stop = data.draw(st.integers(0, len(full)))
+    it = iter(s)
+    head = [next(it) for _ in range(stop)]
+    fresh = _sampler(c, rank)
+    fresh.load_state_dict(s.state_dict())
+    if stop < len(full):
+        assert fresh.epoch == c["epoch"] and head + list(fresh) == full
+    else:
+        s.set_epoch(c["epoch"] + 1)
+        assert fresh.epoch == c["epoch"] + 1 and list(fresh) == list(s)
+
+
+@settings(max_examples=100, deadline=None)
+@given(configs, st.sampled_from(["n", "num_samples", "shuffle", "drop_last", "seed", "rank", "num_replicas"]))
+def test_state_of_another_setting_is_refused_naming_the_field(c, field):
+    c = {**c, "world": max(c["world"], 2), "num_samples": max(c["num_samples"], 4)}
+    s = _sampler(c)
+    state = s.state_dict()
+    changed = {"n": {"n": c["n"] + 1}, "num_samples": {"num_samples": c["num_samples"] + 1},
+               "shuffle": {"shuffle": not c["shuffle"]}, "drop_last": {"drop_last": not c["drop_last"]},
+               "seed": {"seed": c["seed"] + 1}, "rank": {"rank": 1},
+               "num_replicas": {"num_replicas": c["world"] + 1}}[field]
+    if "n" in changed:
+        other = StepMatchedSampler(range(changed["n"]), c["num_samples"], seed=c["seed"], shuffle=c["shuffle"],
+                                   drop_last=c["drop_last"], num_replicas=c["world"])
+    else:
+        kw = dict(seed=c["seed"], shuffle=c["shuffle"], drop_last=c["drop_last"], num_replicas=c["world"],
+                  rank=0, num_samples=c["num_samples"])
+        kw.update(changed)
+        ns = kw.pop("num_samples")
+        other = StepMatchedSampler(range(c["n"]), ns, **kw)
+    with pytest.raises(ValueError, match=rf"\b{field if field != 'n' else 'data_digest'} is .* in the state but"):
+        other.load_state_dict(state)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["format", "epoch", "yielded", "data_digest", "n", "num_samples", "shuffle",
+                        "drop_last", "seed", "num_replicas", "rank"]))
+def test_malformed_state_names_the_key(key):
+    s = StepMatchedSampler(range(5), 10)
+    state = s.state_dict()
+    with pytest.raises(ValueError, match=f"missing key '{key}'"):
+        s.load_state_dict({k: v for k, v in state.items() if k != key})
+    with pytest.raises(ValueError, match=f"key '{key}' is"):
+        s.load_state_dict({**state, key: [1]})

@@ -201,11 +201,13 @@ def test_keys_come_from_items_without_dataset_keys_and_are_none_without_either()
     assert b.keys is None and len(b) == 2
 
 
-def test_model_mode_is_restored_and_empty_dataset_gives_empty_scores():
+def test_model_mode_is_restored_and_empty_dataset_is_refused():
     model = srcnn()
     model.train()
-    s = LossScorer(model, **FAST).score(Pairs([]))
-    assert len(s) == 0 and model.training
+    with pytest.raises(ValueError, match="Pairs is empty"):
+        LossScorer(model, **FAST).score(Pairs([]))
+    s = LossScorer(model, **FAST).score(Pairs([8]))
+    assert len(s) == 1 and model.training
 
 
 # --------------------------------------------------------------------------- factory, pretrained

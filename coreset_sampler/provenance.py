@@ -1,0 +1,155 @@
+"""Provenance of scores: what a scores file was computed from, and checking it before use.
+
+A scores file (format_version "2") records under ``metadata["provenance"]`` the scorer spec,
+model digest, loss, scale, the dataset's settings (degradation, crop/step/thresh) and a content
+fingerprint of every source image (``"<size>:<blake2b-128>"``). Consumers that know what they
+expect call :func:`check_provenance` and refuse a mismatch with :class:`ProvenanceError`, whose
+message names the field, both values and the fix.
+
+Example:
+    >>> ds = PairedImageFolder("../shared/data/Set5", scale=2)           # doctest: +SKIP
+    >>> scores = LossScorer.pretrained("srcnn", scale=2).score(ds)       # doctest: +SKIP
+    >>> check_provenance(scores, expected={"scale": 2}, dataset=ds,      # doctest: +SKIP
+    ...                  source="scores.safetensors", fix="rescore")
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+__all__ = ["ProvenanceError", "file_digest", "sources_digest", "provenance_of", "check_provenance",
+           "DATASET_FIELDS"]
+
+#: dataset settings compared between a dataset and the provenance of its scores
+DATASET_FIELDS = ("dataset", "scale", "crop", "step", "thresh", "degradation")
+
+_CHUNK = 1 << 20
+_cache: dict[tuple[str, int, int], str] = {}
+
+
+class ProvenanceError(ValueError):
+    """Scores were computed from something else than what they are used with."""
+
+
+def file_digest(path) -> str:
+    """``"<size>:<blake2b-128 hex>"`` of a file's bytes, cached per (path, size, mtime_ns).
+
+    Example:
+        >>> file_digest("../shared/data/Set5/baby.png")   # doctest: +SKIP
+        '502034:7c1f...'
+    """
+    p = os.path.abspath(os.fspath(path))
+    st = os.stat(p)
+    ck = (p, st.st_size, st.st_mtime_ns)
+    hit = _cache.get(ck)
+    if hit is not None:
+        return hit
+    h = hashlib.blake2b(digest_size=16)
+    with open(p, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    out = f"{st.st_size}:{h.hexdigest()}"
+    _cache[ck] = out
+    return out
+
+
+def sources_digest(paths: Iterable, root) -> dict[str, str]:
+    """``{posix path relative to root: file_digest}`` for ``paths`` (all under ``root``)."""
+    root = Path(root)
+    return {Path(p).relative_to(root).as_posix(): file_digest(p) for p in paths}
+
+
+def provenance_of(dataset) -> dict | None:
+    """``dataset.provenance()`` when its class defines it, else ``None``.
+
+    Looked up on the class so that wrappers forwarding attributes (``CoreSetDataset``) do not
+    pass off the wrapped dataset's provenance as their own.
+    """
+    fn = getattr(type(dataset), "provenance", None)
+    return None if fn is None else dataset.provenance()
+
+
+def _size(d) -> str:
+    return str(d).split(":", 1)[0] if isinstance(d, str) else "?"
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _compare_sources(recorded: Mapping, current: Mapping, source: str, fix: str, what: str) -> None:
+    if not isinstance(recorded, Mapping):
+        raise ProvenanceError(f"{source}: provenance field {what!r} is {type(recorded).__name__}, not a "
+                              f"mapping of file -> digest; {fix}")
+    changed = [k for k in current if k in recorded and recorded[k] != current[k]]
+    missing = [k for k in recorded if k not in current]
+    added = [k for k in current if k not in recorded]
+    if not (changed or missing or added):
+        return
+    parts = []
+    if changed:
+        items = []
+        for k in changed:
+            a, b = _size(recorded[k]), _size(current[k])
+            items.append(f"{k} (size {a} -> {b})" if a != b else f"{k} (same size, other bytes)")
+        parts.append(f"{len(changed)} source image(s) changed since scoring: {_listing(items)}")
+    if missing:
+        parts.append(f"{len(missing)} source image(s) missing now: {_listing(missing)}")
+    if added:
+        parts.append(f"{len(added)} source image(s) added since scoring: {_listing(added)}")
+    label = "" if what == "sources" else f" ({what})"
+    raise ProvenanceError(f"{source}{label}: " + "; ".join(parts) + f"; {fix}")
+
+
+def check_provenance(scores, *, expected: Mapping | None = None, dataset=None, source: str, fix: str) -> None:
+    """Refuse ``scores`` unless they were computed from what ``expected`` / ``dataset`` describe.
+
+    Args:
+        scores: a :class:`~coreset_sampler.scores.Scores` (its ``metadata["provenance"]``).
+        expected: fields the caller knows, e.g. ``{"scorer": "srcnn", "scale": 4,
+            "degradation": "lr_folder"}``; each must equal the recorded value.
+        dataset: a dataset exposing ``provenance()``; its settings (:data:`DATASET_FIELDS`) that
+            both sides record are compared, then its source files (changed, missing, added).
+        source: how to name the scores in messages (e.g. the file path).
+        fix: what the user should do, appended to every message (e.g. ``"rescore with --rescore"``).
+
+    Raises:
+        ProvenanceError: no provenance recorded (a format_version "1" file), or a mismatch;
+            the message names the field and both values, or the changed files.
+
+    Example:
+        >>> check_provenance(scores, expected={"scale": 4}, source="s.safetensors",   # doctest: +SKIP
+        ...                  fix="rescore with `coreset-sr score ... --rescore`")
+        ProvenanceError: s.safetensors: scale is 2 in the scores file but 4 here; rescore ...
+    """
+    rec = scores.metadata.get("provenance")
+    if not isinstance(rec, Mapping):
+        version = getattr(scores, "format_version", None) or "1"
+        raise ProvenanceError(f"{source}: the scores file records no provenance (format_version {version!r}, "
+                              f"written before provenance existed), so it cannot be checked against the "
+                              f"data; rescore to write a format_version '2' file; {fix}")
+    for field, want in (expected or {}).items():
+        got = rec.get(field, "<not recorded>")
+        if got != want:
+            raise ProvenanceError(f"{source}: {field} is {got!r} in the scores file but {want!r} here; {fix}")
+    if dataset is None:
+        return
+    cur = provenance_of(dataset)
+    if cur is None:
+        return
+    for field in DATASET_FIELDS:
+        if field in cur and field in rec and cur[field] != rec[field]:
+            raise ProvenanceError(f"{source}: {field} is {rec[field]!r} in the scores file but "
+                                  f"{cur[field]!r} here; {fix}")
+    for what in ("sources", "lr_sources"):
+        if what in cur or what in rec:
+            if what not in rec:
+                raise ProvenanceError(f"{source}: {what} is not recorded in the scores file but the dataset "
+                                      f"has {len(cur[what])} file(s) there; {fix}")
+            if what not in cur:
+                raise ProvenanceError(f"{source}: {what} ({len(rec[what])} file(s)) is recorded in the scores "
+                                      f"file but the dataset has none; {fix}")
+            _compare_sources(rec[what], cur[what], source, fix, what)
