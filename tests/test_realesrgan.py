@@ -65,7 +65,9 @@ train.main()
 
 def _env(cwd: Path) -> dict:
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    return dict(os.environ, RECORD_DIR=str(cwd), OMP_NUM_THREADS="1", PYTHONPATH=path)
+    # CPU even on a CUDA machine: the recipe says num_gpu 0, and RealESRNetModel's .cuda() calls
+    # are kept on the CPU only where CUDA is absent
+    return dict(os.environ, RECORD_DIR=str(cwd), OMP_NUM_THREADS="1", PYTHONPATH=path, CUDA_VISIBLE_DEVICES="")
 
 
 def _workdir(tmp_path: Path, n: int = 8, size: int = 96) -> Path:
@@ -212,6 +214,15 @@ from basicsr.train import train_pipeline
 if __name__ == "__main__":
     train_pipeline(osp.abspath(osp.dirname(__file__)))
 '''
+
+
+def test_export_meta_info_refuses_the_recipes_own_meta_info(tmp_path, untouched):
+    pytest.importorskip("realesrgan")
+    cwd = _workdir(tmp_path)
+    with untouched(cwd / "datasets"):
+        r = _run(cwd, ["--import", "realesrgan", "-opt", RECIPE.name, "--force_yml",
+                       "datasets:train:coreset:export_meta_info=datasets/HR/meta_info.txt"], runner=False)
+    _assert_one_line_exit_2(r, r"export_meta_info: 'datasets/HR/meta_info.txt' is the recipe's own", cwd)
 
 
 def test_enable_in_a_projects_train_py_checks_the_block(tmp_path, untouched):

@@ -219,7 +219,7 @@ def validate_options(opt: Mapping) -> CoresetOptions | None:
             if backend != "disk":
                 raise CoresetConfigError(f"{WHERE}.export_meta_info: needs io_backend type 'disk' (BasicSR's "
                                          f"meta_info lists image files), got {backend!r}")
-            src = dataset_opt.get("meta_info_file")
+            src = dataset_opt.get("meta_info_file") or dataset_opt.get("meta_info")  # Real-ESRGAN says meta_info
             if src and os.path.abspath(src) == os.path.abspath(copts.export_meta_info):
                 raise CoresetConfigError(f"{WHERE}.export_meta_info: {copts.export_meta_info!r} is the recipe's own "
                                          "meta_info_file; write the pruned list to another path")
