@@ -10,6 +10,8 @@ Public API (see README):
 - :class:`StepMatchedSampler` — as many draws per epoch as the full set would get.
 - :class:`LossScorer`, :class:`SobelScorer`, :class:`InterpolationScorer` — scores from data;
   :func:`make_scorer` builds one from a short spec (``"srcnn"``, ``"sobel"``, a weights file).
+- :func:`export_coreset` — storage pruning: the core-set as files + ``meta_info.txt``
+  (:class:`ExportReport`); :func:`check_writable_outside` guards every write against source data.
 
 The names are imported on first use (PEP 562), so ``import coreset_sampler`` and the
 ``coreset-sr`` command line answer ``--help`` and argument errors without loading torch.
@@ -41,6 +43,9 @@ _EXPORTS = {
     "make_scorer": "scorers",
     "load_model_file": "model_files",
     "ModelFileError": "model_files",
+    "export_coreset": "export",
+    "ExportReport": "export",
+    "check_writable_outside": "export",
 }
 
 __all__ = list(_EXPORTS)
@@ -61,6 +66,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .dataset import CoreSetDataset
+    from .export import ExportReport, check_writable_outside, export_coreset
     from .model_files import ModelFileError, load_model_file
     from .sampler import StepMatchedSampler
     from .scorers import InterpolationScorer, LossScorer, SobelScorer, make_scorer

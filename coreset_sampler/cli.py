@@ -9,24 +9,27 @@ A researcher prunes a folder of SR training images without writing Python::
     coreset-sr info scores.safetensors
     coreset-sr demo
 
-User mistakes end with one line on stderr (``coreset-sr: error: ...``) and exit code 2 (bad
-arguments) or 1 (bad data: missing folder, scores of another dataset, unreadable image), never
-a traceback; set ``CORESET_SR_DEBUG=1`` to see the traceback anyway.
+A thin layer over the library: export is :func:`coreset_sampler.export.export_coreset`, scores
+checks are :func:`coreset_sampler.provenance.check_provenance`. User mistakes end with one line on
+stderr (``coreset-sr: error: ...``) and exit code 2 (bad arguments; refusals: a write into DATA,
+scores of changed images or other settings, an unknown ``--device``), 1 (bad data: missing folder,
+scores of another dataset, unreadable image, no space left) or 130 (Ctrl-C), never a traceback;
+set ``CORESET_SR_DEBUG=1`` to see the traceback anyway.
 
 The scores file remembers how its dataset was built (metadata ``data``: sub-images with crop /
-step / scale, or whole images), so ``export`` and ``plot --grid`` rebuild exactly the same
-samples and check them against the scores, key by key.
+step / scale, or whole images) and what it was computed from (``provenance``: scorer spec,
+settings, a fingerprint of every source image), so ``export`` and ``plot --grid`` rebuild exactly
+the same samples, check them against the scores key by key, and refuse images changed since
+scoring (``select`` checks the recorded folders).
 """
 from __future__ import annotations
 
 import argparse
 import errno
-import filecmp
-import io
 import os
-import shutil
+import shlex
+import stat
 import sys
-import uuid
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -39,7 +42,6 @@ DATA_META = "data"
 #: sub-image defaults of the paper's pool (T91 + BSD200, 96x96 crops every 48 pixels)
 DEFAULT_CROP, DEFAULT_STEP = 96, 48
 SCORER_NAMES = ("srcnn", "sobel", "interpolation", "bicubic")
-META_INFO = "meta_info.txt"
 
 
 class CLIError(Exception):
@@ -168,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="unreadable image: stop (raise) or record it as failed and go on (skip)")
+    p.add_argument("--rescore", action="store_true",
+                   help="score again on purpose: overwrite an existing --out computed from other settings "
+                        "and ignore its progress checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     # -- select -------------------------------------------------------------------------
@@ -269,14 +274,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- helpers
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000.0
-    return f"{n:.1f} GB"  # pragma: no cover
-
-
 def _check_folders(paths: Sequence[str], what: str = "data folder") -> list[Path]:
     out = []
     for p in paths:
@@ -311,17 +308,6 @@ def _maybe_init_distributed(device: str | None) -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return True
-
-
-def data_spec(roots: Sequence[Path], crop: int, step: int, scale: int, lr_root: Path | None) -> dict:
-    """The ``data`` metadata block: enough to rebuild the same samples later."""
-    spec = {"kind": "images" if crop == 0 else "subimages", "roots": [str(Path(r).resolve()) for r in roots],
-            "scale": int(scale)}
-    if crop:
-        spec.update(crop=int(crop), step=int(step), thresh=0)
-    if lr_root is not None:
-        spec["lr_root"] = str(Path(lr_root).resolve())
-    return spec
 
 
 def build_dataset(roots: Sequence[Path], crop: int, step: int, scale: int, lr_root: Path | None = None,
@@ -364,7 +350,50 @@ def _dataset_from_scores(scores, scores_path, roots: Sequence[Path], args, *, ca
         raise CLIError(f"the LR folder recorded in {scores_path} is gone: {lr_root}")
     ds = build_dataset(roots, crop, step, scale, lr_root, cache=cache, progress=progress)
     check_keys(scores, ds.keys, scores_path, roots, crop, step)
+    check_sources(scores, ds, scores_path)
     return ds, crop, step, scale
+
+
+def rescore_hint(scores, scores_path) -> str:
+    """How to compute ``scores_path`` again: its recorded command plus ``--rescore``."""
+    cmd = scores.metadata.get("command")
+    if isinstance(cmd, str) and cmd.startswith(f"{PROG} score "):
+        return f"rescore with: {cmd}{'' if ' --rescore' in cmd else ' --rescore'}"
+    return f"rescore the images with '{PROG} score DATA ... --out {scores_path} --rescore'"
+
+
+def check_sources(scores, dataset, scores_path) -> None:
+    """Refuse scores whose recorded provenance (settings, source image bytes) disagrees with ``dataset``.
+
+    Raises :class:`~coreset_sampler.provenance.ProvenanceError` (exit 2) naming the changed,
+    missing or added files, or the field and both values.
+    """
+    from .provenance import check_provenance
+
+    check_provenance(scores, dataset=dataset, source=str(scores_path), fix=rescore_hint(scores, scores_path))
+
+
+def _recorded_dataset(scores, scores_path):
+    """The dataset a scores file records it was computed from (its ``data`` layout), or None with a warning."""
+    spec = scores.metadata.get(DATA_META)
+    if not isinstance(spec, dict) or spec.get("kind") not in ("subimages", "images"):
+        _warn(f"{scores_path} does not record which folders were scored (made from Python?): "
+              f"its scores were not checked against the images")
+        return None
+    roots = [Path(r) for r in spec.get("roots") or []]
+    lr_root = Path(spec["lr_root"]) if spec.get("lr_root") else None
+    gone = [r for r in roots + ([lr_root] if lr_root else []) if not r.is_dir()]
+    if gone or not roots:
+        _warn(f"cannot check {scores_path} against its images: {gone[0] if gone else 'no folder'} is gone "
+              f"(moved?); 'coreset-sr export NEW_PLACE --scores {scores_path} ...' checks them where they are now")
+        return None
+    sub = spec["kind"] == "subimages"
+    with warnings.catch_warnings():  # "skipped small images" was said when scoring
+        warnings.simplefilter("ignore")
+        ds = build_dataset(roots, int(spec.get("crop", 0)) if sub else 0, spec.get("step"),
+                           int(spec.get("scale") or 2), lr_root, cache=False, progress=False)
+    check_keys(scores, ds.keys, scores_path, roots, int(spec.get("crop", 0)) if sub else 0, spec.get("step"))
+    return ds
 
 
 def check_keys(scores, keys: Sequence[str], scores_path, roots, crop: int, step: int) -> None:
@@ -388,15 +417,89 @@ def check_keys(scores, keys: Sequence[str], scores_path, roots, crop: int, step:
                        f"{extra} ({len(scores)} scored vs {len(keys)} {where})")
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def _not_regular(path: Path) -> str | None:
+    """What ``path`` is when it exists but is not a regular file (symlinks followed), else None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((text for test, text in _KINDS if test(mode)), "not a regular file")
+
+
 def load_scores(path):
+    """:meth:`Scores.load` for the CLI: a missing path, a folder, a FIFO or a device file is one line."""
     from .scores import Scores
 
     path = Path(path)
     if not path.exists():
         raise CLIError(f"scores file not found: {path}")
-    if path.is_dir():
-        raise CLIError(f"scores file is a folder: {path}")
+    kind = _not_regular(path)
+    if kind is not None:  # a FIFO would block the read forever; a device would be read as junk
+        raise CLIError(f"scores file {path} is {kind}, not a regular file: pass the .safetensors file "
+                       f"written by 'coreset-sr score'")
     return Scores.load(path)
+
+
+def _check_out_file(out: Path, example: str) -> None:
+    """``--out`` of a command that writes one file: refuse a folder, FIFO or device file there."""
+    kind = _not_regular(out)
+    if kind == "a folder":
+        raise CLIError(f"--out {out} is a folder; give a file name such as {out / example}", code=2)
+    if kind is not None:
+        raise CLIError(f"--out {out} is {kind}, not a regular file; give a file name such as {example}", code=2)
+
+
+def _check_device(spec: str | None) -> None:
+    """``--device``: one line, exit 2, for a device torch does not know or this machine lacks."""
+    if spec is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise CLIError(f"--device {spec!r} is not a device torch knows; use cpu, cuda, cuda:N or mps",
+                       code=2) from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise CLIError(f"--device {spec}: CUDA is not available on this machine ({why}); use --device cpu",
+                           code=2)
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise CLIError(f"--device {spec}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})", code=2)
+        return
+    if dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise CLIError(f"--device {spec}: Apple MPS is not available on this machine; use --device cpu", code=2)
+        return
+    raise CLIError(f"--device {spec}: {dev.type!r} devices are not supported here; use cpu, cuda, cuda:N or mps",
+                   code=2)
+
+
+def _protected(roots: Sequence[Path], lr_root: Path | None) -> dict[str, Path]:
+    """The user's source folders, labelled as the CLI names them in messages."""
+    out = {("DATA" if len(roots) == 1 else f"DATA {r}"): Path(r) for r in roots}
+    if lr_root is not None:
+        out["the LR folder"] = Path(lr_root)
+    return out
+
+
+def _refuse_unsafe_out(paths, protected: dict) -> None:
+    from .export import UnsafeWriteError, check_writable_outside
+
+    try:
+        check_writable_outside(paths, protected)
+    except UnsafeWriteError as e:
+        raise CLIError(str(e).replace("choose a path outside it", "choose an --out outside it"), code=2) from None
 
 
 def choose(scores, mode: str, ratio: float, skip_top: float, seed: int = 0):
@@ -412,253 +515,6 @@ def choose(scores, mode: str, ratio: float, skip_top: float, seed: int = 0):
     pos = select_indices(vals, mode=mode, ratio=ratio, skip_top=skip_top, seed=seed)
     summary = selection_summary(vals, pos, mode, ratio, skip_top, failed=len(scores.failed))
     return valid[pos].astype(np.int64), summary
-
-
-def thresholds_line(scores, mode: str, ratio: float, skip_top: float) -> str:
-    """The score cut-offs of a des/asc selection, in words."""
-    import numpy as np
-
-    from .selection import selection_counts
-
-    vals = np.sort(scores.values[scores.valid_indices])[::-1]  # descending
-    kept, skipped = selection_counts(vals.size, ratio, skip_top)
-    if mode == "des":
-        hi = f"<= {vals[skipped]:.6g} (the top {skipped} above are skipped)" if skipped else \
-            f"<= {vals[0]:.6g} (the maximum)"
-        return f"  thresholds     keep ranks {skipped}..{skipped + kept - 1} of the descending order: " \
-               f"score >= {vals[skipped + kept - 1]:.6g} and {hi}"
-    if mode == "asc":
-        rest = np.sort(vals[skipped:])
-        return f"  thresholds     keep the {kept} lowest after skipping the top {skipped}: score <= {rest[kept - 1]:.6g}"
-    return f"  thresholds     none: {mode} selection is not a score cut-off"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    # Unique temp name in the same folder, then rename; open(..., "xb") keeps default permissions.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _check_out_dir(out: Path, roots: Sequence[Path]) -> None:
-    out_r = out.resolve()
-    for r in roots:
-        r_r = r.resolve()
-        if out_r == r_r or r_r in out_r.parents:
-            raise CLIError(f"--out {out} is {'DATA itself' if out_r == r_r else 'inside DATA'} ({r}); "
-                           f"choose a folder outside it: DATA is never written to", code=2)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} exists and is not a folder")
-
-
-# --------------------------------------------------------------------------- export
-
-
-_PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"}
-
-
-def _png_bytes(im) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=3)  # BasicSR's level, as extract_subimages writes
-    return buf.getvalue()
-
-
-def _same_bytes(path: Path, data: bytes) -> bool:
-    try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size != len(data):
-            return False
-        return path.read_bytes() == data
-    except OSError:
-        return False
-
-
-def _place_file(src: Path, dst: Path, link: str) -> bool:
-    """Put ``src`` at ``dst`` by copy / hard link / symlink, atomically; False if already there."""
-    src_abs = src.resolve()
-    if link == "hard":
-        if dst.exists() and not dst.is_symlink() and os.path.samefile(dst, src_abs):
-            return False
-    elif link == "symlink":
-        if dst.is_symlink() and Path(os.readlink(dst)) == src_abs:
-            return False
-    elif dst.is_file() and not dst.is_symlink() and filecmp.cmp(src_abs, dst, shallow=False):
-        return False
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        if link == "hard":
-            try:
-                os.link(src_abs, tmp)
-            except OSError as e:
-                if e.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                    raise CLIError(f"cannot hard-link {src} into {dst.parent} ({e.strerror}); "
-                                   f"use --link copy or --link symlink") from None
-                raise
-        elif link == "symlink":
-            os.symlink(src_abs, tmp)
-        else:
-            shutil.copy2(src_abs, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
-        raise
-    return True
-
-
-#: up to this many dropped sub-images are encoded to measure the full set's size exactly
-EXACT_SIZE_LIMIT = 5000
-
-
-def _dropped_png_bytes(dataset, kept_idx, progress: bool) -> tuple[float, bool]:
-    """PNG bytes the dropped sub-images would take: exact up to EXACT_SIZE_LIMIT, else from a sample."""
-    import numpy as np
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    mask = np.ones(len(dataset), dtype=bool)
-    mask[list(kept_idx)] = False
-    dropped = np.flatnonzero(mask)
-    if dropped.size == 0:
-        return 0.0, False
-    sample = dropped
-    if dropped.size > EXACT_SIZE_LIMIT:  # textured crops compress worse: sample, do not extrapolate the kept
-        sample = np.sort(np.random.default_rng(0).choice(dropped, EXACT_SIZE_LIMIT // 5, replace=False))
-    by_file: dict[Path, list[int]] = {}
-    for i in sample.tolist():
-        by_file.setdefault(dataset.source(i)[0], []).append(i)
-    total = 0
-    with tqdm(total=sample.size, desc="measure dropped", unit="img", disable=not progress,
-              dynamic_ncols=True) as bar:
-        for f, members in by_file.items():
-            with Image.open(f) as im:
-                im.load()
-                if im.mode not in _PNG_MODES:
-                    im = im.convert("RGB")
-                for i in members:
-                    _, top, left = dataset.source(i)
-                    total += len(_png_bytes(im.crop((left, top, left + dataset.crop, top + dataset.crop))))
-                    bar.update(1)
-    return total * dropped.size / sample.size, sample.size < dropped.size
-
-
-def export_coreset(dataset, indices, out: Path, *, link: str = "copy", progress: bool = True) -> dict:
-    """Write the samples ``indices`` of ``dataset`` to ``out`` plus ``meta_info.txt``; return byte counts.
-
-    Sub-image datasets (``.source(i)``) become PNG crops named ``{key}.png``; image folders
-    (``.hr_paths``) are copied or linked under their own names (their LR files, when the dataset
-    has an LR folder, go to ``out/lr``). Existing identical files are left alone.
-
-    Returns:
-        ``{"kind", "kept", "total", "written", "unchanged", "bytes_after", "bytes_before",
-        "bytes_before_estimated", "source_bytes", "files", "stale"}``.
-    """
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    from .scores import atomic_write_bytes
-
-    out.mkdir(parents=True, exist_ok=True)
-    idx = sorted(int(i) for i in indices)
-    names: list[str] = []
-    written = unchanged = 0
-    bytes_after = 0
-    if hasattr(dataset, "source"):  # sub-images: crop from the source images, one decode per file
-        kind = "subimages"
-        by_file: dict[Path, list[int]] = {}
-        for i in idx:
-            f, _, _ = dataset.source(i)
-            by_file.setdefault(f, []).append(i)
-        bar = tqdm(total=len(idx), desc="export", unit="img", disable=not progress, dynamic_ncols=True)
-        try:
-            for f, members in by_file.items():
-                with Image.open(f) as im:
-                    im.load()
-                    if im.mode not in _PNG_MODES:
-                        im = im.convert("RGB")
-                    for i in members:
-                        _, top, left = dataset.source(i)
-                        crop = dataset.crop
-                        if im.height < top + crop or im.width < left + crop:
-                            raise CLIError(f"image {f} changed since it was scored: it no longer holds sub-image "
-                                           f"{dataset.keys[i]!r}")
-                        data = _png_bytes(im.crop((left, top, left + crop, top + crop)))
-                        name = f"{dataset.keys[i]}.png"
-                        dst = out / name
-                        if _same_bytes(dst, data):
-                            unchanged += 1
-                        else:
-                            _write_atomic(dst, data)
-                            written += 1
-                        names.append(name)
-                        bytes_after += len(data)
-                        bar.update(1)
-        finally:
-            bar.close()
-        source_bytes = sum(p.stat().st_size for p in dataset.files)
-        total = len(dataset)
-        dropped_bytes, estimated = _dropped_png_bytes(dataset, idx, progress)
-        bytes_before = bytes_after + dropped_bytes
-    elif hasattr(dataset, "hr_paths"):  # whole images: the original files
-        kind = "images"
-        lr_paths = getattr(dataset, "lr_paths", None)
-        if lr_paths is not None:
-            (out / "lr").mkdir(exist_ok=True)
-        for i in tqdm(idx, desc="export", unit="file", disable=not progress, dynamic_ncols=True):
-            src = dataset.hr_paths[i]
-            changed = _place_file(src, out / src.name, link)
-            if lr_paths is not None:
-                changed |= _place_file(lr_paths[i], out / "lr" / lr_paths[i].name, link)
-                bytes_after += lr_paths[i].stat().st_size
-            written += changed
-            unchanged += not changed
-            names.append(src.name)
-            bytes_after += src.stat().st_size
-        all_files = list(dataset.hr_paths) + (list(lr_paths) if lr_paths is not None else [])
-        bytes_before = source_bytes = sum(p.stat().st_size for p in all_files)
-        total = len(dataset)
-        estimated = False
-    else:
-        raise TypeError(f"export needs a SubImageDataset or PairedImageFolder, got {type(dataset).__name__}")
-    atomic_write_bytes(out / META_INFO, ("\n".join(names) + "\n").encode("utf-8"))
-    expected = set(names) | {META_INFO, "lr"}
-    stale = sorted(p.name for p in out.iterdir() if p.name not in expected and not p.name.startswith("."))
-    return {"kind": kind, "kept": len(idx), "total": total, "written": written, "unchanged": unchanged,
-            "bytes_after": int(bytes_after), "bytes_before": int(bytes_before),
-            "bytes_before_estimated": estimated, "source_bytes": int(source_bytes), "files": names,
-            "stale": stale, "link": link if kind == "images" else "png"}
-
-
-def export_report(res: dict, out: Path) -> str:
-    saved = res["bytes_before"] - res["bytes_after"]
-    pct = 100.0 * saved / res["bytes_before"] if res["bytes_before"] else 0.0
-    what = "sub-images" if res["kind"] == "subimages" else "files"
-    lines = [f"exported {res['kept']}/{res['total']} {what} to {out} "
-             f"({res['written']} written, {res['unchanged']} already up to date)",
-             f"  meta_info      {out / META_INFO} ({res['kept']} lines)"]
-    if res["kind"] == "subimages":
-        est = ", estimated from a sample of the dropped ones" if res["bytes_before_estimated"] else ""
-        lines.append(f"  storage        bytes before {int(res['bytes_before'])} ({_fmt_bytes(res['bytes_before'])}: "
-                     f"all {res['total']} sub-images as PNG{est}), after {res['bytes_after']} "
-                     f"({_fmt_bytes(res['bytes_after'])}): saves {_fmt_bytes(saved)} ({pct:.1f}%)")
-        lines.append(f"  source images  {_fmt_bytes(res['source_bytes'])} (read only, unchanged; overlapping crops "
-                     f"take more room than their sources)")
-    else:
-        lines.append(f"  storage        bytes before {res['bytes_before']} ({_fmt_bytes(res['bytes_before'])}), "
-                     f"after {res['bytes_after']} ({_fmt_bytes(res['bytes_after'])}): saves {_fmt_bytes(saved)} "
-                     f"({pct:.1f}%)")
-        if res["link"] in ("hard", "symlink"):
-            lines.append(f"  note           --link {res['link']}: no space is freed until the full set is deleted"
-                         + (" (symlinks would then break: use copy or hard)" if res["link"] == "symlink" else ""))
-    if res["stale"]:
-        shown = ", ".join(res["stale"][:3]) + (" ..." if len(res["stale"]) > 3 else "")
-        lines.append(f"  warning        {out} also holds {len(res['stale'])} file(s) not in this core-set ({shown}); "
-                     f"left untouched, {META_INFO} lists only the core-set")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- commands
@@ -687,6 +543,7 @@ def _check_model_file(spec: str, scale: int) -> None:
 def cmd_score(args) -> int:
     import torch.distributed as dist
 
+    from .export import dataset_layout
     from .scorers import make_scorer
 
     if not _scorer_spec_ok(args.scorer):
@@ -699,15 +556,24 @@ def cmd_score(args) -> int:
     lr_root = _check_folders([args.lr], "LR folder")[0] if args.lr else None
     crop = 0 if args.whole else args.crop
     out = Path(args.out)
-    if out.is_dir():
-        raise CLIError(f"--out {out} is a folder; give a file name such as {out / 'scores.safetensors'}", code=2)
+    ckpt = Path(str(out) + ".partial")
+    _check_out_file(out, "scores.safetensors")
+    _refuse_unsafe_out([out, ckpt], _protected(roots, lr_root))
+    _check_device(args.device)
+    spec = scorer_spec(args.scorer)
+    if not args.rescore:
+        _check_existing_scores(out, spec, roots, crop, args.step, args.scale, lr_root)
     started = _maybe_init_distributed(args.device)
     try:
         rank, world = _rank_world()
         progress = not args.no_progress and rank == 0
+        # the scorer first: a bad weights file is reported before the images are decoded
+        scorer = make_scorer(args.scorer, args.scale, batch_size=args.batch_size, num_workers=args.workers,
+                             checkpoint=ckpt, on_error=args.on_error, progress=progress, device=args.device)
         ds = build_dataset(roots, crop, args.step, args.scale, lr_root, cache=True, progress=progress)
-        ckpt = Path(str(out) + ".partial")
         mine = ckpt if world == 1 else ckpt.with_name(f"{ckpt.stem}.rank{rank}of{world}{ckpt.suffix}")
+        if args.rescore and mine.exists():
+            mine.unlink()  # on purpose: whatever the checkpoint was computed from, start again
         if rank == 0:
             what = f"{len(ds)} sub-images ({crop}x{crop}, step {args.step})" if crop else f"{len(ds)} images"
             print(f"scoring {what} of {', '.join(map(str, roots))} with {args.scorer} (x{args.scale})"
@@ -715,11 +581,10 @@ def cmd_score(args) -> int:
         if mine.exists():
             print(f"{f'[rank {rank}] ' if world > 1 else ''}resuming from {mine}", flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        scorer = make_scorer(args.scorer, args.scale, batch_size=args.batch_size, num_workers=args.workers,
-                             checkpoint=ckpt, on_error=args.on_error, progress=progress, device=args.device)
         scores = scorer.score(ds)
-        scores.metadata[DATA_META] = data_spec(roots, crop, args.step, args.scale, lr_root)
-        scores.metadata["command"] = " ".join([PROG, *sys.argv[1:]]) if sys.argv else PROG
+        scores.metadata[DATA_META] = dataset_layout(ds)
+        scores.metadata["command"] = " ".join([PROG, *map(shlex.quote, args.argv)])
+        scores.metadata.setdefault("provenance", {})["scorer"] = spec  # the user's spec, canonical
         if rank == 0:
             scores.save(out)
         if world > 1:
@@ -741,19 +606,63 @@ def cmd_score(args) -> int:
     return 0
 
 
+def scorer_spec(text: str) -> str:
+    """The ``--scorer`` spec as recorded in the provenance: a lower-case name, or a weights file's absolute path."""
+    low = text.lower()
+    if low in ("interpolation", "bicubic"):
+        return "interpolation"
+    if low in SCORER_NAMES:
+        return low
+    return str(Path(text).resolve())
+
+
+def _check_existing_scores(out: Path, spec: str, roots, crop: int, step: int, scale: int, lr_root) -> None:
+    """Scoring into an existing scores file of other settings is an error (``--rescore`` does it on purpose)."""
+    from .provenance import ProvenanceError, check_provenance
+    from .scores import Scores
+
+    if not out.is_file():
+        return
+    fix = "pass --rescore to replace it, or choose another --out"
+    try:
+        old = Scores.load(out)
+    except (ValueError, OSError) as e:
+        raise CLIError(f"--out {out} exists and cannot be read as a scores file ({_one_line(e)}); {fix}",
+                       code=2) from None
+    expected = {"scorer": spec, "scale": scale, "dataset": "subimages" if crop else "paired_folder",
+                "degradation": "lr_folder" if lr_root is not None else "bicubic"}
+    if crop:
+        expected.update(crop=crop, step=step, thresh=0)
+    check_provenance(old, expected=expected, source=str(out), fix=fix)
+    layout = old.metadata.get(DATA_META)
+    if isinstance(layout, dict) and layout.get("roots"):
+        now = [str(Path(r).resolve()) for r in roots]
+        if list(layout["roots"]) != now:
+            raise ProvenanceError(f"{out}: data folders are {layout['roots']} in the scores file but {now} here; "
+                                  f"{fix}")
+        lr_now = None if lr_root is None else str(Path(lr_root).resolve())
+        if layout.get("lr_root") != lr_now:
+            raise ProvenanceError(f"{out}: lr_root is {layout.get('lr_root')!r} in the scores file but {lr_now!r} "
+                                  f"here; {fix}")
+
+
 def cmd_select(args) -> int:
+    from .plots import thresholds_text
     from .scores import atomic_write_bytes
 
-    scores = load_scores(args.scores)
     _check_selection_args(args)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _check_out_file(out, "keep.txt")
+    scores = load_scores(args.scores)
+    ds = _recorded_dataset(scores, args.scores)
+    if ds is not None:  # the images changed since scoring: the ranking describes other pixels
+        check_sources(scores, ds, args.scores)
     idx, summary = choose(scores, args.mode, args.ratio, args.skip_top, args.seed)
     print(summary)
-    print(thresholds_line(scores, args.mode, args.ratio, args.skip_top))
-    if args.out:
+    print(thresholds_text(scores, args.mode, args.ratio, args.skip_top))
+    if out is not None:
         keys = [scores.keys[i] for i in idx] if scores.keys is not None else [str(i) for i in idx]
-        out = Path(args.out)
-        if out.is_dir():
-            raise CLIError(f"--out {out} is a folder; give a file name such as {out / 'keep.txt'}", code=2)
         atomic_write_bytes(out, ("\n".join(keys) + "\n").encode("utf-8"))
         print(f"wrote {len(keys)} kept keys to {out}")
     return 0
@@ -769,20 +678,24 @@ def _check_selection_args(args) -> None:
 
 
 def cmd_export(args) -> int:
+    from .export import export_coreset
+
     _check_selection_args(args)
     roots = _check_folders(args.data)
     out = Path(args.out)
-    _check_out_dir(out, roots)
+    _refuse_unsafe_out([out], _protected(roots, None))
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a folder")
     scores = load_scores(args.scores)
     ds, crop, step, scale = _dataset_from_scores(scores, args.scores, roots, args, cache=False,
                                                  progress=not args.no_progress)
-    spec = scores.metadata.get(DATA_META) or {}
-    if spec.get("lr_root"):
-        _check_out_dir(out, [Path(spec["lr_root"])])
+    protected = _protected(roots, getattr(ds, "lr_root", None))
+    # --out/lr and symlinks under --out are resolved by export_coreset too; check before any output
+    _refuse_unsafe_out([out, out / "lr"] if getattr(ds, "lr_root", None) is not None else [out], protected)
     idx, summary = choose(scores, args.mode, args.ratio, args.skip_top, args.seed)
     print(summary)
-    res = export_coreset(ds, idx, out, link=args.link, progress=not args.no_progress)
-    print(export_report(res, out))
+    report = export_coreset(ds, idx, out, link=args.link, progress=not args.no_progress, protect=protected)
+    print(report)
     return 0
 
 
@@ -790,12 +703,12 @@ def cmd_plot(args) -> int:
     from . import plots
 
     _check_selection_args(args)
-    scores = load_scores(args.scores)
     out = Path(args.out)
-    if out.is_dir():
-        raise CLIError(f"--out {out} is a folder; give a file name such as {out / 'figure.png'}", code=2)
+    _check_out_file(out, "figure.png")
+    scores = load_scores(args.scores)
     if args.grid:
         roots = _check_folders(args.grid)
+        _refuse_unsafe_out([out], _protected(roots, None))
         ds, *_ = _dataset_from_scores(scores, args.scores, roots, args, cache=False, progress=False)
         plots.plot_grid(scores, ds, out, n=args.n, mode=args.mode, ratio=args.ratio, skip_top=args.skip_top,
                         seed=args.seed)
@@ -841,6 +754,14 @@ def info_text(scores, path) -> str:
     lines.append(f"  created at     {md.get('created_at', 'n/a')} (coreset-sampler {md.get('library_version', '?')})")
     if md.get("model_digest"):
         lines.append(f"  model digest   {md['model_digest'][:16]}")
+    prov = md.get("provenance")
+    if isinstance(prov, dict):
+        n = len(prov.get("sources") or {}) + len(prov.get("lr_sources") or {})
+        lines.append(f"  provenance     scorer {prov.get('scorer')}, degradation {prov.get('degradation', 'n/a')}, "
+                     f"{n} source file(s) fingerprinted (checked by select / export / plot --grid)")
+    else:
+        lines.append(f"  provenance     none (format_version {scores.format_version or '1'}: written before "
+                     f"provenance; rescore with --rescore to check it against its images)")
     return "\n".join(lines)
 
 
@@ -860,6 +781,7 @@ def cmd_info(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    _check_device(args.device)
     run_demo(data=args.data, out=args.out, steps=args.steps, quick=args.quick, eval_dir=args.eval_dir,
              device=args.device, seed=args.seed, progress=not args.no_progress, threads=args.threads or None)
     return 0
@@ -874,10 +796,96 @@ def _one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
+def _error_text(e: BaseException) -> str:
+    """One line for a user-facing error; an OSError names its file (``No space left on device: out/x.png``)."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        text = f"{e.strerror}: {e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+        if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            text += " (free some space there or write somewhere else)"
+        return _one_line(text)
+    return _one_line(e)
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, getattr(torch, "OutOfMemoryError", ())) or "out of memory" in str(e).lower()
+
+
+def _exit_code(e: BaseException) -> int:
+    """2 for refusals of what the user asked (writing into DATA, stale scores), 1 for bad data."""
+    from .export import UnsafeWriteError
+
+    if isinstance(e, UnsafeWriteError):
+        return 2
+    try:
+        from .provenance import ProvenanceError
+    except ImportError:  # pragma: no cover - an older tree without provenance
+        return 1
+    return 2 if isinstance(e, ProvenanceError) else 1
+
+
+class _ClosedPipeSafe:
+    """stdout that outlives its reader (``coreset-sr export ... | head -1``).
+
+    When the reader goes away, the rest of the output is discarded instead of raising
+    BrokenPipeError in the middle of the work: the command still finishes (an export still
+    writes every file and its meta_info.txt) and exits with its own status. The file descriptor
+    is pointed at /dev/null, as Python's docs on SIGPIPE advise, so the flush at interpreter exit
+    does not fail either.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.closed_reader = False
+
+    def _gone(self) -> None:
+        self.closed_reader = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # a stream without a descriptor (tests, embedding)
+            pass
+
+    def write(self, text):
+        if not self.closed_reader:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._gone()
+        return len(text)
+
+    def flush(self):
+        if not self.closed_reader:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``coreset-sr`` (and ``python -m coreset_sampler``); returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    stdout = sys.stdout
+    sys.stdout = _ClosedPipeSafe(stdout)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stdout = stdout
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        args.argv = [str(a) for a in argv]  # recorded in the scores file (how to rescore)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     debug = os.environ.get("CORESET_SR_DEBUG", "") not in ("", "0")
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
@@ -896,11 +904,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = ""
         if args.command == "score":
             hint = f" (progress is saved in {args.out}.partial: rerun the same command to continue)"
+        elif args.command == "export":
+            hint = f" (every file in {args.out} is complete or absent: rerun the same command to finish)"
         print(f"{PROG}: interrupted{hint}", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `coreset-sr info x | head -1`: stop quietly, as Unix tools do
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+    except MemoryError:
+        if debug:
+            raise
+        print(f"{PROG}: error: out of memory during '{args.command}'"
+              + (" (try a smaller --batch-size, or --crop to score sub-images)" if args.command == "score" else ""),
+              file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if debug or not _is_oom(e):
+            raise  # a bug, not a user mistake: keep the traceback
+        print(f"{PROG}: error: the device ran out of memory ({_one_line(e)[:200]}); try a smaller --batch-size "
+              f"or --device cpu", file=sys.stderr)
         return 1
     except (ValueError, OSError) as e:  # user data: missing / unreadable files, mismatched scores, ...
         if debug:
@@ -914,8 +933,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hint = " (pass --on-error skip to record unreadable images as failed)" \
             if isinstance(e, ImageReadError) and args.command == "score" else ""
-        print(f"{PROG}: error: {_one_line(e)}{hint}", file=sys.stderr)
-        return 1
+        print(f"{PROG}: error: {_error_text(e)}{hint}", file=sys.stderr)
+        return _exit_code(e)
     finally:
         warnings.showwarning = old
 

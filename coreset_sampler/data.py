@@ -152,7 +152,21 @@ def _list_images(root: str | os.PathLike, exts: Sequence[str] = IMAGE_EXTS) -> l
     )
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(exts)}) in folder {root}")
+    for p in files:
+        _check_name(p)
     return files
+
+
+def _check_name(p: Path) -> None:
+    """Keys are file stems stored as UTF-8 lines: a name must be valid UTF-8 without line breaks."""
+    try:
+        p.name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes come back as surrogates (PEP 383)
+        raise ValueError(f"file name {os.fsencode(p.name)!r} in {p.parent} is not valid UTF-8; rename the file "
+                         f"(keys and scores files store names as UTF-8)") from None
+    if any(c in p.name for c in "\n\r"):
+        raise ValueError(f"file name {p.name!r} in {p.parent} contains a line break; rename the file "
+                         f"(keys are stored one per line)")
 
 
 def _check_unique(names: Sequence[str], paths: Sequence[Path], what: str) -> None:
@@ -260,10 +274,12 @@ class PairedImageFolder(torch.utils.data.Dataset):
         cannot be read are left out (they fail, or are skipped, when loaded).
         """
         s = self.scale
+        if self.lr_paths is None:  # LR made from HR: sizes agree by construction
+            return
         for i, key in enumerate(self.keys):
             try:
                 H, W = _header_size(self.hr_paths[i])
-                h, w = _header_size(self.lr_paths[i]) if self.lr_paths is not None else (H // s, W // s)
+                h, w = _header_size(self.lr_paths[i])
             except OSError:
                 continue
             yield key, (3, h, w), (3, H - H % s, W - W % s)
@@ -369,8 +385,10 @@ def _atomic_save_png(im: Image.Image, path: Path) -> None:
         with open(tmp, "xb") as f:
             im.save(f, format="PNG", compress_level=3)  # BasicSR's level: fast to write and read
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None and str(path) not in str(e):
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
         raise
 
 

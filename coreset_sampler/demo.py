@@ -135,7 +135,7 @@ def bundled_photos(names, dst: Path) -> list[Path]:
 
     from PIL import Image
 
-    from .cli import _same_bytes, _write_atomic
+    from .scores import atomic_write_bytes
 
     skdata = _skimage_data()
     dst.mkdir(parents=True, exist_ok=True)
@@ -149,8 +149,8 @@ def bundled_photos(names, dst: Path) -> list[Path]:
         buf = io.BytesIO()
         Image.fromarray(np.asarray(arr)).save(buf, format="PNG")
         path = dst / f"{name}.png"
-        if not _same_bytes(path, buf.getvalue()):
-            _write_atomic(path, buf.getvalue())
+        if not (path.is_file() and path.read_bytes() == buf.getvalue()):  # idempotent: keep mtime on rerun
+            atomic_write_bytes(path, buf.getvalue())
         out.append(path)
     if not out:
         raise FileNotFoundError("none of scikit-image's bundled sample images could be loaded; "
@@ -226,17 +226,17 @@ def run_demo(data=None, out="demo_out", steps: int | None = None, quick: bool = 
 
 
 def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, patch_size, lr) -> dict:
-    from .cli import CLIError, data_spec, export_coreset, export_report, thresholds_line
     from .data import SubImageDataset
     from .dataset import CoreSetDataset
-    from .plots import plot_distribution, plot_grid
+    from .export import check_writable_outside, dataset_layout, export_coreset
+    from .plots import plot_distribution, plot_grid, thresholds_text
+    from .provenance import provenance_of
     from .sampler import StepMatchedSampler
     from .training import evaluate, train
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     steps = steps or (QUICK_STEPS if quick else DEFAULT_STEPS)
     step = CROP if quick else STEP
 
@@ -248,15 +248,16 @@ def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, 
     if data is not None:
         root = Path(data)
         if not root.is_dir():
-            raise CLIError(f"--data folder not found: {root}" if not root.exists() else f"--data is not a folder: {root}")
-        if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
-            raise CLIError(f"--out {out} is inside --data {root}; choose a folder outside it", code=2)
+            raise (FileNotFoundError(f"--data folder not found: {root}") if not root.exists()
+                   else NotADirectoryError(f"--data is not a folder: {root}"))
+        check_writable_outside([out], {"--data": root})  # the demo writes everything under out
         source = f"your folder {root}"
     else:
         names = QUICK_PHOTOS if quick else TRAIN_PHOTOS
         root = out / "images"
         bundled_photos(names, root)
         source = f"{len(names)} photographs bundled with scikit-image ({', '.join(names)})"
+    out.mkdir(parents=True, exist_ok=True)
     print(f"[1/7] training images: {source}", flush=True)
     sub = SubImageDataset(root, crop=CROP, step=step, scale=SCALE, cache=True, progress=progress)
     print(f"      {len(sub)} sub-images {CROP}x{CROP} (step {step}) from {len(sub.files)} images, LR by bicubic "
@@ -282,7 +283,10 @@ def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, 
         scorer_name = "bicubic interpolation error (SRCNN weights missing)"
     print(f"[2/7] scoring with {scorer_name}", flush=True)
     scores = scorer.score(pairs)
-    scores.metadata["data"] = data_spec([root], CROP, step, SCALE, None)
+    # pairs holds sub's samples in the same order: record where they come from, so that
+    # `coreset-sr export/select` can check these scores against the images
+    scores.metadata["data"] = dataset_layout(sub)
+    scores.metadata.setdefault("provenance", {}).update(provenance_of(sub) or {})
     scores.metadata["command"] = "coreset-sr demo"
     scores.save(scores_path)
     print(f"      wrote {scores_path} ({len(scores)} scores)", flush=True)
@@ -293,7 +297,7 @@ def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, 
     core = CoreSetDataset(pairs, scores, mode=MODE, ratio=RATIO, skip_top=SKIP_TOP)
     print(f"[3/7] refined core-set (mode={MODE}, ratio={RATIO}, skip_top={SKIP_TOP})", flush=True)
     print("      " + str(core.summary()).replace("\n", "\n      "))
-    print("    " + thresholds_line(scores, MODE, RATIO, SKIP_TOP))
+    print("    " + thresholds_text(scores, MODE, RATIO, SKIP_TOP))
     from .scores import atomic_write_bytes
 
     atomic_write_bytes(out / "keep.txt", ("\n".join(core.keys) + "\n").encode())
@@ -302,8 +306,8 @@ def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, 
     # 4. export
     t0 = time.perf_counter()
     print(f"[4/7] exporting the core-set to {out / 'coreset'}", flush=True)
-    res = export_coreset(sub, core.indices, out / "coreset", progress=progress)
-    print("      " + export_report(res, out / "coreset").replace("\n", "\n      "))
+    report = export_coreset(sub, core.indices, out / "coreset", progress=progress)
+    print("      " + str(report).replace("\n", "\n      "))
     stage("export", t0)
 
     # 5. figures
@@ -336,7 +340,7 @@ def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, 
     if eval_dir is not None:
         eval_root = Path(eval_dir)
         if not eval_root.is_dir():
-            raise CLIError(f"--eval folder not found: {eval_root}")
+            raise FileNotFoundError(f"--eval folder not found: {eval_root}")
         eval_label = str(eval_root)
     elif (found := find_eval_set()) is not None:
         eval_root, eval_label = found, f"Set5 ({found})"
@@ -372,7 +376,7 @@ def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, 
         "skip_top": SKIP_TOP, "scorer": scorer_name, "arch": arch, "steps": steps, "batch_size": batch_size,
         "patch_size": patch_size, "lr": lr, "seed": seed, "quick": quick, "eval_set": eval_label,
         "results": {f"{m} / {t}": {"psnr": r["psnr"], "ssim": r["ssim"], "n": r["n"]} for m, t, r in rows},
-        "bytes_full_estimated": res["bytes_before"], "bytes_coreset": res["bytes_after"],
+        "bytes_full_estimated": report.bytes_before, "bytes_coreset": report.bytes_after,
         "figures": [str(fig_dist), str(fig_grid)], "timings_s": timings, "total_s": round(total, 1),
         "machine": _machine(),
     }

@@ -5,6 +5,7 @@
   (``ratio`` after skipping the ``skip_top`` highest) shaded.
 * :func:`plot_grid` — the paper's Figure 2: the highest- and lowest-scored samples with their
   scores, each marked kept / skipped / dropped under the chosen selection.
+* :func:`thresholds_text` — the same cut-offs in words (what the CLI and the demo print).
 
 matplotlib is imported only when a figure is drawn, through its object-oriented API with the
 Agg canvas: nothing here changes pyplot's global backend. PNGs are written atomically.
@@ -20,7 +21,7 @@ import numpy as np
 from .scores import Scores, atomic_write_bytes
 from .selection import select_indices, selection_counts
 
-__all__ = ["plot_distribution", "plot_grid", "scorer_label", "value_label"]
+__all__ = ["plot_distribution", "plot_grid", "scorer_label", "value_label", "thresholds_text"]
 
 _KEPT, _SKIPPED, _DROPPED = "#1f77b4", "#d62728", "#7f7f7f"
 _RATIO_COLORS = ("#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -77,6 +78,26 @@ def _kept_sorted(vals: np.ndarray, order: np.ndarray, mode: str, ratio: float, s
     mask = np.zeros(vals.size, dtype=bool)
     mask[kept_idx] = True
     return mask[order]
+
+
+def thresholds_text(scores: Scores, mode: str, ratio: float, skip_top: float) -> str:
+    """The score cut-offs of a des/asc selection, in words (one indented line).
+
+    Example:
+        >>> print(thresholds_text(Scores([0.1, 0.9, 0.5, 0.7]), "des", 0.5, 0.25))
+          thresholds     keep ranks 1..2 of the descending order: score >= 0.5 and <= 0.7 (the top 1 above are skipped)
+    """
+    vals = np.sort(scores.values[scores.valid_indices])[::-1]  # descending
+    kept, skipped = selection_counts(vals.size, ratio, skip_top)
+    if mode == "des":
+        hi = f"<= {vals[skipped]:.6g} (the top {skipped} above are skipped)" if skipped else \
+            f"<= {vals[0]:.6g} (the maximum)"
+        return f"  thresholds     keep ranks {skipped}..{skipped + kept - 1} of the descending order: " \
+               f"score >= {vals[skipped + kept - 1]:.6g} and {hi}"
+    if mode == "asc":
+        rest = np.sort(vals[skipped:])
+        return f"  thresholds     keep the {kept} lowest after skipping the top {skipped}: score <= {rest[kept - 1]:.6g}"
+    return f"  thresholds     none: {mode} selection is not a score cut-off"
 
 
 def plot_distribution(scores: Scores, out, ratios: Sequence[float] = (0.25, 0.5, 0.75), mode: str = "des",

@@ -127,10 +127,11 @@ def check_provenance(scores, *, expected: Mapping | None = None, dataset=None, s
     """
     rec = scores.metadata.get("provenance")
     if not isinstance(rec, Mapping):
-        version = getattr(scores, "format_version", None) or "1"
-        raise ProvenanceError(f"{source}: the scores file records no provenance (format_version {version!r}, "
-                              f"written before provenance existed), so it cannot be checked against the "
-                              f"data; rescore to write a format_version '2' file; {fix}")
+        version = getattr(scores, "format_version", None)
+        why = (f" (format_version {version!r}: written before provenance existed)" if version == "1"
+               else f" (format_version {version!r})" if version else "")
+        raise ProvenanceError(f"{source}: the scores file records no provenance{why}, so it cannot be checked "
+                              f"against the data; rescore to write a format_version '2' file; {fix}")
     for field, want in (expected or {}).items():
         got = rec.get(field, "<not recorded>")
         if got != want:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -60,7 +61,7 @@ from .data import ImageReadError, PairSizeError
 from .dataset import dataset_keys
 from .degradation import _check_scale, check_lr_size, downsample, imresize, modcrop, rgb_to_y
 from .provenance import provenance_of
-from .scores import Scores, atomic_write_bytes, dataset_fingerprint, read_header
+from .scores import Scores, atomic_write_bytes, dataset_fingerprint
 
 __all__ = ["LossScorer", "SobelScorer", "InterpolationScorer", "make_scorer", "EXPECTED_ITEM"]
 
@@ -363,7 +364,7 @@ class _BatchScorer:
                                 f"{ds_scale} or a dataset of scale {my_scale}")
         unreadable = getattr(dataset, "unreadable", None)
         if unreadable and self.on_error == "raise":
-            path, msg = next(iter(unreadable.items()))
+            msg = next(iter(unreadable.values()))
             raise ImageReadError(f"{msg} ({len(unreadable)} unreadable source image(s) in the dataset); "
                                  f"pass on_error='skip' to record their samples in Scores.failed instead")
         pair_shapes = getattr(dataset, "pair_shapes", None)
@@ -396,6 +397,10 @@ class _BatchScorer:
                            "dataset": dataset_fingerprint(ds_keys, n), "batch_size": B,
                            "max_forward_pixels": self.max_forward_pixels,
                            "rank": rank, "world_size": world}
+            if ds_provenance is not None:  # a source changed between runs: its old scores are not reused
+                content = {k: v for k, v in ds_provenance.items() if k not in ("hr_root", "lr_root", "roots")}
+                fingerprint["sources"] = hashlib.blake2b(json.dumps(content, sort_keys=True).encode(),
+                                                         digest_size=16).hexdigest()
             state = _State(n, n_windows)
             ckpt = None if self.checkpoint is None else _rank_path(self.checkpoint, rank, world)
             if ckpt is not None and ckpt.exists():
@@ -429,7 +434,8 @@ class _BatchScorer:
         if "scale" in config:  # a LossScorer may have inferred it from the data
             config = {**config, "scale": self.scale}
         provenance = {"scorer": self.spec, "model_digest": config.get("model_digest"),
-                      "loss": config.get("loss"), "scale": getattr(self, "scale", None),
+                      "loss": config.get("loss"),
+                      "scale": getattr(self, "scale", None) or getattr(dataset, "scale", None),
                       **(ds_provenance or {})}
         meta = {"scorer": self.name, **config, "provenance": provenance,
                 "dataset_fingerprint": dataset_fingerprint(keys, n),

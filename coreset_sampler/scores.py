@@ -39,7 +39,7 @@ FORMAT = "coreset-sampler/scores"
 FORMAT_VERSION = "2"
 KNOWN_VERSIONS = ("1", "2")
 _RESERVED = {"format", "format_version"}
-_MAX_HEADER = 256 << 20  # bytes of JSON header; provenance of ~1M files fits
+_MAX_HEADER = 100_000_000  # bytes of JSON header: safetensors' own limit; provenance of ~1M files fits
 _F32_MAX = float(np.finfo(np.float32).max)
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
              "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
@@ -389,7 +389,7 @@ def read_header(path) -> tuple[dict, dict]:
         if not 0 <= a <= b <= data_len or b - a != nbytes:
             raise ValueError(f"{path}: tensor {name!r} claims {nbytes} bytes at offsets [{a}, {b}) but the file "
                              f"holds {data_len} data bytes")
-    rules = {"values": ({"F32"}, "float32"), "keys": ({"U8"}, "uint8"), "failed": (_INT_DTYPES, "an integer type")}
+    rules = {"values": ({"F32"}, "float32"), "keys": ({"U8"}, "uint8"), "failed": (_INT_DTYPES, "integer")}
     if "values" not in header:
         raise ValueError(f"{path}: no tensor 'values' (tensors: {sorted(header)})")
     for name, (dtypes, what) in rules.items():

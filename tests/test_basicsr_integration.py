@@ -191,3 +191,28 @@ def test_torchrun_two_ranks_gloo(smoke, pairs, tmp_path):
     r0, r1 = recorded(cwd, 0), recorded(cwd, 1)
     assert len(r0) >= 4 * 2 and len(r1) >= 4 * 2
     assert set(r0) <= kept and set(r1) <= kept
+
+
+def test_step_matching_holds_when_the_last_batch_is_partial(pairs, tmp_path):
+    """10 kept samples, batches of 4, enlarge ratio 1, total_iter 12: stock BasicSR plans 4 epochs of
+    ceil(10/4) = 3 iterations but its loader drops the partial batch (2 per epoch), so it would stop
+    after 10; coreset-sr-train raises the epoch count and the run takes exactly 12 steps."""
+    import re
+
+    cwd = workdir(tmp_path, pairs)
+    force = [f for f in FORCE if "total_iter" not in f and "print_freq" not in f
+             and "save_checkpoint_freq" not in f] + [
+        "train:total_iter=12", "logger:print_freq=1", "logger:save_checkpoint_freq=1000",
+        "logger:use_tb_logger=false", "datasets:train:coreset:ratio=0.625", "datasets:train:coreset:skip_top=0"]
+    proc = run(cwd, ["--force_yml", *force])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log = newest_log(cwd)
+    assert "Number of train images: 10" in log and "Require iter number per epoch: 3" in log
+    assert "core-set: total epochs raised from 4 to 6 so the run takes exactly total_iter 12 steps" in log
+    steps = [int(m.replace(",", "")) for m in re.findall(r"\]\[epoch:\s*\d+, iter:\s*([\d,]+), lr:", log)]
+    assert steps == list(range(1, 13))  # print_freq 1: one line per step, 1..12, no more
+    epochs = [int(m) for m in re.findall(r"\]\[epoch:\s*(\d+), iter:", log)]
+    assert epochs == [e for e in range(6) for _ in range(2)]  # 2 whole batches per epoch, epochs 0..5
+    assert len(recorded(cwd)) >= 12 * 4 and set(recorded(cwd)) <= {
+        Scores.load(cwd / SCORES).keys[i] for i in select_indices(Scores.load(cwd / SCORES).values, mode="des",
+                                                                  ratio=0.625, skip_top=0, seed=0)}

@@ -251,6 +251,15 @@ def test_shipped_recipes_validate_and_fit_their_arch(name, tmp_path):
             assert net(torch.empty(1, 3, 16, 16)).shape == (1, 3, 32, 32)
 
 
+@pytest.mark.parametrize("name", ["train_SwinIR_x2_coreset.yml", "train_RDN_x2_coreset.yml",
+                                  "train_tiny_cpu_coreset.yml"])
+def test_shipped_recipes_pass_the_safe_reader(name):
+    from coreset_sampler.integrations.basicsr.recipe import read_recipe
+
+    with open(OPTIONS / name) as f:
+        assert read_recipe(OPTIONS / name) == yaml.safe_load(f)
+
+
 # -- RDN and compat ----------------------------------------------------------------------------
 
 def test_rdn_is_registered_in_basicsr():

@@ -380,16 +380,23 @@ def test_scores_of_another_dataset(ws, capsys, tmp_path):
                             "--out", tmp_path / "o2", "--no-progress")
         assert_user_error(code, err, 2, f"was scored with crop {CROP}, step {STEP}")
     assert not (tmp_path / "o2").exists()
-    # scores without the recorded layout (made from Python) still get the key check
+    # scores without the recorded layout (made from Python) still get the key and provenance checks
     bare = tmp_path / "bare.safetensors"
     s = Scores.load(ws["scores"])
-    Scores(s.values, keys=s.keys, metadata={"scorer": "interpolation"}).save(bare)
+    Scores(s.values, keys=s.keys, metadata={"scorer": "interpolation", "provenance": s.metadata["provenance"]}
+           ).save(bare)
     code, _, err = call(capsys, "export", ws["data"], "--scores", bare, "--crop", 64, "--step", 64,
                         "--out", tmp_path / "o3", "--no-progress")
     assert_user_error(code, err, 1, "first mismatching key")
     code, out, err = call(capsys, "export", ws["data"], "--scores", bare, "--crop", CROP, "--step", STEP,
                           "--out", tmp_path / "o3", "--no-progress")
     assert code == 0, err
+    # without provenance nothing says which pixels were scored: refused, with how to rescore
+    Scores(s.values, keys=s.keys, metadata={"scorer": "interpolation"}).save(bare)
+    code, _, err = call(capsys, "export", ws["data"], "--scores", bare, "--crop", CROP, "--step", STEP,
+                        "--out", tmp_path / "o4", "--no-progress")
+    assert_user_error(code, err, 2, "records no provenance", "--rescore")
+    assert not (tmp_path / "o4").exists()
 
 
 def test_unknown_scorer(ws, capsys, tmp_path):

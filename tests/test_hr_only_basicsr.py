@@ -67,3 +67,30 @@ def test_unreadable_hr_file_names_the_key(tmp_path):
     view = HROnlyScoringView(FakeRealESRGANDataset(tmp_path, ["bad.png"]))
     with pytest.raises(ValueError, match=r"cannot read sample 'bad'"):
         view[0]
+
+
+def test_cli_scores_of_the_hr_folder_fit_the_hr_only_block(tmp_path):
+    """`coreset-sr score HR --crop 0` over the same HR files passes the block's provenance check."""
+    from coreset_sampler import Scores
+    from coreset_sampler.cli import main
+    from coreset_sampler.integrations.basicsr.coreset import (_Described, expected_provenance,
+                                                              parse_coreset_block)
+    from coreset_sampler.provenance import ProvenanceError, check_provenance
+
+    hr = tmp_path / "HR"
+    rels = ["p.png", "q.png", "r.png"]
+    _images(hr, rels, size=(24, 32))
+    out = tmp_path / "s.safetensors"
+    assert main(["score", str(hr), "--crop", "0", "--scale", "4", "--scorer", "interpolation", "--out", str(out),
+                 "--workers", "0", "--no-progress", "--device", "cpu"]) == 0
+    scores = Scores.load(out)
+    copts = parse_coreset_block({"scores": str(out), "scorer": "interpolation"})
+    fake = FakeRealESRGANDataset(hr, rels)
+    check_provenance(scores, expected=expected_provenance(copts, 4, hr_only=True), dataset=_Described(fake, 4),
+                     source="s", fix="rescore")
+    view = make_scorer("interpolation", 4, num_workers=0, progress=False, device="cpu").score(
+        HROnlyScoringView(fake))
+    np.testing.assert_array_equal(view.values, scores.values)  # the block would compute the same values
+    with pytest.raises(ProvenanceError, match="degradation"):  # a paired recipe reads an LR folder
+        check_provenance(scores, expected=expected_provenance(copts, 4), dataset=_Described(fake, 4),
+                         source="s", fix="rescore")

@@ -117,3 +117,24 @@ def test_bad_files(tmp_path):
 def test_fingerprint_is_order_sensitive():
     assert dataset_fingerprint(["a", "b"]) != dataset_fingerprint(["b", "a"])
     assert dataset_fingerprint(None, 5) != dataset_fingerprint(None, 6)
+
+
+def test_save_removes_stale_temp_files_of_that_target_only(tmp_path):
+    import os
+    import time
+
+    from coreset_sampler.scores import remove_stale_temps
+
+    old = time.time() - 3600
+    stale = tmp_path / ".s.safetensors.ab12cd_9.tmp"           # a killed save of s.safetensors
+    fresh = tmp_path / ".s.safetensors.zz12cd_9.tmp"           # maybe a save in progress: kept
+    other = tmp_path / ".t.safetensors.ab12cd_9.tmp"           # another target: kept
+    longer = tmp_path / ".s.safetensors.x.ab12cd_9.tmp"        # target "s.safetensors.x": kept
+    for p in (stale, fresh, other, longer):
+        p.write_bytes(b"junk")
+    for p in (stale, other, longer):
+        os.utime(p, (old, old))
+    Scores([1.0, 2.0]).save(tmp_path / "s.safetensors")
+    assert not stale.exists() and fresh.exists() and other.exists() and longer.exists()
+    assert remove_stale_temps(tmp_path / "t.safetensors") == [other]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, longer.name, "s.safetensors"])

@@ -138,3 +138,15 @@ def test_tampered_checkpoint_is_refused_naming_file_and_index(tmp_path, change, 
     _rewrite(ckpt, **change(load_file(str(ckpt))["values"]))
     with pytest.raises(ValueError, match=rf"checkpoint {ckpt}.*{message}"):
         InterpolationScorer(2, **kw).score(Pairs(6))
+
+
+def test_checkpoint_of_changed_sources_is_not_reused(tmp_path, untouched):
+    hr = tmp_path / "hr"
+    for i in range(3):
+        _img(hr / f"{i}.png", 16, 16, i)
+    ckpt = tmp_path / "ck.safetensors"
+    kw = dict(**FAST, checkpoint=ckpt, batch_size=1)
+    InterpolationScorer(2, **kw).score(PairedImageFolder(hr, scale=2))
+    _img(hr / "1.png", 16, 16, 77)  # same name, new pixels: the stored score of 1.png is stale
+    with untouched(hr), pytest.raises(ValueError, match=r"belongs to another scoring run \(sources: "):
+        InterpolationScorer(2, **kw).score(PairedImageFolder(hr, scale=2))

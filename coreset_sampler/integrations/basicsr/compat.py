@@ -54,7 +54,7 @@ def import_basicsr() -> types.ModuleType:
     except ImportError as e:
         raise ImportError(
             f"the BasicSR integration needs basicsr 1.4.2 ({e}); install it with "
-            "pip install 'coreset-sampler[basicsr]'") from e
+            "pip install 'coreset-sampler[basicsr]' (from a clone: make install)") from e
     return basicsr
 
 

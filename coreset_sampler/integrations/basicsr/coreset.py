@@ -13,15 +13,18 @@
           ratio: 0.5
           skip_top: 0.05
           seed: 0
+          rescore: false       # true: score again and overwrite the scores file on purpose
           export_meta_info: ~  # optional: write BasicSR's meta_info file of the kept sub-images
           batch_size: 16       # optional: scoring batch size
           num_workers: 4       # optional: scoring DataLoader workers
 
 What happens (see :func:`build_coreset_dataset`): BasicSR builds the train dataset; its samples
-are keyed by GT file stem (``0801_s001``); the scores file is loaded and matched to those keys, or
+are keyed by GT file stem (``0801_s001``); every LQ/GT pair is checked against ``scale``; the
+scores file is loaded, checked against the recipe (its recorded scorer, scale, LR source and the
+bytes of every source image, see :mod:`coreset_sampler.provenance`) and matched to those keys, or
 computed with ``scorer`` on a deterministic view of the dataset (full sub-images read from its
-``paths``: no random crop, no flip), saved atomically and reused next time; the dataset is wrapped
-in :class:`~coreset_sampler.CoreSetDataset`. ``train.total_iter`` is left as it is, so the run is
+``paths``: no random crop, no flip), saved atomically with its provenance and reused next time;
+the dataset is wrapped in :class:`~coreset_sampler.CoreSetDataset`. ``train.total_iter`` is left as it is, so the run is
 step-matched: the same number of updates spread over more epochs of the smaller set.
 
 Relative paths are taken from the working directory, as BasicSR's own ``dataroot_*`` are.
@@ -39,13 +42,15 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ...dataset import CoreSetDataset
+from ...provenance import ProvenanceError, check_provenance, sources_digest
 from ...scores import Scores, atomic_write_bytes
 from ...selection import MODES, selection_counts
 
 __all__ = [
     "CORESET_KEYS", "BUILTIN_SCORERS", "CoresetConfigError", "CoresetOptions", "parse_coreset_block",
     "validate_options", "basicsr_keys", "BasicSRScoringView", "align_scores", "build_coreset_dataset",
-    "write_meta_info", "implied_epochs",
+    "write_meta_info", "implied_epochs", "step_matched_epochs", "check_pair_sizes", "check_outside_dataroots",
+    "basicsr_provenance", "expected_provenance", "RESCORE_FIX",
 ]
 
 BUILTIN_SCORERS = ("srcnn", "sobel", "interpolation")
@@ -59,6 +64,7 @@ CORESET_KEYS: dict[str, str] = {
     "ratio": "a number in (0, 1], with ratio + skip_top <= 1",
     "skip_top": "a number in [0, 1), with ratio + skip_top <= 1",
     "seed": "an integer >= 0",
+    "rescore": "true | false (true: score again and overwrite the scores file, whatever it was computed from)",
     "export_meta_info": "a path for BasicSR's meta_info .txt of the kept sub-images, or ~",
     "batch_size": "an integer >= 1 (scoring batch size)",
     "num_workers": "an integer >= 0 (scoring DataLoader workers)",
@@ -82,6 +88,9 @@ class CoresetOptions:
         mode, ratio, skip_top, seed: as :func:`coreset_sampler.select_indices`.
         export_meta_info: where to write the kept sub-images' meta_info file, or ``None``.
         batch_size, num_workers: scoring settings; ``None`` keeps the scorer's defaults.
+        rescore: score again and overwrite ``scores`` even when it exists (a cached file is
+            otherwise checked against the recipe and refused when it was computed from
+            something else).
 
     Example:
         >>> parse_coreset_block({"scores": "s.safetensors", "ratio": 0.5}).mode
@@ -97,6 +106,7 @@ class CoresetOptions:
     export_meta_info: str | None = None
     batch_size: int | None = None
     num_workers: int | None = None
+    rescore: bool = False
 
     @property
     def needs_scores(self) -> bool:
@@ -168,10 +178,13 @@ def parse_coreset_block(block: Any, where: str = WHERE) -> CoresetOptions:
         v = o.get(key)
         if v is not None and (not _is_int(v) or v < low):
             raise _bad(key, v)
+    rescore = o.get("rescore", defaults.rescore)
+    if not isinstance(rescore, bool):
+        raise _bad("rescore", rescore)
     opts = CoresetOptions(scores=None if scores is None else str(scores), scorer=scorer, mode=mode,
                           ratio=float(ratio), skip_top=float(skip_top), seed=int(seed),
                           export_meta_info=None if export is None else str(export),
-                          batch_size=o.get("batch_size"), num_workers=o.get("num_workers"))
+                          batch_size=o.get("batch_size"), num_workers=o.get("num_workers"), rescore=rescore)
     if opts.scores is None and opts.needs_scores:
         raise CoresetConfigError(
             f"{where}.scores: missing; mode {mode!r} with skip_top {skip_top:g} ranks by score, so it needs "
@@ -198,7 +211,10 @@ def validate_options(opt: Mapping) -> CoresetOptions | None:
             raise CoresetConfigError(f"datasets.{phase}.coreset: a coreset block is only allowed under "
                                      "datasets.train (validation and test sets are never pruned)")
         copts = parse_coreset_block(dataset_opt["coreset"])
-        must_score = copts.needs_scores and not os.path.exists(copts.scores)
+        if copts.scores is not None and os.path.exists(copts.scores) and not os.path.isfile(copts.scores):
+            raise CoresetConfigError(f"{WHERE}.scores: {copts.scores!r} exists but is not a regular file (a folder, "
+                                     f"FIFO or device); allowed: {CORESET_KEYS['scores']}")
+        must_score = copts.needs_scores and (copts.rescore or not os.path.exists(copts.scores))
         if must_score and copts.scorer.endswith(_MODEL_SUFFIXES) and not os.path.isfile(copts.scorer):
             raise CoresetConfigError(f"{WHERE}.scorer: weights file {copts.scorer!r} not found (needed to compute "
                                      f"{copts.scores!r}); allowed: {CORESET_KEYS['scorer']}")
@@ -223,8 +239,39 @@ def validate_options(opt: Mapping) -> CoresetOptions | None:
             if src and os.path.abspath(src) == os.path.abspath(copts.export_meta_info):
                 raise CoresetConfigError(f"{WHERE}.export_meta_info: {copts.export_meta_info!r} is the recipe's own "
                                          "meta_info_file; write the pruned list to another path")
+            check_outside_dataroots(copts.export_meta_info, dataset_opt)
         result = copts
     return result
+
+
+def check_outside_dataroots(path, dataset_opt: Mapping, key: str = "export_meta_info") -> None:
+    """Refuse a path we would write that lies inside ``dataroot_gt`` or ``dataroot_lq``.
+
+    Both sides are resolved (symlinks followed, also a symlink already at ``path``), so a link
+    into a data folder is caught too. A file written there would be read by BasicSR as one more
+    image (``lq and gt datasets have different number of images`` on the next run), and nothing is
+    ever written under a user's data folders.
+
+    Raises:
+        CoresetConfigError: naming the path, the data folder and what both resolve to.
+
+    Example:
+        >>> check_outside_dataroots("meta/kept.txt", {"dataroot_gt": "datasets/DIV2K/HR"})  # fine: elsewhere
+        >>> check_outside_dataroots("datasets/DIV2K/HR/kept.txt", {"dataroot_gt": "datasets/DIV2K/HR"})
+        ... # doctest: +SKIP
+        CoresetConfigError: datasets.train.coreset.export_meta_info: 'datasets/DIV2K/HR/kept.txt' ... is inside ...
+    """
+    target = Path(os.path.abspath(os.path.expanduser(str(path)))).resolve()
+    for root_key in ("dataroot_gt", "dataroot_lq"):
+        root = dataset_opt.get(root_key)
+        if not root:
+            continue
+        real = Path(os.path.abspath(os.path.expanduser(str(root)))).resolve()
+        if target == real or target.is_relative_to(real):
+            raise CoresetConfigError(
+                f"{WHERE}.{key}: {str(path)!r} (resolves to {str(target)!r}) is inside {root_key} {str(root)!r} "
+                f"(resolves to {str(real)!r}); nothing is written under the data folders (BasicSR would read the "
+                "file as one more image); write it next to the folder instead")
 
 
 # -- the dataset side -------------------------------------------------------------------------
@@ -273,12 +320,67 @@ def basicsr_keys(dataset) -> list[str]:
     return keys
 
 
+def _check_pair_size(key: str, lq_hw: tuple[int, int], gt_hw: tuple[int, int], scale: int, p: Mapping) -> None:
+    want = (lq_hw[0] * scale, lq_hw[1] * scale)
+    if tuple(gt_hw) != want:
+        raise CoresetConfigError(
+            f"{WHERE}: sample {key!r}: GT {p['gt_path']} is {gt_hw[1]}x{gt_hw[0]} (WxH) but LQ {p['lq_path']} is "
+            f"{lq_hw[1]}x{lq_hw[0]}, which at scale {scale} needs a GT of {want[1]}x{want[0]}; fix the pair (or "
+            "the recipe's scale) before scoring")
+
+
+def check_pair_sizes(dataset, scale: int) -> int:
+    """Check that every GT image is exactly ``scale`` x its LQ image, reading image headers only.
+
+    Runs before scoring so a mismatched pair is refused before any score is computed or cached.
+    Only the ``disk`` backend is checked here (headers via Pillow); other backends are checked
+    pair by pair as :class:`BasicSRScoringView` decodes them.
+
+    Args:
+        dataset: a BasicSR paired dataset (keeps ``paths``).
+        scale: the recipe's ``scale``.
+
+    Returns:
+        the number of pairs checked (0 for a non-disk backend).
+
+    Raises:
+        CoresetConfigError: naming the first mismatching key, both files and both sizes, or an image
+            whose header cannot be read.
+
+    Example:
+        >>> check_pair_sizes(train_set, scale=2)   # doctest: +SKIP
+        16
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    backend = getattr(dataset, "io_backend_opt", None) or dataset.opt.get("io_backend") or {}
+    if backend.get("type", "disk") != "disk":
+        return 0
+    from .hr_only import hr_file_list, hr_only_keys
+
+    if hr_file_list(dataset) is not None:  # HR only: every image must hold an LR at this scale
+        return _check_hr_sizes(dataset, hr_only_keys(dataset), int(scale))
+    paths = _paired_paths(dataset)
+    for p in paths:
+        sizes = []
+        for which in ("lq_path", "gt_path"):
+            try:
+                with Image.open(p[which]) as im:  # header only
+                    sizes.append((im.height, im.width))
+            except (OSError, UnidentifiedImageError) as e:
+                raise CoresetConfigError(f"{WHERE}: cannot read image {p[which]} (sample "
+                                         f"{Path(p['gt_path']).stem!r}): {e}") from None
+        _check_pair_size(Path(p["gt_path"]).stem, sizes[0], sizes[1], int(scale), p)
+    return len(paths)
+
+
 class BasicSRScoringView(Dataset):
     """A deterministic view of a BasicSR paired dataset for scoring: ``{"lq", "gt", "key"}`` items.
 
     Reads the full LQ/GT images named by the dataset's ``paths`` with BasicSR's own file client and
     decoder (so lmdb works too), RGB CHW float32 in [0, 1]; no random crop, flip or normalisation.
-    The GT is cropped to ``scale`` x the LQ size, as BasicSR does in its validation phase.
+    A pair whose GT is not exactly ``scale`` x the LQ size raises :class:`CoresetConfigError`
+    naming the key and both sizes (no crop to fit: that would score a different image).
 
     Args:
         dataset: a BasicSR paired dataset (``PairedImageDataset`` or one built like it).
@@ -315,9 +417,104 @@ class BasicSRScoringView(Dataset):
             lq = imfrombytes(self._client.get(p["lq_path"], "lq"), float32=True)
         except Exception as e:  # cv2 gives None / opaque errors for unreadable files
             raise ValueError(f"cannot read sample {self.keys[i]!r} ({p['gt_path']}, {p['lq_path']}): {e}") from e
-        gt = gt[: lq.shape[0] * self.scale, : lq.shape[1] * self.scale]
+        # No cropping to fit: a pair that disagrees with the scale is a data error, not a sample.
+        _check_pair_size(self.keys[i], tuple(lq.shape[:2]), tuple(gt.shape[:2]), self.scale, p)
         gt, lq = img2tensor([gt, lq], bgr2rgb=True, float32=True)
         return {"lq": lq, "gt": gt, "key": self.keys[i]}
+
+
+RESCORE_FIX = (f"set rescore: true in {WHERE} to score the dataset again and overwrite the file (or point "
+               "scores: at a new file)")
+
+
+def _check_hr_sizes(dataset, keys: list[str], scale: int) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    from ...degradation import ImageTooSmallError, check_lr_size
+    from .hr_only import _path_of, hr_file_list
+
+    files = [_path_of(p) for p in hr_file_list(dataset)]
+    for key, f in zip(keys, files):
+        try:
+            with Image.open(f) as im:  # header only
+                check_lr_size(im.height, im.width, scale, f"key {key!r} ({f})")
+        except ImageTooSmallError as e:
+            raise CoresetConfigError(f"{WHERE}: {e}") from None
+        except (OSError, UnidentifiedImageError) as e:
+            raise CoresetConfigError(f"{WHERE}: cannot read image {f} (sample {key!r}): {e}") from None
+    return len(files)
+
+
+def basicsr_provenance(dataset, scale: int) -> dict:
+    """What a BasicSR paired dataset is made of, in the form of :mod:`coreset_sampler.provenance`.
+
+    BasicSR datasets have no ``provenance()``; this builds it from the dataset's ``paths`` and its
+    ``dataroot_gt`` / ``dataroot_lq``: ``{"dataset": "paired_folder", "scale", "degradation":
+    "lr_folder", "hr_root", "lr_root", "sources": {GT file: digest}, "lr_sources": {LQ file:
+    digest}}`` (the same shape as :meth:`coreset_sampler.data.PairedImageFolder.provenance`, so a file
+    scored by ``coreset-sr score HR --lr LR`` fits the block over the same folders). With the lmdb
+    backend the sources are the databases' ``data.mdb`` files (``"dataset": "basicsr_lmdb"``).
+
+    Example:
+        >>> basicsr_provenance(train_set, scale=2)["lr_sources"]["0801_s001.png"]   # doctest: +SKIP
+        '120342:9f3c...'
+    """
+    opt = getattr(dataset, "opt", {}) or {}
+    gt_root, lq_root = opt.get("dataroot_gt"), opt.get("dataroot_lq")
+    backend = getattr(dataset, "io_backend_opt", None) or opt.get("io_backend") or {}
+    from .hr_only import _path_of, hr_file_list
+
+    hr = hr_file_list(dataset)
+    if hr is not None:  # HR only, LR by bicubic when scored: as PairedImageFolder without an LR folder
+        out = {"dataset": "paired_folder", "scale": int(scale), "degradation": "bicubic",
+               "hr_root": str(gt_root), "lr_root": None}
+        if backend.get("type", "disk") == "lmdb":
+            out["dataset"] = "basicsr_lmdb"
+            out["sources"] = sources_digest([Path(gt_root) / "data.mdb"], gt_root)
+        else:
+            out["sources"] = sources_digest([_path_of(p) for p in hr], gt_root)
+        return out
+    out = {"dataset": "paired_folder", "scale": int(scale), "degradation": "lr_folder",
+           "hr_root": str(gt_root), "lr_root": str(lq_root)}
+    if backend.get("type", "disk") == "lmdb":
+        out["dataset"] = "basicsr_lmdb"
+        out["sources"] = sources_digest([Path(gt_root) / "data.mdb"], gt_root)
+        out["lr_sources"] = sources_digest([Path(lq_root) / "data.mdb"], lq_root)
+        return out
+    paths = _paired_paths(dataset)
+    out["sources"] = sources_digest([p["gt_path"] for p in paths], gt_root)
+    out["lr_sources"] = sources_digest([p["lq_path"] for p in paths], lq_root)
+    return out
+
+
+def expected_provenance(copts: CoresetOptions, scale: int, hr_only: bool = False) -> dict:
+    """The fields a cached scores file must have recorded to be used by this block.
+
+    ``scorer`` (the block's spec as written), ``scale`` (the recipe's) and ``degradation``:
+    BasicSR's paired datasets read LR images from ``dataroot_lq``, so scores computed from a
+    bicubic downscale of the HR images (``coreset-sr score`` without ``--lr``) do not fit. HR-only
+    datasets (``hr_only``) are scored on bicubic LR, so there it is the other way round.
+    """
+    return {"scorer": copts.scorer, "scale": int(scale), "degradation": "bicubic" if hr_only else "lr_folder"}
+
+
+class _Described:
+    """A BasicSR dataset seen through :func:`basicsr_provenance` (computed on first use)."""
+
+    def __init__(self, dataset, scale: int):
+        self._dataset, self._scale, self._prov = dataset, scale, None
+
+    def provenance(self) -> dict:
+        if self._prov is None:
+            self._prov = basicsr_provenance(self._dataset, self._scale)
+        return self._prov
+
+
+def _load_scores(path: Path, source: str) -> Scores:
+    try:
+        return Scores.load(path)
+    except (ValueError, OSError) as e:
+        raise CoresetConfigError(f"{source}: {e}") from None
 
 
 def align_scores(scores: Scores, keys: list[str], source: str) -> Scores:
@@ -330,7 +527,7 @@ def align_scores(scores: Scores, keys: list[str], source: str) -> Scores:
     if scores.keys is None:
         if len(scores) != len(keys):
             raise CoresetConfigError(f"{source} has {len(scores)} scores but the training dataset has "
-                                     f"{len(keys)} samples; delete it to score the dataset again")
+                                     f"{len(keys)} samples; set rescore: true in the coreset block to score the dataset again")
         return Scores(scores.values, keys=keys, metadata=scores.metadata, failed=scores.failed)
     if scores.keys == keys:
         return scores
@@ -342,7 +539,7 @@ def align_scores(scores: Scores, keys: list[str], source: str) -> Scores:
         first = (f"first mismatching key {missing!r} is in the dataset but not in the scores" if missing is not None
                  else f"first mismatching key {extra!r} is in the scores but not in the dataset")
         raise CoresetConfigError(f"{source} does not match the training dataset ({len(scores)} scores, "
-                                 f"{len(keys)} samples): {first}; delete it to score the dataset again")
+                                 f"{len(keys)} samples): {first}; set rescore: true in the coreset block to score the dataset again")
     order = np.array([pos[k] for k in keys], dtype=np.int64)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(order.size)
@@ -359,6 +556,40 @@ def implied_epochs(n: int, dataset_opt: Mapping, opt: Mapping) -> tuple[int, int
     per_epoch = math.ceil(n * enlarge / (dataset_opt["batch_size_per_gpu"] * opt.get("world_size", 1)))
     total = int(opt["train"]["total_iter"])
     return per_epoch, math.ceil(total / max(per_epoch, 1))
+
+
+def step_matched_epochs(n: int, dataset_opt: Mapping, opt: Mapping) -> tuple[int, int]:
+    """``(whole batches per epoch and rank, last epoch)`` so that BasicSR reaches ``total_iter``.
+
+    BasicSR's loop runs epochs ``0 .. total_epochs`` and stops at ``total_iter``, but it counts
+    ``total_epochs`` with ``ceil(n / batch)`` iterations per epoch while its train loader drops the
+    last partial batch (``drop_last=True``): with 10 samples, batches of 4 and ``total_iter: 12``
+    it plans 4 epochs of 3 iterations and gets 5 of 2, stopping after 10. Counting only whole
+    batches gives the epoch count that reaches ``total_iter``; ``coreset-sr-train`` raises BasicSR's
+    count to it (never lowers it; extra epochs are cut by BasicSR's own ``total_iter`` check).
+
+    Args:
+        n: samples in the train set (the core-set).
+        dataset_opt: ``opt["datasets"]["train"]`` (``batch_size_per_gpu``, ``dataset_enlarge_ratio``).
+        opt: the parsed options (``world_size``, ``train.total_iter``).
+
+    Raises:
+        CoresetConfigError: fewer samples per rank than one batch (BasicSR would train 0 steps).
+
+    Example:
+        >>> step_matched_epochs(10, {"batch_size_per_gpu": 4}, {"train": {"total_iter": 12}})
+        (2, 6)
+    """
+    enlarge = dataset_opt.get("dataset_enlarge_ratio", 1)
+    batch = dataset_opt["batch_size_per_gpu"]
+    per_rank = math.ceil(n * enlarge / opt.get("world_size", 1))  # EnlargedSampler.num_samples
+    batches = per_rank // batch
+    if batches < 1:
+        raise CoresetConfigError(
+            f"{WHERE}.ratio: the core-set keeps {n} samples ({per_rank} per rank with dataset_enlarge_ratio "
+            f"{enlarge}), fewer than one batch (batch_size_per_gpu {batch}); raise ratio or dataset_enlarge_ratio")
+    stock = implied_epochs(n, dataset_opt, opt)[1]
+    return batches, max(stock, math.ceil(int(opt["train"]["total_iter"]) / batches))
 
 
 def write_meta_info(path, dataset, indices) -> Path:
@@ -404,6 +635,21 @@ def _rank0_decides(value):
     return box[0]
 
 
+def _on_rank0(check) -> None:
+    """Run ``check()`` on rank 0 only; if it refuses, every rank raises the same error."""
+    verdict = None
+    if _dist()[0] == 0:
+        try:
+            check()
+        except (CoresetConfigError, ProvenanceError) as e:
+            if _dist()[1] == 1:
+                raise
+            verdict = (isinstance(e, ProvenanceError), str(e))
+    verdict = _rank0_decides(verdict)
+    if verdict is not None:
+        raise (ProvenanceError if verdict[0] else CoresetConfigError)(verdict[1])
+
+
 def _barrier() -> None:
     import torch.distributed as dist
 
@@ -445,9 +691,15 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
 
     Raises:
         CoresetConfigError: a bad block, a scores file that does not match the dataset (naming the
-            first mismatching key), or a core-set smaller than one batch per rank.
+            first mismatching key), a core-set smaller than one batch per rank, an LQ/GT pair whose
+            sizes disagree with ``scale`` (before any scoring), or ``export_meta_info`` inside a
+            data folder.
+        ProvenanceError: a cached scores file computed with another scorer, scale or LR source, or
+            from source images whose bytes changed since (named); ``rescore: true`` scores again.
     """
     copts = parse_coreset_block(dataset_opt["coreset"])
+    if copts.export_meta_info is not None:
+        check_outside_dataroots(copts.export_meta_info, dataset_opt)
     scale = int(opt.get("scale", dataset_opt.get("scale", 1)))
     from .hr_only import HROnlyScoringView, hr_file_list, hr_only_keys
 
@@ -467,6 +719,10 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
         paths.sort(key=lambda p: Path(p["gt_path"]).stem)
         keys = basicsr_keys(dataset)
     rank, world = _dist()
+    # The planned core-set must hold one batch per rank: known from the counts, so refuse before scoring.
+    step_matched_epochs(selection_counts(len(keys), copts.ratio, copts.skip_top)[0], dataset_opt, opt)
+    # Header reads on rank 0, the verdict shared: a mismatched pair stops every rank before scoring.
+    _on_rank0(lambda: check_pair_sizes(dataset, scale))
 
     if not copts.needs_scores:
         scores = Scores(np.zeros(len(keys), dtype=np.float32), keys=keys, metadata={"scorer": "none"})
@@ -474,17 +730,23 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
     else:
         path = Path(copts.scores)
         source = f"{WHERE}.scores file {str(path)!r}"
-        if _rank0_decides(path.is_file()):
+        if _rank0_decides(path.is_file()) and not copts.rescore:
             origin = f"{path} (loaded)"
+            loaded = align_scores(_load_scores(path, source), keys, source)
+            # Rank 0 fingerprints the sources (hashing every image once); all ranks share its verdict.
+            _on_rank0(lambda: check_provenance(
+                loaded, expected=expected_provenance(copts, scale, hr_only), dataset=_Described(dataset, scale),
+                source=source, fix=RESCORE_FIX))
         else:
             try:
                 scorer = _make_scorer(copts, scale, _scoring_device(opt))
             except ValueError as e:  # a model file that cannot score this recipe
                 raise CoresetConfigError(f"{WHERE}.scorer: {e}") from None
+            why = " (rescore: true)" if copts.rescore and path.is_file() else ""
             if logger is not None:
                 what = " (HR only: LR by MATLAB bicubic from each whole HR image)" if hr_only else ""
                 logger.info(f"core-set: scoring {len(keys)} samples with {copts.scorer!r} "
-                            f"(x{scale}, {world} rank(s)){what} -> {path}")
+                            f"(x{scale}, {world} rank(s)){what} -> {path}{why}")
             view = HROnlyScoringView(dataset, keys) if hr_only else BasicSRScoringView(dataset, scale)
             try:
                 fresh = scorer.score(view)
@@ -495,47 +757,33 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
             fresh.metadata.setdefault("scale", scale)
             fresh.metadata.setdefault("basicsr_dataset", str(dataset_opt.get("name")))
             if rank == 0:
+                # what the scores were computed from: the block's scorer spec, the recipe's scale and
+                # LR folder, and a fingerprint of every GT and LQ file (checked on every later use)
+                fresh.metadata["provenance"] = {**(fresh.metadata.get("provenance") or {}),
+                                                **basicsr_provenance(dataset, scale), "scorer": copts.scorer}
                 fresh.save(path)
-            origin = f"{path} (computed with {copts.scorer})"
+            origin = f"{path} (computed with {copts.scorer}{why})"
             _barrier()
-        try:
-            loaded = Scores.load(path)
-        except (ValueError, FileNotFoundError) as e:
-            raise CoresetConfigError(f"{source}: {e}") from None
+            loaded = _load_scores(path, source)
         scores = align_scores(loaded, keys, source)
 
     core = CoreSetDataset(dataset, scores, mode=copts.mode, ratio=copts.ratio, skip_top=copts.skip_top,
                           seed=copts.seed)
-
-    enlarge = dataset_opt.get("dataset_enlarge_ratio", 1)
-    per_rank = math.ceil(len(core) * enlarge / world)
-    if per_rank < dataset_opt["batch_size_per_gpu"]:
-        raise CoresetConfigError(
-            f"{WHERE}.ratio: the core-set keeps {len(core)} samples ({per_rank} per rank with dataset_enlarge_ratio "
-            f"{enlarge}), fewer than one batch (batch_size_per_gpu {dataset_opt['batch_size_per_gpu']}); "
-            "raise ratio or dataset_enlarge_ratio")
+    iters, last_epoch = step_matched_epochs(len(core), dataset_opt, opt)  # refuses less than one batch
 
     if copts.export_meta_info is not None and rank == 0:
         write_meta_info(copts.export_meta_info, dataset, core.indices)
 
     if logger is not None:
-        iters, epochs = implied_epochs(len(core), dataset_opt, opt)
-        iters0, epochs0 = implied_epochs(len(dataset), dataset_opt, opt)
         total_iter = int(opt["train"]["total_iter"])
+        iters0 = step_matched_epochs(len(dataset), dataset_opt, opt)[0]
         ranges = "\n".join(str(core.summary()).splitlines()[1:])
         logger.info(
             f"core-set: kept {len(core)}/{len(dataset)} samples ({100 * len(core) / len(dataset):.1f}%), "
             f"mode={copts.mode}, ratio={copts.ratio:g}, skip_top={copts.skip_top:g}, seed={copts.seed}, "
             f"scores={origin}\n{ranges}\n"
-            f"  total_iter {total_iter} unchanged (step-matched): {epochs} epochs of {iters} iters "
-            f"(full set: {epochs0} epochs of {iters0} iters)")
-        # BasicSR counts epochs with ceil() but its train loader drops the last partial batch, so a
-        # small set can end before total_iter; say so instead of letting it pass silently.
-        reachable = (epochs + 1) * (per_rank // dataset_opt["batch_size_per_gpu"])
-        if reachable < total_iter:
-            logger.warning(f"core-set: BasicSR will stop after {reachable} of {total_iter} iterations (its epoch "
-                           "count rounds up, its loader drops the last partial batch); raise "
-                           "dataset_enlarge_ratio to reach total_iter")
+            f"  total_iter {total_iter} unchanged (step-matched): {math.ceil(total_iter / iters)} epochs of "
+            f"{iters} iters (full set: {math.ceil(total_iter / iters0)} epochs of {iters0} iters)")
         if copts.export_meta_info is not None:
             logger.info(f"core-set: wrote meta_info of the {len(core)} kept samples to {copts.export_meta_info}")
     return core

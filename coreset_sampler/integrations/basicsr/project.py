@@ -147,9 +147,9 @@ _ENABLED: list = []
 
 
 def _excepthook(exc_type, exc, tb):
-    from .coreset import CoresetConfigError
+    from .train import USER_ERRORS  # a bad block, recipe or scores file: the user's to fix
 
-    if issubclass(exc_type, CoresetConfigError):
+    if issubclass(exc_type, USER_ERRORS):
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(2)  # an uncaught exception would exit 1; the block's errors exit 2

@@ -1,0 +1,550 @@
+"""Storage pruning: write a core-set as files plus BasicSR's ``meta_info.txt`` and report the bytes.
+
+:func:`export_coreset` writes the kept samples of a dataset to a folder: sub-images
+(:class:`~coreset_sampler.data.SubImageDataset`) become PNG crops named ``{key}.png``, whole
+images (:class:`~coreset_sampler.data.PairedImageFolder`) are copied, hard-linked or symlinked
+under their own names (their LR files, when the dataset reads an LR folder, under ``lr/``).
+It returns an :class:`ExportReport` (what was written, bytes before and after).
+
+Source data is never written. Every folder a write lands in is resolved (``--out`` itself,
+``lr/``, any symlink already there) and refused by :func:`check_writable_outside` when it
+resolves into a folder the samples come from. Each file is written under a hidden temporary name
+in its final folder and renamed over the destination, so a symlink or hard link already at the
+destination is replaced, never written through. Temporary files left by a killed export are
+removed by the next export into the same folder (and listed in the report).
+
+Example:
+    >>> from coreset_sampler import CoreSetDataset, export_coreset
+    >>> core = CoreSetDataset(train_set, scores, mode="des", ratio=0.5, skip_top=0.05)  # doctest: +SKIP
+    >>> print(export_coreset(train_set, core.indices, "T91_core"))                      # doctest: +SKIP
+    exported 945/1889 sub-images to T91_core (945 written, 0 already up to date) ...
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import filecmp
+import io
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence, Union
+
+__all__ = ["export_coreset", "ExportReport", "check_writable_outside", "UnsafeWriteError", "source_roots",
+           "dataset_layout", "META_INFO", "LINK_MODES"]
+
+META_INFO = "meta_info.txt"
+LINK_MODES = ("copy", "hard", "symlink")
+#: up to this many dropped sub-images are encoded to measure the full set's size exactly
+EXACT_SIZE_LIMIT = 5000
+#: PIL modes PNG stores as they are; others are converted to RGB
+_PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"}
+#: ``.{name}.{pid}.{8 hex}.tmp``: the temporary name of every file this module writes
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+#: ``.meta_info.txt.XXXXXXXX.tmp``: what earlier versions left (``tempfile.mkstemp``)
+_OLD_TMP_RE = re.compile(r"^\.meta_info\.txt\.[a-z0-9_]{8}\.tmp$")
+
+PathLike = Union[str, os.PathLike]
+Roots = Union[Mapping[str, PathLike], Iterable[PathLike]]
+
+
+class UnsafeWriteError(ValueError):
+    """A path to be written resolves into a protected (source data) folder."""
+
+
+# --------------------------------------------------------------------------- the write guard
+
+
+def write_target(path: PathLike) -> Path:
+    """Where a write to ``path`` really lands, symlinks resolved.
+
+    An existing folder is resolved fully (files are written inside it). Anything else is a file
+    entry that is created or replaced by rename, so only its parent folder is resolved: a
+    symlink at the entry itself is replaced, not followed.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return p.resolve()
+    return p.parent.resolve() / p.name
+
+
+def _labelled(roots: Roots) -> list[tuple[str, Path]]:
+    items = roots.items() if isinstance(roots, Mapping) else (("source folder", r) for r in roots)
+    out, seen = [], set()
+    for label, r in items:
+        if r is None:
+            continue
+        rr = Path(r).resolve()
+        if rr not in seen:
+            seen.add(rr)
+            out.append((label, Path(r)))
+    return out
+
+
+def check_writable_outside(paths: Iterable[PathLike], protected_roots: Roots) -> None:
+    """Refuse to write any of ``paths`` when it resolves to or into one of ``protected_roots``.
+
+    Args:
+        paths: files or folders about to be written (they need not exist yet). Folders that
+            exist are resolved fully; other paths by their parent folder (see :func:`write_target`).
+        protected_roots: folders that must never be written, as paths or as
+            ``{label: path}`` (the label is used in the message, e.g. ``{"DATA": "T91"}``).
+
+    Raises:
+        UnsafeWriteError: (a ``ValueError``) naming the path, what it resolves to and the folder.
+
+    Example:
+        >>> check_writable_outside(["out/meta_info.txt"], {"dataroot_gt": "datasets/DIV2K_HR_sub"})
+        >>> check_writable_outside(["/tmp/x/y"], {"DATA": "/tmp/x"})
+        Traceback (most recent call last):
+        ...
+        coreset_sampler.export.UnsafeWriteError: refusing to write /tmp/x/y: it resolves to /tmp/x/y, inside DATA (/tmp/x); source data is never written: choose a path outside it
+    """
+    roots = [(label, r, r.resolve()) for label, r in _labelled(protected_roots)]
+    for p in paths:
+        target = write_target(p)
+        for label, r, rr in roots:
+            if target == rr or rr in target.parents:
+                shown = str(r) if Path(r) == rr else f"{r}, i.e. {rr}"
+                raise UnsafeWriteError(f"refusing to write {p}: it resolves to {target}, "
+                                       f"{'which is' if target == rr else 'inside'} {label} ({shown}); "
+                                       f"source data is never written: choose a path outside it")
+
+
+def source_roots(dataset) -> dict[str, Path]:
+    """``{label: folder}`` of every folder ``dataset`` reads its samples from.
+
+    Its root folders (``roots``, ``hr_root``, ``lr_root``) and the real folder of every source
+    file (a symlinked image may live elsewhere): :func:`export_coreset` never writes into them.
+    """
+    out: dict[str, Path] = {}
+    for r in getattr(dataset, "roots", None) or []:
+        out.setdefault(f"the data folder {r}", Path(r))
+    if getattr(dataset, "hr_root", None) is not None:
+        out.setdefault("the HR folder", Path(dataset.hr_root))
+    if getattr(dataset, "lr_root", None) is not None:
+        out.setdefault("the LR folder", Path(dataset.lr_root))
+    seen = {p.resolve() for p in out.values()}
+    for f in _source_files(dataset):
+        parent = f.resolve().parent
+        if parent not in seen:
+            seen.add(parent)
+            out[f"the folder of source image {f}"] = parent
+    return out
+
+
+def _source_files(dataset) -> list[Path]:
+    files = list(getattr(dataset, "files", None) or getattr(dataset, "hr_paths", None) or [])
+    return [Path(f) for f in files + list(getattr(dataset, "lr_paths", None) or [])]
+
+
+def dataset_layout(dataset) -> dict:
+    """How ``dataset``'s samples map onto files, for a scores file's ``data`` metadata.
+
+    ``{"kind": "subimages", "roots", "scale", "crop", "step", "thresh"}`` for a
+    :class:`~coreset_sampler.data.SubImageDataset`, ``{"kind": "images", "roots", "scale"[,
+    "lr_root"]}`` for a :class:`~coreset_sampler.data.PairedImageFolder` (folders absolute):
+    enough for ``coreset-sr export`` / ``plot --grid`` to rebuild the same samples.
+
+    Example:
+        >>> dataset_layout(SubImageDataset("T91", crop=96, step=48, scale=2))  # doctest: +SKIP
+        {'kind': 'subimages', 'roots': ['/data/T91'], 'scale': 2, 'crop': 96, 'step': 48, 'thresh': 0}
+    """
+    if hasattr(dataset, "source") and hasattr(dataset, "crop"):
+        return {"kind": "subimages", "roots": [str(Path(r).resolve()) for r in dataset.roots],
+                "scale": int(dataset.scale), "crop": int(dataset.crop), "step": int(dataset.step),
+                "thresh": int(getattr(dataset, "thresh", 0))}
+    if hasattr(dataset, "hr_paths"):
+        spec = {"kind": "images", "roots": [str(Path(dataset.hr_root).resolve())], "scale": int(dataset.scale)}
+        if getattr(dataset, "lr_root", None) is not None:
+            spec["lr_root"] = str(Path(dataset.lr_root).resolve())
+        return spec
+    raise TypeError(f"no file layout for {type(dataset).__name__}: expected a SubImageDataset or "
+                    f"PairedImageFolder")
+
+
+# --------------------------------------------------------------------------- atomic file writes
+
+
+def _tmp_path(dst: Path) -> Path:
+    return dst.with_name(f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    with open(path, "xb") as f:  # "x": never an existing file; default permissions
+        f.write(data)
+
+
+def _named(e: OSError, dst: Path) -> OSError:
+    """The same error (errno, message) naming the destination instead of a hidden temp file."""
+    return OSError(e.errno, e.strerror or str(e), str(dst))
+
+
+def _unlink_quietly(p: Path) -> None:
+    try:
+        if p.is_symlink() or p.exists():
+            p.unlink()
+    except OSError:
+        pass
+
+
+def _atomic(dst: Path, make_tmp) -> None:
+    tmp = _tmp_path(dst)
+    try:
+        make_tmp(tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise _named(e, dst) from e
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _write_bytes(dst: Path, data: bytes) -> None:
+    _atomic(dst, lambda tmp: _write_new_file(tmp, data))
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != len(data):
+            return False
+        return path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def _place_file(src: Path, dst: Path, link: str) -> bool:
+    """Put ``src`` at ``dst`` by copy / hard link / symlink, atomically; False if already there."""
+    src_abs = src.resolve()
+    if link == "hard":
+        if dst.exists() and not dst.is_symlink() and os.path.samefile(dst, src_abs):
+            return False
+    elif link == "symlink":
+        if dst.is_symlink() and Path(os.readlink(dst)) == src_abs:
+            return False
+    elif dst.is_file() and not dst.is_symlink() and filecmp.cmp(src_abs, dst, shallow=False):
+        return False
+
+    def make(tmp: Path) -> None:
+        if link == "hard":
+            try:
+                os.link(src_abs, tmp)
+            except OSError as e:
+                if e.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise OSError(e.errno, f"cannot hard-link {src} into {dst.parent} ({e.strerror}); "
+                                           f"use link='copy' or 'symlink' (--link copy / symlink)") from None
+                raise
+        elif link == "symlink":
+            os.symlink(src_abs, tmp)
+        else:
+            shutil.copyfile(src_abs, tmp)
+            shutil.copystat(src_abs, tmp)
+
+    _atomic(dst, make)
+    return True
+
+
+def remove_stale_temp_files(folder: Path) -> tuple[list[str], list[str]]:
+    """Remove this module's temporary files left in ``folder`` by a killed process.
+
+    Returns ``(removed, busy)``: names removed, and names left alone because the process that
+    writes them is still running.
+    """
+    removed, busy = [], []
+    if not folder.is_dir():
+        return removed, busy
+    for p in sorted(folder.iterdir()):
+        m = _TMP_RE.match(p.name)
+        if m is None and not _OLD_TMP_RE.match(p.name):
+            continue
+        if m is not None and _pid_alive(int(m.group("pid"))):
+            busy.append(p.name)
+            continue
+        try:
+            p.unlink()
+            removed.append(p.name)
+        except FileNotFoundError:  # its writer renamed it meanwhile
+            pass
+    return removed, busy
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process writes one file at a time and cleans up after itself
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+@dataclasses.dataclass
+class ExportReport:
+    """What :func:`export_coreset` wrote (``str()`` gives the readable block the CLI prints).
+
+    Attributes:
+        kind: ``"subimages"`` (PNG crops) or ``"images"`` (original files).
+        out: the output folder.
+        kept, total: core-set size and dataset size.
+        written, unchanged: files (re)written vs already identical.
+        bytes_before: all samples as files (sub-images: exact, or estimated from a sample of the
+            dropped ones beyond 5000, see ``bytes_before_estimated``); bytes_after: the core-set.
+        source_bytes: the source image files read.
+        files: the exported file names, in ``meta_info.txt`` order.
+        stale: files already in ``out`` that are not in this core-set (left in place).
+        link: ``"png"`` for sub-images, else the link mode.
+        removed_temp, busy_temp: leftover temporary files removed / left alone (their writer
+            is still running).
+    """
+
+    kind: str
+    out: Path
+    kept: int
+    total: int
+    written: int
+    unchanged: int
+    bytes_before: int
+    bytes_after: int
+    bytes_before_estimated: bool
+    source_bytes: int
+    files: list
+    stale: list
+    link: str
+    removed_temp: list = dataclasses.field(default_factory=list)
+    busy_temp: list = dataclasses.field(default_factory=list)
+
+    @property
+    def meta_info(self) -> Path:
+        return self.out / META_INFO
+
+    @property
+    def saved_bytes(self) -> int:
+        return self.bytes_before - self.bytes_after
+
+    @property
+    def saved_fraction(self) -> float:
+        return self.saved_bytes / self.bytes_before if self.bytes_before else 0.0
+
+    def __str__(self) -> str:
+        out, saved, pct = self.out, self.saved_bytes, 100.0 * self.saved_fraction
+        what = "sub-images" if self.kind == "subimages" else "files"
+        lines = [f"exported {self.kept}/{self.total} {what} to {out} "
+                 f"({self.written} written, {self.unchanged} already up to date)",
+                 f"  meta_info      {self.meta_info} ({self.kept} lines)"]
+        if self.kind == "subimages":
+            est = ", estimated from a sample of the dropped ones" if self.bytes_before_estimated else ""
+            lines.append(f"  storage        bytes before {self.bytes_before} ({_fmt_bytes(self.bytes_before)}: "
+                         f"all {self.total} sub-images as PNG{est}), after {self.bytes_after} "
+                         f"({_fmt_bytes(self.bytes_after)}): saves {_fmt_bytes(saved)} ({pct:.1f}%)")
+            lines.append(f"  source images  {_fmt_bytes(self.source_bytes)} (read only, unchanged; overlapping "
+                         f"crops take more room than their sources)")
+        else:
+            lines.append(f"  storage        bytes before {self.bytes_before} ({_fmt_bytes(self.bytes_before)}), "
+                         f"after {self.bytes_after} ({_fmt_bytes(self.bytes_after)}): saves {_fmt_bytes(saved)} "
+                         f"({pct:.1f}%)")
+            if self.link in ("hard", "symlink"):
+                lines.append(f"  note           --link {self.link}: no space is freed until the full set is deleted"
+                             + (" (symlinks would then break: use copy or hard)" if self.link == "symlink" else ""))
+        if self.removed_temp:
+            lines.append(f"  cleaned        removed {len(self.removed_temp)} temporary file(s) left by an "
+                         f"interrupted export ({_some(self.removed_temp)})")
+        if self.busy_temp:
+            lines.append(f"  warning        {len(self.busy_temp)} temporary file(s) of a running process left "
+                         f"alone ({_some(self.busy_temp)}): is another export writing to {out}?")
+        if self.stale:
+            lines.append(f"  warning        {out} also holds {len(self.stale)} file(s) not in this core-set "
+                         f"({_some(self.stale)}); left untouched, {META_INFO} lists only the core-set")
+        return "\n".join(lines)
+
+    summary = __str__
+
+
+def _some(names: Sequence[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _png_bytes(im) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=3)  # BasicSR's level, as extract_subimages writes
+    return buf.getvalue()
+
+
+def _open_rgbish(path: Path):
+    from PIL import Image
+
+    try:
+        im = Image.open(path)
+        im.load()
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError ...
+        raise ValueError(f"cannot read image {path}: {e}") from e
+    if im.mode not in _PNG_MODES:
+        im = im.convert("RGB")
+    return im
+
+
+def _dropped_png_bytes(dataset, kept_idx, progress: bool) -> tuple[float, bool]:
+    """PNG bytes the dropped sub-images would take: exact up to EXACT_SIZE_LIMIT, else from a sample."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    mask = np.ones(len(dataset), dtype=bool)
+    mask[list(kept_idx)] = False
+    dropped = np.flatnonzero(mask)
+    if dropped.size == 0:
+        return 0.0, False
+    sample = dropped
+    if dropped.size > EXACT_SIZE_LIMIT:  # textured crops compress worse: sample, do not extrapolate the kept
+        sample = np.sort(np.random.default_rng(0).choice(dropped, EXACT_SIZE_LIMIT // 5, replace=False))
+    by_file: dict[Path, list[int]] = {}
+    for i in sample.tolist():
+        by_file.setdefault(dataset.source(i)[0], []).append(i)
+    total = 0
+    with tqdm(total=sample.size, desc="measure dropped", unit="img", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for f, members in by_file.items():
+            with _open_rgbish(f) as im:
+                for i in members:
+                    _, top, left = dataset.source(i)
+                    total += len(_png_bytes(im.crop((left, top, left + dataset.crop, top + dataset.crop))))
+                    bar.update(1)
+    return total * dropped.size / sample.size, sample.size < dropped.size
+
+
+def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progress: bool = True,
+                   protect: Roots = ()) -> ExportReport:
+    """Write the samples ``indices`` of ``dataset`` to ``out`` plus ``meta_info.txt``; report the bytes.
+
+    Sub-image datasets (``.source(i)``, ``.crop``) become PNG crops named ``{key}.png`` (the
+    source's mode kept, BasicSR's compression level); image folders (``.hr_paths``) are copied
+    or linked under their own names, their LR files (when the dataset has an LR folder) under
+    ``out/lr``. Rerunning leaves identical files alone; files in ``out`` that are not in the
+    core-set are left in place and listed in ``report.stale``.
+
+    Args:
+        dataset: a :class:`~coreset_sampler.data.SubImageDataset` or
+            :class:`~coreset_sampler.data.PairedImageFolder`.
+        indices: indices of the kept samples (e.g. ``CoreSetDataset.indices``).
+        out: output folder (created).
+        link: how whole-image files reach ``out``: ``"copy"``, ``"hard"`` or ``"symlink"``.
+        progress: tqdm bars.
+        protect: more folders never to write into, as paths or ``{label: path}``; the dataset's
+            own source folders (:func:`source_roots`) are always protected.
+
+    Returns:
+        :class:`ExportReport`.
+
+    Raises:
+        UnsafeWriteError: ``out``, ``out/lr`` or ``out/meta_info.txt`` resolves into a source
+            or protected folder (checked before anything is written).
+        ValueError: bad ``link``, indices out of range, or a source image that no longer holds
+            a sub-image (changed since scoring).
+        OSError: a failed write (e.g. no space left), naming the destination file.
+
+    Example:
+        >>> report = export_coreset(train_set, core.indices, "T91_core")   # doctest: +SKIP
+        >>> report.bytes_after, report.saved_fraction                        # doctest: +SKIP
+        (17868998, 0.465)
+    """
+    from tqdm.auto import tqdm
+
+    if link not in LINK_MODES:
+        raise ValueError(f"link must be one of {', '.join(LINK_MODES)}, got {link!r}")
+    subimages = hasattr(dataset, "source") and hasattr(dataset, "crop")
+    if not subimages and not hasattr(dataset, "hr_paths"):
+        raise TypeError(f"export needs a SubImageDataset or PairedImageFolder, got {type(dataset).__name__}")
+    n = len(dataset)
+    idx = sorted({int(i) for i in indices})
+    if idx and not (0 <= idx[0] and idx[-1] < n):
+        bad = idx[0] if idx[0] < 0 else idx[-1]
+        raise ValueError(f"index {bad} out of range for a dataset of {n} samples")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output {out} exists and is not a folder")
+    lr_paths = None if subimages else getattr(dataset, "lr_paths", None)
+    lr_dir = out / "lr"
+    targets = [out, out / META_INFO] + ([lr_dir] if lr_paths is not None else [])
+    check_writable_outside(targets, {**source_roots(dataset), **dict(_labelled(protect))})
+    if lr_paths is not None and write_target(lr_dir) == write_target(out):
+        raise UnsafeWriteError(f"refusing to write {lr_dir}: it resolves to {out} itself, where LR files would "
+                               f"replace the HR files of the same name; remove the link {lr_dir}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    removed, busy = remove_stale_temp_files(out)
+    if lr_paths is not None:
+        lr_dir.mkdir(exist_ok=True)
+        r2, b2 = remove_stale_temp_files(lr_dir)
+        removed += [f"lr/{x}" for x in r2]
+        busy += [f"lr/{x}" for x in b2]
+
+    names: list[str] = []
+    written = unchanged = bytes_after = 0
+    if subimages:
+        by_file: dict[Path, list[int]] = {}
+        for i in idx:
+            by_file.setdefault(dataset.source(i)[0], []).append(i)
+        crop = dataset.crop
+        with tqdm(total=len(idx), desc="export", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+            for f, members in by_file.items():
+                with _open_rgbish(f) as im:
+                    for i in members:
+                        _, top, left = dataset.source(i)
+                        if im.height < top + crop or im.width < left + crop:
+                            raise ValueError(f"image {f} changed since it was scored: it no longer holds "
+                                             f"sub-image {dataset.keys[i]!r} ({crop}x{crop} at {left},{top})")
+                        data = _png_bytes(im.crop((left, top, left + crop, top + crop)))
+                        name = f"{dataset.keys[i]}.png"
+                        if _same_bytes(out / name, data):
+                            unchanged += 1
+                        else:
+                            _write_bytes(out / name, data)
+                            written += 1
+                        names.append(name)
+                        bytes_after += len(data)
+                        bar.update(1)
+        source_bytes = sum(p.stat().st_size for p in dataset.files)
+        dropped_bytes, estimated = _dropped_png_bytes(dataset, idx, progress)
+        bytes_before = bytes_after + dropped_bytes
+        kind, mode = "subimages", "png"
+    else:
+        for i in tqdm(idx, desc="export", unit="file", disable=not progress, dynamic_ncols=True):
+            src = Path(dataset.hr_paths[i])
+            changed = _place_file(src, out / src.name, link)
+            bytes_after += src.stat().st_size
+            if lr_paths is not None:
+                lr = Path(lr_paths[i])
+                changed |= _place_file(lr, lr_dir / lr.name, link)
+                bytes_after += lr.stat().st_size
+            written += changed
+            unchanged += not changed
+            names.append(src.name)
+        all_files = [Path(p) for p in dataset.hr_paths] + [Path(p) for p in (lr_paths or [])]
+        bytes_before = source_bytes = sum(p.stat().st_size for p in all_files)
+        estimated, kind, mode = False, "images", link
+    _write_bytes(out / META_INFO, ("\n".join(names) + "\n").encode("utf-8"))
+    expected = set(names) | {META_INFO, "lr"}
+    stale = sorted(p.name for p in out.iterdir() if p.name not in expected and not p.name.startswith("."))
+    return ExportReport(kind=kind, out=out, kept=len(idx), total=n, written=int(written), unchanged=int(unchanged),
+                        bytes_before=int(bytes_before), bytes_after=int(bytes_after),
+                        bytes_before_estimated=bool(estimated), source_bytes=int(source_bytes), files=names,
+                        stale=stale, link=mode, removed_temp=removed, busy_temp=busy)

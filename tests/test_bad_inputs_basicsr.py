@@ -1,0 +1,615 @@
+"""Bad-input catalogue for the BasicSR plug-in (``coreset-sr-train`` and the ``coreset:`` block).
+
+Table-driven: every case names its input, the error it must raise (exception type in process,
+exit status 2 in a subprocess) and substrings the message must contain (the culprit: key, file,
+field, both values). Cases that touch files check that ``dataroot_gt`` / ``dataroot_lq`` are
+byte-identical afterwards (the ``untouched`` fixture) and that nothing was cached. Most cases call
+the validation and build functions in process; a few real ``coreset-sr-train`` subprocesses prove
+the exit status, the single line on stderr and that no ``experiments/`` or ``tb_logger/`` appears.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    from coreset_sampler.integrations.basicsr import compat  # noqa: F401  (alias + import basicsr)
+except ImportError as e:  # pragma: no cover - depends on the environment
+    pytest.skip(f"basicsr not importable: {e}", allow_module_level=True)
+
+import yaml  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from basicsr.utils.registry import DATASET_REGISTRY  # noqa: E402
+from coreset_sampler import Scores  # noqa: E402
+from coreset_sampler.provenance import ProvenanceError  # noqa: E402
+from coreset_sampler.integrations.basicsr import coreset as cs  # noqa: E402
+from coreset_sampler.integrations.basicsr import recipe as rc  # noqa: E402
+from coreset_sampler.integrations.basicsr import train as tr  # noqa: E402
+
+pytestmark = pytest.mark.basicsr
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "integrations" / "basicsr" / "options" / "train_tiny_cpu_coreset.yml"
+N = 12
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+def make_pairs(root: Path, n: int = N) -> Path:
+    """``n`` HR (16x16) / LR (8x8) PNG pairs under root/HR, root/LR; texture grows with the index."""
+    (root / "HR").mkdir(parents=True)
+    (root / "LR").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        hr = np.clip(0.5 + (i + 1) / n * (rng.random((16, 16, 3)) - 0.5), 0, 1)
+        im = Image.fromarray((hr * 255).round().astype(np.uint8))
+        im.save(root / "HR" / f"img{i:02d}.png")
+        im.resize((8, 8), Image.BICUBIC).save(root / "LR" / f"img{i:02d}.png")
+        if (root / "LR4").is_dir() or i == 0:
+            (root / "LR4").mkdir(exist_ok=True)
+            im.resize((4, 4), Image.BICUBIC).save(root / "LR4" / f"img{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def pairs(tmp_path) -> Path:
+    """A fresh copy per test: some cases change the images on purpose."""
+    return make_pairs(tmp_path / "data")
+
+
+def dataset_opt(pairs: Path, **block) -> dict:
+    return {
+        "name": "synthetic", "type": "PairedImageDataset", "phase": "train", "scale": 2,
+        "dataroot_gt": str(pairs / "HR"), "dataroot_lq": str(pairs / "LR"), "io_backend": {"type": "disk"},
+        "gt_size": 8, "use_hflip": True, "use_rot": True, "batch_size_per_gpu": 2, "num_worker_per_gpu": 0,
+        "dataset_enlarge_ratio": 1, "coreset": {"num_workers": 0, "scorer": "sobel", **block},
+    }
+
+
+def full_opt(dopt: dict, scale: int = 2, total_iter: int = 10) -> dict:
+    dopt["scale"] = scale
+    return {"scale": scale, "num_gpu": 0, "world_size": 1, "rank": 0, "dist": False, "manual_seed": 0,
+            "train": {"total_iter": total_iter}, "datasets": {"train": dopt}}
+
+
+def stock(dopt: dict):
+    plain = copy.deepcopy({k: v for k, v in dopt.items() if k != "coreset"})
+    return DATASET_REGISTRY.get(plain["type"])(plain)
+
+
+def build(dopt: dict, opt: dict | None = None):
+    """What coreset-sr-train does with a train block: validate the options, then build the core-set."""
+    opt = opt or full_opt(dopt)
+    cs.validate_options(opt)
+    return cs.build_coreset_dataset(stock(dopt), dopt, opt, None)
+
+
+def assert_message(err: BaseException | str, needles) -> None:
+    msg = str(err)
+    for needle in needles:
+        assert needle in msg, f"{needle!r} not in message: {msg}"
+
+
+# -- recipes: YAML is read as data, never executed ---------------------------------------------
+
+TAG_RECIPES = [
+    # id, the lines appended to a minimal recipe (the tag on the last one), the tag the message must name
+    ("apply-os-system", 'pwn: !!python/object/apply:os.system ["touch PWNED"]', "!!python/object/apply:os.system"),
+    ("python-name", "pwn: !!python/name:os.system", "!!python/name:os.system"),
+    ("python-object-new", "pwn: !!python/object/new:subprocess.Popen [[touch, PWNED]]",
+     "!!python/object/new:subprocess.Popen"),
+    ("python-module", "pwn: !!python/module:os", "!!python/module:os"),
+    ("python-tuple", "pwn: !!python/tuple [1, 2]", "!!python/tuple"),
+    ("custom-local-tag", "pwn: !include other.yml", "!include"),
+    ("nested-in-list", "train:\n  total_iter: 10\n  hooks: [1, !!python/object/apply:os.getcwd []]",
+     "!!python/object/apply:os.getcwd"),
+]
+
+BASE_RECIPE = "name: t\nnum_gpu: 0\ndatasets: {}\npath: {}\n"
+
+
+@pytest.mark.parametrize("case, line, tag", TAG_RECIPES, ids=[c[0] for c in TAG_RECIPES])
+def test_yaml_tags_are_refused_and_never_run(case, line, tag, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "recipe.yml"
+    path.write_text(BASE_RECIPE + line + "\n")
+    with pytest.raises(rc.RecipeError) as e:
+        rc.read_recipe(path)
+    tag_line = BASE_RECIPE.count("\n") + line.count("\n") + 1
+    assert_message(e.value, [str(path), tag, f"line {tag_line}:", "not allowed"])
+    assert not (tmp_path / "PWNED").exists() and os.listdir(tmp_path) == ["recipe.yml"]
+
+
+RECIPE_CASES = [
+    # id, file content (None: no file; "DIR": a folder), substrings
+    ("missing-file", None, ["recipe file", "not found", "-opt"]),
+    ("folder-as-recipe", "DIR", ["recipe file", "is a folder"]),
+    ("empty-file", "", ["is empty"]),
+    ("bad-yaml-syntax", BASE_RECIPE + "train: {total_iter: 10\n", ["not valid YAML", "line "]),
+    ("bad-indentation", "name: t\n  num_gpu: 0\n", ["not valid YAML", "line 2"]),
+    ("top-level-list", "- name: t\n", ["a YAML mapping, got a list"]),
+    ("missing-datasets", "name: t\nnum_gpu: 0\npath: {}\n", ["missing top-level key 'datasets'"]),
+    ("datasets-not-mapping", "name: t\nnum_gpu: 0\ndatasets: [a]\npath: {}\n", ["'datasets' must be a mapping"]),
+    ("dataset-entry-not-mapping", "name: t\nnum_gpu: 0\ndatasets: {train: 3}\npath: {}\n",
+     ["datasets.train must be a mapping, got 3"]),
+    ("not-utf8", b"name: t\xff\xfe\n", ["cannot be read as UTF-8"]),
+]
+
+
+@pytest.mark.parametrize("case, content, needles", RECIPE_CASES, ids=[c[0] for c in RECIPE_CASES])
+def test_malformed_recipes_are_named(case, content, needles, tmp_path):
+    path = tmp_path / "recipe.yml"
+    if content == "DIR":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(rc.RecipeError) as e:
+        rc.read_recipe(path)
+    assert_message(e.value, [str(path), *needles])
+
+
+def test_safe_recipe_reads_as_basicsr_reads_it():
+    """Standard tags stay data: the shipped recipe reads the same with the safe loader as with BasicSR's."""
+    from basicsr.utils.options import ordered_yaml
+
+    ours = rc.read_recipe(TINY)
+    with open(TINY) as f:
+        theirs = yaml.load(f, Loader=ordered_yaml()[0])  # the shipped recipe is trusted: no tags
+    assert ours == theirs and ours["train"]["optim_g"]["lr"] == 2e-4
+    assert type(ours["datasets"]).__name__ == "OrderedDict"
+
+
+FORCE_CASES = [
+    # id, --force_yml entries, substrings
+    ("key-injection", ['train"]=1;import os;os.system("touch PWNED");x["a=1'], ["exactly one '='"]),
+    ("key-injection-no-eq", ['name"];__import__("os").system("touch PWNED");opt["name=x'], ["key path"]),
+    ("value-eval", ["train:total_iter=[__import__('os').system('touch PWNED')]"], ["not a list of literals"]),
+    ("missing-parent", ["train:nothere:deeper=1"], ["train:nothere is not a mapping"]),
+    ("parent-is-scalar", ["name:sub=1"], ["name is not a mapping"]),
+    ("two-equals", ["train:total_iter=1=2"], ["exactly one '='"]),
+    ("bad-float", ["train:total_iter=!!floatx"], ["not a number after !!float"]),
+]
+
+
+@pytest.mark.parametrize("case, entries, needles", FORCE_CASES, ids=[c[0] for c in FORCE_CASES])
+def test_force_yml_is_checked_not_executed(case, entries, needles, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(rc.RecipeError) as e:
+        rc.check_command_line(["-opt", str(TINY), "--force_yml", *entries])
+    assert_message(e.value, ["--force_yml", *needles])
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_force_yml_literal_lists_and_stock_values_still_work():
+    assert rc.parse_force_value("[1, 'a', 2.5]") == [1, "a", 2.5]
+    assert (rc.parse_force_value("~"), rc.parse_force_value("True"), rc.parse_force_value("!!float 1e-4"),
+            rc.parse_force_value("12"), rc.parse_force_value("0.5"), rc.parse_force_value("x")) == \
+        (None, True, 1e-4, 12, 0.5, "x")
+    # later entries see earlier ones: val=~ then a key under a mapping that exists
+    rc.check_command_line(["-opt", str(TINY), "--force_yml", "val=~", "datasets:val:name=x"])
+
+
+# -- the block over a real BasicSR dataset -----------------------------------------------------
+
+def _shrink_lr(pairs: Path, key: str = "img03", size=(8, 7)) -> None:
+    Image.open(pairs / "LR" / f"{key}.png").resize(size).save(pairs / "LR" / f"{key}.png")
+
+
+def _export_in(where: str):
+    def mutate(pairs: Path, dopt: dict, tmp: Path) -> None:
+        if where == "gt":
+            dopt["coreset"]["export_meta_info"] = str(pairs / "HR" / "meta_info_kept.txt")
+        elif where == "lq":
+            dopt["coreset"]["export_meta_info"] = str(pairs / "LR" / "sub" / "meta_info_kept.txt")
+        elif where == "symlink-dir":  # a harmless-looking folder that is a link into the GT folder
+            (tmp / "meta").symlink_to(pairs / "HR", target_is_directory=True)
+            dopt["coreset"]["export_meta_info"] = str(tmp / "meta" / "kept.txt")
+        elif where == "symlink-file":  # the file itself is a link pointing into the LQ folder
+            (tmp / "kept.txt").symlink_to(pairs / "LR" / "img00.png")
+            dopt["coreset"]["export_meta_info"] = str(tmp / "kept.txt")
+        elif where == "relative":
+            os.chdir(pairs)
+            dopt["coreset"]["export_meta_info"] = "HR/../HR/kept.txt"
+    return mutate
+
+
+def _set(**kw):
+    def mutate(pairs, dopt, tmp):
+        dopt.update(kw)
+    return mutate
+
+
+def _block(**kw):
+    def mutate(pairs, dopt, tmp):
+        dopt["coreset"].update(kw)
+    return mutate
+
+
+BLOCK_CASES = [
+    # id, mutation(pairs, dataset_opt, tmp), exception, substrings
+    ("size-mismatch-lr-short", lambda p, d, t: _shrink_lr(p), cs.CoresetConfigError,
+     ["'img03'", "16x16", "8x7", "at scale 2", "img03.png"]),
+    ("size-mismatch-gt-odd", lambda p, d, t: Image.new("RGB", (17, 16)).save(p / "HR" / "img05.png"),
+     cs.CoresetConfigError, ["'img05'", "17x16", "8x8", "16x16"]),
+    ("recipe-scale-wrong", _set(scale=4), cs.CoresetConfigError, ["at scale 4", "32x32", "the recipe's scale"]),
+    ("unreadable-image", lambda p, d, t: (p / "LR" / "img02.png").write_bytes(b"not a png"),
+     cs.CoresetConfigError, ["cannot read image", "img02.png"]),
+    ("export-inside-gt", _export_in("gt"), cs.CoresetConfigError,
+     ["export_meta_info", "is inside dataroot_gt", "HR"]),
+    ("export-inside-lq", _export_in("lq"), cs.CoresetConfigError,
+     ["export_meta_info", "is inside dataroot_lq", "LR"]),
+    ("export-via-symlinked-folder", _export_in("symlink-dir"), cs.CoresetConfigError,
+     ["export_meta_info", "resolves to", "is inside dataroot_gt"]),
+    ("export-symlink-into-lq", _export_in("symlink-file"), cs.CoresetConfigError,
+     ["export_meta_info", "img00.png", "is inside dataroot_lq"]),
+    ("export-relative-dotdot", _export_in("relative"), cs.CoresetConfigError,
+     ["export_meta_info", "'HR/../HR/kept.txt'", "is inside dataroot_gt"]),
+    ("smaller-than-a-batch", _block(ratio=0.1), cs.CoresetConfigError,
+     ["coreset.ratio", "keeps 1 samples", "fewer than one batch", "batch_size_per_gpu 2"]),
+    ("bad-mode", _block(mode="hardest"), cs.CoresetConfigError, ["coreset.mode", "'hardest'", "des | asc"]),
+    ("unknown-key", _block(rescor=True), cs.CoresetConfigError, ["unknown key 'rescor'", "allowed keys"]),
+    ("ratio-as-string", _block(ratio="5e-1"), cs.CoresetConfigError, ["coreset.ratio", "YAML reads 5e-1 as text"]),
+]
+
+
+@pytest.mark.parametrize("case, mutate, exc, needles", BLOCK_CASES, ids=[c[0] for c in BLOCK_CASES])
+def test_block_refusals(case, mutate, exc, needles, pairs, tmp_path, untouched, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scores = tmp_path / "scores" / "s.safetensors"
+    dopt = dataset_opt(pairs, scores=str(scores))
+    mutate(pairs, dopt, tmp_path)
+    opt = full_opt(dopt, scale=dopt["scale"])
+    with untouched(pairs / "HR", pairs / "LR"):
+        with pytest.raises(exc) as e:
+            build(dopt, opt)
+    assert_message(e.value, needles)
+    assert not scores.exists()  # nothing computed, nothing cached
+
+
+def test_scoring_view_refuses_a_mismatched_pair_it_decodes(pairs, untouched):
+    """Backends without a header pass (lmdb) are checked as the view decodes: the scorer stops on it."""
+    from coreset_sampler.scorers import SobelScorer
+
+    _shrink_lr(pairs)
+    view = cs.BasicSRScoringView(stock(dataset_opt(pairs)), scale=2)
+    i = view.keys.index("img03")
+    with untouched(pairs / "HR", pairs / "LR"):
+        with pytest.raises(cs.CoresetConfigError, match=r"'img03'.*16x16.*8x7"):
+            view[i]
+        with pytest.raises(cs.CoresetConfigError, match=r"'img03'.*16x16.*8x7"):
+            SobelScorer(num_workers=0, progress=False).score(view)
+    assert view[0]["gt"].shape == (3, 16, 16)  # no crop-to-fit for good pairs either
+
+
+@pytest.mark.parametrize("where", ["gt", "lq"])
+def test_validate_options_refuses_export_into_dataroot_before_any_build(where, pairs, tmp_path):
+    dopt = dataset_opt(pairs, scores=str(tmp_path / "s.safetensors"))
+    _export_in(where)(pairs, dopt, tmp_path)
+    with pytest.raises(cs.CoresetConfigError, match=f"inside dataroot_{where}"):
+        cs.validate_options({"scale": 2, "datasets": {"train": dopt}})
+
+
+DATASET_CASES = [
+    # id, mutation(pairs, dataset_opt), substrings: the train set BasicSR cannot build, named in one line
+    ("missing-dataroot-gt", lambda p, d: d.update(dataroot_gt=str(p / "nope")), ["datasets.train", "nope"]),
+    ("extra-gt-image", lambda p, d: shutil.copy(p / "HR" / "img00.png", p / "HR" / "extra.png"),
+     ["datasets.train", "different number of images"]),
+    ("unknown-dataset-type", lambda p, d: d.update(type="PairedImageDatasett"),
+     ["datasets.train.type", "'PairedImageDatasett'"]),
+    ("missing-dataroot-key", lambda p, d: d.pop("dataroot_lq"), ["datasets.train", "dataroot_lq"]),
+]
+
+
+@pytest.mark.parametrize("case, mutate, needles", DATASET_CASES, ids=[c[0] for c in DATASET_CASES])
+def test_train_set_errors_are_one_line(case, mutate, needles, pairs, untouched):
+    dopt = dataset_opt(pairs, scores="s.safetensors")
+    mutate(pairs, dopt)
+    with untouched(pairs / "HR", pairs / "LR"):
+        with pytest.raises(cs.CoresetConfigError) as e:
+            tr._build_stock_train_set(dopt)
+    assert_message(e.value, needles)
+
+
+MAIN_CASES = [
+    # id, recipe text transform, substrings (in process: tr.main, exit 2, one line, nothing created)
+    ("tag-in-recipe", lambda text: text + "\nx: !!python/name:os.system\n", ["!!python/name:os.system"]),
+    ("bad-block-value", lambda text: text.replace("mode: des ", "mode: hardest "),
+     ["datasets.train.coreset.mode", "'hardest'"]),
+    ("bad-yaml", lambda text: text.replace("scale: 2", "scale: [2"), ["not valid YAML"]),
+]
+
+
+@pytest.mark.parametrize("case, transform, needles", MAIN_CASES, ids=[c[0] for c in MAIN_CASES])
+def test_main_prints_one_line_and_creates_nothing(case, transform, needles, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "recipe.yml"
+    path.write_text(transform(TINY.read_text()))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        tr.main(["-opt", str(path)])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("coreset-sr-train: error: ")
+    assert_message(lines[0], needles)
+    assert os.listdir(tmp_path) == ["recipe.yml"]
+
+
+def test_main_refuses_a_provenance_mismatch_in_one_line(pairs, tmp_path, monkeypatch, capsys, untouched):
+    scores = tmp_path / "s.safetensors"
+    _scored(pairs, scores)
+    recipe = tiny_recipe(tmp_path, pairs, scorer="interpolation", scores=str(scores))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()  # the first run's progress bar
+    with untouched(pairs / "HR", pairs / "LR"), pytest.raises(SystemExit) as e:
+        tr.main(["-opt", str(recipe)])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "scorer is 'sobel' in the scores file but 'interpolation' here" in lines[0]
+    assert not (tmp_path / "experiments").exists() and not (tmp_path / "tb_logger").exists()
+
+
+# -- provenance: a cached scores file must come from what the recipe describes -----------------
+
+def _scored(pairs: Path, scores: Path, **block) -> None:
+    """A first run of the block: computes and caches ``scores`` (sobel over HR/LR x2 unless told)."""
+    dopt = dataset_opt(pairs, scores=str(scores), **block)
+    build(dopt, full_opt(dopt, scale=2 if "LR4" not in dopt["dataroot_lq"] else 4))
+
+
+def _cli_scored(pairs: Path, scores: Path, lr: str | None) -> None:
+    """What ``coreset-sr score HR [--lr LR] --scorer sobel`` writes: the library over PairedImageFolder."""
+    from coreset_sampler.data import PairedImageFolder
+    from coreset_sampler.scorers import SobelScorer
+
+    ds = PairedImageFolder(pairs / "HR", None if lr is None else pairs / lr, scale=2)
+    SobelScorer(num_workers=0, progress=False).score(ds).save(scores)
+
+
+def _repaint(pairs: Path, rel: str) -> None:
+    im = np.asarray(Image.open(pairs / rel)).copy()
+    im[0, 0] = 255 - im[0, 0]
+    Image.fromarray(im).save(pairs / rel)
+
+
+def _prov_case(first, then=None, **block):
+    """Setup: ``first(pairs, scores)`` makes the cached file, ``then(pairs)`` changes things after."""
+    def setup(pairs: Path, scores: Path, dopt: dict) -> None:
+        first(pairs, scores)
+        if then is not None:
+            then(pairs)
+        dopt["coreset"].update(block)
+    return setup
+
+
+PROVENANCE_CASES = [
+    # id, setup(pairs, scores, dataset_opt), recipe scale, LQ folder, exception, substrings
+    ("x2-file-reused-by-x4-recipe", _prov_case(_scored), 4, "LR4", ProvenanceError,
+     ["s.safetensors", "scale is 2 in the scores file but 4 here", "rescore: true"]),
+    ("sobel-file-vs-interpolation-recipe", _prov_case(_scored, scorer="interpolation"), 2, "LR",
+     ProvenanceError, ["scorer is 'sobel' in the scores file but 'interpolation' here", "rescore: true"]),
+    ("srcnn-recipe-vs-sobel-file", _prov_case(_scored, scorer="srcnn"), 2, "LR", ProvenanceError,
+     ["scorer is 'sobel' in the scores file but 'srcnn' here"]),
+    ("bicubic-file-vs-lr-folder", _prov_case(lambda p, s: _cli_scored(p, s, lr=None)), 2, "LR", ProvenanceError,
+     ["degradation is 'bicubic' in the scores file but 'lr_folder' here", "rescore: true"]),
+    ("hr-bytes-changed", _prov_case(_scored, lambda p: _repaint(p, "HR/img04.png")), 2, "LR", ProvenanceError,
+     ["1 source image(s) changed since scoring", "img04.png", "rescore: true"]),
+    ("lr-bytes-changed", _prov_case(_scored, lambda p: _repaint(p, "LR/img07.png")), 2, "LR", ProvenanceError,
+     ["lr_sources", "changed since scoring", "img07.png"]),
+    ("hr-file-swapped-same-key", _prov_case(_scored, lambda p: shutil.copy(p / "HR/img01.png", p / "HR/img09.png")),
+     2, "LR", ProvenanceError, ["img09.png", "changed since scoring"]),
+    ("file-without-provenance", _prov_case(lambda p, s: Scores(np.arange(N, dtype=np.float32),
+                                                                keys=[f"img{i:02d}" for i in range(N)]).save(s)),
+     2, "LR", ProvenanceError, ["records no provenance", "rescore: true"]),
+    ("keys-of-another-dataset", _prov_case(lambda p, s: Scores(np.arange(N, dtype=np.float32),
+                                                                keys=[f"x{i:02d}" for i in range(N)]).save(s)),
+     2, "LR", cs.CoresetConfigError, ["s.safetensors", "first mismatching key 'img00'", "rescore: true"]),
+    ("junk-scores-file", _prov_case(lambda p, s: s.write_bytes(b"\x00" * 64)), 2, "LR", cs.CoresetConfigError,
+     ["s.safetensors"]),
+    ("scores-path-is-a-folder", _prov_case(lambda p, s: s.mkdir()), 2, "LR", cs.CoresetConfigError,
+     ["coreset.scores", "not a regular file"]),
+    ("rescore-not-a-bool", _prov_case(_scored, rescore="yes"), 2, "LR", cs.CoresetConfigError,
+     ["coreset.rescore", "'yes'", "true | false"]),
+]
+
+
+@pytest.mark.parametrize("case, setup, scale, lq, exc, needles", PROVENANCE_CASES,
+                         ids=[c[0] for c in PROVENANCE_CASES])
+def test_cached_scores_must_fit_the_recipe(case, setup, scale, lq, exc, needles, pairs, tmp_path, untouched,
+                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scores = tmp_path / "scores" / "s.safetensors"
+    scores.parent.mkdir()
+    dopt = dataset_opt(pairs, scores=str(scores))
+    dopt["dataroot_lq"] = str(pairs / lq)
+    setup(pairs, scores, dopt)
+    before = scores.read_bytes() if scores.is_file() else None
+    opt = full_opt(dopt, scale=scale)
+    with untouched(pairs / "HR", pairs / "LR", pairs / "LR4"):
+        with pytest.raises(exc) as e:
+            build(dopt, opt)
+    assert_message(e.value, needles)
+    assert (scores.read_bytes() if scores.is_file() else None) == before  # the cached file is not touched
+
+
+def test_rescore_true_recomputes_on_purpose(pairs, tmp_path, untouched):
+    scores = tmp_path / "s.safetensors"
+    _scored(pairs, scores)
+    _repaint(pairs, "HR/img04.png")
+    dopt = dataset_opt(pairs, scores=str(scores), rescore=True)
+    with untouched(pairs / "HR", pairs / "LR"):
+        core = build(dopt)
+    prov = Scores.load(scores).metadata["provenance"]
+    assert prov["scorer"] == "sobel" and prov["scale"] == 2 and prov["degradation"] == "lr_folder"
+    assert set(prov["sources"]) == {f"img{i:02d}.png" for i in range(N)} == set(prov["lr_sources"])
+    assert len(core) == N // 2
+    # the fresh file is accepted by the next run without rescore, and refused after another change
+    dopt["coreset"]["rescore"] = False
+    assert build(dopt).keys == core.keys
+    _repaint(pairs, "LR/img02.png")
+    with pytest.raises(ProvenanceError, match=r"img02\.png"):
+        build(dopt)
+
+
+def test_cli_scores_over_the_same_folders_fit_the_block(pairs, tmp_path):
+    """A file from ``coreset-sr score HR --lr LR --scorer sobel`` is the same provenance: accepted."""
+    scores = tmp_path / "s.safetensors"
+    _cli_scored(pairs, scores, lr="LR")
+    dopt = dataset_opt(pairs, scores=str(scores))
+    log = []
+    core = cs.build_coreset_dataset(stock(dopt), dopt, full_opt(dopt), type("L", (), {
+        "info": lambda self, m: log.append(m), "warning": lambda self, m: log.append(m)})())
+    assert len(core) == N // 2 and "(loaded)" in log[0]
+
+
+# -- step-matching: BasicSR's loop reaches total_iter -------------------------------------------
+
+def basicsr_loop_steps(train_loader, train_sampler, total_epochs: int, total_iters: int) -> int:
+    """BasicSR 1.4.2's train_pipeline loop (epochs 0..total_epochs, break past total_iters), counting steps."""
+    current_iter = 0
+    for epoch in range(0, total_epochs + 1):
+        train_sampler.set_epoch(epoch)
+        for _ in train_loader:
+            current_iter += 1
+            if current_iter > total_iters:
+                break
+    return min(current_iter, total_iters)
+
+
+STEP_CASES = [
+    # id, samples kept, batch, enlarge ratio, total_iter; stock BasicSR would stop early in the first two
+    ("enlarge1-10-of-12", 10, 4, 1, 12),
+    ("enlarge1-odd-tail", 7, 2, 1, 20),
+    ("enlarge3", 5, 4, 3, 13),
+    ("divisible", 8, 4, 1, 6),
+]
+
+
+@pytest.mark.parametrize("case, kept, batch, enlarge, total", STEP_CASES, ids=[c[0] for c in STEP_CASES])
+def test_step_matching_reaches_total_iter(case, kept, batch, enlarge, total, pairs, tmp_path, untouched):
+    import basicsr.train as bt
+
+    dopt = dataset_opt(pairs, mode="random", ratio=kept / N)
+    dopt.update(batch_size_per_gpu=batch, dataset_enlarge_ratio=enlarge)
+    opt = full_opt(dopt, total_iter=total)
+    logger = logging.getLogger("test_bad_inputs_basicsr")
+    with untouched(pairs / "HR", pairs / "LR"), tr.basicsr_hooks():
+        loader, sampler, _, epochs, iters = bt.create_train_val_dataloader(opt, logger)
+    assert len(loader.dataset) == kept and iters == total
+    assert basicsr_loop_steps(loader, sampler, epochs, iters) == total
+    stock_epochs = cs.implied_epochs(kept, dopt, opt)[1]
+    if (stock_epochs + 1) * (kept * enlarge // batch) < total:  # stock would stop early: we raised it
+        assert epochs > stock_epochs
+
+
+def test_step_matched_epochs_arithmetic():
+    # the issue's case: 10 samples, batches of 4, 12 steps: BasicSR plans 4 epochs of 3, gets 5 of 2
+    assert cs.implied_epochs(10, {"batch_size_per_gpu": 4}, {"train": {"total_iter": 12}}) == (3, 4)
+    assert cs.step_matched_epochs(10, {"batch_size_per_gpu": 4}, {"train": {"total_iter": 12}}) == (2, 6)
+    two_ranks = {"train": {"total_iter": 12}, "world_size": 2}
+    assert cs.step_matched_epochs(10, {"batch_size_per_gpu": 2}, two_ranks) == (2, 6)
+    with pytest.raises(cs.CoresetConfigError, match="fewer than one batch"):
+        cs.step_matched_epochs(3, {"batch_size_per_gpu": 4}, {"train": {"total_iter": 12}})
+
+
+# -- real coreset-sr-train subprocesses: exit 2, one line, nothing created ---------------------
+
+def tiny_recipe(tmp: Path, pairs: Path | None, **block) -> Path:
+    with open(TINY) as f:
+        opt = yaml.safe_load(f)
+    train = opt["datasets"]["train"]
+    if pairs is not None:
+        train["dataroot_gt"], train["dataroot_lq"] = str(pairs / "HR"), str(pairs / "LR")
+        opt["datasets"]["val"].update(dataroot_gt=str(pairs / "HR"), dataroot_lq=str(pairs / "LR"))
+    train["gt_size"] = 8
+    train["coreset"].update({"scorer": "sobel", "scores": str(tmp / "scores" / "s.safetensors"), **block})
+    path = tmp / "recipe.yml"
+    path.write_text(yaml.safe_dump(opt))
+    return path
+
+
+def run_train(cwd: Path, args: list[str], pre: str = "") -> subprocess.CompletedProcess:
+    code = textwrap.dedent(f"""
+        import runpy, sys
+        {pre}
+        sys.argv = ["coreset-sr-train", *sys.argv[1:]]
+        runpy.run_module("coreset_sampler.integrations.basicsr.train", run_name="__main__")
+    """)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def assert_refused(proc: subprocess.CompletedProcess, cwd: Path, needles) -> None:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("coreset-sr-train: error: "), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert_message(lines[0], needles)
+    assert not (cwd / "experiments").exists() and not (cwd / "tb_logger").exists()
+    assert not (cwd / "scores").exists()
+
+
+@pytest.mark.slow
+def test_subprocess_yaml_tag_is_refused_and_not_run(tmp_path):
+    path = tmp_path / "recipe.yml"
+    path.write_text(TINY.read_text() + '\npwn: !!python/object/apply:os.system ["touch PWNED"]\n')
+    proc = run_train(tmp_path, ["-opt", str(path)])
+    assert_refused(proc, tmp_path, [str(path), "!!python/object/apply:os.system", "not allowed"])
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.slow
+def test_subprocess_mismatched_pair_is_refused_before_experiments(tmp_path, pairs, untouched):
+    _shrink_lr(pairs)
+    recipe = tiny_recipe(tmp_path, pairs)
+    with untouched(pairs / "HR", pairs / "LR"):
+        proc = run_train(tmp_path, ["-opt", str(recipe), "--force_yml", "train:total_iter=2"])
+    assert_refused(proc, tmp_path, ["'img03'", "16x16", "8x7"])
+
+
+@pytest.mark.slow
+def test_subprocess_without_basicsr_says_how_to_install(tmp_path):
+    proc = run_train(tmp_path, ["-opt", str(TINY)], pre="sys.modules['basicsr'] = None  # as if not installed")
+    assert_refused(proc, tmp_path, ["pip install 'coreset-sampler[basicsr]'", "make install"])
+
+
+@pytest.mark.slow
+def test_subprocess_sobel_file_for_an_interpolation_recipe_is_refused(tmp_path, pairs, untouched):
+    scores = tmp_path / "scores" / "s.safetensors"
+    scores.parent.mkdir()
+    _scored(pairs, scores)
+    before = scores.read_bytes()
+    recipe = tiny_recipe(tmp_path, pairs, scorer="interpolation")
+    with untouched(pairs / "HR", pairs / "LR"):
+        proc = run_train(tmp_path, ["-opt", str(recipe)])
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]
+    assert_message(proc.stderr, ["scorer is 'sobel' in the scores file but 'interpolation' here", "rescore: true"])
+    assert not (tmp_path / "experiments").exists() and not (tmp_path / "tb_logger").exists()
+    assert scores.read_bytes() == before
+
+
+def test_basicsr_own_loader_is_safe_while_hooked(tmp_path, monkeypatch):
+    """Defence in depth: even past our own read, BasicSR's parser gets a loader that builds no objects."""
+    import basicsr.utils.options as bo
+
+    monkeypatch.chdir(tmp_path)
+    text = 'a: &x {b: 1}\nc:\n  <<: *x\n  d: !!float 2e-4\npwn: !!python/object/apply:os.system ["touch PWNED"]\n'
+    with tr.basicsr_hooks():
+        loader = bo.ordered_yaml()[0]
+        assert yaml.load(text.split("pwn")[0], Loader=loader) == {"a": {"b": 1}, "c": {"b": 1, "d": 2e-4}}
+        with pytest.raises(yaml.constructor.ConstructorError, match="python/object/apply:os.system"):
+            yaml.load(text, Loader=loader)
+        with pytest.raises(rc.RecipeError, match="not a list of literals"):
+            bo._postprocess_yml_value("[__import__('os').system('touch PWNED')]")
+    assert not (tmp_path / "PWNED").exists()
+    assert bo._postprocess_yml_value is not rc.parse_force_value  # restored on exit

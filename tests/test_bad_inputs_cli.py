@@ -1,0 +1,611 @@
+"""Bad-input catalogue of the ``coreset-sr`` command line (issue 10, CLI part).
+
+Table-driven: every row of ``CASES`` is a user mistake (or an attack on the user's data through
+the CLI) with the exit code it must give and the words its one-line message must contain.
+Each row runs ``main(argv)`` in-process (same code path as the command, without paying a torch
+import per case) inside ``untouched(DATA, LR)``: the source folders must be byte-identical (sha256
+of every file, target of every symlink) afterwards. A handful of cases run as real subprocesses
+(``python -m coreset_sampler``) to prove that no traceback reaches the terminal, that a closed
+pipe (``| head -1``) ends quietly, and that a killed export's temporary files are cleaned.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from coreset_sampler import Scores
+from coreset_sampler.cli import main
+
+CROP = STEP = 32
+H, W = 64, 96
+NAMES = ("flat", "gradient", "noise", "stripes")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def call(capsys, *args):
+    """``main()`` in-process: (exit code, stdout, stderr)."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse usage errors
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def run(*args, timeout=120, **kw):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "coreset_sampler", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=timeout, **kw)
+
+
+def one_error_line(err: str, prefix: str = "coreset-sr: error: ") -> str:
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("coreset-sr: warning:")]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith(prefix), lines[0]
+    return lines[0]
+
+
+def _images(root: Path, seed: int = 0, names=NAMES) -> Path:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:H, 0:W]
+    for name in names:
+        if name == "flat":
+            arr = np.full((H, W, 3), 120, np.uint8) + rng.integers(0, 3, (H, W, 3), dtype=np.uint8)
+        elif name == "gradient":
+            arr = np.stack([xx * 255 // W, yy * 255 // H, (xx + yy) * 255 // (H + W)], -1).astype(np.uint8)
+        elif name == "noise":
+            arr = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+        else:
+            arr = np.repeat(((np.sin(xx / 1.7 + yy / 5.0) * 0.5 + 0.5) * 255).astype(np.uint8)[..., None], 3, -1)
+        Image.fromarray(arr).save(root / f"{name}.png")
+    return root
+
+
+def _lr_folder(hr: Path, lr: Path) -> Path:
+    """LR images with the SAME file names as HR (what makes ``--out/lr -> HR`` destructive)."""
+    lr.mkdir(parents=True, exist_ok=True)
+    for p in sorted(hr.glob("*.png")):
+        with Image.open(p) as im:
+            im.resize((W // 2, H // 2), Image.BICUBIC).save(lr / p.name)
+    return lr
+
+
+@dataclasses.dataclass
+class WS:
+    tmp: Path
+    data: Path  # HR images (DATA)
+    lr: Path  # their LR images, same names
+    sub: Path  # sub-image scores of DATA
+    whole_lr: Path  # whole-image scores of DATA with --lr LR
+
+    def export(self, out, *extra, scores=None, data=None):
+        return ["export", data or self.data, "--scores", scores or self.sub, "--out", out, "--no-progress", *extra]
+
+    def export_lr(self, out, link="copy"):
+        return ["export", self.data, "--scores", self.whole_lr, "--ratio", 0.5, "--skip-top", 0, "--link", link,
+                "--out", out, "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("badcli")
+    data = _images(tmp / "DATA")
+    lr = _lr_folder(data, tmp / "LR")
+    ws = WS(tmp, data, lr, tmp / "sub.safetensors", tmp / "whole_lr.safetensors")
+    for argv in (["score", data, "--scorer", "interpolation", "--crop", CROP, "--step", STEP, "--out", ws.sub],
+                 ["score", data, "--crop", 0, "--lr", lr, "--scorer", "interpolation", "--out", ws.whole_lr]):
+        assert main([str(a) for a in argv] + ["--workers", "0", "--no-progress"]) == 0
+    return ws
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclasses.dataclass
+class Case:
+    id: str
+    argv: Callable  # (ws, tmp_path) -> argv, or (argv, [more folders to keep intact]); prepares files in tmp_path
+    code: int
+    needles: tuple = ()
+    patch: Callable | None = None  # (monkeypatch) -> None: simulate a failing disk, an interrupt
+    prefix: str = "coreset-sr: error: "
+    check: Callable | None = None  # (ws, tmp_path) -> None: more assertions after the call
+
+
+def _symlink(link: Path, target: Path) -> Path:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target, target_is_directory=target.is_dir())
+    return link
+
+
+def _out_with_lr_link(tmp: Path, target: Path) -> Path:
+    out = tmp / "core"
+    _symlink(out / "lr", target)
+    return out
+
+
+def _fifo(tmp: Path) -> Path:
+    p = tmp / "scores.safetensors"
+    os.mkfifo(p)
+    return p
+
+
+def _junk(tmp: Path) -> Path:
+    p = tmp / "junk.safetensors"
+    p.write_bytes(b"not a safetensors file at all")
+    return p
+
+
+def _fail_writes(exc):
+    def patch(mp):
+        def fail(path, data):
+            raise exc
+
+        mp.setattr("coreset_sampler.export._write_new_file", fail)
+    return patch
+
+
+def _no_output_written(ws, tmp):
+    core = tmp / "core"
+    if core.is_dir():
+        leftovers = [p.name for p in core.iterdir() if p.name != "lr"]
+        assert not leftovers, leftovers
+
+
+def _no_temp_left(ws, tmp):
+    hidden = [p for p in tmp.rglob(".*") if p.name.endswith(".tmp")]
+    assert not hidden, hidden
+
+
+def _cuda_missing():
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+CASES = [
+    # -- item 2: export never writes into source data (the two symlink attacks, and more) ---------------
+    Case("export-copy-out-lr-symlink-to-HR", lambda w, t: w.export_lr(_out_with_lr_link(t, w.data), "copy"), 2,
+         ("refusing to write", "core/lr", "resolves to", "DATA"), check=_no_output_written),
+    Case("export-symlink-out-lr-symlink-to-LR", lambda w, t: w.export_lr(_out_with_lr_link(t, w.lr), "symlink"), 2,
+         ("refusing to write", "core/lr", "resolves to", "LR folder"), check=_no_output_written),
+    Case("export-symlink-out-lr-symlink-to-HR", lambda w, t: w.export_lr(_out_with_lr_link(t, w.data), "symlink"),
+         2, ("refusing to write", "core/lr", "DATA")),
+    Case("export-hard-out-lr-symlink-to-LR", lambda w, t: w.export_lr(_out_with_lr_link(t, w.lr), "hard"), 2,
+         ("core/lr", "LR folder")),
+    Case("export-copy-out-lr-symlink-to-LR", lambda w, t: w.export_lr(_out_with_lr_link(t, w.lr), "copy"), 2,
+         ("core/lr", "LR folder")),
+    Case("export-lr-symlink-to-out-itself", lambda w, t: w.export_lr(_out_with_lr_link(t, Path(".")), "copy"), 2,
+         ("core/lr", "itself")),
+    Case("export-out-is-symlink-to-DATA", lambda w, t: w.export(_symlink(t / "core", w.data)), 2,
+         ("refusing to write", "DATA", "resolves to")),
+    Case("export-out-under-symlink-to-DATA", lambda w, t: w.export(_symlink(t / "ln", w.data) / "core"), 2,
+         ("DATA", "ln/core")),
+    Case("export-out-is-DATA", lambda w, t: w.export(w.data), 2, ("DATA",)),
+    Case("export-out-inside-DATA", lambda w, t: w.export(w.data / "core"), 2, ("inside DATA",)),
+    Case("export-out-dotdot-into-DATA", lambda w, t: w.export(w.data / "x" / ".." / ".." / w.data.name / "c"),
+         2, ("DATA",)),
+    Case("export-whole-out-is-symlink-to-LR", lambda w, t: w.export_lr(_symlink(t / "core", w.lr)), 2,
+         ("LR folder",)),
+    Case("export-whole-out-inside-LR", lambda w, t: w.export_lr(w.lr / "core"), 2, ("LR folder",)),
+    Case("plot-grid-out-inside-DATA",
+         lambda w, t: ["plot", w.sub, "--grid", w.data, "--out", w.data / "grid.png"], 2, ("DATA", "grid.png")),
+    Case("score-out-inside-DATA",
+         lambda w, t: ["score", w.data, "--scorer", "sobel", "--out", w.data / "s.safetensors"], 2,
+         ("refusing to write", "DATA")),
+    Case("score-out-inside-LR",
+         lambda w, t: ["score", w.data, "--crop", 0, "--lr", w.lr, "--scorer", "sobel", "--out", w.lr / "s.safetensors"],
+         2, ("LR folder",)),
+    # -- item 7: scores files that are not files ---------------------------------------------------------
+    Case("select-scores-is-FIFO", lambda w, t: ["select", _fifo(t)], 1, ("FIFO", "scores.safetensors")),
+    Case("export-scores-is-FIFO", lambda w, t: w.export(t / "core", scores=_fifo(t)), 1, ("FIFO",)),
+    Case("info-scores-is-char-device", lambda w, t: ["info", "/dev/null"], 1, ("/dev/null", "character device")),
+    Case("plot-scores-is-folder", lambda w, t: ["plot", t, "--out", t / "p.png"], 1, ("is a folder",)),
+    Case("info-scores-missing", lambda w, t: ["info", t / "nope.safetensors"], 1, ("not found", "nope.safetensors")),
+    Case("select-scores-junk", lambda w, t: ["select", _junk(t)], 1, ("junk.safetensors",)),
+    Case("score-out-is-FIFO", lambda w, t: ["score", w.data, "--scorer", "sobel", "--out", _fifo(t)], 2,
+         ("FIFO", "--out")),
+    Case("select-out-is-char-device", lambda w, t: ["select", w.sub, "--out", "/dev/null"], 2,
+         ("character device", "--out /dev/null")),
+    Case("select-out-is-folder", lambda w, t: ["select", w.sub, "--out", t], 2, ("is a folder",)),
+    Case("export-out-is-a-file", lambda w, t: w.export(_junk(t)), 1, ("not a folder",)),
+    # -- item 7: devices -------------------------------------------------------------------------------
+    Case("score-device-unknown", lambda w, t: ["score", w.data, "--device", "tpu9", "--out", t / "s.safetensors"],
+         2, ("--device 'tpu9'",)),
+    Case("score-device-cuda-index", lambda w, t: ["score", w.data, "--device", "cuda:99", "--out",
+                                                  t / "s.safetensors"], 2, ("--device cuda:99",)),
+    Case("score-device-meta", lambda w, t: ["score", w.data, "--device", "meta", "--out", t / "s.safetensors"], 2,
+         ("--device meta", "not supported")),
+    Case("demo-device-unknown", lambda w, t: ["demo", "--device", "gpu", "--out", t / "demo"], 2, ("--device 'gpu'",),
+         check=lambda w, t: not (t / "demo").exists() or pytest.fail("demo started")),
+    # -- item 7: out of space, permissions, Ctrl-C: the path is named, nothing half-written ----------------
+    Case("export-no-space-left", lambda w, t: w.export(t / "core"), 1, ("No space left on device", "core/"),
+         patch=_fail_writes(OSError(errno.ENOSPC, "No space left on device")), check=_no_temp_left),
+    Case("export-permission-denied", lambda w, t: w.export(t / "core"), 1, ("Permission denied", "core/"),
+         patch=_fail_writes(PermissionError(errno.EACCES, "Permission denied")), check=_no_temp_left),
+    Case("export-whole-no-space-left", lambda w, t: w.export_lr(t / "core"), 1, ("No space left on device",),
+         patch=lambda mp: mp.setattr("shutil.copyfile", lambda a, b, **k: (_ for _ in ()).throw(
+             OSError(errno.ENOSPC, "No space left on device"))), check=_no_temp_left),
+    Case("export-ctrl-c", lambda w, t: w.export(t / "core"), 130, ("interrupted", "rerun"),
+         patch=_fail_writes(KeyboardInterrupt()), prefix="coreset-sr: interrupted", check=_no_temp_left),
+    # -- scores that do not fit DATA --------------------------------------------------------------------
+    Case("export-scores-of-another-dataset",
+         lambda w, t: w.export(t / "core", data=_images(t / "other", seed=1, names=("flat", "zebra"))), 1,
+         ("first mismatching key", "zebra_s")),
+    Case("export-other-crop", lambda w, t: w.export(t / "core", "--crop", 64, "--step", 64), 2,
+         (f"was scored with crop {CROP}, step {STEP}",)),
+    Case("export-whole-scores-as-subimages", lambda w, t: w.export(t / "core", "--whole"), 2, ("whole images",)),
+    Case("export-recorded-LR-folder-gone", lambda w, t: _lr_gone(w, t), 1, ("LR folder recorded", "gone")),
+    # -- argument mistakes ------------------------------------------------------------------------------
+    Case("select-ratio-over-1", lambda w, t: ["select", w.sub, "--ratio", 2], 2, ("ratio must be in (0, 1]",)),
+    Case("export-ratio-plus-skip", lambda w, t: w.export(t / "core", "--ratio", .9, "--skip-top", .2), 2,
+         ("ratio + skip-top",)),
+    Case("score-missing-DATA", lambda w, t: ["score", t / "nope", "--out", t / "s.safetensors"], 1,
+         ("data folder not found",)),
+    Case("score-lr-with-subimages", lambda w, t: ["score", w.data, "--lr", w.lr, "--out", t / "s.safetensors"], 1,
+         ("--lr needs whole images",)),
+    Case("score-unknown-scorer", lambda w, t: ["score", w.data, "--scorer", "vgg", "--out", t / "s.safetensors"], 2,
+         ("unknown scorer 'vgg'",)),
+    Case("score-junk-weights", lambda w, t: ["score", w.data, "--scorer", _junk(t), "--workers", 0,
+                                             "--out", t / "s.safetensors"], 1, ("junk.safetensors",)),
+]
+
+
+def _lr_gone(w: WS, t: Path) -> list:
+    """Whole-image scores whose recorded LR folder has been moved away since scoring."""
+    data, lr = _images(t / "d2"), t / "lr2"
+    _lr_folder(data, lr)
+    s = t / "s.safetensors"
+    assert main(["score", str(data), "--crop", "0", "--lr", str(lr), "--scorer", "sobel", "--workers", "0",
+                 "--out", str(s), "--no-progress"]) == 0
+    lr.rename(t / "lr2_moved")
+    return ["export", data, "--scores", s, "--out", t / "core", "--no-progress"]
+
+
+def _scored_copy(w: WS, t: Path, whole_lr: bool = False) -> tuple[Path, Path, Path | None]:
+    """A private copy of DATA (and LR) scored into t/s.safetensors, for cases that edit the images."""
+    data = t / "d"
+    shutil.copytree(w.data, data)
+    lr = None
+    argv = ["score", data, "--scorer", "interpolation", "--workers", 0, "--no-progress", "--out", t / "s.safetensors"]
+    if whole_lr:
+        lr = t / "l"
+        shutil.copytree(w.lr, lr)
+        argv += ["--crop", 0, "--lr", lr]
+    else:
+        argv += ["--crop", CROP, "--step", STEP]
+    assert main([str(a) for a in argv]) == 0
+    return data, t / "s.safetensors", lr
+
+
+def _repaint(path: Path) -> None:
+    """Same size, other pixels: what a user's image editor (or a re-export of DATA) does."""
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB")).copy()
+    arr[:8, :8] = 255 - arr[:8, :8]
+    Image.fromarray(arr).save(path)
+
+
+def _stale(cmd: str):
+    def build(w: WS, t: Path):
+        data, s, _ = _scored_copy(w, t)
+        _repaint(data / "noise.png")
+        argv = {"export": ["export", data, "--scores", s, "--out", t / "core", "--no-progress"],
+                "select": ["select", s, "--out", t / "keep.txt"],
+                "plot": ["plot", s, "--grid", data, "--out", t / "g.png"]}[cmd]
+        return argv, [data]
+    return build
+
+
+def _stale_lr(w: WS, t: Path):
+    data, s, lr = _scored_copy(w, t, whole_lr=True)
+    _repaint(lr / "gradient.png")
+    return ["export", data, "--scores", s, "--ratio", 0.5, "--skip-top", 0, "--out", t / "core", "--no-progress"], \
+        [data, lr]
+
+
+def _no_provenance(w: WS, t: Path):
+    s = Scores.load(w.sub)
+    md = {k: v for k, v in s.metadata.items() if k != "provenance"}
+    Scores(s.values, keys=s.keys, metadata=md).save(t / "old.safetensors")
+    return w.export(t / "core", scores=t / "old.safetensors")
+
+
+def _rescore_into(*extra, data=None):
+    """``score`` into a copy of the sub-image scores (interpolation, crop 32, step 32) with other settings."""
+    def build(w: WS, t: Path):
+        shutil.copy(w.sub, t / "s.safetensors")
+        d = data(t) if data else w.data
+        return ["score", d, "--workers", 0, "--no-progress", "--out", t / "s.safetensors", *extra]
+    return build
+
+
+def _unchanged_scores(w, t):
+    assert (t / "s.safetensors").read_bytes() == w.sub.read_bytes()
+
+
+CASES += [
+    # -- item 1: scores checked against the images they were computed from ------------------------------
+    Case("export-image-changed-since-scoring", _stale("export"), 2,
+         ("1 source image(s) changed since scoring", "noise.png", "--rescore"), check=_no_output_written),
+    Case("select-image-changed-since-scoring", _stale("select"), 2, ("changed since scoring", "noise.png"),
+         check=lambda w, t: not (t / "keep.txt").exists() or pytest.fail("keep.txt written")),
+    Case("plot-grid-image-changed-since-scoring", _stale("plot"), 2, ("changed since scoring", "noise.png")),
+    Case("export-lr-image-changed-since-scoring", _stale_lr, 2, ("lr_sources", "gradient.png", "changed")),
+    Case("export-scores-without-provenance", _no_provenance, 2, ("records no provenance", "old.safetensors")),
+    Case("score-into-scores-of-another-scorer", _rescore_into("--scorer", "sobel", "--crop", CROP, "--step", STEP),
+         2, ("scorer is 'interpolation' in the scores file but 'sobel' here", "--rescore"), check=_unchanged_scores),
+    Case("score-into-scores-of-another-scale",
+         _rescore_into("--scorer", "interpolation", "--scale", 4, "--crop", CROP, "--step", STEP), 2,
+         ("scale is 2 in the scores file but 4 here", "--rescore"), check=_unchanged_scores),
+    Case("score-into-scores-of-another-crop",
+         _rescore_into("--scorer", "interpolation", "--crop", 16, "--step", 16), 2,
+         ("crop is 32 in the scores file but 16 here",), check=_unchanged_scores),
+    Case("score-into-scores-of-other-folders",
+         _rescore_into("--scorer", "interpolation", "--crop", CROP, "--step", STEP,
+                       data=lambda t: _images(t / "other", seed=3)), 2, ("data folders are",), check=_unchanged_scores),
+    Case("score-into-scores-whole-vs-subimages", _rescore_into("--scorer", "interpolation", "--crop", 0), 2,
+         ("dataset is 'subimages' in the scores file but 'paired_folder' here",), check=_unchanged_scores),
+    Case("score-into-unreadable-file",
+         lambda w, t: ["score", w.data, "--scorer", "sobel", "--crop", CROP, "--out", _junk(t)], 2,
+         ("exists and cannot be read", "--rescore")),
+]
+
+def _scorer_raising(exc_factory):
+    """Make ``make_scorer`` return a scorer whose ``score`` raises ``exc_factory()`` (Ctrl-C, CUDA OOM ...)."""
+    def patch(mp):
+        import coreset_sampler.scorers as scorers
+
+        real = scorers.make_scorer
+
+        def make(*a, **k):
+            sc = real(*a, **k)
+            sc.score = lambda ds: (_ for _ in ()).throw(exc_factory())
+            return sc
+        mp.setattr(scorers, "make_scorer", make)
+    return patch
+
+
+def _oom():
+    import torch
+
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+_SCORE = lambda w, t: ["score", w.data, "--scorer", "sobel", "--crop", CROP, "--step", STEP, "--workers", 0,  # noqa: E731
+                       "--no-progress", "--out", t / "s.safetensors"]
+
+CASES += [
+    Case("score-ctrl-c", _SCORE, 130, ("interrupted", "s.safetensors.partial", "rerun"),
+         patch=_scorer_raising(KeyboardInterrupt), prefix="coreset-sr: interrupted"),
+    Case("score-device-out-of-memory", _SCORE, 1, ("ran out of memory", "--batch-size"), patch=_scorer_raising(_oom)),
+    Case("score-host-out-of-memory", _SCORE, 1, ("out of memory", "--batch-size"), patch=_scorer_raising(MemoryError)),
+]
+
+if _cuda_missing():
+    CASES.append(Case("score-device-cuda-without-gpu",
+                      lambda w, t: ["score", w.data, "--device", "cuda", "--out", t / "s.safetensors"], 2,
+                      ("--device cuda", "CUDA is not available", "--device cpu")))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_cli_bad_input(case, ws, tmp_path, capsys, monkeypatch, untouched):
+    argv = case.argv(ws, tmp_path)
+    argv, guard = argv if isinstance(argv, tuple) else (argv, [])
+    capsys.readouterr()
+    with untouched(ws.data, ws.lr, *guard):
+        if case.patch is not None:
+            case.patch(monkeypatch)
+        code, _, err = call(capsys, *argv)
+        monkeypatch.undo()
+    assert code == case.code, err
+    line = one_error_line(err, case.prefix)
+    for n in case.needles:
+        assert n in line, f"{n!r} not in {line!r}"
+    if case.check is not None:
+        case.check(ws, tmp_path)
+
+
+def test_the_catalogue_is_large_enough():
+    assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
+
+
+# --------------------------------------------------------------------------- the two attacks, in detail
+
+
+@pytest.mark.parametrize("link, target", [("copy", "data"), ("symlink", "lr"), ("symlink", "data"),
+                                          ("hard", "data")])
+def test_out_lr_symlink_attack_writes_nothing_anywhere(ws, tmp_path, capsys, untouched, link, target):
+    """The two bugs of issue 10: ``--out/lr`` a symlink into HR or LR.
+
+    Before the fix ``--link copy`` overwrote the HR images with the LR ones (exit 0) and
+    ``--link symlink`` turned an LR image into a symlink to itself. Now: exit 2 before any file
+    is written, the source folders byte-identical, and the same export into a clean folder works.
+    """
+    out = _out_with_lr_link(tmp_path, getattr(ws, target))
+    with untouched(ws.data, ws.lr):
+        code, _, err = call(capsys, *ws.export_lr(out, link))
+    assert code == 2
+    assert "refusing to write" in one_error_line(err)
+    assert sorted(p.name for p in out.iterdir()) == ["lr"]  # not even meta_info.txt
+    for p in list(ws.data.iterdir()) + list(ws.lr.iterdir()):
+        assert p.is_file() and not p.is_symlink()
+    clean = tmp_path / "clean"
+    with untouched(ws.data, ws.lr):
+        code, stdout, err = call(capsys, *ws.export_lr(clean, link))
+    assert code == 0, err
+    kept = (clean / "meta_info.txt").read_text().split()
+    assert kept and {p.name for p in (clean / "lr").iterdir()} == set(kept)
+
+
+def test_symlinks_left_by_an_earlier_export_are_replaced_not_followed(ws, tmp_path, capsys, untouched):
+    """``--link symlink`` then ``--link copy`` into the same folder: the links become copies; DATA intact."""
+    out = tmp_path / "core"
+    assert call(capsys, *ws.export_lr(out, "symlink"))[0] == 0
+    linked = [p for p in out.iterdir() if p.is_symlink()]
+    assert linked
+    with untouched(ws.data, ws.lr):
+        code, stdout, err = call(capsys, *ws.export_lr(out, "copy"))
+    assert code == 0, err
+    for p in linked:
+        assert not p.is_symlink() and p.read_bytes() == (ws.data / p.name).read_bytes()
+
+
+# --------------------------------------------------------------------------- subprocesses: no traceback
+
+
+def test_subprocess_symlink_attack_is_one_line(ws, tmp_path, untouched):
+    out = _out_with_lr_link(tmp_path, ws.data)
+    with untouched(ws.data, ws.lr):
+        r = run(*ws.export_lr(out, "copy"))
+    assert r.returncode == 2
+    assert "resolves to" in one_error_line(r.stderr)
+
+
+def test_subprocess_fifo_scores_does_not_hang(tmp_path):
+    fifo = _fifo(tmp_path)
+    r = run("info", fifo, timeout=60)  # reading a FIFO would block forever
+    assert r.returncode == 1 and "FIFO" in one_error_line(r.stderr)
+
+
+@pytest.mark.skipif(not _cuda_missing(), reason="this machine has CUDA")
+def test_subprocess_cuda_without_gpu(ws, tmp_path):
+    r = run("score", ws.data, "--device", "cuda", "--out", tmp_path / "s.safetensors")
+    assert r.returncode == 2 and "CUDA is not available" in one_error_line(r.stderr)
+    assert not (tmp_path / "s.safetensors").exists()
+
+
+def test_export_piped_into_head_ends_quietly(ws, tmp_path, untouched):
+    """``coreset-sr export ... | head -1``: the first line arrives, no BrokenPipeError, exit 0, and the
+    export is complete (the closed reader only discards the rest of the report)."""
+    out = tmp_path / "core"
+    cmd = " ".join(map(str, [sys.executable, "-m", "coreset_sampler", *ws.export(out)]))
+    script = f"set -o pipefail; {cmd} 2>{tmp_path / 'err'} | head -1; echo \"status=${{PIPESTATUS[0]}}\""
+    with untouched(ws.data, ws.lr):
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("core-set: kept "), r.stdout
+    assert lines[-1] == "status=0", lines
+    err = (tmp_path / "err").read_text()
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+    assert (out / "meta_info.txt").is_file(), (r.stdout, err)
+
+
+@pytest.mark.parametrize("argv", [["info", "{sub}"], ["select", "{sub}"], ["--help"],
+                                  ["select", "{sub}", "--out", "{tmp}/keep.txt"]])
+def test_closed_reader_output_is_dropped_quietly(ws, tmp_path, argv):
+    """stdout's reader is gone before the first write: the command still does its work, exit 0, stderr clean."""
+    r_fd, w_fd = os.pipe()
+    os.close(r_fd)  # every write to w_fd now fails with EPIPE
+    try:
+        p = subprocess.run([sys.executable, "-m", "coreset_sampler", *[a.format(sub=ws.sub, tmp=tmp_path) for a in argv]],
+                           stdout=w_fd, stderr=subprocess.PIPE, text=True, timeout=120,
+                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    finally:
+        os.close(w_fd)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == "", p.stderr
+    if "--out" in argv:  # the work was done although nobody read the report
+        assert len((tmp_path / "keep.txt").read_text().split()) == 12
+
+
+def test_temp_files_of_a_killed_export_are_removed_by_the_next(ws, tmp_path, capsys, untouched):
+    """SIGKILL between writing a temp file and renaming it; the next export cleans up and says so."""
+    out = tmp_path / "core"
+    killer = textwrap.dedent(f"""
+        import os, signal, sys
+        import coreset_sampler.export as e
+        real = os.replace
+        n = [0]
+        def replace(a, b):
+            n[0] += 1
+            if n[0] == 3:
+                os.kill(os.getpid(), signal.SIGKILL)  # dies with .name.PID.xxxx.tmp on disk
+            real(a, b)
+        e.os = type(os)("os_proxy")
+        e.os.__dict__.update(os.__dict__)
+        e.os.replace = replace
+        from coreset_sampler.cli import main
+        sys.exit(main({[str(a) for a in ws.export(out)]!r}))
+    """)
+    with untouched(ws.data, ws.lr):
+        r = subprocess.run([sys.executable, "-c", killer], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    temps = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert len(temps) == 1 and temps[0].startswith("."), temps
+    with untouched(ws.data, ws.lr):
+        code, stdout, err = call(capsys, *ws.export(out))
+    assert code == 0, err
+    assert "removed 1 temporary file(s) left by an interrupted export" in stdout and temps[0] in stdout
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert len((out / "meta_info.txt").read_text().split()) == len([p for p in out.glob("*.png")])
+
+
+# --------------------------------------------------------------------------- rescoring on purpose
+
+
+def test_rescore_replaces_scores_of_other_settings_and_ignores_a_foreign_checkpoint(ws, tmp_path, capsys,
+                                                                                    untouched):
+    s = tmp_path / "s.safetensors"
+    shutil.copy(ws.sub, s)
+    (tmp_path / "s.safetensors.partial").write_bytes(b"a checkpoint of some other run")
+    argv = ["score", ws.data, "--scorer", "sobel", "--crop", CROP, "--step", STEP, "--workers", 0, "--no-progress",
+            "--out", s]
+    with untouched(ws.data, ws.lr):
+        code, _, err = call(capsys, *argv)
+        assert code == 2 and "--rescore" in one_error_line(err)
+        code, out, err = call(capsys, *argv, "--rescore")
+    assert code == 0, err
+    new = Scores.load(s)
+    assert new.metadata["provenance"]["scorer"] == "sobel" and new.keys == Scores.load(ws.sub).keys
+    assert new.metadata["command"].startswith("coreset-sr score ") and new.metadata["command"].endswith("--rescore")
+    assert not (tmp_path / "s.safetensors.partial").exists()
+    # same settings again: no --rescore needed (the scores are recomputed, identical)
+    code, _, err = call(capsys, *argv)
+    assert code == 0, err
+    assert np.array_equal(Scores.load(s).values, new.values)
+
+
+def test_stale_export_names_the_command_that_rescores(ws, tmp_path, capsys):
+    """The refusal's fix is the recorded scoring command plus --rescore; running it makes export work."""
+    data, s, _ = _scored_copy(ws, tmp_path)
+    _repaint(data / "flat.png")
+    code, _, err = call(capsys, "export", data, "--scores", s, "--out", tmp_path / "core", "--no-progress")
+    line = one_error_line(err)
+    assert code == 2 and "1 source image(s) changed since scoring: flat.png (" in line
+    cmd = line.split("rescore with: ", 1)[1]
+    assert cmd.startswith("coreset-sr score ") and cmd.endswith(" --rescore")
+    import shlex
+
+    assert main(shlex.split(cmd)[1:]) == 0
+    code, out, err = call(capsys, "export", data, "--scores", s, "--out", tmp_path / "core", "--no-progress")
+    assert code == 0, err
+    assert "exported " in out
+
+
+def test_cli_records_its_scorer_spec(ws, tmp_path):
+    md = Scores.load(ws.whole_lr).metadata
+    assert md["provenance"]["scorer"] == "interpolation" and md["provenance"]["degradation"] == "lr_folder"
+    assert set(md["provenance"]["lr_sources"]) == {f"{n}.png" for n in NAMES}
+    s = tmp_path / "b.safetensors"
+    assert main(["score", str(ws.data), "--scorer", "BICUBIC", "--crop", str(CROP), "--step", str(STEP),
+                 "--workers", "0", "--no-progress", "--out", str(s)]) == 0
+    assert Scores.load(s).metadata["provenance"]["scorer"] == "interpolation"
