@@ -25,6 +25,7 @@ scoring (``select`` checks the recorded folders).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import shlex
@@ -455,6 +456,17 @@ def _check_out_file(out: Path, example: str) -> None:
         raise CLIError(f"--out {out} is {kind}, not a regular file; give a file name such as {example}", code=2)
 
 
+@contextlib.contextmanager
+def _writing(path: Path):
+    """An OSError of a write that names no file (a full disk fails in write()) names ``path``."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None and not isinstance(e, BrokenPipeError):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
+
+
 def _check_device(spec: str | None) -> None:
     """``--device``: one line, exit 2, for a device torch does not know or this machine lacks."""
     if spec is None:
@@ -586,7 +598,8 @@ def cmd_score(args) -> int:
         scores.metadata["command"] = " ".join([PROG, *map(shlex.quote, args.argv)])
         scores.metadata.setdefault("provenance", {})["scorer"] = spec  # the user's spec, canonical
         if rank == 0:
-            scores.save(out)
+            with _writing(out):
+                scores.save(out)
         if world > 1:
             dist.barrier()  # the final file exists before any rank drops its progress
         mine.unlink(missing_ok=True)
@@ -663,7 +676,8 @@ def cmd_select(args) -> int:
     print(thresholds_text(scores, args.mode, args.ratio, args.skip_top))
     if out is not None:
         keys = [scores.keys[i] for i in idx] if scores.keys is not None else [str(i) for i in idx]
-        atomic_write_bytes(out, ("\n".join(keys) + "\n").encode("utf-8"))
+        with _writing(out):
+            atomic_write_bytes(out, ("\n".join(keys) + "\n").encode("utf-8"))
         print(f"wrote {len(keys)} kept keys to {out}")
     return 0
 
@@ -710,12 +724,14 @@ def cmd_plot(args) -> int:
         roots = _check_folders(args.grid)
         _refuse_unsafe_out([out], _protected(roots, None))
         ds, *_ = _dataset_from_scores(scores, args.scores, roots, args, cache=False, progress=False)
-        plots.plot_grid(scores, ds, out, n=args.n, mode=args.mode, ratio=args.ratio, skip_top=args.skip_top,
-                        seed=args.seed)
+        with _writing(out):
+            plots.plot_grid(scores, ds, out, n=args.n, mode=args.mode, ratio=args.ratio, skip_top=args.skip_top,
+                            seed=args.seed)
     else:
-        plots.plot_distribution(scores, out, ratios=args.ratios, mode=args.mode, ratio=args.ratio,
-                                skip_top=args.skip_top, seed=args.seed,
-                                log={"auto": None, "on": True, "off": False}[args.log])
+        with _writing(out):
+            plots.plot_distribution(scores, out, ratios=args.ratios, mode=args.mode, ratio=args.ratio,
+                                    skip_top=args.skip_top, seed=args.seed,
+                                    log={"auto": None, "on": True, "off": False}[args.log])
     print(f"wrote {out}")
     return 0
 
@@ -826,7 +842,7 @@ def _exit_code(e: BaseException) -> int:
 
 
 class _ClosedPipeSafe:
-    """stdout that outlives its reader (``coreset-sr export ... | head -1``).
+    """stdout (or stderr) that outlives its reader (``coreset-sr export ... | head -1``).
 
     When the reader goes away, the rest of the output is discarded instead of raising
     BrokenPipeError in the middle of the work: the command still finishes (an export still
@@ -869,13 +885,14 @@ class _ClosedPipeSafe:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``coreset-sr`` (and ``python -m coreset_sampler``); returns the exit code."""
-    stdout = sys.stdout
-    sys.stdout = _ClosedPipeSafe(stdout)
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ClosedPipeSafe(stdout), _ClosedPipeSafe(stderr)  # `2>&1 | head -1` too
     try:
         return _main(argv)
     finally:
         sys.stdout.flush()
-        sys.stdout = stdout
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -70,16 +70,18 @@ def write_target(path: PathLike) -> Path:
     return p.parent.resolve() / p.name
 
 
-def _labelled(roots: Roots) -> list[tuple[str, Path]]:
-    items = roots.items() if isinstance(roots, Mapping) else (("source folder", r) for r in roots)
+def _labelled(*roots: Roots) -> list[tuple[str, Path]]:
+    """``(label, folder)`` pairs of one or more root collections; a folder seen twice keeps its first label."""
     out, seen = [], set()
-    for label, r in items:
-        if r is None:
-            continue
-        rr = Path(r).resolve()
-        if rr not in seen:
-            seen.add(rr)
-            out.append((label, Path(r)))
+    for group in roots:
+        items = group.items() if isinstance(group, Mapping) else (("source folder", r) for r in group)
+        for label, r in items:
+            if r is None:
+                continue
+            rr = Path(r).resolve()
+            if rr not in seen:
+                seen.add(rr)
+                out.append((label, Path(r)))
     return out
 
 
@@ -102,7 +104,11 @@ def check_writable_outside(paths: Iterable[PathLike], protected_roots: Roots) ->
         ...
         coreset_sampler.export.UnsafeWriteError: refusing to write /tmp/x/y: it resolves to /tmp/x/y, inside DATA (/tmp/x); source data is never written: choose a path outside it
     """
-    roots = [(label, r, r.resolve()) for label, r in _labelled(protected_roots)]
+    _check_pairs(paths, _labelled(protected_roots))
+
+
+def _check_pairs(paths: Iterable[PathLike], pairs: list[tuple[str, Path]]) -> None:
+    roots = [(label, r, r.resolve()) for label, r in pairs]
     for p in paths:
         target = write_target(p)
         for label, r, rr in roots:
@@ -483,8 +489,11 @@ def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progr
         raise NotADirectoryError(f"output {out} exists and is not a folder")
     lr_paths = None if subimages else getattr(dataset, "lr_paths", None)
     lr_dir = out / "lr"
-    targets = [out, out / META_INFO] + ([lr_dir] if lr_paths is not None else [])
-    check_writable_outside(targets, {**source_roots(dataset), **dict(_labelled(protect))})
+    folders = [out] + ([lr_dir] if lr_paths is not None else [])
+    # a dangling symlink is no folder yet, but mkdir would create its target: check where it points
+    targets = folders + [out / META_INFO] + [Path(os.path.realpath(f)) for f in folders if f.is_symlink()]
+    # the caller's labels first: they name the folders as the user knows them ("DATA")
+    _check_pairs(targets, _labelled(protect, source_roots(dataset)))
     if lr_paths is not None and write_target(lr_dir) == write_target(out):
         raise UnsafeWriteError(f"refusing to write {lr_dir}: it resolves to {out} itself, where LR files would "
                                f"replace the HR files of the same name; remove the link {lr_dir}")

@@ -215,9 +215,6 @@ def _export_in(where: str):
         elif where == "symlink-dir":  # a harmless-looking folder that is a link into the GT folder
             (tmp / "meta").symlink_to(pairs / "HR", target_is_directory=True)
             dopt["coreset"]["export_meta_info"] = str(tmp / "meta" / "kept.txt")
-        elif where == "symlink-file":  # the file itself is a link pointing into the LQ folder
-            (tmp / "kept.txt").symlink_to(pairs / "LR" / "img00.png")
-            dopt["coreset"]["export_meta_info"] = str(tmp / "kept.txt")
         elif where == "relative":
             os.chdir(pairs)
             dopt["coreset"]["export_meta_info"] = "HR/../HR/kept.txt"
@@ -246,15 +243,13 @@ BLOCK_CASES = [
     ("unreadable-image", lambda p, d, t: (p / "LR" / "img02.png").write_bytes(b"not a png"),
      cs.CoresetConfigError, ["cannot read image", "img02.png"]),
     ("export-inside-gt", _export_in("gt"), cs.CoresetConfigError,
-     ["export_meta_info", "is inside dataroot_gt", "HR"]),
+     ["export_meta_info", "meta_info_kept.txt", "inside dataroot_gt", "HR"]),
     ("export-inside-lq", _export_in("lq"), cs.CoresetConfigError,
-     ["export_meta_info", "is inside dataroot_lq", "LR"]),
+     ["export_meta_info", "meta_info_kept.txt", "inside dataroot_lq", "LR"]),
     ("export-via-symlinked-folder", _export_in("symlink-dir"), cs.CoresetConfigError,
-     ["export_meta_info", "resolves to", "is inside dataroot_gt"]),
-    ("export-symlink-into-lq", _export_in("symlink-file"), cs.CoresetConfigError,
-     ["export_meta_info", "img00.png", "is inside dataroot_lq"]),
+     ["export_meta_info", "meta/kept.txt", "resolves to", "inside dataroot_gt"]),
     ("export-relative-dotdot", _export_in("relative"), cs.CoresetConfigError,
-     ["export_meta_info", "'HR/../HR/kept.txt'", "is inside dataroot_gt"]),
+     ["export_meta_info", "HR/../HR/kept.txt", "inside dataroot_gt"]),
     ("smaller-than-a-batch", _block(ratio=0.1), cs.CoresetConfigError,
      ["coreset.ratio", "keeps 1 samples", "fewer than one batch", "batch_size_per_gpu 2"]),
     ("bad-mode", _block(mode="hardest"), cs.CoresetConfigError, ["coreset.mode", "'hardest'", "des | asc"]),
@@ -290,6 +285,16 @@ def test_scoring_view_refuses_a_mismatched_pair_it_decodes(pairs, untouched):
         with pytest.raises(cs.CoresetConfigError, match=r"'img03'.*16x16.*8x7"):
             SobelScorer(num_workers=0, progress=False).score(view)
     assert view[0]["gt"].shape == (3, 16, 16)  # no crop-to-fit for good pairs either
+
+
+def test_export_over_a_symlink_into_lq_replaces_the_link_not_the_image(pairs, tmp_path, untouched):
+    """A link at the export path itself is replaced (atomic rename), never written through."""
+    link = tmp_path / "kept.txt"
+    link.symlink_to(pairs / "LR" / "img00.png")
+    dopt = dataset_opt(pairs, scores=str(tmp_path / "s.safetensors"), export_meta_info=str(link))
+    with untouched(pairs / "HR", pairs / "LR"):
+        core = build(dopt)
+    assert not link.is_symlink() and link.read_text().splitlines() == sorted(f"{k}.png (16,16,3)" for k in core.keys)
 
 
 @pytest.mark.parametrize("where", ["gt", "lq"])

@@ -117,6 +117,11 @@ def ws(tmp_path_factory):
 # --------------------------------------------------------------------------- the table
 
 
+def _score_sobel(w, t):
+    return ["score", w.data, "--scorer", "sobel", "--crop", CROP, "--step", STEP, "--workers", 0, "--no-progress",
+            "--out", t / "s.safetensors"]
+
+
 @dataclasses.dataclass
 class Case:
     id: str
@@ -197,6 +202,10 @@ CASES = [
          ("refusing to write", "DATA", "resolves to")),
     Case("export-out-under-symlink-to-DATA", lambda w, t: w.export(_symlink(t / "ln", w.data) / "core"), 2,
          ("DATA", "ln/core")),
+    Case("export-out-is-dangling-symlink-into-DATA", lambda w, t: w.export(_symlink(t / "core", w.data / "new")), 2,
+         ("refusing to write", "DATA/new")),
+    Case("export-out-lr-dangling-symlink-into-LR",
+         lambda w, t: w.export_lr(_out_with_lr_link(t, w.lr / "new")), 2, ("LR/new", "LR folder")),
     Case("export-out-is-DATA", lambda w, t: w.export(w.data), 2, ("DATA",)),
     Case("export-out-inside-DATA", lambda w, t: w.export(w.data / "core"), 2, ("inside DATA",)),
     Case("export-out-dotdot-into-DATA", lambda w, t: w.export(w.data / "x" / ".." / ".." / w.data.name / "c"),
@@ -242,6 +251,13 @@ CASES = [
     Case("export-whole-no-space-left", lambda w, t: w.export_lr(t / "core"), 1, ("No space left on device",),
          patch=lambda mp: mp.setattr("shutil.copyfile", lambda a, b, **k: (_ for _ in ()).throw(
              OSError(errno.ENOSPC, "No space left on device"))), check=_no_temp_left),
+    Case("select-out-no-space-left", lambda w, t: ["select", w.sub, "--out", t / "keep.txt"], 1,
+         ("No space left on device", "keep.txt"), check=_no_temp_left,
+         patch=lambda mp: mp.setattr("os.fsync", lambda fd: (_ for _ in ()).throw(
+             OSError(errno.ENOSPC, "No space left on device")))),
+    Case("score-out-no-space-left", _score_sobel, 1, ("No space left on device", "s.safetensors"),
+         patch=lambda mp: mp.setattr("os.fsync", lambda fd: (_ for _ in ()).throw(
+             OSError(errno.ENOSPC, "No space left on device")))),
     Case("export-ctrl-c", lambda w, t: w.export(t / "core"), 130, ("interrupted", "rerun"),
          patch=_fail_writes(KeyboardInterrupt()), prefix="coreset-sr: interrupted", check=_no_temp_left),
     # -- scores that do not fit DATA --------------------------------------------------------------------
@@ -388,8 +404,7 @@ def _oom():
     return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
 
-_SCORE = lambda w, t: ["score", w.data, "--scorer", "sobel", "--crop", CROP, "--step", STEP, "--workers", 0,  # noqa: E731
-                       "--no-progress", "--out", t / "s.safetensors"]
+_SCORE = _score_sobel
 
 CASES += [
     Case("score-ctrl-c", _SCORE, 130, ("interrupted", "s.safetensors.partial", "rerun"),
@@ -508,8 +523,20 @@ def test_export_piped_into_head_ends_quietly(ws, tmp_path, untouched):
     assert (out / "meta_info.txt").is_file(), (r.stdout, err)
 
 
-@pytest.mark.parametrize("argv", [["info", "{sub}"], ["select", "{sub}"], ["--help"],
-                                  ["select", "{sub}", "--out", "{tmp}/keep.txt"]])
+def test_export_with_progress_bars_piped_into_head_ends_quietly(ws, tmp_path, untouched):
+    """``... 2>&1 | head -1``: progress bars and warnings on the closed pipe do not stop the export either."""
+    out = tmp_path / "core"
+    cmd = " ".join(map(str, [sys.executable, "-m", "coreset_sampler", *ws.export(out)[:-1]]))  # with progress
+    script = f"set -o pipefail; {cmd} 2>&1 | head -1; echo \"status=${{PIPESTATUS[0]}}\""
+    with untouched(ws.data, ws.lr):
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and lines[-1] == "status=0", r.stdout + r.stderr
+    assert len((out / "meta_info.txt").read_text().split()) == 12
+
+
+@pytest.mark.parametrize("argv", [["info", "{sub}"], ["--help"], ["select", "{sub}", "--out", "{tmp}/keep.txt"]])
 def test_closed_reader_output_is_dropped_quietly(ws, tmp_path, argv):
     """stdout's reader is gone before the first write: the command still does its work, exit 0, stderr clean."""
     r_fd, w_fd = os.pipe()

@@ -261,6 +261,9 @@ def test_score_resumes_from_partial_checkpoint(ws, capsys, tmp_path):
                 raise RuntimeError("simulated crash")
             return ds[i]
 
+        def provenance(self):  # the checkpoint fingerprint includes the source digests
+            return ds.provenance()
+
     scorer = InterpolationScorer(2, batch_size=8, num_workers=0, checkpoint=Path(str(out) + ".partial"),
                                  checkpoint_every=1, progress=False)
     with pytest.raises(RuntimeError):
@@ -479,9 +482,12 @@ def test_demo_quick_runs_end_to_end(tmp_path):
         assert line in r.stdout
     psnrs = [v["psnr"] for v in res["results"].values()]
     assert len(psnrs) == 3 and all(20 < p < 60 for p in psnrs)
-    # the demo's scores file works with the CLI as any other
+    # the demo's scores file works with the CLI as any other, provenance included (select checks the images)
     r2 = run("info", out / "scores.safetensors")
     assert r2.returncode == 0 and f"count          {len(s)}" in r2.stdout
+    assert f"{len(s.metadata['provenance']['sources'])} source file(s) fingerprinted" in r2.stdout
+    r3 = run("select", out / "scores.safetensors")
+    assert r3.returncode == 0 and r3.stderr == "", r3.stderr
 
 
 def test_demo_heldout_photos_are_bundled_and_rewritten_idempotently(tmp_path):

@@ -107,3 +107,14 @@ def test_stale_temp_files_removed_unless_their_writer_runs(tmp_path):
     removed, busy = remove_stale_temp_files(d)
     assert sorted(removed) == sorted([dead.name, old.name]) and busy == [alive.name]
     assert alive.exists() and keep.exists() and not dead.exists()
+
+
+def test_protect_adds_folders_and_its_labels_win(tmp_path, data):
+    ds = SubImageDataset(data, crop=32, step=32, scale=2, progress=False)
+    other = tmp_path / "precious"
+    other.mkdir()
+    with pytest.raises(UnsafeWriteError, match=r"inside the LR folder \(.*precious"):
+        export_coreset(ds, [0], other / "core", protect={"the LR folder": other}, progress=False)
+    with pytest.raises(UnsafeWriteError, match=r"inside DATA \("):
+        export_coreset(ds, [0], data / "core", protect={"DATA": data}, progress=False)
+    assert not (other / "core").exists() and not (data / "core").exists()

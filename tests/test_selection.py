@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -139,6 +139,7 @@ def test_random_depends_on_seed_and_is_uniform():
 @settings(max_examples=200, deadline=None)
 @given(arrays(np.float32, st.integers(1, 300), elements=finite), st.integers(1, 60), st.integers(0, 1000),
        st.floats(0.0, 0.3))
+@example(np.array([-1.0, -1.0, 0.0, 0.0, 0.0], dtype=np.float32), 2, 0, 0.25)
 def test_stratified_covers_nonempty_strata(s, strata, seed, skip):
     n = len(s)
     ratio = min(1.0 - skip, 0.5)
@@ -161,7 +162,9 @@ def test_stratified_covers_nonempty_strata(s, strata, seed, skip):
     if (~full).any() and kept >= len(nonempty):
         assert taken[nonempty][~full].max() - taken[nonempty][~full].min() <= 1
         if full.any():
-            assert taken[nonempty][full].max() <= taken[nonempty][~full].max()
+            # +1: an odd budget over equal strata gives one of them the extra pick, which may fill it
+            # (found by hypothesis: s=[-1, -1, 0, 0, 0], strata=2, skip=0.25 -> taken [1, 2])
+            assert taken[nonempty][full].max() <= taken[nonempty][~full].max() + 1
 
 
 def test_paper_refined_window():

@@ -247,31 +247,28 @@ def validate_options(opt: Mapping) -> CoresetOptions | None:
 def check_outside_dataroots(path, dataset_opt: Mapping, key: str = "export_meta_info") -> None:
     """Refuse a path we would write that lies inside ``dataroot_gt`` or ``dataroot_lq``.
 
-    Both sides are resolved (symlinks followed, also a symlink already at ``path``), so a link
-    into a data folder is caught too. A file written there would be read by BasicSR as one more
-    image (``lq and gt datasets have different number of images`` on the next run), and nothing is
-    ever written under a user's data folders.
+    Uses the library's write guard (:func:`coreset_sampler.export.check_writable_outside`): both
+    sides resolved, symlinked folders followed, so a link into a data folder is caught too. A file
+    written there would be read by BasicSR as one more image (``lq and gt datasets have different
+    number of images`` on the next run), and nothing is ever written under a user's data folders.
 
     Raises:
-        CoresetConfigError: naming the path, the data folder and what both resolve to.
+        CoresetConfigError: naming the key, the path, what it resolves to and the data folder.
 
     Example:
         >>> check_outside_dataroots("meta/kept.txt", {"dataroot_gt": "datasets/DIV2K/HR"})  # fine: elsewhere
         >>> check_outside_dataroots("datasets/DIV2K/HR/kept.txt", {"dataroot_gt": "datasets/DIV2K/HR"})
         ... # doctest: +SKIP
-        CoresetConfigError: datasets.train.coreset.export_meta_info: 'datasets/DIV2K/HR/kept.txt' ... is inside ...
+        CoresetConfigError: datasets.train.coreset.export_meta_info: refusing to write ... inside dataroot_gt ...
     """
-    target = Path(os.path.abspath(os.path.expanduser(str(path)))).resolve()
-    for root_key in ("dataroot_gt", "dataroot_lq"):
-        root = dataset_opt.get(root_key)
-        if not root:
-            continue
-        real = Path(os.path.abspath(os.path.expanduser(str(root)))).resolve()
-        if target == real or target.is_relative_to(real):
-            raise CoresetConfigError(
-                f"{WHERE}.{key}: {str(path)!r} (resolves to {str(target)!r}) is inside {root_key} {str(root)!r} "
-                f"(resolves to {str(real)!r}); nothing is written under the data folders (BasicSR would read the "
-                "file as one more image); write it next to the folder instead")
+    from ...export import UnsafeWriteError, check_writable_outside
+
+    roots = {k: os.path.expanduser(str(dataset_opt[k])) for k in ("dataroot_gt", "dataroot_lq")
+             if dataset_opt.get(k)}
+    try:
+        check_writable_outside([os.path.expanduser(str(path))], roots)
+    except UnsafeWriteError as e:
+        raise CoresetConfigError(f"{WHERE}.{key}: {e} (BasicSR would read it as one more image)") from None
 
 
 # -- the dataset side -------------------------------------------------------------------------
