@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["MODEL_FILE_SUFFIXES", "ModelFileError", "SpandrelSR", "load_model_file", "read_state_dict",
-           "file_sha256"]
+           "file_sha256", "is_model_file_spec"]
 
 #: file suffixes :func:`load_model_file` reads
 MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -66,7 +66,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _flatten_tensors(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+def _as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise ModelFileError(f"{path} holds a {type(obj).__name__}, not a state dict (name -> tensor); {_RESAVE}")
     return obj
@@ -119,7 +119,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as e:  # not a torch file at all, truncated zip...
         raise ModelFileError(f"{path} is not a readable PyTorch weights file: {type(e).__name__}: "
                              f"{str(e)[:200]}") from None
-    return _flatten_tensors(obj, path)
+    return _as_state_dict(obj, path)
 
 
 class SpandrelSR(nn.Module):
