@@ -276,11 +276,26 @@ CASES = [
          ("data folder not found",)),
     Case("score-lr-with-subimages", lambda w, t: ["score", w.data, "--lr", w.lr, "--out", t / "s.safetensors"], 1,
          ("--lr needs whole images",)),
+    Case("score-file-name-with-line-break", lambda w, t: _odd_names(w, t, "a\nb.png"), 1,
+         ("'a\\nb.png'", "line break", "rename")),
+    Case("score-file-name-not-utf8", lambda w, t: _odd_names(w, t, b"\xff.png"), 1, ("not valid UTF-8", "rename")),
+    Case("score-empty-folder", lambda w, t: _odd_names(w, t, None), 1, ("no images", "empty")),
     Case("score-unknown-scorer", lambda w, t: ["score", w.data, "--scorer", "vgg", "--out", t / "s.safetensors"], 2,
          ("unknown scorer 'vgg'",)),
     Case("score-junk-weights", lambda w, t: ["score", w.data, "--scorer", _junk(t), "--workers", 0,
                                              "--out", t / "s.safetensors"], 1, ("junk.safetensors",)),
 ]
+
+
+def _odd_names(w: WS, t: Path, name):
+    """A folder whose one image has an odd file name (or no image at all)."""
+    d = t / "empty"
+    d.mkdir()
+    if name is not None:
+        target = os.path.join(os.fsencode(d), name) if isinstance(name, bytes) else d / name
+        shutil.copyfile(w.data / "noise.png", target)
+    return ["score", d, "--scorer", "sobel", "--crop", CROP, "--step", STEP, "--workers", 0, "--no-progress",
+            "--out", t / "s.safetensors"], [d]
 
 
 def _lr_gone(w: WS, t: Path) -> list:
