@@ -33,9 +33,10 @@ class _Items(torch.utils.data.Dataset):
         return self.items[i]
 
 
-def _pairs(scale: int, n: int = 5, seed: int = 0):
+def _pairs(scale: int, n: int = 5, seed: int = 0, mult: int = 1):
     g = torch.Generator().manual_seed(seed)
-    sizes = [(8, 8), (8, 12), (8, 8), (12, 8), (8, 8)][:n]  # LR sizes; multiples of 4 (no padding)
+    # LR sizes: multiples of 4 (no padding), at least spandrel's minimum for the architecture
+    sizes = [(8 * mult, 8 * mult), (8 * mult, 12 * mult), (8 * mult, 8 * mult), (12 * mult, 8 * mult), (8 * mult, 8 * mult)][:n]
     return [{"lq": torch.rand(3, h, w, generator=g), "gt": torch.rand(3, h * scale, w * scale, generator=g),
              "key": f"img{i}"} for i, (h, w) in enumerate(sizes)]
 
@@ -63,6 +64,14 @@ def _span(scale):
     return SPAN(num_in_ch=3, num_out_ch=3, feature_channels=8, upscale=scale).eval()
 
 
+def _swinir(scale):
+    from spandrel.architectures.SwinIR import SwinIR
+
+    torch.manual_seed(4)
+    return SwinIR(upscale=scale, in_chans=3, img_size=16, window_size=4, img_range=1.0, depths=[1], embed_dim=12,
+                  num_heads=[2], mlp_ratio=2, upsampler="pixelshuffle").eval()
+
+
 def _rrdbnet(scale):
     """BasicSR's own RRDBNet (what ESRGAN / Real-ESRNet recipes train), as BasicSR saves it."""
     from coreset_sampler.integrations.basicsr.compat import import_basicsr
@@ -88,15 +97,16 @@ def _save(model, path, wrap=None):
     return path
 
 
-@pytest.mark.parametrize("build,name,wrap,arch,loss", [
-    (_compact, "compact_x2.safetensors", None, "Compact", "mse"),
-    (_rrdbnet, "net_g_latest.pth", "params_ema", "ESRGAN", "l1"),
-    (_span, "span_x2.pt", None, "SPAN", "mse"),
+@pytest.mark.parametrize("build,name,wrap,arch,loss,mult", [
+    (_compact, "compact_x2.safetensors", None, "Compact", "mse", 1),
+    (_rrdbnet, "net_g_latest.pth", "params_ema", "ESRGAN", "l1", 1),
+    (_span, "span_x2.pt", None, "SPAN", "mse", 1),
+    (_swinir, "swinir_x2.pth", "params", "SwinIR", "mse", 2),  # spandrel: LR at least img_size 16
 ])
-def test_model_file_scores_equal_a_hand_written_loss_loop(tmp_path, build, name, wrap, arch, loss):
+def test_model_file_scores_equal_a_hand_written_loss_loop(tmp_path, build, name, wrap, arch, loss, mult):
     model = build(2)
     path = _save(model, tmp_path / name, wrap)
-    items = _pairs(2)
+    items = _pairs(2, mult=mult)
     scorer = make_scorer(str(path), 2, loss=loss, num_workers=0, progress=False, batch_size=2, device="cpu")
     assert isinstance(scorer, LossScorer) and scorer.model.arch == f"spandrel:{arch}"
     scores = scorer.score(_Items(items))
