@@ -46,6 +46,8 @@ _EXPORTS = {
     "export_coreset": "export",
     "ExportReport": "export",
     "check_writable_outside": "export",
+    "WholeImageScorer": "whole_image",
+    "SubImageFolder": "whole_image",
 }
 
 __all__ = list(_EXPORTS)
@@ -73,3 +75,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .provenance import ProvenanceError, check_provenance, file_digest, provenance_of, sources_digest
     from .scores import Scores, dataset_fingerprint
     from .selection import MODES, select_indices, selection_summary
+    from .whole_image import SubImageFolder, WholeImageScorer

@@ -29,7 +29,6 @@ import contextlib
 import errno
 import os
 import shlex
-import stat
 import sys
 import warnings
 from pathlib import Path
@@ -175,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score again on purpose: overwrite an existing --out computed from other settings "
                         "and ignore its progress checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--per-crop", action="store_true",
+                   help="model loss of each sub-image on its own (default for sub-images: the model runs once "
+                        "per source image and each crop's loss is read off its error map; see README)")
 
     # -- select -------------------------------------------------------------------------
     p = sub.add_parser(
@@ -418,38 +420,19 @@ def check_keys(scores, keys: Sequence[str], scores_path, roots, crop: int, step:
                        f"{extra} ({len(scores)} scored vs {len(keys)} {where})")
 
 
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
-
-
-def _not_regular(path: Path) -> str | None:
-    """What ``path`` is when it exists but is not a regular file (symlinks followed), else None."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return None
-    if stat.S_ISREG(mode):
-        return None
-    return next((text for test, text in _KINDS if test(mode)), "not a regular file")
-
-
 def load_scores(path):
-    """:meth:`Scores.load` for the CLI: a missing path, a folder, a FIFO or a device file is one line."""
+    """:meth:`Scores.load` for the CLI: a missing path, a folder, a FIFO or a device file is one line
+    (Scores.load checks them before opening the file)."""
     from .scores import Scores
 
-    path = Path(path)
-    if not path.exists():
-        raise CLIError(f"scores file not found: {path}")
-    kind = _not_regular(path)
-    if kind is not None:  # a FIFO would block the read forever; a device would be read as junk
-        raise CLIError(f"scores file {path} is {kind}, not a regular file: pass the .safetensors file "
-                       f"written by 'coreset-sr score'")
     return Scores.load(path)
 
 
 def _check_out_file(out: Path, example: str) -> None:
     """``--out`` of a command that writes one file: refuse a folder, FIFO or device file there."""
-    kind = _not_regular(out)
+    from .scores import file_kind
+
+    kind = file_kind(out)
     if kind == "a folder":
         raise CLIError(f"--out {out} is a folder; give a file name such as {out / example}", code=2)
     if kind is not None:
@@ -582,6 +565,8 @@ def cmd_score(args) -> int:
         # the scorer first: a bad weights file is reported before the images are decoded
         scorer = make_scorer(args.scorer, args.scale, batch_size=args.batch_size, num_workers=args.workers,
                              checkpoint=ckpt, on_error=args.on_error, progress=progress, device=args.device)
+        if getattr(args, "per_crop", False) and hasattr(scorer, "whole_image"):
+            scorer.whole_image = False  # LossScorer: score each sub-image on its own
         ds = build_dataset(roots, crop, args.step, args.scale, lr_root, cache=True, progress=progress)
         mine = ckpt if world == 1 else ckpt.with_name(f"{ckpt.stem}.rank{rank}of{world}{ckpt.suffix}")
         if args.rescore and mine.exists():
@@ -651,12 +636,10 @@ def _check_existing_scores(out: Path, spec: str, roots, crop: int, step: int, sc
     if isinstance(layout, dict) and layout.get("roots"):
         now = [str(Path(r).resolve()) for r in roots]
         if list(layout["roots"]) != now:
-            raise ProvenanceError(f"{out}: data folders are {layout['roots']} in the scores file but {now} here; "
-                                  f"{fix}")
+            raise ProvenanceError.mismatch(out, "roots (data folders)", list(layout["roots"]), now, fix)
         lr_now = None if lr_root is None else str(Path(lr_root).resolve())
         if layout.get("lr_root") != lr_now:
-            raise ProvenanceError(f"{out}: lr_root is {layout.get('lr_root')!r} in the scores file but {lr_now!r} "
-                                  f"here; {fix}")
+            raise ProvenanceError.mismatch(out, "lr_root", layout.get("lr_root"), lr_now, fix)
 
 
 def cmd_select(args) -> int:

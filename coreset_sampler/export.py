@@ -26,11 +26,11 @@ import errno
 import filecmp
 import io
 import os
-import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence, Union
+
+from .scores import remove_stale_temp_files, temp_path  # one temp-file convention for every write
 
 __all__ = ["export_coreset", "ExportReport", "check_writable_outside", "UnsafeWriteError", "source_roots",
            "dataset_layout", "META_INFO", "LINK_MODES"]
@@ -41,10 +41,6 @@ LINK_MODES = ("copy", "hard", "symlink")
 EXACT_SIZE_LIMIT = 5000
 #: PIL modes PNG stores as they are; others are converted to RGB
 _PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"}
-#: ``.{name}.{pid}.{8 hex}.tmp``: the temporary name of every file this module writes
-_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
-#: ``.meta_info.txt.XXXXXXXX.tmp``: what earlier versions left (``tempfile.mkstemp``)
-_OLD_TMP_RE = re.compile(r"^\.meta_info\.txt\.[a-z0-9_]{8}\.tmp$")
 
 PathLike = Union[str, os.PathLike]
 Roots = Union[Mapping[str, PathLike], Iterable[PathLike]]
@@ -174,10 +170,6 @@ def dataset_layout(dataset) -> dict:
 # --------------------------------------------------------------------------- atomic file writes
 
 
-def _tmp_path(dst: Path) -> Path:
-    return dst.with_name(f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
 def _write_new_file(path: Path, data: bytes) -> None:
     with open(path, "xb") as f:  # "x": never an existing file; default permissions
         f.write(data)
@@ -197,7 +189,7 @@ def _unlink_quietly(p: Path) -> None:
 
 
 def _atomic(dst: Path, make_tmp) -> None:
-    tmp = _tmp_path(dst)
+    tmp = temp_path(dst)
     try:
         make_tmp(tmp)
         os.replace(tmp, dst)
@@ -250,42 +242,6 @@ def _place_file(src: Path, dst: Path, link: str) -> bool:
             shutil.copystat(src_abs, tmp)
 
     _atomic(dst, make)
-    return True
-
-
-def remove_stale_temp_files(folder: Path) -> tuple[list[str], list[str]]:
-    """Remove this module's temporary files left in ``folder`` by a killed process.
-
-    Returns ``(removed, busy)``: names removed, and names left alone because the process that
-    writes them is still running.
-    """
-    removed, busy = [], []
-    if not folder.is_dir():
-        return removed, busy
-    for p in sorted(folder.iterdir()):
-        m = _TMP_RE.match(p.name)
-        if m is None and not _OLD_TMP_RE.match(p.name):
-            continue
-        if m is not None and _pid_alive(int(m.group("pid"))):
-            busy.append(p.name)
-            continue
-        try:
-            p.unlink()
-            removed.append(p.name)
-        except FileNotFoundError:  # its writer renamed it meanwhile
-            pass
-    return removed, busy
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process writes one file at a time and cleans up after itself
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
     return True
 
 

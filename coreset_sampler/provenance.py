@@ -32,6 +32,16 @@ _cache: dict[tuple[str, int, int], str] = {}
 class ProvenanceError(ValueError):
     """Scores were computed from something else than what they are used with."""
 
+    @classmethod
+    def mismatch(cls, source, field: str, recorded, here, fix: str) -> "ProvenanceError":
+        """The one wording of a mismatch: the file, the field, both values, the fix.
+
+        Example:
+            >>> str(ProvenanceError.mismatch("s.safetensors", "scale", 2, 4, "rescore"))
+            's.safetensors: scale is 2 in the scores file but 4 here; rescore'
+        """
+        return cls(f"{source}: {field} is {recorded!r} in the scores file but {here!r} here; {fix}")
+
 
 def file_digest(path) -> str:
     """``"<size>:<blake2b-128 hex>"`` of a file's bytes, cached per (path, size, mtime_ns).
@@ -135,7 +145,7 @@ def check_provenance(scores, *, expected: Mapping | None = None, dataset=None, s
     for field, want in (expected or {}).items():
         got = rec.get(field, "<not recorded>")
         if got != want:
-            raise ProvenanceError(f"{source}: {field} is {got!r} in the scores file but {want!r} here; {fix}")
+            raise ProvenanceError.mismatch(source, field, got, want, fix)
     if dataset is None:
         return
     cur = provenance_of(dataset)
@@ -143,8 +153,7 @@ def check_provenance(scores, *, expected: Mapping | None = None, dataset=None, s
         return
     for field in DATASET_FIELDS:
         if field in cur and field in rec and cur[field] != rec[field]:
-            raise ProvenanceError(f"{source}: {field} is {rec[field]!r} in the scores file but "
-                                  f"{cur[field]!r} here; {fix}")
+            raise ProvenanceError.mismatch(source, field, rec[field], cur[field], fix)
     for what in ("sources", "lr_sources"):
         if what in cur or what in rec:
             if what not in rec:

@@ -722,6 +722,13 @@ class LossScorer(_BatchScorer):
         scale: SR scale when the model has no ``.scale`` attribute (else inferred from the
             first batch and then enforced).
         on_y: score on Y only (default: the model's ``trains_on_y``, else False).
+        whole_image: on a sub-image set with known sources (``SubImageDataset``,
+            :class:`~coreset_sampler.whole_image.SubImageFolder`), run the model once per source
+            image and read every crop's loss off the error map (:mod:`coreset_sampler.whole_image`;
+            metadata ``granularity: whole_image``). ``"auto"`` (default): there, per crop elsewhere;
+            ``False``: always per crop; ``True``: refuse datasets it does not apply to.
+        whole_image_options: keyword arguments of
+            :class:`~coreset_sampler.whole_image.WholeImageScorer` (``tile``, ``halo``, ``amp``...).
 
     Example:
         >>> scorer = LossScorer.pretrained("srcnn", scale=2, batch_size=32)   # doctest: +SKIP
@@ -734,10 +741,13 @@ class LossScorer(_BatchScorer):
     def __init__(self, model: torch.nn.Module, *, loss: str = "mse", batch_size: int = 64, device=None,
                  num_workers: int = 2, checkpoint=None, checkpoint_every: int = 20, on_error: str = "raise",
                  progress: bool = True, max_forward_pixels: int | None = None, scale: int | None = None,
-                 on_y: bool | None = None):
+                 on_y: bool | None = None, whole_image: bool | str = "auto", whole_image_options: dict | None = None):
         super().__init__(batch_size=batch_size, device=device, num_workers=num_workers, checkpoint=checkpoint,
                          checkpoint_every=checkpoint_every, on_error=on_error, progress=progress,
                          max_forward_pixels=max_forward_pixels)
+        if whole_image not in (True, False, "auto"):
+            raise ValueError(f"whole_image must be True, False or 'auto', got {whole_image!r}")
+        self.whole_image, self.whole_image_options = whole_image, dict(whole_image_options or {})
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if loss not in _LOSSES:
@@ -771,6 +781,32 @@ class LossScorer(_BatchScorer):
         scorer = cls(load_pretrained(name, scale), **kwargs)
         scorer.spec = name
         return scorer
+
+    def score(self, dataset) -> Scores:
+        """Score ``dataset``: whole-image on sub-image sets with known sources (``whole_image``),
+        else per sample (see :meth:`_BatchScorer.score`)."""
+        if self.whole_image is not False:
+            from .whole_image import WholeImageScorer, plan_of
+
+            plan = plan_of(dataset)
+            if plan is not None:
+                self._precheck(dataset, len(dataset))  # empty, scale, unreadable sources, pair sizes
+                ws = WholeImageScorer(self.model, loss=self.loss, on_y=self.on_y,
+                                      scale=None if self._inferred_scale else self.scale,
+                                      device=self.device, num_workers=self.num_workers, checkpoint=self.checkpoint,
+                                      checkpoint_every=self.checkpoint_every, on_error=self.on_error,
+                                      progress=self.progress, **self.whole_image_options)
+                ws.spec = self.spec
+                with _rng_preserved():
+                    scores = ws.score(dataset, plan)
+                self.last_stats = ws.last_stats
+                return scores
+            if self.whole_image is True:
+                raise ValueError(f"whole_image=True needs a sub-image set with known sources (SubImageDataset "
+                                 f"or SubImageFolder), got {type(dataset).__name__}; pass whole_image='auto'")
+        return super().score(dataset)
+
+    __call__ = score
 
     def _prepare(self) -> None:
         self._was_training = self.model.training

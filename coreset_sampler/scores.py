@@ -25,14 +25,15 @@ import json
 import os
 import re
 import stat
-import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Scores", "dataset_fingerprint", "atomic_write_bytes", "remove_stale_temps", "read_header",
+__all__ = ["Scores", "dataset_fingerprint", "atomic_write_bytes", "remove_stale_temps", "remove_stale_temp_files",
+           "temp_path", "read_header", "file_kind",
            "FORMAT_VERSION", "KNOWN_VERSIONS"]
 
 FORMAT = "coreset-sampler/scores"
@@ -40,11 +41,17 @@ FORMAT_VERSION = "2"
 KNOWN_VERSIONS = ("1", "2")
 _RESERVED = {"format", "format_version"}
 _MAX_HEADER = 100_000_000  # bytes of JSON header: safetensors' own limit; provenance of ~1M files fits
+_MAX_KEY_BYTES = 4096  # PATH_MAX: a key is a file name or a relative path
 _F32_MAX = float(np.finfo(np.float32).max)
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
              "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
 _INT_DTYPES = {"I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8"}
-_STALE_TMP_SECONDS = 60  # a temp file untouched this long belongs to a writer that was killed
+_STALE_TMP_SECONDS = 60  # a pid-less temp file untouched this long belongs to a writer that was killed
+#: ``.{name}.{pid}.{8 hex}.tmp``: the hidden temporary name of every atomic write in this package
+#: (:func:`temp_path`); the writer's pid tells the next run whether it was killed
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+#: ``.{name}.XXXXXXXX.tmp``: ``tempfile.mkstemp`` names of earlier versions (no pid: judged by age)
+_MKSTEMP_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 def dataset_fingerprint(keys: Sequence[str] | None, n: int | None = None) -> str:
@@ -60,11 +67,21 @@ def dataset_fingerprint(keys: Sequence[str] | None, n: int | None = None) -> str
     return "sha256:" + h.hexdigest()[:16]
 
 
+def temp_path(path) -> Path:
+    """The hidden temporary name next to ``path`` that an atomic write of ``path`` renames from.
+
+    ``.{name}.{pid}.{8 hex}.tmp``: the pid lets :func:`remove_stale_temp_files` tell a killed
+    writer's leftover from a write in progress.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
 
-    Leftover temp files of a killed earlier write to the same target (``.<name>.XXXXXXXX.tmp``,
-    untouched for a minute) are removed first. A failed write (e.g. out of space) leaves no
+    Leftover temp files of a killed earlier write to the same target (see
+    :func:`remove_stale_temps`) are removed first. A failed write (e.g. out of space) leaves no
     temp file and raises an ``OSError`` naming ``path``.
 
     Example:
@@ -73,16 +90,16 @@ def atomic_write_bytes(path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temp_path(path)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the usual mode (umask applies)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError) and e.errno is not None and str(path) not in str(e):
             hint = " (the disk is full: free space or write elsewhere)" if e.errno == errno.ENOSPC else ""
@@ -90,36 +107,73 @@ def atomic_write_bytes(path, data: bytes) -> None:
         raise
 
 
+def remove_stale_temp_files(folder, target: str | None = None,
+                            older_than: float = _STALE_TMP_SECONDS) -> tuple[list[str], list[str]]:
+    """Remove temp files that a killed atomic write left in ``folder``.
+
+    A ``.{name}.{pid}.{hex}.tmp`` file (:func:`temp_path`) is stale when no process ``pid`` runs;
+    a pid-less ``.{name}.XXXXXXXX.tmp`` (``tempfile.mkstemp``, earlier versions) when untouched
+    for ``older_than`` seconds. Only regular files are removed, never what a link points to.
+
+    Args:
+        folder: the folder to clean.
+        target: only temp files of this file name (None: of any name).
+        older_than: age in seconds after which a pid-less temp file counts as stale.
+
+    Returns:
+        ``(removed, busy)``: names removed, and names left alone (their writer may still run).
+
+    Example:
+        >>> removed, busy = remove_stale_temp_files("T91_core")   # doctest: +SKIP
+    """
+    removed: list[str] = []
+    busy: list[str] = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:  # no folder (yet), or unreadable: nothing to clean
+        return removed, busy
+    now = time.time()
+    for e in entries:
+        m = _TMP_RE.match(e.name) or _MKSTEMP_RE.match(e.name)
+        if m is None or (target is not None and m["name"] != target):
+            continue
+        try:
+            if not e.is_file(follow_symlinks=False):
+                continue
+            pid = m.groupdict().get("pid")
+            live = _pid_alive(int(pid)) if pid else now - e.stat(follow_symlinks=False).st_mtime < older_than
+            if live:
+                busy.append(e.name)
+                continue
+            os.unlink(e.path)
+            removed.append(e.name)
+        except FileNotFoundError:  # its writer renamed it meanwhile
+            pass
+        except OSError:
+            busy.append(e.name)
+    return removed, busy
+
+
 def remove_stale_temps(path, older_than: float = _STALE_TMP_SECONDS) -> list[Path]:
     """Remove temp files left by a killed atomic write of ``path`` (that target name only).
 
-    Matches ``.<name>.XXXXXXXX.tmp`` (the :func:`atomic_write_bytes` pattern) in ``path``'s
-    folder, regular files not modified for ``older_than`` seconds (younger ones may belong to a
-    write in progress). Returns the removed files.
+    Returns the removed files; see :func:`remove_stale_temp_files` for what counts as stale.
     """
     path = Path(path)
-    pat = re.compile(r"\." + re.escape(path.name) + r"\.[A-Za-z0-9_]{8}\.tmp")
-    removed = []
+    removed, _ = remove_stale_temp_files(path.parent, target=path.name, older_than=older_than)
+    return [path.parent / name for name in removed]
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process writes one file at a time and cleans up after itself
     try:
-        entries = list(os.scandir(path.parent))
-    except OSError:
-        return removed
-    now = time.time()
-    for e in entries:
-        if pat.fullmatch(e.name) and e.is_file(follow_symlinks=False):
-            try:
-                if now - e.stat(follow_symlinks=False).st_mtime >= older_than:
-                    os.unlink(e.path)
-                    removed.append(Path(e.path))
-            except OSError:
-                pass
-    return removed
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
 
 
 class Scores:
@@ -330,6 +384,33 @@ class Scores:
         return out
 
 
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device file"), (stat.S_ISBLK, "a block device file"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def _kind(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    return next((text for test, text in _KINDS if test(mode)), "not a regular file")
+
+
+def file_kind(path) -> str | None:
+    """What ``path`` is when it exists but is not a regular file (symlinks followed), else None.
+
+    The one wording of "a folder / a FIFO (named pipe) / a character device file / ..." for every
+    path a user gives as a file to read or write.
+
+    Example:
+        >>> file_kind("/dev/null")
+        'a character device file'
+    """
+    try:
+        return _kind(os.stat(path).st_mode)
+    except OSError:
+        return None
+
+
 def read_header(path) -> tuple[dict, dict]:
     """Validate a scores file from its ``.safetensors`` header alone; no tensor is read.
 
@@ -342,11 +423,10 @@ def read_header(path) -> tuple[dict, dict]:
         st = os.stat(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"scores file not found: {path}") from None
-    if not stat.S_ISREG(st.st_mode):  # before open(): opening a FIFO would block
-        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
-                else "a device file" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise ValueError(f"scores file {path} is {kind}; give the path of a .safetensors scores file")
+    kind = _kind(st.st_mode)
+    if kind is not None:  # before open(): opening a FIFO would block, a device reads as junk
+        raise ValueError(f"scores file {path} is {kind}, not a regular file; give the path of a .safetensors "
+                         f"scores file")
     size = st.st_size
     bad = f"{path} is not a coreset-sampler scores file"
     with open(path, "rb") as f:
@@ -402,6 +482,10 @@ def read_header(path) -> tuple[dict, dict]:
     n = header["values"]["shape"][0]
     if "failed" in header and header["failed"]["shape"][0] > n:
         raise ValueError(f"{path}: tensor 'failed' lists {header['failed']['shape'][0]} indices for {n} values")
+    if "keys" in header and header["keys"]["shape"][0] > n * (_MAX_KEY_BYTES + 1):
+        # a key is a file name (at most PATH_MAX bytes) plus its newline: refuse before reading the bytes
+        raise ValueError(f"{path}: tensor 'keys' holds {header['keys']['shape'][0]} bytes for {n} values (at most "
+                         f"{_MAX_KEY_BYTES + 1} bytes per key)")
     return header, meta
 
 

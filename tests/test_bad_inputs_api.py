@@ -192,6 +192,10 @@ CASES = [
     Case("load-values-claim-2GB", lambda e: Scores.load(_raw(e.out / "f", {
         "values": {"dtype": "F32", "shape": [1 << 29], "data_offsets": [0, 2 << 30]}}, b"\0" * 12, META)),
          ValueError, ("claims 2147483648 bytes", "holds 12 data bytes")),
+    Case("load-junk-2GB-tensor-sparse-file", lambda e: Scores.load(_sparse(e.out / "f", "junk", "U8")), ValueError,
+         ("unexpected tensor 'junk'",)),
+    Case("load-keys-2GB-sparse-file", lambda e: Scores.load(_sparse(e.out / "f", "keys", "U8")), ValueError,
+         ("tensor 'keys' holds 2147483648 bytes for 3 values",)),
     Case("load-keys-count", lambda e: Scores.load(_values_file(e.out / "f", extra={"keys": ("U8", [3], b"a\nb")})),
          ValueError, ("holds 2 key(s) for 3 values",)),
     Case("load-failed-value-not-nan", lambda e: Scores.load(_rewrite(e.scores, meta_update={"failed_errors": '[""]'},
@@ -300,6 +304,45 @@ def _bad_folder(e, good):
     (e.data / "bad" / "x.png").write_bytes(b"not a png")
     if good:
         _img(e.data / "bad" / "y.png", 16, 16)
+
+
+def _sparse(path: Path, name: str, dtype: str, size: int = 2 << 30) -> Path:
+    """A well-formed file of 2 GB + a few bytes: 3 values and a tensor ``name`` of ``size`` bytes. The
+    file is sparse (truncated to length, never written), so making it costs no disk and no memory."""
+    header = {"values": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]},
+              name: {"dtype": dtype, "shape": [size], "data_offsets": [12, 12 + size]}}
+    _raw(path, header, b"\0" * 12, META)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size + size)
+    return path
+
+
+def test_2GB_tensors_are_refused_without_being_read(tmp_path):
+    """Item 4: a file whose header claims a 2 GB tensor (a real 2 GB file, sparse on disk) is refused
+    from its header: the process's peak memory grows by far less than the tensor (measured in a fresh
+    interpreter, where the peak before the call is known)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    files = [_sparse(tmp_path / f"{n}.safetensors", n, "U8") for n in ("junk", "keys")]
+    assert all(f.stat().st_size > 2 << 30 for f in files)
+    code = textwrap.dedent(f"""
+        import resource
+        from coreset_sampler import Scores
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for f in {[str(f) for f in files]!r}:
+            try:
+                Scores.load(f)
+            except ValueError as e:
+                print("refused", f)
+        print("grew_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [ln.split()[0] for ln in lines] == ["refused", "refused", "grew_kb"], r.stdout
+    assert int(lines[-1].split()[1]) < 64 * 1024, r.stdout  # < 64 MB, the tensor is 2048 MB
 
 
 def _raw_bytes(e, blob: bytes) -> Path:

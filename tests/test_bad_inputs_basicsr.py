@@ -363,6 +363,32 @@ def test_main_refuses_a_provenance_mismatch_in_one_line(pairs, tmp_path, monkeyp
     assert not (tmp_path / "experiments").exists() and not (tmp_path / "tb_logger").exists()
 
 
+def test_main_refuses_x2_scores_in_an_x4_recipe_before_experiments(pairs, tmp_path, monkeypatch, capsys,
+                                                                   untouched):
+    """Issue 10's first example end to end: the x2 file a first run cached, reused by an x4 recipe
+    (today's silent 41/45 overlap) is exit 2, one line, no experiments/, the file untouched."""
+    scores = tmp_path / "scores" / "s.safetensors"  # where tiny_recipe points the block
+    scores.parent.mkdir()
+    _scored(pairs, scores)
+    before = scores.read_bytes()
+    recipe = tiny_recipe(tmp_path, pairs)
+    opt = yaml.safe_load(recipe.read_text())
+    opt["scale"] = opt["network_g"]["upscale"] = 4
+    for phase in ("train", "val"):
+        opt["datasets"][phase]["dataroot_lq"] = str(pairs / "LR4")
+    recipe.write_text(yaml.safe_dump(opt))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    with untouched(pairs / "HR", pairs / "LR", pairs / "LR4"), pytest.raises(SystemExit) as e:
+        tr.main(["-opt", str(recipe)])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("coreset-sr-train: error: "), lines
+    assert_message(lines[0], ["s.safetensors", "scale is 2 in the scores file but 4 here", "rescore: true"])
+    assert not (tmp_path / "experiments").exists() and not (tmp_path / "tb_logger").exists()
+    assert scores.read_bytes() == before
+
+
 # -- provenance: a cached scores file must come from what the recipe describes -----------------
 
 def _scored(pairs: Path, scores: Path, **block) -> None:

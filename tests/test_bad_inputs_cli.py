@@ -390,7 +390,7 @@ CASES += [
          ("crop is 32 in the scores file but 16 here",), check=_unchanged_scores),
     Case("score-into-scores-of-other-folders",
          _rescore_into("--scorer", "interpolation", "--crop", CROP, "--step", STEP,
-                       data=lambda t: _images(t / "other", seed=3)), 2, ("data folders are",), check=_unchanged_scores),
+                       data=lambda t: _images(t / "other", seed=3)), 2, ("roots (data folders) is",), check=_unchanged_scores),
     Case("score-into-scores-whole-vs-subimages", _rescore_into("--scorer", "interpolation", "--crop", 0), 2,
          ("dataset is 'subimages' in the scores file but 'paired_folder' here",), check=_unchanged_scores),
     Case("score-into-unreadable-file",
@@ -521,15 +521,20 @@ def test_subprocess_cuda_without_gpu(ws, tmp_path):
     assert not (tmp_path / "s.safetensors").exists()
 
 
+def _piped_into_head(argv, redirect: str) -> subprocess.CompletedProcess:
+    """``coreset-sr ARGV REDIRECT | head -1`` in bash; the last stdout line is ``status=<coreset-sr's exit>``."""
+    cmd = " ".join(map(str, [sys.executable, "-m", "coreset_sampler", *argv]))
+    script = f"set -o pipefail; {cmd} {redirect} | head -1; echo \"status=${{PIPESTATUS[0]}}\""
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+
+
 def test_export_piped_into_head_ends_quietly(ws, tmp_path, untouched):
     """``coreset-sr export ... | head -1``: the first line arrives, no BrokenPipeError, exit 0, and the
     export is complete (the closed reader only discards the rest of the report)."""
     out = tmp_path / "core"
-    cmd = " ".join(map(str, [sys.executable, "-m", "coreset_sampler", *ws.export(out)]))
-    script = f"set -o pipefail; {cmd} 2>{tmp_path / 'err'} | head -1; echo \"status=${{PIPESTATUS[0]}}\""
     with untouched(ws.data, ws.lr):
-        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
-                           env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+        r = _piped_into_head(ws.export(out), f"2>{tmp_path / 'err'}")
     lines = r.stdout.splitlines()
     assert lines[0].startswith("core-set: kept "), r.stdout
     assert lines[-1] == "status=0", lines
@@ -541,11 +546,8 @@ def test_export_piped_into_head_ends_quietly(ws, tmp_path, untouched):
 def test_export_with_progress_bars_piped_into_head_ends_quietly(ws, tmp_path, untouched):
     """``... 2>&1 | head -1``: progress bars and warnings on the closed pipe do not stop the export either."""
     out = tmp_path / "core"
-    cmd = " ".join(map(str, [sys.executable, "-m", "coreset_sampler", *ws.export(out)[:-1]]))  # with progress
-    script = f"set -o pipefail; {cmd} 2>&1 | head -1; echo \"status=${{PIPESTATUS[0]}}\""
     with untouched(ws.data, ws.lr):
-        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
-                           env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+        r = _piped_into_head(ws.export(out)[:-1], "2>&1")  # with progress bars
     lines = r.stdout.splitlines()
     assert len(lines) == 2 and lines[-1] == "status=0", r.stdout + r.stderr
     assert len((out / "meta_info.txt").read_text().split()) == 12
@@ -651,3 +653,27 @@ def test_cli_records_its_scorer_spec(ws, tmp_path):
     assert main(["score", str(ws.data), "--scorer", "BICUBIC", "--crop", str(CROP), "--step", str(STEP),
                  "--workers", "0", "--no-progress", "--out", str(s)]) == 0
     assert Scores.load(s).metadata["provenance"]["scorer"] == "interpolation"
+
+
+def test_on_error_skip_works_in_the_default_subimage_mode(ws, tmp_path, capsys, untouched):
+    """Item 3: ``--on-error skip`` without ``--crop 0`` (today the images were decoded while the
+    dataset was built and the flag was ignored). Without the flag: exit 1 naming the file and the
+    flag; with it: exit 0, the broken image's sub-images recorded as failed, the others scored."""
+    data = tmp_path / "d"
+    shutil.copytree(ws.data, data)
+    (data / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 20)
+    out = tmp_path / "s.safetensors"
+    argv = ["score", data, "--scorer", "sobel", "--crop", CROP, "--step", STEP, "--workers", 0, "--no-progress",
+            "--out", out]
+    with untouched(data, ws.data):
+        code, _, err = call(capsys, *argv)
+        assert code == 1 and not out.exists()
+        line = one_error_line(err)
+        assert "zz_broken.png" in line and "--on-error skip" in line
+        code, stdout, err = call(capsys, *argv, "--on-error", "skip")
+    assert code == 0, err
+    s = Scores.load(out)
+    bad = [k for k in s.keys if k.startswith("zz_broken")]
+    assert bad and {s.keys.index(k) for k in bad} == set(s.failed)
+    assert np.isfinite(np.delete(s.values, sorted(s.failed))).all()
+    assert len(s.keys) - len(bad) == len(Scores.load(ws.sub).keys)

@@ -191,7 +191,8 @@ def test_state_resumes_exactly_and_rolls_over_a_finished_epoch(c, data):
 @settings(max_examples=100, deadline=None)
 @given(configs, st.sampled_from(["n", "num_samples", "shuffle", "drop_last", "seed", "rank", "num_replicas"]))
 def test_state_of_another_setting_is_refused_naming_the_field(c, field):
-    c = {**c, "world": max(c["world"], 2), "num_samples": max(c["num_samples"], 4)}
+    # num_samples >= world + 1: the changed num_replicas (world + 1) must stay valid with drop_last
+    c = {**c, "world": max(c["world"], 2), "num_samples": max(c["num_samples"], 8)}
     s = _sampler(c)
     state = s.state_dict()
     changed = {"n": {"n": c["n"] + 1}, "num_samples": {"num_samples": c["num_samples"] + 1},

@@ -138,3 +138,29 @@ def test_save_removes_stale_temp_files_of_that_target_only(tmp_path):
     assert not stale.exists() and fresh.exists() and other.exists() and longer.exists()
     assert remove_stale_temps(tmp_path / "t.safetensors") == [other]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, longer.name, "s.safetensors"])
+
+
+def test_temp_file_of_a_killed_save_is_removed_by_the_next_save(tmp_path):
+    """SIGKILL between writing the temp file and renaming it (issue 10): the very next save of the
+    same file, seconds later, removes the leftover (its writer's pid is gone); the data is intact."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    target = tmp_path / "s.safetensors"
+    Scores([1.0]).save(target)
+    killer = textwrap.dedent(f"""
+        import os, signal
+        os.replace = lambda a, b: os.kill(os.getpid(), signal.SIGKILL)
+        from coreset_sampler import Scores
+        Scores([2.0, 3.0]).save({str(target)!r})
+    """)
+    r = subprocess.run([sys.executable, "-c", killer], capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    left = [p.name for p in tmp_path.iterdir() if p.name != "s.safetensors"]
+    assert len(left) == 1 and left[0].startswith(".s.safetensors.") and left[0].endswith(".tmp"), left
+    assert Scores.load(target).values.tolist() == [1.0]  # the old file survived the kill
+    Scores([4.0]).save(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]
+    assert Scores.load(target).values.tolist() == [4.0]

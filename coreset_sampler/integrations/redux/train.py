@@ -1,0 +1,248 @@
+"""``coreset-sr-train-redux``: traiNNer-redux's own ``train.py`` with the ``coreset:`` block.
+
+Usage (traiNNer-redux's arguments, plus where its clone is)::
+
+    coreset-sr-train-redux -opt options/train/Compact/Compact_coreset.yml --redux-root ~/traiNNer-redux
+    TRAINNER_REDUX_ROOT=~/traiNNer-redux coreset-sr-train-redux -opt X.yml --auto_resume
+    coreset-sr-train-redux -opt X.yml --dry-run     # no GPU needed: build, score, log the arithmetic, stop
+
+traiNNer-redux runs from a clone (its ``pip install`` packages only ``traiNNer/__init__.py``): the
+clone is found from ``--redux-root``, else ``$TRAINNER_REDUX_ROOT``, else the working directory, and
+put first on ``sys.path``. The working directory is the training root: ``experiments/`` and
+``tb_logger/`` are written under it and relative paths in the recipe are read from it.
+
+What happens, in order (traiNNer-redux's files are never edited; :func:`redux_hooks` swaps three
+references only while :func:`main` runs):
+
+1. our safe YAML read of the recipe; the ``coreset:`` block is validated (exit status 2 with one
+   message naming the key on bad input, before anything is imported or written);
+2. traiNNer-redux's ``train_pipeline``: its CUDA check, then its strict option decoding of the
+   recipe without the block, its train dataset, which we key, score (or load the scores of) and
+   wrap in :class:`~coreset_sampler.CoreSetDataset`; its ``EnlargedSampler``, loader, epoch
+   arithmetic and training loop then run on the core-set for the same ``total_iter``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from ...provenance import ProvenanceError
+from ..basicsr.coreset import CoresetConfigError, CoresetOptions
+from .recipe import read_recipe, strip_coreset_block, validate_recipe
+
+__all__ = ["main", "find_redux_root", "load_redux_train", "redux_hooks", "prepare", "Prepared", "USER_ERRORS"]
+
+PROG = "coreset-sr-train-redux"
+_TRAIN_MODULE = "_coreset_sampler_redux_train"
+
+#: Errors that are the user's to fix: ``main`` prints them as one line and exits with status 2.
+USER_ERRORS: tuple[type[Exception], ...] = (CoresetConfigError, ProvenanceError)
+
+
+def find_redux_root(given=None) -> Path:
+    """The traiNNer-redux clone: ``given``, else ``$TRAINNER_REDUX_ROOT``, else the working directory.
+
+    Raises:
+        CoresetConfigError: the folder holds no ``train.py`` and ``traiNNer/`` package.
+    """
+    candidates = [("--redux-root", given)] if given else []
+    if not candidates and os.environ.get("TRAINNER_REDUX_ROOT"):
+        candidates = [("TRAINNER_REDUX_ROOT", os.environ["TRAINNER_REDUX_ROOT"])]
+    if not candidates:
+        candidates = [("the working directory", os.getcwd())]
+    how, root = candidates[0]
+    root = Path(root).expanduser().resolve()
+    if not (root / "train.py").is_file() or not (root / "traiNNer" / "__init__.py").is_file():
+        raise CoresetConfigError(
+            f"traiNNer-redux clone not found at {str(root)!r} (from {how}): it needs train.py and traiNNer/; pass "
+            "--redux-root DIR (a clone of https://github.com/the-database/traiNNer-redux) or set TRAINNER_REDUX_ROOT")
+    return root
+
+
+def load_redux_train(root) -> object:
+    """Import traiNNer-redux's ``train.py`` from the clone ``root`` (cached; the clone goes first on sys.path).
+
+    Raises:
+        CoresetConfigError: another ``traiNNer`` package was already imported from elsewhere, or
+            traiNNer-redux's dependencies are missing (the message says which and how to install them).
+    """
+    root = Path(root).resolve()
+    mod = sys.modules.get(_TRAIN_MODULE)
+    if mod is not None and Path(mod.__file__).resolve() == root / "train.py":
+        return mod
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        import traiNNer
+    except ImportError as e:
+        raise CoresetConfigError(f"cannot import traiNNer from {str(root)!r}: {e}") from None
+    where = Path(traiNNer.__file__).resolve().parent
+    if where != root / "traiNNer":
+        raise CoresetConfigError(f"a traiNNer package from {str(where)!r} is already imported, not the clone "
+                                 f"{str(root)!r}; run in a fresh process")
+    spec = importlib.util.spec_from_file_location(_TRAIN_MODULE, root / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except ModuleNotFoundError as e:
+        raise CoresetConfigError(
+            f"traiNNer-redux needs the package {e.name!r}, which is not installed: pip install "
+            "'coreset-sampler[redux]' (pinned by constraints.txt; from a clone: make install-redux)") from None
+    sys.modules[_TRAIN_MODULE] = mod
+    return mod
+
+
+@contextlib.contextmanager
+def _patched(patches):
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    try:
+        for obj, name, new in patches:
+            setattr(obj, name, new)
+        yield
+    finally:
+        for obj, name, old in reversed(saved):
+            setattr(obj, name, old)
+
+
+def redux_hooks(train_module, copts: CoresetOptions | None):
+    """A context manager that routes traiNNer-redux's training through the ``coreset:`` block.
+
+    Swaps, for its duration (everything restored on exit):
+
+    - ``traiNNer.utils.options.yaml_load``: the same strict msgspec decoding, of the recipe
+      without ``datasets.train.coreset`` (the stock one rejects the unknown key);
+    - ``build_dataset`` as ``train.py`` sees it: the stock dataset, wrapped by
+      :func:`~coreset_sampler.integrations.redux.coreset.build_redux_coreset` for the train phase;
+    - ``diff_user_vs_template`` as ``train.py`` sees it: skipped when the clone has no ``scripts/``
+      package (the stock one imports it to regenerate the template it diffs against).
+
+    traiNNer-redux's ``Config`` caches the parsed options per process; the cache is cleared on
+    entry so each run parses its own recipe, and left loaded on exit (its datasets read it).
+
+    Example:
+        >>> train = load_redux_train(root)                                # doctest: +SKIP
+        >>> with redux_hooks(train, validate_recipe(read_recipe(path))):  # doctest: +SKIP
+        ...     train.train_pipeline(os.getcwd())
+    """
+    import msgspec
+    import traiNNer.utils.options as ropts
+    from traiNNer.utils.config import Config
+    from traiNNer.utils.redux_options import ReduxOptions
+
+    from .coreset import build_redux_coreset
+
+    stock_build = train_module.build_dataset
+    stock_diff = train_module.diff_user_vs_template
+
+    def yaml_load(file_path):
+        if not os.path.isfile(file_path):
+            raise FileNotFoundError(f"Options file does not exist: {file_path}")
+        with open(file_path, encoding="utf-8") as f:
+            contents = f.read()
+        data = strip_coreset_block(msgspec.yaml.decode(contents))
+        # msgspec.yaml.decode(contents, type=ReduxOptions, strict=True) is yaml.load + this convert.
+        import datetime
+
+        opt = msgspec.convert(data, ReduxOptions, strict=True, builtin_types=(datetime.datetime, datetime.date))
+        return opt, contents
+
+    def build_dataset(dataset_opt):
+        dataset = stock_build(dataset_opt)
+        if copts is None or dataset_opt.phase != "train":
+            return dataset
+        opt, _ = Config.get_config()
+        from traiNNer.utils import get_root_logger
+
+        return build_redux_coreset(dataset, copts, dataset_opt, opt, get_root_logger())
+
+    def diff_user_vs_template(path):
+        try:
+            return stock_diff(path)
+        except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] != "scripts":
+                raise
+            return "", ""
+
+    @contextlib.contextmanager
+    def both():
+        Config._config = Config._args = None
+        with _patched([(ropts, "yaml_load", yaml_load),
+                                       (train_module, "build_dataset", build_dataset),
+                                       (train_module, "diff_user_vs_template", diff_user_vs_template)]):
+            yield
+
+    return both()
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What :func:`prepare` built: traiNNer-redux's options and its train loader over the core-set."""
+
+    opt: object
+    train_loader: object
+    train_sampler: object
+    total_epochs: int
+    total_iters: int
+
+
+def prepare(train_module, root_path: str) -> Prepared:
+    """Everything of ``train_pipeline`` that builds the run's data, without CUDA or a model.
+
+    Parses the options (``sys.argv``, as traiNNer-redux does) and runs traiNNer-redux's own
+    ``create_train_val_dataloader`` (validation sets are not built). Call it inside
+    :func:`redux_hooks`. Writes nothing but the scores file when it has to be computed.
+    """
+    from traiNNer.utils import get_root_logger
+    from traiNNer.utils.config import Config
+
+    opt, args = Config.load_config_from_file(root_path, is_train=True)
+    opt.root_path = root_path
+    logger = get_root_logger(logger_name="traiNNer")
+    loader, sampler, _, epochs, iters = train_module.create_train_val_dataloader(opt, args, False, logger)
+    return Prepared(opt, loader, sampler, epochs, iters)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run traiNNer-redux's ``train_pipeline`` (or :func:`prepare` with ``--dry-run``) with the block.
+
+    Args:
+        argv: ``-opt FILE [--redux-root DIR] [--dry-run]`` and any traiNNer-redux arguments
+            (``--auto_resume``, ``--launcher pytorch``, ...); ``None`` reads ``sys.argv``.
+
+    A bad ``coreset:`` block, a missing clone or a scores file that does not fit the dataset exits
+    with status 2 and one line naming the key (or file and first mismatching key).
+    """
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], add_help=True)
+    ap.add_argument("-opt", required=True, help="traiNNer-redux recipe (YAML) with a datasets.train.coreset block")
+    ap.add_argument("--redux-root", default=None, help="the traiNNer-redux clone (default: $TRAINNER_REDUX_ROOT, "
+                                                       "else the working directory)")
+    ap.add_argument("--dry-run", action="store_true", help="build the train set, score it, log the core-set and "
+                                                           "the iteration arithmetic, then stop (no GPU needed)")
+    args, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
+    saved_argv = sys.argv
+    try:
+        copts = validate_recipe(read_recipe(args.opt))
+        root = find_redux_root(args.redux_root)
+        train_module = load_redux_train(root)
+        sys.argv = [PROG, "-opt", args.opt, *rest]
+        with redux_hooks(train_module, copts):
+            if args.dry_run:
+                p = prepare(train_module, os.getcwd())
+                print(f"{PROG}: dry run: {len(p.train_loader.dataset)} training samples, {p.total_epochs} epochs, "
+                      f"total_iter {p.total_iters}; nothing trained")
+            else:
+                train_module.train_pipeline(os.getcwd())
+    except USER_ERRORS as e:
+        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        sys.argv = saved_argv
+
+
+if __name__ == "__main__":
+    main()

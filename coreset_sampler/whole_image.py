@@ -1,0 +1,721 @@
+"""Whole-image scoring of sub-image sets: the model runs once per source image, not once per crop.
+
+A sub-image set (BasicSR's DIV2K preparation: 480x480 crops at stride 240; :class:`SubImageDataset`,
+or a folder cut by :func:`~coreset_sampler.data.extract_subimages` whose sources are known, see
+:class:`SubImageFolder`) covers every pixel about four times. Scoring each crop on its own runs the
+model four times per pixel and decodes every sub-image. Here each source image is decoded once,
+its LR made once, ``model(LR(image))`` computed once (tiled, see below), and every crop's loss is
+read off a summed-area table of the per-pixel error map.
+
+**What is scored.** For a source image ``I`` (modcropped to a multiple of ``scale``), let
+``E = err(model(LR(I)), I)`` be the per-pixel error (squared or absolute difference, averaged over
+channels; on Y when the model trains on Y, as :class:`~coreset_sampler.scorers.LossScorer`).
+A crop's score is the mean of ``E`` over the crop's HR pixels. For a crop at a position divisible
+by ``scale`` this is the model's loss on the pair (HR crop, LR crop) where the LR crop is the crop
+of the LR of the whole image (what BasicSR's DIV2K preparation trains on) and the model sees the
+whole image around it: no padding at crop borders, no bicubic border effects of downsampling a
+crop on its own. Per-crop scoring (``LossScorer(whole_image=False)``) instead downsamples each crop
+alone and runs the model on it, so pixels near crop borders see padding; the two rank the crops
+nearly alike (``benchmarks/results/whole_image_agreement.md``). A crop that reaches past the
+modcropped image (only a border-aligned crop of an image whose size is not a multiple of
+``scale``, by fewer than ``scale`` pixels) is scored on the same-size window moved inside by that
+amount; their number is recorded in the metadata (``shifted_crops``). With ``border="exact"`` such
+a crop is scored on the image shifted to its own phase (``image[top % scale:, left % scale:]`` and
+its LR) instead: exact, at the cost of extra model passes over those border strips.
+
+**Tiling.** Where memory (or, on CPU, cache) needs it, the LR image is cut into tiles processed
+with a halo of LR pixels at least the model's receptive radius (:func:`receptive_halo`), and only
+the core of each output tile is kept, so tiling changes nothing beyond float rounding.
+
+**Engine.** The unit of work is the source image: DataLoader workers decode and degrade sources,
+``checkpoint`` saves progress per source (resume), under ``torch.distributed`` rank ``r`` of ``W``
+scores sources ``r, r+W, ...`` and the ranks gather, and with ``on_error="skip"`` an unreadable
+source marks all its crops failed. On CUDA: ``amp`` autocast (bf16/fp16; errors and sums in
+fp32/fp64), channels_last, pinned-memory prefetch, equal-size tiles batched.
+
+Example:
+    >>> from coreset_sampler.data import SubImageDataset
+    >>> from coreset_sampler.scorers import LossScorer
+    >>> ds = SubImageDataset(["../shared/data/T91"], crop=96, step=48, scale=2)  # doctest: +SKIP
+    >>> s = LossScorer.pretrained("srcnn", scale=2).score(ds)    # whole-image by default  # doctest: +SKIP
+    >>> s.metadata["granularity"]                                                           # doctest: +SKIP
+    'whole_image'
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .data import (IMAGE_EXTS, ImageReadError, PairedImageFolder, SubImageDataset, _header_size, _list_images, _read_array,
+                   _subimage_stem, _to_tensor, subimage_positions)
+from .degradation import _check_scale, downsample, modcrop, rgb_to_y
+from .scores import Scores, dataset_fingerprint
+
+__all__ = ["WholeImagePlan", "WholeImageScorer", "SubImageFolder", "plan_of", "receptive_halo",
+           "crop_sums", "error_map"]
+
+# CPU: tiles of 192x192 HR core pixels keep SRCNN's 64-channel activations near cache size while
+# the halo adds little (measured, benchmarks/results/scoring.md); CUDA: big tiles, batched.
+_CPU_TILE = 192
+_CUDA_TILE = 1024
+_AMP = {None: None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+        "float16": torch.float16}
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class WholeImagePlan:
+    """Which crop of which source image each sample is.
+
+    Attributes:
+        sources: source image files (the unit of work).
+        index: ``int64 [n, 3]``: ``(source, top, left)`` of sample ``i`` in HR pixels.
+        keys: sample keys (``name_sNNN``) in dataset order.
+        crop: crop size (HR pixels, square).
+        scale: SR scale.
+        load: ``load(j)`` returns source ``j`` as an HWC uint8/uint16 RGB array.
+    """
+
+    sources: list
+    index: np.ndarray
+    keys: list
+    crop: int
+    scale: int
+    load: Callable[[int], np.ndarray]
+
+    def crops_of(self) -> list[np.ndarray]:
+        """Sample indices of each source, ascending."""
+        order = np.argsort(self.index[:, 0], kind="stable")
+        bounds = np.searchsorted(self.index[order, 0], np.arange(len(self.sources) + 1))
+        return [order[bounds[j]:bounds[j + 1]] for j in range(len(self.sources))]
+
+
+class _CacheLoader:
+    """Picklable ``load(j)`` over a SubImageDataset: its cache, else the file."""
+
+    def __init__(self, files, cache, unreadable=None):
+        self.files, self.cache, self.unreadable = files, cache, dict(unreadable or {})
+
+    def __call__(self, j: int) -> np.ndarray:
+        bad = self.unreadable.get(self.files[j])
+        if bad is not None:
+            raise ImageReadError(bad)
+        return self.cache[j] if self.cache is not None else _read_array(self.files[j])
+
+
+def plan_of(dataset) -> WholeImagePlan | None:
+    """The :class:`WholeImagePlan` of ``dataset``, or None when its samples are not known crops.
+
+    Datasets opt in with a ``whole_image_plan()`` method (:class:`SubImageFolder`);
+    :class:`~coreset_sampler.data.SubImageDataset` is read directly.
+
+    Example:
+        >>> plan_of([{"lq": 0}]) is None
+        True
+    """
+    if hasattr(dataset, "whole_image_plan"):
+        return dataset.whole_image_plan()
+    if isinstance(dataset, SubImageDataset):
+        return WholeImagePlan(sources=list(dataset.files), index=dataset._index.astype(np.int64),
+                              keys=list(dataset.keys), crop=dataset.crop, scale=dataset.scale,
+                              load=_CacheLoader(dataset.files, dataset._cache,
+                                                getattr(dataset, "unreadable", None)))
+    return None
+
+
+# --------------------------------------------------------------------------- sub-image folders
+
+
+_SUB_NAME = re.compile(r"^(?P<stem>.+)_s(?P<n>\d{3,})$")
+
+
+class SubImageFolder(PairedImageFolder):
+    """A folder of sub-images cut by ``extract_subimages`` (or BasicSR), traced to its source images.
+
+    Items, keys and order are those of ``PairedImageFolder(sub_root, scale=scale)`` (per-crop
+    scoring reads the sub-image files); :meth:`whole_image_plan` maps each ``{stem}_s{NNN}`` file
+    to its source image and position, so :class:`WholeImageScorer` (and ``LossScorer``) score the
+    sources instead. Checked at construction, from file headers: every name has the
+    ``{stem}_s{NNN}`` form, a source exists for every stem, ``NNN`` exists in the source's crop
+    grid (:func:`~coreset_sampler.data.subimage_positions`), and each sub-image is
+    ``crop`` x ``crop``; ``verify="pixels"`` also compares every sub-image with its crop of the
+    source (decodes all of them once).
+
+    Args:
+        sub_root: the sub-image folder.
+        sources: folder(s) of the source images (sorted by name, like ``extract_subimages``).
+        crop, step, thresh: the values the sub-images were cut with.
+        scale: SR scale (``crop`` must be divisible by it).
+        verify: ``"size"`` (headers only) or ``"pixels"``.
+
+    Raises:
+        ValueError / FileNotFoundError: one message naming the key, its file and the source.
+
+    Example:
+        >>> ds = SubImageFolder("DIV2K_sub", "DIV2K_train_HR", crop=480, step=240, scale=2)  # doctest: +SKIP
+    """
+
+    def __init__(self, sub_root, sources, *, crop: int, step: int, scale: int = 2, thresh: int = 0,
+                 verify: str = "size", exts: Sequence[str] = IMAGE_EXTS):
+        super().__init__(sub_root, scale=scale, exts=exts)
+        if verify not in ("size", "pixels"):
+            raise ValueError(f"verify must be 'size' or 'pixels', got {verify!r}")
+        if crop % self.scale:
+            raise ValueError(f"crop {crop} must be divisible by scale {self.scale}")
+        subimage_positions(0, 0, crop, step, thresh)  # validates the arguments
+        self.crop, self.step, self.thresh = int(crop), int(step), int(thresh)
+        roots = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+        self.source_roots = [Path(r) for r in roots]
+        by_stem: dict[str, Path] = {}
+        for r in self.source_roots:
+            for p in _list_images(r, self.exts):
+                s = _subimage_stem(p)
+                if s in by_stem:
+                    raise ValueError(f"duplicate source stem {s!r}: {by_stem[s]} and {p}")
+                by_stem[s] = p
+        used: dict[Path, int] = {}
+        grids: dict[Path, list] = {}
+        index = []
+        for key, path in zip(self.keys, self.hr_paths):
+            m = _SUB_NAME.match(key)
+            if m is None:
+                raise ValueError(f"sub-image {path} (key {key!r}) is not named {{stem}}_s{{NNN}}; "
+                                 f"cannot trace it to a source image")
+            stem, n = m["stem"], int(m["n"])
+            src = by_stem.get(stem)
+            if src is None:
+                raise FileNotFoundError(
+                    f"sub-image key {key!r} ({path}): no source image {stem!r} ({'/'.join(self.exts)}) in "
+                    f"{', '.join(map(str, self.source_roots))}; give the folder(s) it was cut from")
+            if src not in grids:
+                h, w = _header_size(src)
+                grids[src] = (h, w, subimage_positions(h, w, self.crop, self.step, self.thresh))
+                used[src] = len(used)
+            h, w, pos = grids[src]
+            if not 1 <= n <= len(pos):
+                raise ValueError(
+                    f"sub-image key {key!r} ({path}): source {src} is {h}x{w}, whose crop grid (crop "
+                    f"{self.crop}, step {self.step}, thresh {self.thresh}) has {len(pos)} crops, so crop "
+                    f"{n} is not inside it; the source's size does not match the grid the sub-images "
+                    f"were cut with (other crop/step/thresh, or another source file)")
+            sh, sw = _header_size(path)
+            if (sh, sw) != (self.crop, self.crop):
+                raise ValueError(f"sub-image key {key!r} ({path}) is {sh}x{sw}, not {self.crop}x{self.crop}; "
+                                 f"it was not cut with crop {self.crop} from {src}")
+            top, left = pos[n - 1]
+            index.append((used[src], top, left))
+        self.sources = list(used)
+        self._plan_index = np.asarray(index, dtype=np.int64).reshape(-1, 3)
+        if verify == "pixels":
+            self._verify_pixels()
+
+    def _verify_pixels(self) -> None:
+        for j, src in enumerate(self.sources):
+            arr = _read_array(src)
+            for i in np.flatnonzero(self._plan_index[:, 0] == j):
+                _, top, left = (int(v) for v in self._plan_index[i])
+                sub = _read_array(self.hr_paths[i])
+                if not np.array_equal(sub, arr[top:top + self.crop, left:left + self.crop]):
+                    raise ValueError(f"sub-image key {self.keys[i]!r} ({self.hr_paths[i]}) is not the crop at "
+                                     f"(top {top}, left {left}) of its source {src}; the sub-images were cut "
+                                     f"from other images or with other crop/step/thresh")
+
+    def source(self, i: int) -> tuple[Path, int, int]:
+        """``(source file, top, left)`` of sub-image ``i``."""
+        j, top, left = (int(v) for v in self._plan_index[i])
+        return self.sources[j], top, left
+
+    def provenance(self) -> dict:
+        """:meth:`PairedImageFolder.provenance` of the sub-image files, plus ``traced_from``: the
+        source images (digests), crop, step and thresh they were traced to."""
+        from .provenance import sources_digest
+
+        srcs: dict[str, str] = {}
+        for r in self.source_roots:
+            mine = [p for p in self.sources if p.parent == r]
+            srcs.update({(k if len(self.source_roots) == 1 else f"{r.name}/{k}"): v
+                         for k, v in sources_digest(mine, r).items()})
+        return {**super().provenance(), "traced_from": {"roots": [str(r) for r in self.source_roots],
+                                                        "crop": self.crop, "step": self.step, "thresh": self.thresh,
+                                                        "sources": srcs}}
+
+    def whole_image_plan(self) -> WholeImagePlan:
+        return WholeImagePlan(sources=list(self.sources), index=self._plan_index.copy(), keys=list(self.keys),
+                              crop=self.crop, scale=self.scale, load=_CacheLoader(self.sources, None))
+
+    def __repr__(self) -> str:
+        return (f"SubImageFolder({self.hr_root}, sources={[str(r) for r in self.source_roots]}, crop={self.crop}, "
+                f"step={self.step}, scale={self.scale}, n={len(self)})")
+
+
+# --------------------------------------------------------------------------- model geometry
+
+
+def receptive_halo(model: torch.nn.Module, scale: int, channels: int | None = None) -> int:
+    """LR pixels of context a tile needs so that its core's output equals the untiled output.
+
+    SRCNN and FSRCNN: from their layers (bicubic taps, kernel radii). Other
+    models: measured, as the extent of the input gradient of a central output pixel over three
+    random inputs, plus 2; a model whose dependence reaches the probe's border (attention, global
+    pooling) is refused: score it untiled (``tile=0``) or pass ``halo``.
+
+    Example:
+        >>> from coreset_sampler.models import SRCNN
+        >>> receptive_halo(SRCNN(2), 2)
+        6
+    """
+    from .models import FSRCNN, SRCNN
+
+    scale = _check_scale(scale)
+    if isinstance(model, SRCNN):
+        c = model.config
+        r_hr = c["f1"] // 2 + c["f2"] // 2 + c["f3"] // 2
+        # HR pixel o (in LR pixel k) sees HR pixels o +- r_hr, whose bicubic taps lie within 2 LR pixels
+        # of their centres (o + 0.5) / scale - 0.5: LR pixels k +- floor(2.5 + (r_hr - 0.5) / scale)
+        return max(math.ceil(r_hr / scale), math.floor(2.5 + (r_hr - 0.5) / scale))
+    if isinstance(model, FSRCNN):
+        return 2 + model.config["m"] + math.ceil(4 / scale) + 2
+    probe = 64
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    radius = 0
+    chans = [channels] if channels else [3, 1]
+    gen = torch.Generator().manual_seed(0)
+    for c in chans:
+        try:
+            for _ in range(3):
+                x = torch.rand(1, c, probe, probe, generator=gen).to(dev).requires_grad_(True)
+                with torch.enable_grad():
+                    out = model(x)
+                    ctr = probe * scale // 2
+                    out[..., ctr, ctr].sum().backward()
+                nz = (x.grad.abs().sum((0, 1)) > 0).nonzero()
+                if len(nz):
+                    radius = max(radius, int((nz - probe // 2).abs().max()))
+            break
+        except (RuntimeError, ValueError, TypeError):
+            if c == chans[-1]:
+                raise
+    if radius >= probe // 2 - 2:
+        raise ValueError(f"{type(model).__name__}'s receptive field reaches past a {probe}-pixel probe: tiles "
+                         f"cannot reproduce the untiled output; score untiled (tile=0) or pass halo=")
+    return radius + 2
+
+
+# --------------------------------------------------------------------------- pure core
+
+
+def crop_sums(err: np.ndarray, tops: np.ndarray, lefts: np.ndarray, crop: int) -> np.ndarray:
+    """Sums of ``err`` ([H, W]) over the ``crop`` x ``crop`` windows at ``(tops, lefts)``, via one
+    summed-area table (float64).
+
+    Example:
+        >>> crop_sums(np.ones((4, 5)), np.array([0, 2]), np.array([1, 3]), 2)
+        array([4., 4.])
+    """
+    sat = np.zeros((err.shape[0] + 1, err.shape[1] + 1), dtype=np.float64)
+    np.cumsum(np.cumsum(err, axis=0, dtype=np.float64), axis=1, out=sat[1:, 1:])
+    t, l_ = np.asarray(tops, dtype=np.int64), np.asarray(lefts, dtype=np.int64)
+    b, r = t + crop, l_ + crop
+    return sat[b, r] - sat[t, r] - sat[b, l_] + sat[t, l_]
+
+
+def _tiles(h: int, w: int, tile: int) -> list[tuple[int, int, int, int]]:
+    """LR cores ``(y0, y1, x0, x1)`` of a ``tile``-sized grid over an ``h`` x ``w`` image."""
+    if tile <= 0:
+        return [(0, h, 0, w)]
+    return [(y, min(h, y + tile), x, min(w, x + tile)) for y in range(0, h, tile) for x in range(0, w, tile)]
+
+
+def error_map(model, lq: torch.Tensor, gt: torch.Tensor, *, scale: int, loss: str = "mse", on_y: bool = False,
+              tile: int = 0, halo: int = 0, needed: torch.Tensor | None = None, amp=None,
+              channels_last: bool = False, tile_batch: int = 8) -> torch.Tensor:
+    """Per-pixel error ``[H, W]`` (float64) of ``model(lq)`` against ``gt``, tiled.
+
+    Args:
+        model: LR ``[B, C, h, w]`` -> HR ``[B, C, h*scale, w*scale]``.
+        lq, gt: ``[C, h, w]`` and ``[C, h*scale, w*scale]`` on the model's device.
+        scale: SR scale.
+        loss: ``"mse"`` (squared difference) or ``"l1"``; averaged over channels.
+        on_y: compare the BT.601 luma of output and target.
+        tile: LR core size of a tile (0: the whole image in one pass).
+        halo: LR context around each tile (:func:`receptive_halo`); the image's own border is
+            never padded beyond what the untiled model does.
+        needed: optional bool ``[h, w]`` mask of LR pixels whose error is read; tiles without any
+            are skipped (left 0).
+        amp: ``torch.bfloat16`` / ``torch.float16`` autocast on CUDA (errors in fp32), or None.
+        channels_last: run the model on channels_last tensors.
+        tile_batch: tiles of equal shape per forward pass.
+
+    Example:
+        >>> up = lambda x: x.repeat_interleave(2, -1).repeat_interleave(2, -2)
+        >>> error_map(up, torch.zeros(1, 2, 2), torch.ones(1, 4, 4), scale=2).sum().item()
+        16.0
+    """
+    C, h, w = lq.shape
+    H, W = gt.shape[-2:]
+    if (h * scale, w * scale) != (H, W):
+        raise ValueError(f"LR size {h}x{w} times scale {scale} is not the HR size {H}x{W}")
+    err = torch.zeros(H, W, dtype=torch.float64, device=gt.device)
+    groups: dict[tuple[int, int], list] = {}
+    for y0, y1, x0, x1 in _tiles(h, w, tile):
+        if needed is not None and not bool(needed[y0:y1, x0:x1].any()):
+            continue
+        ry0, ry1, rx0, rx1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
+        groups.setdefault((ry1 - ry0, rx1 - rx0, y1 - y0, x1 - x0), []).append((y0, y1, x0, x1, ry0, rx0))
+    s = scale
+    for (rh, rw, ch, cw), items in groups.items():
+        for k in range(0, len(items), tile_batch):
+            part = items[k:k + tile_batch]
+            x = torch.stack([lq[:, ry0:ry0 + rh, rx0:rx0 + rw] for (_, _, _, _, ry0, rx0) in part])
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if amp is not None and x.device.type == "cuda":
+                with torch.autocast("cuda", dtype=amp):
+                    pred = model(x)
+            else:
+                pred = model(x)
+            if not torch.is_tensor(pred) or tuple(pred.shape) != (len(part), C, rh * s, rw * s):
+                got = tuple(pred.shape) if torch.is_tensor(pred) else type(pred).__name__
+                raise ValueError(f"model returned {got} for LR {tuple(x.shape)}; expected "
+                                 f"{(len(part), C, rh * s, rw * s)}")
+            for b, (y0, y1, x0, x1, ry0, rx0) in enumerate(part):
+                oy, ox = (y0 - ry0) * s, (x0 - rx0) * s
+                p = pred[b, :, oy:oy + ch * s, ox:ox + cw * s].float()
+                g = gt[:, y0 * s:y1 * s, x0 * s:x1 * s]
+                if on_y:
+                    p, g = rgb_to_y(p), rgb_to_y(g)
+                d = (p - g).double()
+                e = (d * d) if loss == "mse" else d.abs()
+                err[y0 * s:y1 * s, x0 * s:x1 * s] = e.mean(0)
+    return err
+
+
+# --------------------------------------------------------------------------- loading (workers)
+
+
+def _phases(tops: np.ndarray, lefts: np.ndarray, crop: int, scale: int, H: int, W: int) -> np.ndarray:
+    """``[n, 2]`` offsets ``(dy, dx)`` of the image each crop is scored on: ``(0, 0)`` (the modcropped
+    image) unless the crop reaches past it; then its own phase ``top % scale`` / ``left % scale``."""
+    dy = np.where(tops + crop > H, tops % scale, 0)
+    dx = np.where(lefts + crop > W, lefts % scale, 0)
+    return np.stack([dy, dx], 1)
+
+
+class _SourceItems(Dataset):
+    """Source ``j`` -> ``(j, {"lq", "gt", "phases"})`` (modcropped HR, its LR; with ``border="exact"``
+    the LR/HR pairs of the phase-shifted images that crops past the modcropped edge need) or
+    ``(j, _LoadFailure)``."""
+
+    def __init__(self, plan: WholeImagePlan, crops_of: list[np.ndarray], exact: bool = False):
+        self.plan, self.crops_of, self.exact = plan, crops_of, exact
+
+    def __len__(self) -> int:
+        return len(self.plan.sources)
+
+    def __getitem__(self, j: int):
+        from .scorers import _LoadFailure
+
+        p = self.plan
+        try:
+            arr = p.load(j)
+            idx = self.crops_of[j]
+            if len(idx):
+                bottom = int(p.index[idx, 1].max()) + p.crop
+                right = int(p.index[idx, 2].max()) + p.crop
+                if bottom > arr.shape[0] or right > arr.shape[1]:
+                    worst = idx[np.argmax(np.maximum(p.index[idx, 1] + p.crop - arr.shape[0],
+                                                     p.index[idx, 2] + p.crop - arr.shape[1]))]
+                    raise ImageReadError(
+                        f"cannot read image {p.sources[j]}: it is {arr.shape[0]}x{arr.shape[1]} and does not hold "
+                        f"crop {p.keys[worst]!r} (top {int(p.index[worst, 1])}, left {int(p.index[worst, 2])}, "
+                        f"size {p.crop}); the file changed since the dataset was built")
+            full = _to_tensor(arr)
+            gt = modcrop(full, p.scale)
+            phases = []
+            if self.exact and len(idx):
+                ph = _phases(p.index[idx, 1], p.index[idx, 2], p.crop, p.scale, *gt.shape[-2:])
+                for dy, dx in sorted({(int(a), int(b)) for a, b in ph} - {(0, 0)}):
+                    g = modcrop(full[:, dy:, dx:], p.scale)
+                    phases.append((dy, dx, downsample(g, p.scale), g))
+            return j, {"lq": downsample(gt, p.scale), "gt": gt, "phases": phases}
+        except Exception as e:  # noqa: BLE001 - reported by the main process, per on_error
+            return j, _LoadFailure(j, e)
+
+
+# --------------------------------------------------------------------------- the scorer
+
+
+class WholeImageScorer:
+    """Score the crops of a sub-image set by one model pass per source image (see the module docs).
+
+    Args:
+        model: LR -> HR ``torch.nn.Module`` (``.scale`` used when present).
+        loss: ``"mse"`` or ``"l1"``.
+        on_y: compare on Y (default: the model's ``trains_on_y``).
+        scale: SR scale when the model has no ``.scale`` (default: the dataset's).
+        tile: LR core size of a tile; default ``192 // scale`` on CPU, ``1024 // scale`` on CUDA;
+            0: whole images untiled.
+        halo: LR context per tile (default :func:`receptive_halo`).
+        amp: None (fp32), ``"bf16"`` or ``"fp16"``: autocast on CUDA (ignored on CPU).
+        channels_last: channels_last model and tiles (default: on CUDA).
+        tile_batch: equal-shape tiles per forward pass (default 1 on CPU, 8 on CUDA).
+        border: crops that reach past the modcropped image (size not a multiple of ``scale``):
+            ``"shift"`` (default) scores the window moved inside; ``"exact"`` scores the crop on the
+            image shifted to its own phase (``image[top % scale:, left % scale:]``, its own LR), so
+            the LR of every crop is a crop of the LR of a whole image; costs extra model passes
+            over those border strips.
+        device, num_workers, checkpoint, checkpoint_every, on_error, progress: as for
+            :class:`~coreset_sampler.scorers.LossScorer`; the unit of loading, checkpointing and
+            sharding is the source image, and an unreadable source fails all its crops.
+        metadata: extra fields for the scores' metadata (``LossScorer`` passes its config).
+
+    Example:
+        >>> from coreset_sampler.models import load_pretrained
+        >>> ws = WholeImageScorer(load_pretrained("srcnn", 2), progress=False)   # doctest: +SKIP
+        >>> scores = ws.score(SubImageDataset("../shared/data/T91", crop=96, step=48))  # doctest: +SKIP
+    """
+
+    name = "loss"
+
+    def __init__(self, model: torch.nn.Module, *, loss: str = "mse", on_y: bool | None = None,
+                 scale: int | None = None, tile: int | None = None, halo: int | None = None, amp=None,
+                 channels_last: bool | None = None, tile_batch: int | None = None, device=None, num_workers: int = 2,
+                 checkpoint=None, checkpoint_every: int = 20, on_error: str = "raise", progress: bool = True,
+                 border: str = "shift", config: dict | None = None):
+        from .scorers import _default_device
+
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if loss not in ("mse", "l1"):
+            raise ValueError(f"loss must be 'mse' or 'l1', got {loss!r}")
+        if amp not in _AMP:
+            raise ValueError(f"amp must be one of {sorted(k for k in _AMP if k)} or None, got {amp!r}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if border not in ("shift", "exact"):
+            raise ValueError(f"border must be 'shift' or 'exact', got {border!r}")
+        self.border = border
+        for arg, v, lo in (("tile", 0 if tile is None else tile, 0), ("halo", 0 if halo is None else halo, 0),
+                           ("tile_batch", 1 if tile_batch is None else tile_batch, 1), ("num_workers", num_workers, 0),
+                           ("checkpoint_every", checkpoint_every, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{arg} must be an integer >= {lo}, got {v!r}")
+        self.model, self.loss = model, loss
+        self.on_y = bool(getattr(model, "trains_on_y", False)) if on_y is None else bool(on_y)
+        ms = getattr(model, "scale", None)
+        self.scale = int(ms) if ms is not None else (None if scale is None else _check_scale(scale))
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.tile, self.halo, self.amp_name = tile, halo, amp
+        self.amp = _AMP[amp] if self.device.type == "cuda" else None
+        self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
+        # CPU: one tile per pass keeps activations cache-sized; CUDA: batches fill the device
+        self.tile_batch = tile_batch if tile_batch is not None else (8 if self.device.type == "cuda" else 1)
+        self.num_workers, self.on_error, self.progress = num_workers, on_error, progress
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.checkpoint_every = checkpoint_every
+        self.model_name = getattr(model, "arch", None) or type(model).__name__.lower()
+        #: recorded as ``provenance["scorer"]`` (``LossScorer`` passes its spec: "srcnn", a weights path...)
+        self.spec = self.model_name
+        self._config = config
+        self.last_stats: dict = {}
+
+    def config(self, scale: int) -> dict:
+        from .models import weights_digest
+
+        base = self._config or {"model": self.model_name, "model_digest": weights_digest(self.model.state_dict()),
+                                "scale": scale, "loss": self.loss, "channels": "y" if self.on_y else "all"}
+        # a model file's name, sha256 and architecture (coreset_sampler.model_files), as LossScorer records
+        return {**base, "scale": scale, **getattr(self.model, "provenance", {})}
+
+    def _geometry(self, scale: int) -> tuple[int, int]:
+        tile = self.tile
+        if tile is None:
+            tile = max(1, (_CUDA_TILE if self.device.type == "cuda" else _CPU_TILE) // scale)
+        halo = self.halo if self.halo is not None else (receptive_halo(self.model, scale) if tile else 0)
+        return tile, halo
+
+    def score(self, dataset, plan: WholeImagePlan | None = None) -> Scores:
+        """Score every crop of ``dataset`` (keys and order of the dataset).
+
+        Raises:
+            ValueError: ``dataset`` is not a known sub-image set (no plan); the model's scale
+                differs from the dataset's; a checkpoint of another run; a non-finite score.
+            The loading error of a source (naming the file and, for a missing crop, the key)
+            with ``on_error="raise"``.
+        """
+        from .scorers import _dist_info, _first_difference, _rank_path, _State, _version  # noqa: F401
+
+        t0 = time.perf_counter()
+        ds_provenance = _dataset_provenance(dataset)  # source digests as scoring starts
+        plan = plan if plan is not None else plan_of(dataset)
+        if plan is None:
+            raise ValueError(f"{type(dataset).__name__} is not a sub-image set with known sources "
+                             f"(SubImageDataset or SubImageFolder); score it per crop")
+        scale = plan.scale
+        if self.scale is not None and self.scale != scale:
+            raise ValueError(f"the model is x{self.scale} but the dataset is x{scale}")
+        n, n_src = len(plan.keys), len(plan.sources)
+        crops_of = plan.crops_of()
+        tile, halo = self._geometry(scale)
+        rank, world = _dist_info()
+        mine = list(range(rank, n_src, world))
+        config = self.config(scale)
+        geometry = {"tile": tile, "halo": halo, "amp": None if self.amp is None else str(self.amp).split(".")[-1],
+                    "channels_last": self.channels_last, "border": self.border, "tile_batch": self.tile_batch}
+        fingerprint = {"scorer": self.name, "granularity": "whole_image", "config": config, "n": n,
+                       "dataset": dataset_fingerprint(plan.keys, n), "sources": n_src, "crop": plan.crop,
+                       "geometry": geometry, "rank": rank, "world_size": world,
+                       "batch_size": 1}  # the checkpoint's "windows" are single crops: done per crop
+        state = _State(n, n)
+        ckpt = None if self.checkpoint is None else _rank_path(self.checkpoint, rank, world)
+        if ckpt is not None and ckpt.exists():
+            state = _State.load(ckpt, fingerprint, n, n)
+        src_done = [len(crops_of[j]) > 0 and bool(state.done[crops_of[j]].all()) for j in range(n_src)]
+        todo = [j for j in mine if not src_done[j]]
+        resumed = sum(len(crops_of[j]) for j in mine if src_done[j])
+        was_training = self.model.training
+        self.model.to(self.device).eval()
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        computed, since, shifted = 0, 0, 0
+        bar = tqdm(total=sum(len(crops_of[j]) for j in mine), initial=resumed, unit="sample",
+                   desc="scoring (loss, whole image)", disable=not self.progress or rank != 0, dynamic_ncols=True)
+        try:
+            loader = DataLoader(_SourceItems(plan, crops_of, self.border == "exact"), sampler=todo, batch_size=None,
+                                num_workers=self.num_workers if todo else 0,
+                                pin_memory=self.device.type == "cuda")
+            for j, item in (loader if todo else ()):
+                idx = crops_of[j]
+                if not isinstance(item, dict):
+                    self._failed(item, j, idx, plan, state)
+                else:
+                    vals, sh = self._score_source(item, idx, plan, tile, halo)
+                    state.values[idx] = vals
+                    shifted += sh
+                    computed += len(idx)
+                for i in idx:
+                    state.keys[i] = plan.keys[i]
+                state.done[idx] = True
+                bar.update(len(idx))
+                since += 1
+                if ckpt is not None and since >= self.checkpoint_every:
+                    state.save(ckpt, fingerprint)
+                    since = 0
+        finally:
+            bar.close()
+            if ckpt is not None and since:
+                state.save(ckpt, fingerprint)
+            self.model.train(was_training)
+            if self.channels_last:
+                self.model.to(memory_format=torch.contiguous_format)
+        if world > 1:
+            state = _gather_sources(state, mine, crops_of, n, n_src, world)
+        meta = {"scorer": self.name, **config, "granularity": "whole_image",
+                "whole_image": {**geometry, "crop": plan.crop, "sources": n_src, "shifted_crops": shifted},
+                "dataset_fingerprint": dataset_fingerprint(plan.keys, n), "num_samples": n,
+                "library_version": _version(), "torch_version": torch.__version__,
+                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        meta["provenance"] = {"scorer": self.spec, "model_digest": config.get("model_digest"),
+                              "loss": config.get("loss"), "scale": config.get("scale"), "granularity": "whole_image",
+                              **(ds_provenance or {})}
+        self.last_stats = {"computed": computed, "resumed": resumed, "failed": len(state.failed),
+                           "seconds": time.perf_counter() - t0, "rank": rank, "world_size": world,
+                           "sources": len(todo)}
+        return Scores(state.values, keys=list(plan.keys), metadata=meta, failed=dict(state.failed))
+
+    __call__ = score
+
+    def _failed(self, f, j, idx, plan, state) -> None:
+        keys = [plan.keys[i] for i in idx]
+        if self.on_error == "raise":
+            exc = f.rebuild()
+            shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+            note = (f"while loading source image {plan.sources[j]} of sub-image key(s) {shown}; pass "
+                    f"on_error='skip' to record its crops in Scores.failed instead. Loader traceback:\n{f.tb}")
+            if hasattr(exc, "add_note"):
+                exc.add_note(note)
+            raise exc
+        for i in idx:
+            state.failed[int(i)] = f"{f.type_name}: {f.message}"
+
+    def _score_source(self, item, idx, plan, tile, halo) -> tuple[np.ndarray, int]:
+        s, c = plan.scale, plan.crop
+        H, W = item["gt"].shape[-2:]
+        tops, lefts = plan.index[idx, 1].copy(), plan.index[idx, 2].copy()
+        over = (tops + c > H) | (lefts + c > W)  # border crops of a non-multiple-of-scale image
+        vals = np.empty(len(idx), dtype=np.float64)
+        if self.border == "exact":
+            ph = _phases(tops, lefts, c, s, H, W)
+            pairs = {(0, 0): (item["lq"], item["gt"]), **{(dy, dx): (lq, gt) for dy, dx, lq, gt in item["phases"]}}
+            for (dy, dx), (lq, gt) in pairs.items():
+                sel = (ph[:, 0] == dy) & (ph[:, 1] == dx)
+                if sel.any():
+                    vals[sel] = self._crop_losses(lq, gt, tops[sel] - dy, lefts[sel] - dx, plan, tile, halo)
+            shifted = 0
+        else:
+            tops, lefts = np.minimum(tops, H - c), np.minimum(lefts, W - c)
+            vals[:] = self._crop_losses(item["lq"], item["gt"], tops, lefts, plan, tile, halo)
+            shifted = int(over.sum())
+        bad = ~np.isfinite(vals)
+        if bad.any():
+            k = plan.keys[idx[int(np.flatnonzero(bad)[0])]]
+            raise ValueError(f"whole-image loss scorer produced a non-finite score for {k!r} "
+                             f"(source {plan.sources[int(plan.index[idx[0], 0])]})")
+        return vals.astype(np.float32), shifted
+
+    def _crop_losses(self, lq, gt, tops, lefts, plan, tile, halo) -> np.ndarray:
+        nb = self.device.type == "cuda"
+        lq = lq.to(self.device, non_blocking=nb)
+        gt = gt.to(self.device, non_blocking=nb)
+        s, c = plan.scale, plan.crop
+        needed = None
+        if tile:
+            h, w = lq.shape[-2:]
+            m = np.zeros((h, w), dtype=bool)
+            for t, l_ in zip(tops.tolist(), lefts.tolist()):
+                m[t // s:-(-(t + c) // s), l_ // s:-(-(l_ + c) // s)] = True
+            needed = torch.from_numpy(m)
+        with torch.inference_mode():
+            err = error_map(self.model, lq, gt, scale=s, loss=self.loss, on_y=self.on_y, tile=tile, halo=halo,
+                            needed=needed, amp=self.amp, channels_last=self.channels_last,
+                            tile_batch=self.tile_batch)
+        return crop_sums(err.cpu().numpy(), tops, lefts, c) / (c * c)
+
+    def __repr__(self) -> str:
+        return (f"WholeImageScorer(model={self.model_name}, loss={self.loss}, tile={self.tile}, halo={self.halo}, "
+                f"amp={self.amp_name}, device={self.device})")
+
+
+def _dataset_provenance(dataset) -> dict | None:
+    from .provenance import provenance_of
+
+    return provenance_of(dataset)
+
+
+def _gather_sources(state, mine, crops_of, n, n_src, world):
+    """Every rank sends its sources' results; every rank returns the merged full state."""
+    from .scorers import _State
+
+    pos = np.concatenate([crops_of[j] for j in mine]) if mine else np.zeros(0, dtype=np.int64)
+    payload = {"pos": pos.astype(np.int64), "values": state.values[pos], "failed": dict(state.failed)}
+    parts: list = [None] * world
+    torch.distributed.all_gather_object(parts, payload)
+    full = _State(n, n)
+    for p in parts:
+        full.values[p["pos"]] = p["values"]
+        full.failed.update(p["failed"])
+    full.done[:] = True
+    return full

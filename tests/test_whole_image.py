@@ -1,0 +1,426 @@
+"""Whole-image scoring of sub-image sets (coreset_sampler.whole_image): tiling, the crop losses,
+keys, the LossScorer default, resume, sharding, on_error, SubImageFolder and its refusals."""
+from __future__ import annotations
+
+import json
+import runpy
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from coreset_sampler.data import PairedImageFolder, SubImageDataset, extract_subimages, load_image
+from coreset_sampler.degradation import downsample, modcrop, rgb_to_y
+from coreset_sampler.models import FSRCNN, SRCNN, load_pretrained
+from coreset_sampler.scorers import LossScorer
+from coreset_sampler.scores import Scores
+from coreset_sampler.whole_image import (SubImageFolder, WholeImagePlan, WholeImageScorer, crop_sums, error_map,
+                                         plan_of, receptive_halo)
+
+FAST = dict(num_workers=0, progress=False, device="cpu")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _write(path: Path, h: int, w: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3)).astype(np.uint8)
+    img = np.kron(base, np.ones((4, 4, 1), dtype=np.uint8))[:h, :w]  # blocks: texture at several scales
+    noise = rng.integers(-20, 21, (h, w, 3))
+    Image.fromarray(np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def srcs(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    for i, (h, w) in enumerate([(40, 52), (37, 45), (48, 48), (20, 20)]):  # odd sizes
+        _write(root / f"im{i}.png", h, w, i)
+    return root
+
+
+def _model(scale=2, seed=0):
+    torch.manual_seed(seed)
+    m = SRCNN(scale)
+    with torch.no_grad():  # a model that does something (untrained SRCNN's last layer is ~0)
+        m.conv3.weight.normal_(0, 0.05)
+    return m.eval()
+
+
+# --------------------------------------------------------------------------- tiling and the pure core
+
+
+@pytest.mark.parametrize("model,scale", [(_model(2), 2), (_model(3), 3), (FSRCNN(2, m=2).eval(), 2)])
+def test_tiled_error_map_equals_untiled(model, scale):
+    torch.manual_seed(1)
+    gt = torch.rand(3, 29 * scale, 37 * scale)
+    lq = downsample(gt, scale)
+    halo = receptive_halo(model, scale)
+    with torch.inference_mode():
+        whole = error_map(model, lq, gt, scale=scale, on_y=True)
+        for tile in (7, 16, 30):
+            tiled = error_map(model, lq, gt, scale=scale, on_y=True, tile=tile, halo=halo, tile_batch=3)
+            torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-9)
+        # the halo is what makes tiling exact: without it tile borders differ
+        bare = error_map(model, lq, gt, scale=scale, on_y=True, tile=7, halo=0)
+    assert (bare - whole).abs().max() > 1e-6
+
+
+def test_measured_halo_of_a_generic_model_makes_tiling_exact():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, padding=2), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 12, 3, padding=1), torch.nn.PixelShuffle(2))
+    net.eval()
+    halo = receptive_halo(net, 2)
+    assert 3 <= halo <= 6  # radius 3 (5x5 then 3x3) plus the margin
+    gt = torch.rand(3, 50, 42)
+    lq = downsample(gt, 2)
+    with torch.inference_mode():
+        a = error_map(net, lq, gt, scale=2)
+        b = error_map(net, lq, gt, scale=2, tile=6, halo=halo)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+
+    class Global(torch.nn.Module):  # depends on every input pixel
+        def forward(self, x):
+            return (x + x.mean((2, 3), keepdim=True)).repeat_interleave(2, 2).repeat_interleave(2, 3)
+
+    with pytest.raises(ValueError, match="receptive field"):
+        receptive_halo(Global(), 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 12), w=st.integers(1, 12), crop=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_crop_sums_equal_direct_sums(h, w, crop, seed):
+    rng = np.random.default_rng(seed)
+    err = rng.random((h, w))
+    if crop > min(h, w):
+        return
+    tops = rng.integers(0, h - crop + 1, 5)
+    lefts = rng.integers(0, w - crop + 1, 5)
+    want = [err[t:t + crop, l:l + crop].sum() for t, l in zip(tops, lefts)]
+    np.testing.assert_allclose(crop_sums(err, tops, lefts, crop), want, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- what is scored
+
+
+def test_scores_are_the_whole_image_error_over_each_crop(srcs):
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    model = _model()
+    s = WholeImageScorer(model, tile=5, **FAST).score(ds)
+    assert s.keys == ds.keys and len(s) == len(ds)
+    assert s.metadata["granularity"] == "whole_image" and s.metadata["whole_image"]["halo"] == receptive_halo(model, 2)
+    # reference: the definition, computed directly (untiled model on the whole modcropped source)
+    shifted = 0
+    for i in range(len(ds)):
+        path, top, left = ds.source(i)
+        gt = modcrop(load_image(path), 2)
+        with torch.inference_mode():
+            pred = model(downsample(gt, 2)[None])[0]
+        H, W = gt.shape[-2:]
+        t, l_ = min(top, H - 16), min(left, W - 16)
+        shifted += (t, l_) != (top, left)
+        d = (rgb_to_y(pred) - rgb_to_y(gt))[0, t:t + 16, l_:l_ + 16].double()
+        assert s.values[i] == pytest.approx(float((d * d).mean()), rel=1e-5), ds.keys[i]
+    assert shifted > 0 and s.metadata["whole_image"]["shifted_crops"] == shifted  # im1 is 37x45
+
+
+def test_border_exact_scores_each_crop_on_its_own_phase(srcs):
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    model = _model()
+    s = WholeImageScorer(model, tile=5, border="exact", **FAST).score(ds)
+    shift = WholeImageScorer(model, tile=5, **FAST).score(ds)
+    assert s.metadata["whole_image"]["border"] == "exact" and s.metadata["whole_image"]["shifted_crops"] == 0
+    n_phase = 0
+    for i in range(len(ds)):
+        path, top, left = ds.source(i)
+        full = load_image(path)
+        H, W = modcrop(full, 2).shape[-2:]
+        dy = top % 2 if top + 16 > H else 0
+        dx = left % 2 if left + 16 > W else 0
+        n_phase += (dy, dx) != (0, 0)
+        gt = modcrop(full[:, dy:, dx:], 2)
+        with torch.inference_mode():
+            pred = model(downsample(gt, 2)[None])[0]
+        d = (rgb_to_y(pred) - rgb_to_y(gt))[0, top - dy:top - dy + 16, left - dx:left - dx + 16].double()
+        assert s.values[i] == pytest.approx(float((d * d).mean()), rel=1e-5), ds.keys[i]
+        if (dy, dx) == (0, 0):
+            assert s.values[i] == pytest.approx(shift.values[i], rel=1e-6)
+    assert n_phase == shift.metadata["whole_image"]["shifted_crops"] > 0
+    with pytest.raises(ValueError, match="border must be"):
+        WholeImageScorer(model, border="pad")
+
+
+def test_l1_and_all_channels():
+    class Up(torch.nn.Module):
+        scale = 2
+
+        def forward(self, x):
+            return x.repeat_interleave(2, 2).repeat_interleave(2, 3)
+
+    gt = torch.rand(3, 8, 10)
+    lq = downsample(gt, 2)
+    e = error_map(Up(), lq, gt, scale=2, loss="l1")
+    torch.testing.assert_close(e, (Up()(lq[None])[0] - gt).abs().double().mean(0))
+
+
+@pytest.mark.skipif(not (SHARED / "BSD200").is_dir(), reason="shared data absent")
+def test_agreement_with_per_crop_scores_on_real_images(tmp_path):
+    from scipy.stats import spearmanr
+
+    root = tmp_path / "bsd"
+    root.mkdir()
+    for p in sorted((SHARED / "BSD200").glob("*.png"))[:3]:
+        (root / p.name).symlink_to(p.resolve())
+    ds = SubImageDataset(root, crop=96, step=48, scale=2, progress=False)
+    whole = LossScorer.pretrained("srcnn", 2, **FAST).score(ds)
+    crops = LossScorer.pretrained("srcnn", 2, whole_image=False, **FAST).score(ds)
+    assert whole.metadata["granularity"] == "whole_image" and "granularity" not in crops.metadata
+    assert whole.keys == crops.keys == ds.keys
+    assert spearmanr(whole.values, crops.values).statistic >= 0.99
+    assert 0 < np.median(np.abs(whole.values / crops.values - 1)) < 0.1  # close, not equal
+
+
+# --------------------------------------------------------------------------- the LossScorer hook
+
+
+def test_loss_scorer_uses_whole_image_by_default_only_where_it_applies(srcs):
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    model = _model()
+    auto = LossScorer(model, **FAST).score(ds)
+    direct = WholeImageScorer(model, **FAST).score(ds)
+    np.testing.assert_array_equal(auto.values, direct.values)
+    assert auto.metadata["granularity"] == "whole_image"
+    per_crop = LossScorer(model, whole_image=False, **FAST).score(ds)
+    assert per_crop.keys == auto.keys and "granularity" not in per_crop.metadata
+    assert not np.array_equal(per_crop.values, auto.values)
+    folder = PairedImageFolder(srcs, scale=2)
+    plain = LossScorer(model, **FAST).score(folder)  # not a sub-image set: per image
+    assert plain.keys == folder.keys and "granularity" not in plain.metadata
+    with pytest.raises(ValueError, match="whole_image=True needs a sub-image set"):
+        LossScorer(model, whole_image=True, **FAST).score(folder)
+    with pytest.raises(ValueError, match="whole_image must be"):
+        LossScorer(model, whole_image="yes")
+    opts = LossScorer(model, whole_image_options={"tile": 0}, **FAST).score(ds)
+    np.testing.assert_allclose(opts.values, auto.values, rtol=1e-5)
+    assert opts.metadata["whole_image"]["tile"] == 0
+    with pytest.raises(ValueError, match="scorer is for scale 3 but the dataset SubImageDataset has scale 2"):
+        LossScorer(_model(3), **FAST).score(ds)
+    with pytest.raises(ValueError, match="x3 but the dataset is x2"):
+        WholeImageScorer(_model(3), **FAST).score(ds)
+
+
+# --------------------------------------------------------------------------- engine: resume, errors
+
+
+class _Flaky:
+    """A sub-image set whose source ``bad`` cannot be loaded while ``broken`` is set."""
+
+    def __init__(self, ds, bad, message="cannot read image X: truncated"):
+        self.ds, self.bad, self.broken, self.message = ds, bad, True, message
+        self.keys = ds.keys
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.ds[i]
+
+    def whole_image_plan(self):
+        plan = plan_of(self.ds)
+        inner = plan.load
+
+        def load(j, _self=self):
+            if _self.broken and j == _self.bad:
+                raise OSError(_self.message)
+            return inner(j)
+
+        return WholeImagePlan(plan.sources, plan.index, plan.keys, plan.crop, plan.scale, load)
+
+
+def test_resume_after_a_failure_gives_the_uninterrupted_scores(srcs, tmp_path):
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    model = _model()
+    full = WholeImageScorer(model, **FAST).score(ds)
+    flaky = _Flaky(ds, bad=2)
+    ckpt = tmp_path / "ck.safetensors"
+    sc = WholeImageScorer(model, checkpoint=ckpt, checkpoint_every=1, **FAST)
+    with pytest.raises(OSError, match="truncated") as ei:
+        sc.score(flaky)
+    assert "source image" in "".join(getattr(ei.value, "__notes__", []))
+    assert ckpt.is_file()
+    flaky.broken = False
+    again = WholeImageScorer(model, checkpoint=ckpt, **FAST)
+    res = again.score(flaky)
+    np.testing.assert_array_equal(res.values, full.values)
+    n_first_two = int(sum(1 for i in range(len(ds)) if ds._index[i, 0] < 2))
+    assert again.last_stats["resumed"] == n_first_two and again.last_stats["computed"] == len(ds) - n_first_two
+    # a per-crop run refuses the whole-image checkpoint (and vice versa): another granularity
+    with pytest.raises(ValueError, match="another scoring run"):
+        LossScorer(model, whole_image=False, checkpoint=ckpt, **FAST).score(ds)
+
+
+def test_on_error_skip_fails_every_crop_of_an_unreadable_source(srcs):
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    s = WholeImageScorer(_model(), on_error="skip", **FAST).score(_Flaky(ds, bad=1))
+    bad = {i for i in range(len(ds)) if ds._index[i, 0] == 1}
+    assert set(s.failed) == bad and all("truncated" in m for m in s.failed.values())
+    assert np.isnan(s.values[sorted(bad)]).all() and np.isfinite(np.delete(s.values, sorted(bad))).all()
+
+
+def test_a_source_that_no_longer_holds_its_crops_is_named(srcs):
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, cache=False, progress=False)
+    _write(srcs / "im2.png", 20, 48, 9)  # was 48x48: its lower crops are gone
+    with pytest.raises(OSError, match=r"im2\.png.*does not hold crop 'im2_s0\d\d'"):
+        WholeImageScorer(_model(), **FAST).score(ds)
+
+
+# --------------------------------------------------------------------------- distributed
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import torch
+    from coreset_sampler.data import SubImageDataset
+    from coreset_sampler.models import SRCNN
+    from coreset_sampler.scorers import LossScorer
+
+    def run(src, checkpoint=None):
+        torch.manual_seed(0)
+        ds = SubImageDataset(src, crop=16, step=8, scale=2, progress=False)
+        sc = LossScorer(SRCNN(2), num_workers=0, progress=False, device="cpu", checkpoint=checkpoint)
+        s = sc.score(ds)
+        return {"values": s.values.tolist(), "keys": s.keys, "computed": sc.last_stats["computed"]}
+
+    if __name__ == "__main__":
+        import torch.distributed as dist
+        dist.init_process_group("gloo")
+        res = run(sys.argv[2], checkpoint=sys.argv[3])
+        with open(f"{sys.argv[1]}.{dist.get_rank()}.json", "w") as f:
+            json.dump(res, f)
+        dist.destroy_process_group()
+""")
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_shard_sources_and_match_one_process(srcs, tmp_path):
+    script = tmp_path / "dist_whole.py"
+    script.write_text(SCRIPT)
+    out, ckpt = tmp_path / "res", tmp_path / "ck.safetensors"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(out), str(srcs), str(ckpt)], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = runpy.run_path(str(script), run_name="single")["run"](str(srcs))
+    ranks = [json.loads((tmp_path / f"res.{r}.json").read_text()) for r in (0, 1)]
+    for res in ranks:
+        assert res["keys"] == single["keys"]
+        np.testing.assert_allclose(res["values"], single["values"], rtol=1e-6)
+    assert sum(r["computed"] for r in ranks) == single["computed"] == len(single["keys"])
+    assert min(r["computed"] for r in ranks) > 0
+    assert (tmp_path / "ck.rank0of2.safetensors").is_file() and (tmp_path / "ck.rank1of2.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------- SubImageFolder
+
+
+def test_subimage_folder_traces_extracted_files_to_their_sources(srcs, tmp_path):
+    sub = tmp_path / "sub"
+    extract_subimages(srcs, sub, crop=16, step=8, progress=False)
+    folder = SubImageFolder(sub, srcs, crop=16, step=8, scale=2, verify="pixels")
+    assert folder.keys == PairedImageFolder(sub, scale=2).keys
+    ref = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    for k, key in enumerate(folder.keys):
+        assert folder.source(k) == ref.source(ref.keys.index(key))
+    model = _model()
+    a = LossScorer(model, **FAST).score(folder)
+    b = LossScorer(model, **FAST).score(ref)
+    assert a.keys == folder.keys and a.metadata["granularity"] == "whole_image"
+    by_key = dict(zip(b.keys, b.values))
+    np.testing.assert_array_equal(a.values, [by_key[k] for k in a.keys])
+    per_crop = LossScorer(model, whole_image=False, **FAST).score(folder)  # reads the sub-image files
+    assert per_crop.keys == a.keys and "granularity" not in per_crop.metadata
+
+
+def test_subimage_folder_refuses_what_does_not_trace(srcs, tmp_path, untouched):
+    sub = tmp_path / "sub"
+    extract_subimages(srcs, sub, crop=16, step=8, progress=False)
+    with untouched(srcs, sub):
+        with pytest.raises(ValueError, match=r"im0_s013.*im0\.png is 40x52, whose crop grid.*has 12 crops"):
+            SubImageFolder(sub, srcs, crop=16, step=16, scale=2)  # other step: fewer crops than files
+    other = tmp_path / "other"
+    other.mkdir()
+    for p in srcs.iterdir():
+        if p.name != "im1.png":
+            (other / p.name).write_bytes(p.read_bytes())
+    with untouched(other, sub), pytest.raises(FileNotFoundError, match=r"'im1_s001' \(.*im1_s001\.png\): no source"):
+        SubImageFolder(sub, other, crop=16, step=8, scale=2)
+    _write(other / "im1.png", 30, 30, 1)  # smaller than the source the crops were cut from
+    with pytest.raises(ValueError, match=r"'im1_s010'.*source .*im1\.png is 30x30.*has 9 crops"):
+        SubImageFolder(sub, other, crop=16, step=8, scale=2)
+    _write(other / "im1.png", 37, 45, 77)  # same size, other pixels: only verify="pixels" sees it
+    SubImageFolder(sub, other, crop=16, step=8, scale=2)
+    with pytest.raises(ValueError, match=r"'im1_s001'.*is not the crop at \(top 0, left 0\)"):
+        SubImageFolder(sub, other, crop=16, step=8, scale=2, verify="pixels")
+    Image.new("RGB", (16, 12)).save(sub / "im0_s002.png")
+    with pytest.raises(ValueError, match=r"'im0_s002'.*is 12x16, not 16x16"):
+        SubImageFolder(sub, srcs, crop=16, step=8, scale=2)
+    Image.new("RGB", (16, 16)).save(sub / "im0_s002.png")
+    Image.new("RGB", (16, 16)).save(sub / "stray.png")
+    with pytest.raises(ValueError, match=r"stray\.png.*not named"):
+        SubImageFolder(sub, srcs, crop=16, step=8, scale=2)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_score_is_whole_image_by_default_and_per_crop_on_request(srcs, tmp_path, capsys):
+    from coreset_sampler.cli import main
+
+    a, b = tmp_path / "w.safetensors", tmp_path / "c.safetensors"
+    common = [str(srcs), "--scorer", "srcnn", "--crop", "16", "--step", "8", "--workers", "0", "--no-progress",
+              "--device", "cpu"]
+    assert main(["score", *common, "--out", str(a)]) == 0
+    assert main(["score", *common, "--per-crop", "--out", str(b)]) == 0
+    capsys.readouterr()
+    w, c = Scores.load(a), Scores.load(b)
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    assert w.keys == c.keys == ds.keys
+    assert w.metadata["granularity"] == "whole_image" and "granularity" not in c.metadata
+    ref = LossScorer(load_pretrained("srcnn", 2), **FAST).score(ds)
+    np.testing.assert_array_equal(w.values, ref.values)
+    assert not Path(str(a) + ".partial").exists()
+
+
+# --------------------------------------------------------------------------- provenance, unreadable sources
+
+
+def test_scores_carry_provenance_and_feed_coreset_dataset(srcs, tmp_path):
+    from coreset_sampler import CoreSetDataset
+
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    s = LossScorer.pretrained("srcnn", 2, **FAST).score(ds)
+    prov = s.metadata["provenance"]
+    assert prov["scorer"] == "srcnn" and prov["dataset"] == "subimages" and prov["scale"] == 2
+    assert prov["granularity"] == "whole_image"
+    assert set(prov["sources"]) == {p.name for p in ds.files}
+    s.save(tmp_path / "s.safetensors")
+    core = CoreSetDataset(ds, Scores.load(tmp_path / "s.safetensors"), ratio=0.5)
+    assert len(core) == (len(ds) + 1) // 2  # round half up
+
+
+def test_unreadable_source_of_a_subimage_dataset(srcs):
+    (srcs / "im1.png").write_bytes((srcs / "im1.png").read_bytes()[:200])  # truncated
+    with pytest.warns(UserWarning, match="cannot be read"):
+        ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    with pytest.raises(OSError, match=r"im1\.png"):
+        LossScorer(_model(), **FAST).score(ds)
+    s = LossScorer(_model(), on_error="skip", **FAST).score(ds)
+    bad = [i for i, k in enumerate(ds.keys) if k.startswith("im1_")]
+    assert sorted(s.failed) == bad and all("im1.png" in m for m in s.failed.values())
+    assert s.metadata["granularity"] == "whole_image"
