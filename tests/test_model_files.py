@@ -232,3 +232,18 @@ def test_cli_bad_model_file_is_one_line_exit_2_and_writes_nothing(tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 2 and re.search(pattern, err), err
     assert len(err.strip().splitlines()) == 1 and not out.parent.exists()
+
+
+def test_model_file_on_sub_images_scores_whole_images_and_records_the_file(tmp_path):
+    """The default CLI path (sub-images, whole-image scoring) with a model file: provenance recorded."""
+    from coreset_sampler.data import SubImageDataset
+
+    data = _folder(tmp_path, n=2, size=40)
+    path = _save(_compact(2), tmp_path / "compact_x2.safetensors")
+    ds = SubImageDataset([data], crop=16, step=12, scale=2)
+    scorer = make_scorer(str(path), 2, num_workers=0, progress=False, device="cpu")
+    whole = scorer.score(ds)
+    assert whole.metadata.get("granularity") == "whole_image"
+    assert whole.metadata["model_arch"] == "Compact"
+    assert whole.metadata["model_file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert whole.keys == ds.keys and np.isfinite(whole.values).all()
