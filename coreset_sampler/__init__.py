@@ -43,6 +43,8 @@ _EXPORTS = {
     "make_scorer": "scorers",
     "load_model_file": "model_files",
     "ModelFileError": "model_files",
+    "AdaptiveCoreSetSampler": "adaptive",
+    "IndexedDataset": "adaptive",
     "export_coreset": "export",
     "ExportReport": "export",
     "check_writable_outside": "export",
@@ -67,6 +69,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from .adaptive import AdaptiveCoreSetSampler, IndexedDataset
     from .dataset import CoreSetDataset
     from .export import ExportReport, check_writable_outside, export_coreset
     from .model_files import ModelFileError, load_model_file

@@ -75,7 +75,7 @@ class _PatchView(Dataset):
                 lq, gt = lq.flip(-2), gt.flip(-2)
             if flips[2]:
                 lq, gt = lq.transpose(-1, -2), gt.transpose(-1, -2)
-        return {"lq": lq.contiguous(), "gt": gt.contiguous(), "key": key}
+        return {"lq": lq.contiguous(), "gt": gt.contiguous(), "key": key, "index": int(i)}
 
 
 def _scale_of(lq: torch.Tensor, gt: torch.Tensor, key) -> int:
@@ -108,7 +108,8 @@ def _collate(items: list[dict]) -> dict:
         sizes = sorted({(tuple(it["lq"].shape), tuple(it["gt"].shape)) for it in items})
         raise ValueError(f"items in a batch differ in size {sizes[:4]}; set patch_size to crop them "
                          f"to one size") from e
-    return {"lq": lq, "gt": gt, "key": [it["key"] for it in items]}
+    return {"lq": lq, "gt": gt, "key": [it["key"] for it in items],
+            "index": torch.tensor([it["index"] for it in items], dtype=torch.int64)}
 
 
 def _lr_factor(schedule: str | None, frac: float) -> float:
@@ -163,7 +164,14 @@ def train(
             or ``None`` (constant).
         sampler: yields dataset indices (e.g. a ``StepMatchedSampler``); it is iterated
             again (with ``set_epoch`` when it has one) if it runs out before ``steps``.
-            Default: uniform random with replacement, seeded.
+            Default: uniform random with replacement, seeded. An
+            :class:`~coreset_sampler.adaptive.AdaptiveCoreSetSampler` (over ``dataset``, with
+            this ``batch_size``) gets each step's per-sample loss reported after the optimiser
+            step: the batch loss is then computed as the mean of per-sample means (the same
+            value; no extra forward), and ``history["adaptive"]`` holds its refresh log.
+            A refresh sees the reports made before the DataLoader pulls the next segment's
+            first index, so ``num_workers > 0`` (which prefetches) changes which reports it sees;
+            runs stay reproducible for a fixed ``num_workers``.
         loss: ``"l1"`` or ``"mse"``.
         augment: random horizontal/vertical flips and transposition (the 8 dihedral variants).
         y_channel: compute on the BT.601 Y channel (inputs converted before the forward).
@@ -203,6 +211,16 @@ def train(
         raise ValueError(f"time_budget_s must be > 0 or None, got {time_budget_s!r}")
     if len(dataset) == 0:
         raise ValueError("train got an empty dataset")
+    from .adaptive import AdaptiveCoreSetSampler  # local: keep `import training` light
+
+    adaptive = sampler if isinstance(sampler, AdaptiveCoreSetSampler) else None
+    if adaptive is not None:
+        if adaptive.n != len(dataset):
+            raise ValueError(f"the adaptive sampler covers {adaptive.n} samples but the dataset has {len(dataset)}; "
+                             f"build it over the full training set that train() gets")
+        if adaptive.batch_size != batch_size:
+            raise ValueError(f"the adaptive sampler's batch_size={adaptive.batch_size} differs from train's "
+                             f"batch_size={batch_size}; its refresh interval is counted in these steps")
     device = _resolve_device(device)
     if y_channel is None:
         y_channel = bool(getattr(model, "trains_on_y", False))
@@ -255,13 +273,19 @@ def train(
             out = model(lq)
             if out.shape != gt.shape:
                 raise ValueError(f"model output {tuple(out.shape)} does not match gt {tuple(gt.shape)}")
-            value = loss_fn(out, gt)
+            if adaptive is not None:  # per-sample means first; their mean is the batch loss
+                per_sample = loss_fn(out, gt, reduction="none").flatten(1).mean(1)
+                value = per_sample.mean()
+            else:
+                value = loss_fn(out, gt)
             if not torch.isfinite(value):
                 raise FloatingPointError(f"loss became {value.item()} at step {step} (lr {lr}); "
                                          f"lower the learning rate")
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
+            if adaptive is not None:
+                adaptive.update(batch["index"], per_sample.detach())
             losses.append(value.item())
             samples += lq.shape[0]
             step += 1
@@ -271,6 +295,8 @@ def train(
                 window = losses[-(log_every if step % log_every == 0 else step % log_every):]
                 rec = {"step": step, "loss": sum(window) / len(window),
                        "lr": opt.param_groups[0]["lr"], "elapsed_s": time.perf_counter() - t0}
+                if adaptive is not None:
+                    rec["refreshes"] = len(adaptive.refresh_log)
                 log.append(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{rec['loss']:.4g}", lr=f"{rec['lr']:.2g}")
@@ -285,10 +311,13 @@ def train(
         n = step - (log[-1]["step"] if log else 0)
         log.append({"step": step, "loss": sum(losses[-n:]) / n, "lr": opt.param_groups[0]["lr"],
                     "elapsed_s": wall})
-    return {"losses": losses, "log": log, "steps": step, "steps_requested": steps, "wall_time_s": wall,
+    hist = {"losses": losses, "log": log, "steps": step, "steps_requested": steps, "wall_time_s": wall,
             "samples_per_s": samples / wall if wall > 0 else float("nan"),
             "batch_size": batch_size, "patch_size": patch_size, "lr": lr, "lr_schedule": lr_schedule,
             "loss": loss, "augment": augment, "y_channel": y_channel, "seed": seed}
+    if adaptive is not None:
+        hist["adaptive"] = [dict(r) for r in adaptive.refresh_log]
+    return hist
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -480,3 +480,23 @@ def test_export_meta_info_lists_the_kept_images(redux_root, redux_train, pairs, 
     p = _prepare(redux_train, recipe, redux_root, tmp_path, monkeypatch)
     lines = meta.read_text().splitlines()
     assert lines == sorted(f"{k}.png ({HR},{HR},3)" for k in p.train_loader.dataset.keys)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11) or not (SNAPSHOT / "train.py").is_file(), reason="needs the clone")
+def test_missing_redux_dependency_exits_2_with_the_install_hint(tmp_path, monkeypatch, capsys):
+    """In a fresh process with one of traiNNer-redux's needs hidden: one line naming it and the extra."""
+    import subprocess
+
+    root = tmp_path / "clone"
+    shutil.copytree(SNAPSHOT, root, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(yaml.safe_dump({"name": "x", "scale": 4, "datasets": {"train": {
+        "name": "t", "type": "pairedimagedataset", "coreset": {"mode": "random", "skip_top": 0}}}}), encoding="utf-8")
+    code = ("import sys; sys.modules['msgspec'] = None; "  # an import of msgspec now fails as if not installed
+            "from coreset_sampler.integrations.redux.train import main; "
+            f"main(['-opt', {str(recipe)!r}, '--redux-root', {str(root)!r}])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"})
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and err[-1].startswith(f"{PROG}: error: traiNNer-redux needs the module "), r.stderr
+    assert "coreset-sampler[redux]" in err[-1]

@@ -24,6 +24,7 @@ sys.path.insert(0, str(BENCH))
 
 import sweep  # noqa: E402
 import sweep_archs  # noqa: E402
+import sweep_run  # noqa: E402
 import sweep_stats  # noqa: E402
 
 
@@ -68,6 +69,9 @@ TINY = dataclasses.replace(
     quick_arch="fsrcnn",
     quick_seeds=(0, 1),
     threads=1,
+    adaptive_archs=("fsrcnn",),
+    adaptive_ratios=(0.5,),
+    adaptive_refresh=2,  # 4 steps: the initial selection and one re-selection
 )
 
 
@@ -115,7 +119,7 @@ def test_plan_dedupes_shared_runs_and_orders_tiers(data_dir, tmp_path):
     # full x2 belongs to Tables 1, 2 and 3 but is one run per seed
     full = [r for r in plan if r.label == "full" and r.scale == 2]
     assert len(full) == len(TINY.archs["fsrcnn"].seeds)
-    assert {c[0] for c in full[0].cells} == {"table1", "table2", "table3"}
+    assert {c[0] for c in full[0].cells} == {"table1", "table2", "table3", "adaptive"}
     # table 1 rows: full + ASC/DES x ratios x (step, epoch) + random/stratified x ratios
     t1 = {c[3] for r in plan for c in r.cells if c[0] == "table1"}
     assert len(t1) == 1 + 2 * 2 * len(TINY.ratios) + 2 * len(TINY.ratios)
@@ -135,7 +139,11 @@ def test_quick_plan_is_a_subset_of_the_full_plan(preset):
     full = sweep.build_plan(preset, sets, ids)
     assert quick and {r.hash for r in quick} <= {r.hash for r in full}  # the quick cache serves the full sweep
     assert {r.arch for r in quick} == {preset.quick_arch}
-    assert len(quick) == 6 * len(preset.quick_seeds)
+    key_rows = [r for r in quick if any(c[0] == "quick" for c in r.cells)]
+    assert len(key_rows) == 6 * len(preset.quick_seeds)
+    # plus the adaptive rows and the static 25% rows they are read against, where the preset has them
+    extra = 4 if preset.quick_arch in preset.adaptive_archs else 0
+    assert len(quick) == (6 + extra) * len(preset.quick_seeds)
     assert all(len(set(preset.archs[a].seeds)) >= 3 for a in preset.archs)
 
 
@@ -151,7 +159,11 @@ def test_every_cell_has_all_seeds_of_its_arch():
     for (table, arch, scale, label), got in seeds.items():
         assert got == set(preset.archs[arch].seeds), (table, arch, scale, label)
     assert max(len(preset.archs[a].seeds) for a in preset.archs) >= 5
-    assert all(r.tier == 5 for r in plan if list(preset.archs[r.arch].seeds).index(r.seed) >= 3)
+    # seeds beyond the third run last (tier 5), except the adaptive rows: they came later and run after
+    # everything, seed-major per arch (tiers 6+)
+    assert all(r.tier == 5 for r in plan if list(preset.archs[r.arch].seeds).index(r.seed) >= 3
+               and r.config["selection"]["mode"] != "adaptive")
+    assert all(r.tier >= 6 for r in plan if r.config["selection"]["mode"] == "adaptive")
 
 
 def test_planned_step_time_follows_the_lr_patch_area():
@@ -193,10 +205,21 @@ def test_sweep_runs_caches_and_reports(finished):
         if sel["mode"] != "full":
             assert rec["kept"] == round(sel["ratio"] * rec["pool_size"])
     # scores computed once per scorer and scale, as files under the cache
-    # interpolation (the tiny preset's scorer) at x2 and x4, sobel at x2 (Table 2)
-    assert len(list((s.cache_dir / "scores").glob("*.safetensors"))) == 3
+    # interpolation (the tiny preset's scorer) at x2 and x4, sobel at x2 (Table 2); one final estimate
+    # per adaptive run
+    files = list((s.cache_dir / "scores").glob("*.safetensors"))
+    adaptive = [r for r in plan if r.config["selection"]["mode"] == "adaptive"]
+    assert len(adaptive) == 2 and len(files) == 3 + len(adaptive)
+    from coreset_sampler.scores import Scores
+    for r in adaptive:
+        rec = json.loads((s.cache_dir / f"{r.hash}.json").read_text())
+        assert rec["adaptive"]["refreshes"] == 2 and rec["adaptive"]["seen"] > 0
+        exported = Scores.load(s.cache_dir / "scores" / rec["adaptive"]["scores_file"])
+        assert exported.metadata["adaptive"] is True and exported.metadata["adaptive_run"] == r.hash
+        assert len(exported) == rec["pool_size"]
     md, payload = written["md"], written["payload"]
-    for title in ("Table 1 analog", "Table 2 analog", "Table 3 analog", "Claim by claim", "Every run", "## Budget"):
+    for title in ("Table 1 analog", "Table 2 analog", "Table 3 analog", "Claim by claim", "Every run", "## Budget",
+                  "Adaptive core-set", "What the adaptive sampler did", "(new) adaptive beats static DES"):
         assert title in md
     assert len(payload["runs"]) == len(plan)
     assert payload["status"]["ok"] == len(plan)
@@ -247,7 +270,7 @@ def test_failed_run_is_recorded_not_retried_unless_asked(data_dir, tmp_path, mon
             raise RuntimeError("boom in training")
         return real(run, *a, **k)
 
-    monkeypatch.setattr(sweep, "execute", flaky)
+    monkeypatch.setattr(sweep_run, "execute", flaky)
     only = lambda r: r.hash in (target.hash, s.plan()[0].hash)  # noqa: E731
     res = s.run(only=only)
     assert res["ran"] == 1 and res["failed"] == 1
@@ -257,7 +280,7 @@ def test_failed_run_is_recorded_not_retried_unless_asked(data_dir, tmp_path, mon
     s.report()
     assert "**failed**: RuntimeError: boom in training" in written["md"]
     assert written["payload"]["status"]["failed"] == 1
-    monkeypatch.setattr(sweep, "execute", real)
+    monkeypatch.setattr(sweep_run, "execute", real)
     res = s.run(only=only, retry_failed=True)
     rec = json.loads((s.cache_dir / f"{target.hash}.json").read_text())
     assert res["ran"] == 1 and rec["status"] == "ok" and rec["attempts"][0]["status"] == "failed"
@@ -288,7 +311,7 @@ def test_missing_weights_block_only_the_runs_that_need_scores(data_dir, tmp_path
     with pytest.raises(FileNotFoundError, match="no bundled srcnn weights for x2"):
         sweep.get_scores("srcnn", 2, pool, tmp_path, "srcnn:missing-weights", progress=False)
     s, written = _sweep(data_dir, tmp_path, preset=dataclasses.replace(TINY, scorer="srcnn"), quick=True)
-    monkeypatch.setattr(sweep, "scorer_id", lambda spec, scale: f"{spec}:missing-weights" if spec == "srcnn" else spec)
+    monkeypatch.setattr(sweep_run, "scorer_id", lambda spec, scale: f"{spec}:missing-weights" if spec == "srcnn" else spec)
     res = s.run()
     recs = [json.loads(p.read_text()) for p in s.cache_dir.glob("*.json")]
     assert res["failed"] == 0 and res["blocked"] > 0
@@ -463,6 +486,16 @@ def test_cli_rejects_bad_arguments(capsys):
         sweep.main(["--preset", "nope"])
 
 
+def test_cli_run_filters_name_unknown_archs_and_rows(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--arch", "rdn", "--cache-dir", str(tmp_path)])
+    assert e.value.code == 2 and "--arch rdn not in preset 'cpu' (fsrcnn, edsr, swinir)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--row", "adaptive 40% step", "--cache-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "'adaptive 40% step' is no row of this plan" in err and "adaptive 50% step" in err
+
+
 def test_cli_names_missing_data(tmp_path, capsys):
     rc = sweep.main(["--preset", "paper", "--data-root", str(tmp_path / "div2k"), "--cache-dir", str(tmp_path / "c")])
     assert rc == 2 and "div2k/DIV2K_train_HR" in capsys.readouterr().err
@@ -473,16 +506,18 @@ def test_long_followup_preset_is_the_key_rows_trained_longer(tmp_path, capsys):
     assert long.quick_only and long.archs["fsrcnn"].steps == 4 * cpu.archs["fsrcnn"].steps
     ids = {(s, sc): f"{s}:x" for s in (long.scorer, "sobel", "interpolation") for sc in (2, 3, 4)}
     plan = sweep.build_plan(long, list(long.eval_sets), ids, quick=True)
-    assert len(plan) == 6 * len(long.quick_seeds)
+    # the 6 key rows and the adaptive rows (50% and 25%)
+    assert len(plan) == (6 + 2) * len(long.quick_seeds)
     assert {r.config["train"]["steps_full"] for r in plan} == {2000}
     # same rows as the cpu quick plan, different runs (the hash covers the step count)
     short = sweep.build_plan(cpu, list(cpu.eval_sets), ids, quick=True)
-    assert sorted(r.label for r in plan) == sorted(r.label for r in short)
+    key = lambda runs: sorted(r.label for r in runs if any(c[0] == "quick" for c in r.cells))  # noqa: E731
+    assert key(plan) == key(short) and len(key(plan)) == 6 * len(long.quick_seeds)
     assert not {r.hash for r in plan} & {r.hash for r in short}
     # the CLI needs no --quick for it
     assert sweep.main(["--preset", "cpu_long", "--plan", "--cache-dir", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
-    assert out.count("fsrcnn x2") == 6 * len(long.quick_seeds)
+    assert out.count("fsrcnn x2") == 8 * len(long.quick_seeds)
 
 
 def test_budget_counts_only_the_scoring_this_plan_needs():
@@ -495,3 +530,18 @@ def test_budget_counts_only_the_scoring_this_plan_needs():
     line = next(l for l in sweep._budget_table(preset, plan, {}, scoring).splitlines() if l.startswith("| scoring"))
     cols = [c.strip() for c in line.strip("|").split("|")]
     assert cols[1] == "interpolation x2" and cols[-1] == "10" and cols[-3] == "1"
+
+
+@pytest.mark.parametrize("preset", ["cpu", "cpu_long"])
+def test_committed_cache_still_matches_every_static_run(preset):
+    # adding the adaptive rows must not change the hash (= the cache file) of any static run
+    cache = sweep.CACHE_ROOT / preset
+    if not cache.is_dir():
+        pytest.skip("no committed cache")
+    p = sweep.PRESETS[preset]
+    s = sweep.Sweep(p, sweep.DEFAULT_DATA, quick=p.quick_only, progress=False)
+    records = sweep.load_records(cache)
+    static = [r for r in s.plan() if r.config["selection"]["mode"] != "adaptive"]
+    assert static and all(records.get(r.hash, {}).get("status") == "ok" for r in static)
+    adaptive = [r for r in s.plan() if r.config["selection"]["mode"] == "adaptive"]
+    assert adaptive and all("adaptive" in r.config["selection"] for r in adaptive)

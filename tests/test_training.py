@@ -309,3 +309,41 @@ def test_train_srcnn_script_writes_weights_and_results(tmp_path):
 
     with pytest.raises(SystemExit, match="nowhere"):
         script.main(argv[:-4] + ["--train-sets", "nowhere"])
+
+
+def test_adaptive_sampler_gets_the_step_losses_without_an_extra_forward():
+    from coreset_sampler.adaptive import AdaptiveCoreSetSampler
+
+    items = _synthetic(12)
+    runs = []
+    for _ in range(2):
+        sampler = AdaptiveCoreSetSampler(items, 0.5, batch_size=3, refresh=2, seed=0)
+        reports = []
+        original = sampler.update
+        sampler.update = lambda i, l, _o=original: (reports.append((i.tolist(), l.tolist())), _o(i, l))[1]
+        model = _fsrcnn()
+        calls = []
+        model.register_forward_hook(lambda *a: calls.append(1))
+        hist = train(model, items, 10, batch_size=3, patch_size=12, sampler=sampler, progress=False, device="cpu")
+        assert hist["steps"] == 10 and len(calls) == 10  # one forward per step
+        assert len(reports) == 10 and all(len(i) == len(l) == 3 for i, l in reports)
+        for (_, per), value in zip(reports, hist["losses"]):  # the reported losses are the step's loss
+            assert sum(per) / 3 == pytest.approx(value, rel=1e-5)
+        # 12 samples / 3 per step = 4 steps an epoch, 2 segments of 2 steps: 2 + 2 + 1 segments in 10 steps
+        assert len(hist["adaptive"]) == 5 and hist["adaptive"][1]["reported"] == 6
+        drawn = [i for idx, _ in reports for i in idx]
+        assert len(set(drawn[:6])) == 6 and set(drawn[:6]) <= set(range(12))
+        runs.append((hist["losses"], [r["kept"] for r in hist["adaptive"]]))
+    assert runs[0] == runs[1]  # deterministic
+
+
+def test_adaptive_sampler_must_match_dataset_and_batch_size():
+    from coreset_sampler.adaptive import AdaptiveCoreSetSampler
+
+    items = _synthetic(6)
+    with pytest.raises(ValueError, match="covers 5 samples but the dataset has 6"):
+        train(_fsrcnn(), items, 2, batch_size=3, patch_size=12, progress=False, device="cpu",
+              sampler=AdaptiveCoreSetSampler(items[:5], 0.5, batch_size=3))
+    with pytest.raises(ValueError, match="batch_size=2 differs from train's batch_size=3"):
+        train(_fsrcnn(), items, 2, batch_size=3, patch_size=12, progress=False, device="cpu",
+              sampler=AdaptiveCoreSetSampler(items, 0.5, batch_size=2))

@@ -25,6 +25,7 @@ ROOT="$REPO/.gpu/traiNNer-redux"
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   git -C "$REPO" rev-parse HEAD 2>/dev/null; git -C "$REPO" status --short 2>/dev/null | head -5
   "$PY" -c "import sys, torch, numpy, msgspec, pyvips, spandrel; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'numpy', numpy.__version__, 'msgspec', msgspec.__version__, 'pyvips', pyvips.__version__, 'libvips', pyvips.version(0), pyvips.version(1), 'spandrel', spandrel.__version__)"
+  "$PY" -c "import timm, huggingface_hub, cv2, rich; print('timm', timm.__version__, 'huggingface_hub', huggingface_hub.__version__, 'cv2', cv2.__version__)"
 } > "$OUT/redux_e2e_env.txt" 2>&1
 
 # Tiny data (64 HR images 256x256, their x4 LR by our MATLAB bicubic) and two recipes from the stock

@@ -60,7 +60,7 @@ CORESET_KEYS: dict[str, str] = {
     "scores": "a path to the scores .safetensors file (computed and cached there when missing)",
     "scorer": f"{' | '.join(BUILTIN_SCORERS)} | path/to/weights.safetensors | path/to/model.safetensors|.pth|.pt "
               "(any SR model file spandrel recognises)",
-    "mode": " | ".join(MODES),
+    "mode": " | ".join(MODES) + " | adaptive (re-selected from the training loss; see .adaptive)",
     "ratio": "a number in (0, 1], with ratio + skip_top <= 1",
     "skip_top": "a number in [0, 1), with ratio + skip_top <= 1",
     "seed": "an integer >= 0",
@@ -141,6 +141,10 @@ def parse_coreset_block(block: Any, where: str = WHERE) -> CoresetOptions:
         CoresetConfigError: unknown key or invalid value; the message names the key and the
             values it allows.
     """
+    if isinstance(block, Mapping) and block.get("mode") == "adaptive":  # its own keys: see .adaptive
+        from .adaptive import parse_adaptive_block
+
+        return parse_adaptive_block(block, where)
     if not isinstance(block, Mapping):
         raise CoresetConfigError(f"{where}: must be a mapping with keys {', '.join(CORESET_KEYS)}; got {block!r}")
     unknown = [k for k in block if k not in CORESET_KEYS]
@@ -764,6 +768,10 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
             loaded = _load_scores(path, source)
         scores = align_scores(loaded, keys, source)
 
+    if copts.mode == "adaptive":  # the full set and an adaptive sampler (see .adaptive)
+        from .adaptive import build_adaptive_dataset
+
+        return build_adaptive_dataset(dataset, scores, copts, dataset_opt, logger, origin)
     core = CoreSetDataset(dataset, scores, mode=copts.mode, ratio=copts.ratio, skip_top=copts.skip_top,
                           seed=copts.seed)
     iters, last_epoch = step_matched_epochs(len(core), dataset_opt, opt)  # refuses less than one batch

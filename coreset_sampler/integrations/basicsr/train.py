@@ -47,6 +47,7 @@ except ImportError as _e:  # the basicsr extra is missing: one line for a user, 
         raise SystemExit(2) from None
     raise
 from . import archs  # noqa: F401  (registers RDN in BasicSR's ARCH_REGISTRY)
+from .adaptive import adaptive_patches
 from .coreset import CoresetConfigError, build_coreset_dataset, step_matched_epochs, validate_options
 from .recipe import RecipeError, check_command_line, parse_force_value, safe_ordered_loader
 from ...provenance import ProvenanceError
@@ -284,6 +285,7 @@ def basicsr_hooks():
             (_bo, "ordered_yaml", _safe_ordered_yaml),
             (_bo, "_postprocess_yml_value", parse_force_value),
             (BaseModel, "model_to_device", _model_to_device),
+            *adaptive_patches(_bt),  # mode: adaptive (its sampler and the per-step loss report)
         ]):
             yield
     finally:

@@ -64,6 +64,12 @@ def find_redux_root(given=None) -> Path:
     return root
 
 
+def _missing(e: ModuleNotFoundError) -> CoresetConfigError:
+    return CoresetConfigError(
+        f"traiNNer-redux needs the module {e.name!r}, which is not installed: pip install 'coreset-sampler[redux]' "
+        "(Python >= 3.11; pinned by constraints.txt; from a clone of this repository: make install-redux)")
+
+
 def load_redux_train(root) -> object:
     """Import traiNNer-redux's ``train.py`` from the clone ``root`` (cached; the clone goes first on sys.path).
 
@@ -79,6 +85,8 @@ def load_redux_train(root) -> object:
         sys.path.insert(0, str(root))
     try:
         import traiNNer
+    except ModuleNotFoundError as e:
+        raise _missing(e) from None
     except ImportError as e:
         raise CoresetConfigError(f"cannot import traiNNer from {str(root)!r}: {e}") from None
     where = Path(traiNNer.__file__).resolve().parent
@@ -90,9 +98,7 @@ def load_redux_train(root) -> object:
     try:
         spec.loader.exec_module(mod)
     except ModuleNotFoundError as e:
-        raise CoresetConfigError(
-            f"traiNNer-redux needs the package {e.name!r}, which is not installed: pip install "
-            "'coreset-sampler[redux]' (pinned by constraints.txt; from a clone: make install-redux)") from None
+        raise _missing(e) from None
     sys.modules[_TRAIN_MODULE] = mod
     return mod
 

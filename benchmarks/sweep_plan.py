@@ -1,0 +1,203 @@
+"""The sweep's plan: every run of a preset as a hashed config, its report row and execution order.
+
+A run's config dict is what determines its result; its sha256 (``config_hash``) names the cache
+file, so changing what a config contains for existing rows would orphan the committed cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep_presets import Preset
+
+SWEEP_VERSION = 1  # bump when the meaning of a config changes: old cache entries stop matching
+
+
+@dataclasses.dataclass
+class Run:
+    """One training run: a config (hashed) plus where it shows up in the report."""
+
+    config: dict
+    label: str                    # e.g. "des 50% step"
+    arch: str
+    scale: int
+    seed: int
+    tier: int                     # execution priority (lower first)
+    order: int = 0                # position in the plan's row order (within a tier)
+    default_scorer: str | None = None
+    cells: list = dataclasses.field(default_factory=list)  # (table, arch, scale, row) it belongs to
+    cell_rank: dict = dataclasses.field(default_factory=dict)  # cell -> position in the tables' row order
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.config)
+
+    def describe(self) -> str:
+        sel = self.config["selection"]
+        parts = [self.arch, f"x{self.scale}"]
+        if sel["mode"] == "full":
+            parts.append("full")
+        else:
+            if sel["scorer"] not in (None, self.default_scorer):
+                parts.append(str(sel["scorer"]))
+            parts += [sel["mode"], f"{sel['ratio']:g}"]
+            if sel["skip_top"]:
+                parts.append(f"skip{sel['skip_top']:g}")
+            parts.append(self.config["matching"])
+        parts.append(f"seed{self.seed}")
+        return " ".join(parts)
+
+
+def config_hash(config: dict) -> str:
+    """sha256 (first 16 hex) of the canonical JSON of ``config`` (keys sorted, no whitespace)."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def row_label(mode: str, ratio: float, matching: str, scorer: str | None = None, skip_top: float = 0.0,
+              default_scorer: str | None = None) -> str:
+    if mode == "full":
+        return "full"
+    name = {"des": "DES", "asc": "ASC"}.get(mode, mode)
+    if skip_top:
+        name = f"refined {name} (skip top {100 * skip_top:g}%)"
+    if scorer is not None and scorer != default_scorer and mode in ("des", "asc", "stratified"):
+        name = f"{scorer} {name}"
+    return f"{name} {100 * ratio:g}% {matching}"
+
+
+def make_config(preset: Preset, arch_key: str, scale: int, mode: str, ratio: float, matching: str, seed: int,
+                scorer_ids: dict, eval_sets: Sequence[str], scorer: str | None = None,
+                skip_top: float = 0.0) -> dict:
+    """The dict that determines a run's result (and its cache hash)."""
+    spec = preset.archs[arch_key]
+    uses_scores = mode in ("des", "asc", "stratified", "adaptive")
+    scorer = (scorer or preset.scorer) if uses_scores else None
+    config = {
+        "v": SWEEP_VERSION,
+        "preset": preset.name,
+        "arch": spec.name,
+        "arch_kwargs": spec.kwargs,
+        "scale": scale,
+        "pool": {"sets": list(preset.train_sets), "crop": preset.crop[scale], "step": preset.step[scale]},
+        "selection": {"mode": mode, "ratio": 1.0 if mode == "full" else ratio, "skip_top": skip_top,
+                      "scorer": scorer, "scorer_id": scorer_ids.get((scorer, scale)) if scorer else None},
+        "matching": "step" if mode == "full" else matching,
+        "train": {"steps_full": spec.steps, "batch_size": preset.batch_size, "patch_size": preset.patch[scale],
+                  "lr": spec.lr, "lr_schedule": preset.lr_schedule, "loss": preset.loss, "augment": preset.augment},
+        "eval_sets": list(eval_sets),
+        "seed": seed,
+    }
+    if mode == "adaptive":  # only adaptive configs carry the key: the static rows' hashes stay as cached
+        config["selection"]["adaptive"] = {"select": "des", "refresh": preset.adaptive_refresh,
+                                           "momentum": preset.adaptive_momentum, "warmup": 0, "full_after": None}
+    return config
+
+
+def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick: bool = False) -> list[Run]:
+    """All runs of the preset (or of ``--quick``), deduplicated, in execution order.
+
+    Execution order makes a partial sweep useful: tier 0 the quick rows; tier 1 the key rows of
+    the other architectures; tier 2 the rest of Table 1; tier 3 Table 2; tier 4 Table 3 at x3 / x4;
+    tier 5 seeds beyond the first three (architectures whose spec lists more, i.e. the cheap ones),
+    in every table. Within a tier: scale, architecture, seed, row (seed-major,
+    so a partial sweep has all rows at the same number of seeds).
+    """
+    runs: dict[str, Run] = {}
+    cell_order: dict[tuple, int] = {}
+    ratios = preset.ratios
+    key_rows = [("full", 1.0, "step", None, 0.0), ("des", 0.5, "step", None, 0.0), ("asc", 0.5, "step", None, 0.0),
+                ("random", 0.5, "step", None, 0.0), ("des", 0.5, "step", None, 0.05),
+                ("des", 0.5, "epoch", None, 0.0)]
+
+    def add(table: str, arch: str, scale: int, mode: str, ratio: float, matching: str, scorer=None,
+            skip_top=0.0, tier=2, seeds=None, keep_tier=False):
+        spec = preset.archs[arch]
+        label = row_label(mode, ratio, matching, scorer, skip_top, preset.scorer)
+        for seed in (seeds if seeds is not None else spec.seeds):
+            cfg = make_config(preset, arch, scale, mode, ratio, matching, seed, scorer_ids, eval_sets, scorer,
+                              skip_top)
+            h = config_hash(cfg)
+            t = tier
+            if keep_tier:  # the adaptive table: its tier as given (static runs it shares keep their lower one)
+                pass
+            elif (mode, ratio, matching, scorer, skip_top) in key_rows and scale == 2:
+                t = 0 if arch == preset.quick_arch else min(tier, 1)
+            if list(spec.seeds).index(seed) >= 3 and not keep_tier:
+                t = 5
+            run = runs.get(h)
+            if run is None:
+                run = runs[h] = Run(cfg, label, arch, scale, seed, t, order=len(runs),
+                                    default_scorer=preset.scorer)
+            run.tier = min(run.tier, t)
+            cell = (table, arch, scale, label)
+            if cell not in run.cells:
+                run.cells.append(cell)
+                run.cell_rank[cell] = cell_order.setdefault(cell, len(cell_order))
+
+    def add_adaptive(archs, seeds_of):
+        # The adaptive rows and the static rows they are read against, seed-major per arch (tiers 6+:
+        # after everything else, FSRCNN first; a partial run has every row at the same seeds).
+        for k, arch in enumerate(a for a in preset.adaptive_archs if a in archs):
+            seeds = seeds_of(arch)
+            rows = [("full", 1.0, 0.0), ("des", 0.5, 0.0), ("des", 0.5, 0.05), ("random", 0.5, 0.0)]
+            for r in preset.adaptive_ratios:
+                if r != 0.5 and not preset.quick_only:  # cpu_long has no static rows at other ratios
+                    rows += [("des", r, 0.0), ("random", r, 0.0)]
+                rows.append(("adaptive", r, 0.0))
+            for mode, r, skip in rows:
+                add("adaptive", arch, 2, mode, r, "step", skip_top=skip, tier=6 + k, seeds=seeds, keep_tier=True)
+
+    if quick:
+        arch = preset.quick_arch
+        for mode, ratio, matching, scorer, skip in key_rows:
+            add("quick", arch, 2, mode, ratio, matching, scorer, skip, tier=0, seeds=preset.quick_seeds)
+        if arch in preset.adaptive_archs:
+            add_adaptive([arch], lambda a: preset.quick_seeds)
+        return sorted(runs.values(), key=lambda r: _order_key(preset, r))
+
+    for arch in preset.table1_archs:
+        add("table1", arch, 2, "full", 1.0, "step")
+        for matching in ("step", "epoch"):
+            for mode in ("asc", "des"):
+                for r in ratios:
+                    add("table1", arch, 2, mode, r, matching)
+        for mode in ("random", "stratified"):
+            for r in ratios:
+                add("table1", arch, 2, mode, r, "step")
+    for arch in preset.table2_archs:
+        add("table2", arch, 2, "full", 1.0, "step", tier=3)
+        add("table2", arch, 2, "des", 0.5, "step", tier=3)  # loss-based (the preset scorer)
+        for scorer in ("sobel", "interpolation"):
+            add("table2", arch, 2, "des", 0.5, "step", scorer=scorer, tier=3)
+        add("table2", arch, 2, "random", 0.5, "step", tier=3)
+    for scale, archs in preset.table3.items():
+        for arch in archs:
+            tier = 3 if scale == 2 else 4
+            add("table3", arch, scale, "full", 1.0, "step", tier=tier)
+            add("table3", arch, scale, "des", 0.5, "step", tier=tier)
+            add("table3", arch, scale, "des", 0.5, "step", skip_top=0.05, tier=tier)
+    add_adaptive(list(preset.archs), lambda a: None)
+    return sorted(runs.values(), key=lambda r: _order_key(preset, r))
+
+
+def _order_key(preset: Preset, r: Run):
+    # seed-major within a tier and architecture: a partial sweep has every row at the same number
+    # of seeds, so paired comparisons become possible as early as possible
+    arch_rank = list(preset.archs).index(r.arch)
+    return (r.tier, r.scale, arch_rank, r.seed, r.order)
+
+
+def epoch_steps(steps_full: int, kept: int, total: int) -> int:
+    """Steps of an epoch-matched run: as many epochs as the full run, so ``kept / total`` of its steps."""
+    return max(1, int(round(steps_full * kept / total)))
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
