@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml constraints.txt
 	  || $(PIP) install -q --no-cache-dir -c constraints.txt setuptools torch torchvision numpy
 	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[$(EXTRAS)]" \
 	  || $(PIP) install -q --no-cache-dir -c constraints.txt --no-build-isolation -e ".[$(EXTRAS)]"
+	# Real-ESRGAN's training code (registrations for the BasicSR-based-project tests); --no-deps:
+	# its facexlib/gfpgan are for face enhancement at inference only (docs/basicsr.md)
+	$(PIP) install -q --no-deps -c constraints.txt realesrgan \
+	  || $(PIP) install -q --no-deps --no-cache-dir -c constraints.txt realesrgan
 	touch $(STAMP)
 
 install-redux: $(STAMP)

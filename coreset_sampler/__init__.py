@@ -43,6 +43,8 @@ _EXPORTS = {
     "SobelScorer": "scorers",
     "InterpolationScorer": "scorers",
     "make_scorer": "scorers",
+    "load_model_file": "model_files",
+    "ModelFileError": "model_files",
     "AdaptiveCoreSetSampler": "adaptive",
     "IndexedDataset": "adaptive",
     "export_coreset": "export",
@@ -72,6 +74,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .adaptive import AdaptiveCoreSetSampler, IndexedDataset
     from .dataset import CoreSetDataset
     from .export import ExportReport, check_writable_outside, export_coreset
+    from .model_files import ModelFileError, load_model_file
     from .sampler import StepMatchedSampler
     from .scorers import InterpolationScorer, LossScorer, SobelScorer, make_scorer
     from .provenance import (ProvenanceError, check_granularity, check_provenance, file_digest, provenance_of,

@@ -159,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=_positive_int, default=2, help="SR scale factor")
     p.add_argument("--scorer", default="srcnn",
                    help="srcnn (bundled pre-trained SRCNN loss), sobel (texture), interpolation (bicubic "
-                        "error), or a WEIGHTS.safetensors file saved by coreset_sampler.models.save_weights")
+                        "error), a WEIGHTS.safetensors file saved by coreset_sampler.models.save_weights, "
+                        "or any SR model file spandrel recognises (MODEL.safetensors/.pth/.pt, weights only: "
+                        "ESRGAN, Real-ESRGAN Compact, SwinIR, HAT, SPAN, ...; needs the 'models' extra)")
     _add_subimage_args(p, default_from_scores=False)
     p.add_argument("--lr", metavar="LR_DIR", default=None,
                    help="folder of LR images matching DATA's (whole images only); default: bicubic from HR")
@@ -531,7 +533,19 @@ def _warn(msg: str) -> None:
 
 
 def _scorer_spec_ok(spec: str) -> bool:
-    return spec.lower() in SCORER_NAMES or spec.endswith(".safetensors") or Path(spec).is_file()
+    return spec.lower() in SCORER_NAMES or spec.lower().endswith((".safetensors", ".pth", ".pt")) \
+        or Path(spec).is_file()
+
+
+def _check_model_file(spec: str, scale: int) -> None:
+    """A foreign model file as --scorer: refuse it (exit 2) before any data is read."""
+    from .model_files import ModelFileError, is_model_file_spec, load_model_file
+
+    if is_model_file_spec(spec):
+        try:
+            load_model_file(spec, scale=scale)
+        except ModelFileError as e:
+            raise CLIError(str(e), code=2) from None
 
 
 def cmd_score(args) -> int:
@@ -541,10 +555,11 @@ def cmd_score(args) -> int:
     from .scorers import make_scorer
 
     if not _scorer_spec_ok(args.scorer):
-        raise CLIError(f"unknown scorer {args.scorer!r}: expected srcnn, sobel, interpolation or a "
-                       f"WEIGHTS.safetensors file", code=2)
+        raise CLIError(f"unknown scorer {args.scorer!r}: expected srcnn, sobel, interpolation, a "
+                       f"WEIGHTS.safetensors file or a MODEL.safetensors/.pth/.pt file", code=2)
     if args.scorer.endswith(".safetensors") and not Path(args.scorer).is_file():
         raise CLIError(f"weights file not found: {args.scorer}")
+    _check_model_file(args.scorer, args.scale)
     roots = _check_folders(args.data)
     lr_root = _check_folders([args.lr], "LR folder")[0] if args.lr else None
     spec = scorer_spec(args.scorer)
@@ -991,6 +1006,11 @@ def _main(argv: Sequence[str] | None) -> int:
         if debug:
             raise
         from .data import ImageReadError
+        from .degradation import ImageTooSmallError
+
+        if isinstance(e, ImageTooSmallError):  # bad input for this scale: a usage error, as --scorer's
+            print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+            return 2
 
         hint = " (pass --on-error skip to record unreadable images as failed)" \
             if isinstance(e, ImageReadError) and args.command == "score" else ""

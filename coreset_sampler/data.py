@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .degradation import _check_scale, downsample, modcrop
+from .degradation import _check_scale, check_lr_size, downsample, modcrop
 from .provenance import sources_digest
 
 __all__ = [
@@ -251,7 +251,9 @@ class PairedImageFolder(torch.utils.data.Dataset):
     def __getitem__(self, i) -> dict:
         i = _check_index(i, len(self))
         key = self.keys[i]
-        gt = modcrop(load_image(self.hr_paths[i]), self.scale)
+        gt = load_image(self.hr_paths[i])
+        check_lr_size(*gt.shape[-2:], self.scale, f"key {key!r} ({self.hr_paths[i]})")
+        gt = modcrop(gt, self.scale)
         if self.lr_paths is None:
             lq = downsample(gt, self.scale)
         else:

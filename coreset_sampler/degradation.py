@@ -15,7 +15,26 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["imresize", "downsample", "modcrop", "rgb_to_y"]
+__all__ = ["imresize", "downsample", "modcrop", "rgb_to_y", "ImageTooSmallError", "check_lr_size"]
+
+
+class ImageTooSmallError(ValueError):
+    """An HR image smaller than the scale allows (its LR would be empty); the message names it."""
+
+
+def check_lr_size(h: int, w: int, scale: int, what: str) -> None:
+    """Raise :class:`ImageTooSmallError` naming ``what`` if an ``h`` x ``w`` HR image has no
+    ``scale``-times-smaller LR (H or W below ``scale``).
+
+    Example:
+        >>> check_lr_size(3, 40, 4, "key 'sliver'")
+        Traceback (most recent call last):
+        ...
+        coreset_sampler.degradation.ImageTooSmallError: key 'sliver': HR image 3x40 is smaller than scale 4 allows (its LR would be 0x10); remove the image or use a smaller scale
+    """
+    if h < scale or w < scale:
+        raise ImageTooSmallError(f"{what}: HR image {h}x{w} is smaller than scale {scale} allows (its LR would be "
+                                 f"{h // scale}x{w // scale}); remove the image or use a smaller scale")
 
 
 def _cubic(x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,10 @@ to all of them:
   default, so every run picks the same convolution algorithms);
 * **distributed**: under an initialised ``torch.distributed``, rank ``r`` of ``W`` scores the
   windows ``r, r + W, r + 2W, ...`` and ``all_gather_object`` gives every rank the full scores;
+* **HR-only data**: items with only ``gt`` (and a key) get their LR made deterministically from
+  ``gt`` at the scorer's scale, exactly as :class:`~coreset_sampler.data.PairedImageFolder` does
+  without an LR folder (modcrop, MATLAB bicubic, 8-bit quantized): the score is the sample's
+  difficulty under bicubic degradation. Items with both ``lq`` and ``gt`` are used as they are;
 * **bad input**: a sample whose loading raises either stops the run with the dataset's error
   (which names the file) or, with ``on_error="skip"``, is recorded in ``Scores.failed``.
 
@@ -55,7 +59,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageReadError, PairSizeError
 from .dataset import dataset_keys
-from .degradation import _check_scale, imresize, rgb_to_y
+from .degradation import _check_scale, check_lr_size, downsample, imresize, modcrop, rgb_to_y
 from .provenance import provenance_of
 from .scores import Scores, atomic_write_bytes, dataset_fingerprint
 
@@ -180,8 +184,24 @@ def _describe(x) -> str:
     return type(x).__name__
 
 
-def _check_item(item, index: int, needs_lq: bool) -> tuple[torch.Tensor | None, torch.Tensor, str | None]:
-    """Validate one item's form; returns ``(lq, gt, key)`` as float32 CHW (lq None if unused)."""
+def _lq_from_gt(gt: torch.Tensor, scale: int | None, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """HR-only item: ``(lq, gt)`` as :class:`~coreset_sampler.data.PairedImageFolder` makes them
+    without an LR folder (modcrop, MATLAB bicubic x1/scale, 8-bit quantized): deterministic."""
+    if scale is None:
+        raise TypeError(f"{where} has only 'gt'; LR is made from it by bicubic at the scorer's scale, but this "
+                        f"scorer has none: pass scale= (or give items an 'lq')")
+    check_lr_size(*gt.shape[-2:], scale, where)
+    gt = modcrop(gt, scale)
+    return downsample(gt, scale), gt
+
+
+def _check_item(item, index: int, needs_lq: bool,
+                scale: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor, str | None]:
+    """Validate one item's form; returns ``(lq, gt, key)`` as float32 CHW (lq None if unused).
+
+    An item with ``gt`` but no ``lq`` for a scorer that needs LR gets its LR from ``gt``
+    (:func:`_lq_from_gt` at ``scale``).
+    """
     where = f"dataset item {index}"
     if not isinstance(item, dict):
         raise TypeError(f"{where} is a {type(item).__name__}; scorers expect items of the form {EXPECTED_ITEM}")
@@ -190,7 +210,8 @@ def _check_item(item, index: int, needs_lq: bool) -> tuple[torch.Tensor | None, 
         raise TypeError(f"{where} has a 'key' of type {type(key).__name__}; expected the form {EXPECTED_ITEM}")
     if key is not None:
         where += f" (key {key!r})"
-    names = ("lq", "gt") if needs_lq else ("gt",)
+    hr_only = needs_lq and isinstance(item.get("gt"), torch.Tensor) and "lq" not in item
+    names = ("lq", "gt") if needs_lq and not hr_only else ("gt",)
     out = {}
     for name in names:
         if name not in item:
@@ -202,6 +223,8 @@ def _check_item(item, index: int, needs_lq: bool) -> tuple[torch.Tensor | None, 
         if min(x.shape) < 1:
             raise ValueError(f"{where}: {name!r} is empty, shape {tuple(x.shape)}")
         out[name] = x if x.dtype == torch.float32 else x.float()
+    if hr_only:
+        out["lq"], out["gt"] = _lq_from_gt(out["gt"], scale, where)
     lq = out.get("lq")
     if lq is not None and lq.shape[0] != out["gt"].shape[0]:
         raise ValueError(f"{where}: 'lq' has {lq.shape[0]} channels but 'gt' has {out['gt'].shape[0]}")
@@ -211,8 +234,8 @@ def _check_item(item, index: int, needs_lq: bool) -> tuple[torch.Tensor | None, 
 class _Collate:
     """Turn one window's ``(index, item)`` list into shape groups (runs in the worker)."""
 
-    def __init__(self, batch_size: int, needs_lq: bool):
-        self.batch_size, self.needs_lq = batch_size, needs_lq
+    def __init__(self, batch_size: int, needs_lq: bool, scale: int | None = None):
+        self.batch_size, self.needs_lq, self.scale = batch_size, needs_lq, scale
 
     def __call__(self, batch) -> _Window:
         win = _Window(batch[0][0] // self.batch_size, len(batch))
@@ -222,7 +245,7 @@ class _Collate:
                 if isinstance(item, _LoadFailure):
                     win.failures.append(item)
                     continue
-                lq, gt, key = _check_item(item, i, self.needs_lq)
+                lq, gt, key = _check_item(item, i, self.needs_lq, self.scale)
                 shape = (None if lq is None else tuple(lq.shape), tuple(gt.shape))
                 b = buckets.setdefault(shape, ([], [], [], []))
                 b[0].append(i), b[1].append(key), b[2].append(lq), b[3].append(gt)
@@ -431,7 +454,7 @@ class _BatchScorer:
         B = self.batch_size
         windows = [list(range(w * B, min(n, (w + 1) * B))) for w in todo]
         loader = DataLoader(_Guarded(dataset), batch_sampler=windows, num_workers=self.num_workers,
-                            collate_fn=_Collate(B, self.needs_lq),
+                            collate_fn=_Collate(B, self.needs_lq, getattr(self, "scale", None)),
                             pin_memory=self.device.type == "cuda")
         yield from loader
 
@@ -798,7 +821,8 @@ class LossScorer(_BatchScorer):
         from .models import weights_digest
 
         return {"model": self.model_name, "model_digest": weights_digest(self.model.state_dict()),
-                "scale": self.scale, "loss": self.loss, "channels": "y" if self.on_y else "all"}
+                "scale": self.scale, "loss": self.loss, "channels": "y" if self.on_y else "all",
+                **getattr(self.model, "provenance", {})}  # a model file's name, sha256, architecture
 
     def _check_shapes(self, lq_shape, gt_shape, key: str) -> None:
         (_, h, w), (_, H, W) = lq_shape, gt_shape
@@ -917,8 +941,10 @@ def make_scorer(spec: str, scale: int, **kwargs) -> _BatchScorer:
 
     Args:
         spec: ``"srcnn"`` (bundled pre-trained SRCNN for ``scale``), ``"sobel"``,
-            ``"interpolation"`` (alias ``"bicubic"``), or a path to a ``.safetensors`` weights
-            file written by :func:`coreset_sampler.models.save_weights`.
+            ``"interpolation"`` (alias ``"bicubic"``), a path to a ``.safetensors`` weights
+            file written by :func:`coreset_sampler.models.save_weights`, or a model file of any
+            architecture spandrel recognises (``.safetensors``/``.pth``/``.pt``, weights only; see
+            :func:`coreset_sampler.model_files.load_model_file`).
         scale: SR scale of the dataset (ignored by ``sobel``; a weights file must match it).
         **kwargs: passed to the scorer (batch_size, num_workers, checkpoint, on_error, ...).
 
@@ -940,6 +966,12 @@ def make_scorer(spec: str, scale: int, **kwargs) -> _BatchScorer:
         if low not in available_pretrained():
             raise ValueError(f"no bundled weights for {s!r}; pass a .safetensors weights file instead")
         return LossScorer.pretrained(low, scale=scale, **kwargs)
+    from .model_files import is_model_file_spec, load_model_file
+
+    if is_model_file_spec(s):  # any architecture spandrel recognises, weights only
+        scorer = LossScorer(load_model_file(s, scale=scale), **kwargs)
+        scorer.spec = s
+        return scorer
     path = Path(s)
     if path.suffix == ".safetensors" or path.exists():
         if not path.is_file():
@@ -951,4 +983,4 @@ def make_scorer(spec: str, scale: int, **kwargs) -> _BatchScorer:
         scorer.spec = s
         return scorer
     raise ValueError(f"unknown scorer {s!r}: expected 'srcnn', 'sobel', 'interpolation' or a path to a "
-                     f".safetensors weights file")
+                     f".safetensors weights file or a model file (.safetensors/.pth/.pt)")

@@ -573,7 +573,8 @@ class WholeImageScorer:
 
         base = self._config or {"model": self.model_name, "model_digest": weights_digest(self.model.state_dict()),
                                 "scale": scale, "loss": self.loss, "channels": "y" if self.on_y else "all"}
-        return {**base, "scale": scale}
+        # a model file's name, sha256 and architecture (coreset_sampler.model_files), as LossScorer records
+        return {**base, "scale": scale, **getattr(self.model, "provenance", {})}
 
     def _geometry(self, scale: int) -> tuple[int, int]:
         tile = self.tile

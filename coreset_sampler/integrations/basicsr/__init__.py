@@ -14,9 +14,17 @@ Example:
 """
 from __future__ import annotations
 
-__all__ = ["register"]
+__all__ = ["register", "enable"]
 
 
 def register() -> None:
     """Apply the torchvision alias, import basicsr and register our arch (idempotent)."""
     from . import archs  # noqa: F401
+
+
+def enable() -> None:
+    """One line for a BasicSR-based project's own ``train.py`` (before ``train_pipeline``): the
+    ``coreset:`` block and CPU runs work as with ``coreset-sr-train``; see :mod:`.project`."""
+    from .project import enable as _enable
+
+    _enable()

@@ -73,7 +73,8 @@ BUILTIN_SCORERS = ("srcnn", "sobel", "interpolation")
 #: Every key the block accepts, with the values it allows (used in error messages).
 CORESET_KEYS: dict[str, str] = {
     "scores": "a path to the scores .safetensors file (computed and cached there when missing)",
-    "scorer": f"{' | '.join(BUILTIN_SCORERS)} | path/to/weights.safetensors",
+    "scorer": f"{' | '.join(BUILTIN_SCORERS)} | path/to/weights.safetensors | path/to/model.safetensors|.pth|.pt "
+              "(any SR model file spandrel recognises)",
     "mode": " | ".join(MODES) + " | adaptive (re-selected from the training loss; see .adaptive)",
     "ratio": "a number in (0, 1], with ratio + skip_top <= 1",
     "skip_top": "a number in [0, 1), with ratio + skip_top <= 1",
@@ -92,6 +93,7 @@ CORESET_KEYS: dict[str, str] = {
 SUBIMAGE_DEFAULTS = {"crop": 480, "step": 240, "thresh": 0}
 
 WHERE = "datasets.train.coreset"
+_MODEL_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
 class CoresetConfigError(ValueError):
@@ -202,7 +204,7 @@ def parse_coreset_block(block: Any, where: str = WHERE) -> CoresetOptions:
     if not _is_int(seed) or seed < 0:
         raise _bad("seed", seed)
     scorer = o.get("scorer", defaults.scorer)
-    if not isinstance(scorer, str) or not (scorer in BUILTIN_SCORERS or scorer.endswith(".safetensors")):
+    if not isinstance(scorer, str) or not (scorer in BUILTIN_SCORERS or scorer.endswith(_MODEL_SUFFIXES)):
         raise _bad("scorer", scorer)
     scores = o.get("scores")
     if scores is not None and (not isinstance(scores, (str, os.PathLike)) or not str(scores).strip()):
@@ -271,9 +273,11 @@ def validate_options(opt: Mapping) -> CoresetOptions | None:
             raise CoresetConfigError(f"{WHERE}.scores: {copts.scores!r} exists but is not a regular file (a folder, "
                                      f"FIFO or device); allowed: {CORESET_KEYS['scores']}")
         must_score = copts.needs_scores and (copts.rescore or not os.path.exists(copts.scores))
-        if must_score and copts.scorer.endswith(".safetensors") and not os.path.isfile(copts.scorer):
+        if must_score and copts.scorer.endswith(_MODEL_SUFFIXES) and not os.path.isfile(copts.scorer):
             raise CoresetConfigError(f"{WHERE}.scorer: weights file {copts.scorer!r} not found (needed to compute "
                                      f"{copts.scores!r}); allowed: {CORESET_KEYS['scorer']}")
+        if must_score and copts.scorer.endswith(_MODEL_SUFFIXES):
+            _check_model_file(copts.scorer, opt.get("scale", dataset_opt.get("scale")))
         if must_score and copts.scorer == "srcnn":
             from ...models import available_pretrained
 
@@ -289,7 +293,7 @@ def validate_options(opt: Mapping) -> CoresetOptions | None:
             if backend != "disk":
                 raise CoresetConfigError(f"{WHERE}.export_meta_info: needs io_backend type 'disk' (BasicSR's "
                                          f"meta_info lists image files), got {backend!r}")
-            src = dataset_opt.get("meta_info_file")
+            src = dataset_opt.get("meta_info_file") or dataset_opt.get("meta_info")  # Real-ESRGAN says meta_info
             if src and os.path.abspath(src) == os.path.abspath(copts.export_meta_info):
                 raise CoresetConfigError(f"{WHERE}.export_meta_info: {copts.export_meta_info!r} is the recipe's own "
                                          "meta_info_file; write the pruned list to another path")
@@ -381,14 +385,33 @@ def _subset(scores: Scores, keys: list[str]) -> Scores:
 
 # -- the dataset side -------------------------------------------------------------------------
 
+def _check_model_file(spec: str, scale) -> None:
+    """A foreign model file as ``scorer``: unknown architecture, pickle, wrong scale -> refused now."""
+    from ...model_files import ModelFileError, is_model_file_spec, load_model_file
+
+    if is_model_file_spec(spec):
+        try:
+            load_model_file(spec, scale=scale)
+        except ModelFileError as e:
+            raise CoresetConfigError(f"{WHERE}.scorer: {e}") from None
+
+
+def _gt_files(dataset) -> list[str]:
+    """The GT file of every sample: paired ``paths`` or an HR-only file list."""
+    from .hr_only import _path_of, hr_file_list
+
+    hr = hr_file_list(dataset)
+    return [_path_of(p) for p in hr] if hr is not None else [p["gt_path"] for p in _paired_paths(dataset)]
+
+
 def _paired_paths(dataset) -> list[dict]:
     paths = getattr(dataset, "paths", None)
     if not isinstance(paths, list) or not all(isinstance(p, Mapping) and "gt_path" in p and "lq_path" in p
                                                for p in paths):
         raise CoresetConfigError(
-            f"{WHERE}: the train dataset type {type(dataset).__name__} has no paired `paths` (a list of dicts with "
-            "gt_path and lq_path, as BasicSR's PairedImageDataset keeps); the coreset block supports paired "
-            "datasets only")
+            f"{WHERE}: the train dataset type {type(dataset).__name__} has neither paired `paths` (a list of dicts "
+            "with gt_path and lq_path, as BasicSR's PairedImageDataset keeps) nor an HR file list (`paths` of "
+            "file names, as Real-ESRGAN's RealESRGANDataset keeps); the coreset block needs one of them")
     return paths
 
 
@@ -442,6 +465,10 @@ def check_pair_sizes(dataset, scale: int) -> int:
     backend = getattr(dataset, "io_backend_opt", None) or dataset.opt.get("io_backend") or {}
     if backend.get("type", "disk") != "disk":
         return 0
+    from .hr_only import hr_file_list, hr_only_keys
+
+    if hr_file_list(dataset) is not None:  # HR only: every image must hold an LR at this scale
+        return _check_hr_sizes(dataset, hr_only_keys(dataset), int(scale))
     paths = _paired_paths(dataset)
     for p in paths:
         sizes = []
@@ -509,6 +536,24 @@ RESCORE_FIX = (f"set rescore: true in {WHERE} to score the dataset again and ove
                "scores: at a new file)")
 
 
+def _check_hr_sizes(dataset, keys: list[str], scale: int) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    from ...degradation import ImageTooSmallError, check_lr_size
+    from .hr_only import _path_of, hr_file_list
+
+    files = [_path_of(p) for p in hr_file_list(dataset)]
+    for key, f in zip(keys, files):
+        try:
+            with Image.open(f) as im:  # header only
+                check_lr_size(im.height, im.width, scale, f"key {key!r} ({f})")
+        except ImageTooSmallError as e:
+            raise CoresetConfigError(f"{WHERE}: {e}") from None
+        except (OSError, UnidentifiedImageError) as e:
+            raise CoresetConfigError(f"{WHERE}: cannot read image {f} (sample {key!r}): {e}") from None
+    return len(files)
+
+
 def basicsr_provenance(dataset, scale: int) -> dict:
     """What a BasicSR paired dataset is made of, in the form of :mod:`coreset_sampler.provenance`.
 
@@ -526,6 +571,18 @@ def basicsr_provenance(dataset, scale: int) -> dict:
     opt = getattr(dataset, "opt", {}) or {}
     gt_root, lq_root = opt.get("dataroot_gt"), opt.get("dataroot_lq")
     backend = getattr(dataset, "io_backend_opt", None) or opt.get("io_backend") or {}
+    from .hr_only import _path_of, hr_file_list
+
+    hr = hr_file_list(dataset)
+    if hr is not None:  # HR only, LR by bicubic when scored: as PairedImageFolder without an LR folder
+        out = {"dataset": "paired_folder", "scale": int(scale), "degradation": "bicubic",
+               "hr_root": str(gt_root), "lr_root": None}
+        if backend.get("type", "disk") == "lmdb":
+            out["dataset"] = "basicsr_lmdb"
+            out["sources"] = sources_digest([Path(gt_root) / "data.mdb"], gt_root)
+        else:
+            out["sources"] = sources_digest([_path_of(p) for p in hr], gt_root)
+        return out
     out = {"dataset": "paired_folder", "scale": int(scale), "degradation": "lr_folder",
            "hr_root": str(gt_root), "lr_root": str(lq_root)}
     if backend.get("type", "disk") == "lmdb":
@@ -539,15 +596,16 @@ def basicsr_provenance(dataset, scale: int) -> dict:
     return out
 
 
-def expected_provenance(copts: CoresetOptions, scale: int) -> dict:
+def expected_provenance(copts: CoresetOptions, scale: int, hr_only: bool = False) -> dict:
     """The fields a cached scores file must have recorded to be used by this block.
 
     ``scorer`` (the block's spec as written), ``scale`` (the recipe's) and ``degradation``:
     BasicSR's paired datasets read LR images from ``dataroot_lq``, so scores computed from a
     bicubic downscale of the HR images (``coreset-sr score`` without ``--lr``) do not fit. With
-    ``sources:`` (whole-image) the LR is the bicubic of the source images: ``degradation: bicubic``.
+    ``sources:`` (whole-image) the LR is the bicubic of the source images, and HR-only datasets
+    (``hr_only``) are scored on bicubic LR: there it is ``degradation: bicubic``.
     """
-    if copts.sources is not None:  # whole-image: the LR is MATLAB bicubic of the sources, not dataroot_lq
+    if copts.sources is not None or hr_only:
         return {"scorer": copts.scorer, "scale": int(scale), "degradation": "bicubic"}
     return {"scorer": copts.scorer, "scale": int(scale), "degradation": "lr_folder"}
 
@@ -655,11 +713,11 @@ def write_meta_info(path, dataset, indices) -> Path:
     """
     from PIL import Image
 
-    paths = _paired_paths(dataset)
+    files = _gt_files(dataset)
     gt_root = dataset.opt["dataroot_gt"]
     lines = []
     for i in indices:
-        gt_path = paths[int(i)]["gt_path"]
+        gt_path = files[int(i)]
         with Image.open(gt_path) as im:  # reads the header only
             w, h = im.size
             c = len(im.getbands())
@@ -755,11 +813,23 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
     if copts.export_meta_info is not None:
         check_outside_dataroots(copts.export_meta_info, dataset_opt)
     scale = int(opt.get("scale", dataset_opt.get("scale", 1)))
-    paths = _paired_paths(dataset)
+    from .hr_only import HROnlyScoringView, hr_file_list, hr_only_keys
+
+    hr_only = hr_file_list(dataset) is not None  # Real-ESRGAN style: HR files only, LR made on the fly
     # Folder listings come in file-system order: sort by key so the kept set, the scores file and
     # the tie-breaking do not depend on the machine.
-    paths.sort(key=lambda p: Path(p["gt_path"]).stem)
-    keys = basicsr_keys(dataset)
+    if hr_only:
+        try:
+            unsorted = hr_only_keys(dataset)
+        except ValueError as e:
+            raise CoresetConfigError(f"{WHERE}: {e}") from None
+        order = sorted(range(len(unsorted)), key=unsorted.__getitem__)
+        dataset.paths[:] = [dataset.paths[i] for i in order]
+        keys = [unsorted[i] for i in order]
+    else:
+        paths = _paired_paths(dataset)
+        paths.sort(key=lambda p: Path(p["gt_path"]).stem)
+        keys = basicsr_keys(dataset)
     rank, world = _dist()
     # The planned core-set must hold one batch per rank: known from the counts, so refuse before scoring.
     step_matched_epochs(selection_counts(len(keys), copts.ratio, copts.skip_top)[0], dataset_opt, opt)
@@ -784,23 +854,31 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
                 # per crop vs whole image first: the two are other numbers, whatever else matches
                 check_granularity(loaded, copts.granularity, source=source, fix=RESCORE_FIX)
                 # Rank 0 fingerprints the sources (hashing every image once); all ranks share its verdict.
-                check_provenance(loaded, expected=expected_provenance(copts, scale), dataset=described,
+                check_provenance(loaded, expected=expected_provenance(copts, scale, hr_only), dataset=described,
                                  source=source, fix=RESCORE_FIX)
 
             _on_rank0(check)
         else:
-            scorer = _make_scorer(copts, scale, _scoring_device(opt))
+            try:
+                scorer = _make_scorer(copts, scale, _scoring_device(opt))
+            except ValueError as e:  # a model file that cannot score this recipe
+                raise CoresetConfigError(f"{WHERE}.scorer: {e}") from None
             why = " (rescore: true)" if copts.rescore and path.is_file() else ""
             if logger is not None:
                 how = f"whole-image from {len(folder.sources)} source image(s) in {copts.sources}" if folder else ""
+                what = " (HR only: LR by MATLAB bicubic from each whole HR image)" if hr_only else ""
                 logger.info(f"core-set: scoring {len(keys)} samples with {copts.scorer!r} "
-                            f"(x{scale}, {world} rank(s){', ' + how if how else ''}) -> {path}{why}")
-            if folder is not None:
-                fresh = _subset(scorer.score(folder), keys)  # LossScorer's whole-image path
-                if fresh.metadata.get("granularity") != "whole_image":
-                    raise CoresetConfigError(f"{WHERE}.sources: scorer {copts.scorer!r} did not score whole-image")
-            else:
-                fresh = scorer.score(BasicSRScoringView(dataset, scale))
+                            f"(x{scale}, {world} rank(s){', ' + how if how else ''}){what} -> {path}{why}")
+            try:
+                if folder is not None:
+                    fresh = _subset(scorer.score(folder), keys)  # LossScorer's whole-image path
+                else:
+                    view = HROnlyScoringView(dataset, keys) if hr_only else BasicSRScoringView(dataset, scale)
+                    fresh = scorer.score(view)
+            except ValueError as e:  # e.g. an HR image smaller than the scale allows (names the key)
+                raise CoresetConfigError(f"{WHERE}: scoring with {copts.scorer!r} failed: {e}") from None
+            if folder is not None and fresh.metadata.get("granularity") != "whole_image":
+                raise CoresetConfigError(f"{WHERE}.sources: scorer {copts.scorer!r} did not score whole-image")
             fresh = align_scores(fresh, keys, "the scorer's output")
             fresh.metadata.setdefault("scorer_spec", copts.scorer)
             fresh.metadata.setdefault("scale", scale)

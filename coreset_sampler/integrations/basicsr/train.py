@@ -297,18 +297,27 @@ def main(argv: list[str] | None = None) -> None:
 
     Args:
         argv: BasicSR's arguments (``-opt FILE [--launcher pytorch] [--auto_resume] [--debug]
-            [--force_yml k=v ...]``); ``None`` reads ``sys.argv``.
+            [--force_yml k=v ...]``), plus ours: ``--import MODULE[,MODULE]`` (repeatable)
+            imports a BasicSR-based project's modules first (``--import realesrgan``) so its
+            archs, datasets and models are registered; ``None`` reads ``sys.argv``.
 
     A user mistake (an unsafe or malformed recipe, a bad ``--force_yml`` entry, a bad ``coreset:``
     block, a scores file that does not fit the dataset or the recipe, a mismatched image pair)
     exits with status 2 and one line ``coreset-sr-train: error: ...`` naming the culprit, before
     ``experiments/`` or ``tb_logger/`` is created; no traceback.
     """
+    from .project import ProjectImportError, import_modules, project_compat, split_import_args
+
     saved_argv = sys.argv
-    if argv is not None:
-        sys.argv = [saved_argv[0] if saved_argv else "coreset-sr-train", *argv]
+    try:  # --import NAME: a BasicSR-based project's modules, registered before the recipe is parsed
+        modules, rest = split_import_args(list(saved_argv[1:] if argv is None else argv))
+        import_modules(modules)
+    except ProjectImportError as e:
+        print(f"coreset-sr-train: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    sys.argv = [saved_argv[0] if saved_argv else "coreset-sr-train", *rest]
     try:
-        with basicsr_hooks():
+        with basicsr_hooks(), project_compat():
             _bt.train_pipeline(os.getcwd())
     except USER_ERRORS as e:
         print(f"coreset-sr-train: error: {_one_line(e)}", file=sys.stderr)

@@ -1,0 +1,96 @@
+"""HR-only BasicSR datasets in the coreset block, in process: keys and the deterministic HR view."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+try:
+    from coreset_sampler.integrations.basicsr import compat  # noqa: F401
+except ImportError as e:  # pragma: no cover
+    pytest.skip(f"basicsr not importable: {e}", allow_module_level=True)
+
+from coreset_sampler.data import PairedImageFolder  # noqa: E402
+from coreset_sampler.integrations.basicsr.hr_only import HROnlyScoringView, hr_file_list, hr_only_keys  # noqa: E402
+from coreset_sampler.scorers import make_scorer  # noqa: E402
+
+pytestmark = pytest.mark.basicsr
+
+
+class FakeRealESRGANDataset:
+    """What RealESRGANDataset keeps after __init__: HR paths (from meta_info) and its options."""
+
+    def __init__(self, root, rel):
+        self.opt = {"dataroot_gt": str(root), "io_backend": {"type": "disk"}}
+        self.io_backend_opt = {"type": "disk"}
+        self.paths = [str(root / r) for r in rel]
+
+
+def _images(root, rels, size=(21, 30)):
+    rng = np.random.default_rng(1)
+    for r in rels:
+        (root / r).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / r)
+
+
+def test_keys_are_stems_or_meta_info_entries_when_stems_collide(tmp_path):
+    _images(tmp_path, ["a/x.png", "a/y.png"])
+    assert hr_only_keys(FakeRealESRGANDataset(tmp_path, ["a/x.png", "a/y.png"])) == ["x", "y"]
+    _images(tmp_path, ["b/x.png"])
+    ds = FakeRealESRGANDataset(tmp_path, ["a/x.png", "b/x.png", "a/y.png"])
+    assert hr_only_keys(ds) == ["a/x", "b/x", "a/y"]
+
+
+def test_paired_datasets_are_not_hr_only(tmp_path):
+    class Paired:
+        paths = [{"gt_path": "a.png", "lq_path": "a_lq.png"}]
+
+    assert hr_file_list(Paired()) is None and hr_file_list(object()) is None
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_hr_view_scores_like_the_paired_bicubic_folder(tmp_path, scale):
+    rels = ["p.png", "q.png", "r.png"]
+    _images(tmp_path, rels)
+    view = HROnlyScoringView(FakeRealESRGANDataset(tmp_path, rels))
+    item = view[0]
+    assert set(item) == {"gt", "key"} and item["gt"].shape == (3, 21, 30) and item["key"] == "p"
+    kw = dict(num_workers=0, progress=False, device="cpu")
+    a = make_scorer("srcnn", scale, **kw).score(view)
+    b = make_scorer("srcnn", scale, **kw).score(PairedImageFolder(tmp_path, scale=scale))
+    assert a.keys == b.keys == ["p", "q", "r"]
+    np.testing.assert_array_equal(a.values, b.values)
+
+
+def test_unreadable_hr_file_names_the_key(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    view = HROnlyScoringView(FakeRealESRGANDataset(tmp_path, ["bad.png"]))
+    with pytest.raises(ValueError, match=r"cannot read sample 'bad'"):
+        view[0]
+
+
+def test_cli_scores_of_the_hr_folder_fit_the_hr_only_block(tmp_path):
+    """`coreset-sr score HR --crop 0` over the same HR files passes the block's provenance check."""
+    from coreset_sampler import Scores
+    from coreset_sampler.cli import main
+    from coreset_sampler.integrations.basicsr.coreset import (_Described, expected_provenance,
+                                                              parse_coreset_block)
+    from coreset_sampler.provenance import ProvenanceError, check_provenance
+
+    hr = tmp_path / "HR"
+    rels = ["p.png", "q.png", "r.png"]
+    _images(hr, rels, size=(24, 32))
+    out = tmp_path / "s.safetensors"
+    assert main(["score", str(hr), "--crop", "0", "--scale", "4", "--scorer", "interpolation", "--out", str(out),
+                 "--workers", "0", "--no-progress", "--device", "cpu"]) == 0
+    scores = Scores.load(out)
+    copts = parse_coreset_block({"scores": str(out), "scorer": "interpolation"})
+    fake = FakeRealESRGANDataset(hr, rels)
+    check_provenance(scores, expected=expected_provenance(copts, 4, hr_only=True), dataset=_Described(fake, 4),
+                     source="s", fix="rescore")
+    view = make_scorer("interpolation", 4, num_workers=0, progress=False, device="cpu").score(
+        HROnlyScoringView(fake))
+    np.testing.assert_array_equal(view.values, scores.values)  # the block would compute the same values
+    with pytest.raises(ProvenanceError, match="degradation"):  # a paired recipe reads an LR folder
+        check_provenance(scores, expected=expected_provenance(copts, 4), dataset=_Described(fake, 4),
+                         source="s", fix="rescore")
