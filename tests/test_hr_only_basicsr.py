@@ -73,7 +73,7 @@ def test_cli_scores_of_the_hr_folder_fit_the_hr_only_block(tmp_path):
     """`coreset-sr score HR --crop 0` over the same HR files passes the block's provenance check."""
     from coreset_sampler import Scores
     from coreset_sampler.cli import main
-    from coreset_sampler.integrations.basicsr.coreset import (_Described, expected_provenance,
+    from coreset_sampler.integrations.basicsr.coreset import (DescribedDataset, expected_provenance,
                                                               parse_coreset_block)
     from coreset_sampler.provenance import ProvenanceError, check_provenance
 
@@ -86,11 +86,11 @@ def test_cli_scores_of_the_hr_folder_fit_the_hr_only_block(tmp_path):
     scores = Scores.load(out)
     copts = parse_coreset_block({"scores": str(out), "scorer": "interpolation"})
     fake = FakeRealESRGANDataset(hr, rels)
-    check_provenance(scores, expected=expected_provenance(copts, 4, hr_only=True), dataset=_Described(fake, 4),
+    check_provenance(scores, expected=expected_provenance(copts, 4, hr_only=True), dataset=DescribedDataset(fake, 4),
                      source="s", fix="rescore")
     view = make_scorer("interpolation", 4, num_workers=0, progress=False, device="cpu").score(
         HROnlyScoringView(fake))
     np.testing.assert_array_equal(view.values, scores.values)  # the block would compute the same values
     with pytest.raises(ProvenanceError, match="degradation"):  # a paired recipe reads an LR folder
-        check_provenance(scores, expected=expected_provenance(copts, 4), dataset=_Described(fake, 4),
+        check_provenance(scores, expected=expected_provenance(copts, 4), dataset=DescribedDataset(fake, 4),
                          source="s", fix="rescore")

@@ -1,1 +1,28 @@
 """Integrations with third-party training frameworks (each imports its framework lazily)."""
+import contextlib
+
+
+@contextlib.contextmanager
+def patched(patches):
+    """Set ``(obj, name, new)`` attributes for the ``with`` block, then restore them, in reverse order.
+
+    The old value is read from ``obj.__dict__`` (not ``getattr``) so a class's staticmethod or
+    classmethod comes back as the descriptor it was, not as a bound or plain function.
+
+    Example:
+        >>> import types
+        >>> m = types.SimpleNamespace(f=1)
+        >>> with patched([(m, "f", 2)]):
+        ...     m.f
+        2
+        >>> m.f
+        1
+    """
+    saved = [(obj, name, obj.__dict__[name]) for obj, name, _ in patches]
+    try:
+        for obj, name, new in patches:
+            setattr(obj, name, new)
+        yield
+    finally:
+        for obj, name, old in reversed(saved):
+            setattr(obj, name, old)

@@ -66,6 +66,7 @@ __all__ = [
     "validate_options", "basicsr_keys", "BasicSRScoringView", "align_scores", "build_coreset_dataset",
     "write_meta_info", "implied_epochs", "step_matched_epochs", "check_pair_sizes", "check_outside_dataroots",
     "basicsr_provenance", "expected_provenance", "RESCORE_FIX", "subimage_folder", "SUBIMAGE_DEFAULTS",
+    "DescribedDataset", "uniform_scores",
 ]
 
 BUILTIN_SCORERS = ("srcnn", "sobel", "interpolation")
@@ -610,16 +611,28 @@ def expected_provenance(copts: CoresetOptions, scale: int, hr_only: bool = False
     return {"scorer": copts.scorer, "scale": int(scale), "degradation": "lr_folder"}
 
 
-class _Described:
-    """A BasicSR dataset seen through :func:`basicsr_provenance` (computed on first use)."""
+class DescribedDataset:
+    """A framework's dataset seen through its provenance function (computed on first use).
 
-    def __init__(self, dataset, scale: int):
+    ``check_provenance(dataset=...)`` calls ``.provenance()``; BasicSR and traiNNer-redux datasets
+    have none, so this gives them one: ``provenance_fn(dataset, scale)``, by default
+    :func:`basicsr_provenance`.
+    """
+
+    def __init__(self, dataset, scale: int, provenance_fn=None):
         self._dataset, self._scale, self._prov = dataset, scale, None
+        self._fn = provenance_fn or basicsr_provenance
 
     def provenance(self) -> dict:
         if self._prov is None:
-            self._prov = basicsr_provenance(self._dataset, self._scale)
+            self._prov = self._fn(self._dataset, self._scale)
         return self._prov
+
+
+def uniform_scores(keys: list[str]) -> tuple[Scores, str]:
+    """Zero scores for a block that needs none (``mode: random`` without ``skip_top``), and its origin."""
+    return (Scores(np.zeros(len(keys), dtype=np.float32), keys=keys, metadata={"scorer": "none"}),
+            "none (uniform random, no scores needed)")
 
 
 def _load_scores(path: Path, source: str) -> Scores:
@@ -837,15 +850,14 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
     _on_rank0(lambda: check_pair_sizes(dataset, scale))
 
     if not copts.needs_scores:
-        scores = Scores(np.zeros(len(keys), dtype=np.float32), keys=keys, metadata={"scorer": "none"})
-        origin = "none (uniform random, no scores needed)"
+        scores, origin = uniform_scores(keys)
     else:
         path = Path(copts.scores)
         source = f"{WHERE}.scores file {str(path)!r}"
         # whole-image: the sub-images traced to their sources (checked again here: the files may have
         # changed since validate_options)
         folder = subimage_folder(copts, dataset_opt, scale) if copts.sources is not None else None
-        described = folder if folder is not None else _Described(dataset, scale)
+        described = folder if folder is not None else DescribedDataset(dataset, scale)
         if _rank0_decides(path.is_file()) and not copts.rescore:
             origin = f"{path} (loaded)"
             loaded = align_scores(_subset(_load_scores(path, source), keys), keys, source)

@@ -51,6 +51,7 @@ from .adaptive import adaptive_patches
 from .coreset import CoresetConfigError, build_coreset_dataset, step_matched_epochs, validate_options
 from .recipe import RecipeError, check_command_line, parse_force_value, safe_ordered_loader
 from ...provenance import ProvenanceError
+from .. import patched
 
 import basicsr.train as _bt  # noqa: E402
 import basicsr.utils.options as _bo  # noqa: E402
@@ -172,7 +173,7 @@ def _create_train_val_dataloader(opt, logger):
         return core
 
     # create_train_val_dataloader looks build_dataset up in basicsr.train's globals at call time.
-    with _patched([(_bt, "build_dataset", build_dataset)]):
+    with patched([(_bt, "build_dataset", build_dataset)]):
         train_loader, train_sampler, val_loaders, total_epochs, total_iters = \
             _STOCK["create_train_val_dataloader"](opt, logger)
     if built:  # the core-set run: make BasicSR's epoch count reach total_iter (see step_matched_epochs)
@@ -241,18 +242,6 @@ def load_resume_state(opt):
     return resume_state
 
 
-@contextlib.contextmanager
-def _patched(patches):
-    saved = [(obj, name, obj.__dict__[name]) for obj, name, _ in patches]
-    try:
-        for obj, name, new in patches:
-            setattr(obj, name, new)
-        yield
-    finally:
-        for obj, name, old in reversed(saved):
-            setattr(obj, name, old)
-
-
 def _safe_ordered_yaml():
     # BasicSR's parse_options reads the recipe with ordered_yaml()[0]: give it the safe loader.
     return safe_ordered_loader(), _STOCK["ordered_yaml"]()[1]
@@ -277,7 +266,7 @@ def basicsr_hooks():
     """
     _PREPARED.clear()
     try:
-        with _patched([
+        with patched([
             (_bt, "parse_options", _parse_options),
             (_bt, "create_train_val_dataloader", _create_train_val_dataloader),
             (_bt, "load_resume_state", load_resume_state),

@@ -28,10 +28,11 @@ from torch.utils.data import Dataset
 
 from ...dataset import CoreSetDataset
 from ...provenance import check_provenance, sources_digest
-from ...scores import Scores, atomic_write_bytes
+from ...scores import atomic_write_bytes
 from ...selection import selection_counts
-from ..basicsr.coreset import (RESCORE_FIX, WHERE, CoresetConfigError, CoresetOptions, _barrier, _dist,
-                               _load_scores, _make_scorer, _on_rank0, _rank0_decides, align_scores)
+from ..basicsr.coreset import (RESCORE_FIX, WHERE, CoresetConfigError, CoresetOptions, DescribedDataset, _barrier,
+                               _dist, _load_scores, _make_scorer, _on_rank0, _rank0_decides, align_scores,
+                               uniform_scores)
 
 __all__ = ["redux_keys", "ReduxScoringView", "RunArithmetic", "redux_iterations", "build_redux_coreset",
            "write_redux_meta_info", "redux_provenance", "redux_expected_provenance"]
@@ -226,16 +227,6 @@ def redux_expected_provenance(copts: CoresetOptions, scale: int, paired: bool) -
     return {"scorer": copts.scorer, "scale": int(scale), "degradation": "lr_folder" if paired else "bicubic"}
 
 
-class _Described:
-    def __init__(self, dataset, scale: int):
-        self._dataset, self._scale, self._prov = dataset, scale, None
-
-    def provenance(self) -> dict:
-        if self._prov is None:
-            self._prov = redux_provenance(self._dataset, self._scale)
-        return self._prov
-
-
 def _check_export_path(path, dataset_opt) -> None:
     from ...export import UnsafeWriteError, check_writable_outside
 
@@ -319,8 +310,7 @@ def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger
         raise _too_small(planned, dataset_opt, opt)
 
     if not copts.needs_scores:
-        scores = Scores(np.zeros(len(keys), dtype=np.float32), keys=keys, metadata={"scorer": "none"})
-        origin = "none (uniform random, no scores needed)"
+        scores, origin = uniform_scores(keys)
     else:
         path = Path(copts.scores)
         source = f"{WHERE}.scores file {str(path)!r}"
@@ -330,7 +320,7 @@ def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger
             # Rank 0 fingerprints the sources (hashing every image once); all ranks share its verdict.
             _on_rank0(lambda: check_provenance(
                 loaded, expected=redux_expected_provenance(copts, scale, paired),
-                dataset=_Described(dataset, scale), source=source, fix=RESCORE_FIX))
+                dataset=DescribedDataset(dataset, scale, redux_provenance), source=source, fix=RESCORE_FIX))
         else:
             scorer = _make_scorer(copts, scale, _scoring_device(opt))
             view = ReduxScoringView(dataset, scale)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ...provenance import ProvenanceError
 from ..basicsr.coreset import CoresetConfigError, CoresetOptions
+from .. import patched
 from .recipe import read_recipe, strip_coreset_block, validate_recipe
 
 __all__ = ["main", "find_redux_root", "load_redux_train", "redux_hooks", "prepare", "Prepared", "USER_ERRORS"]
@@ -103,18 +104,6 @@ def load_redux_train(root) -> object:
     return mod
 
 
-@contextlib.contextmanager
-def _patched(patches):
-    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
-    try:
-        for obj, name, new in patches:
-            setattr(obj, name, new)
-        yield
-    finally:
-        for obj, name, old in reversed(saved):
-            setattr(obj, name, old)
-
-
 def redux_hooks(train_module, copts: CoresetOptions | None):
     """A context manager that routes traiNNer-redux's training through the ``coreset:`` block.
 
@@ -177,7 +166,7 @@ def redux_hooks(train_module, copts: CoresetOptions | None):
     @contextlib.contextmanager
     def both():
         Config._config = Config._args = None
-        with _patched([(ropts, "yaml_load", yaml_load),
+        with patched([(ropts, "yaml_load", yaml_load),
                                        (train_module, "build_dataset", build_dataset),
                                        (train_module, "diff_user_vs_template", diff_user_vs_template)]):
             yield
