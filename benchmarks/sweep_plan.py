@@ -61,9 +61,11 @@ def config_hash(config: dict) -> str:
 
 
 def row_label(mode: str, ratio: float, matching: str, scorer: str | None = None, skip_top: float = 0.0,
-              default_scorer: str | None = None) -> str:
+              default_scorer: str | None = None, exported_from: str | None = None) -> str:
     if mode == "full":
         return "full"
+    if exported_from is not None:
+        return f"exported adaptive {100 * ratio:g}% {matching}"
     name = {"des": "DES", "asc": "ASC"}.get(mode, mode)
     if skip_top:
         name = f"refined {name} (skip top {100 * skip_top:g}%)"
@@ -74,11 +76,18 @@ def row_label(mode: str, ratio: float, matching: str, scorer: str | None = None,
 
 def make_config(preset: Preset, arch_key: str, scale: int, mode: str, ratio: float, matching: str, seed: int,
                 scorer_ids: dict, eval_sets: Sequence[str], scorer: str | None = None,
-                skip_top: float = 0.0) -> dict:
-    """The dict that determines a run's result (and its cache hash)."""
+                skip_top: float = 0.0, exported_from: str | None = None) -> dict:
+    """The dict that determines a run's result (and its cache hash).
+
+    ``exported_from``: hash of an adaptive run; the selection then ranks that run's final loss
+    estimate (its exported scores file) instead of the preset's scorer.
+    """
     spec = preset.archs[arch_key]
     uses_scores = mode in ("des", "asc", "stratified", "adaptive")
     scorer = (scorer or preset.scorer) if uses_scores else None
+    if exported_from is not None:
+        scorer = f"adaptive:{exported_from}"
+        scorer_ids = {(scorer, scale): f"adaptive-run:{exported_from}"}
     config = {
         "v": SWEEP_VERSION,
         "preset": preset.name,
@@ -97,6 +106,8 @@ def make_config(preset: Preset, arch_key: str, scale: int, mode: str, ratio: flo
     if mode == "adaptive":  # only adaptive configs carry the key: the static rows' hashes stay as cached
         config["selection"]["adaptive"] = {"select": "des", "refresh": preset.adaptive_refresh,
                                            "momentum": preset.adaptive_momentum, "warmup": 0, "full_after": None}
+    if exported_from is not None:  # only exported rows carry the key (no other hash changes)
+        config["selection"]["exported_from"] = exported_from
     return config
 
 
@@ -117,12 +128,16 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
                 ("des", 0.5, "epoch", None, 0.0)]
 
     def add(table: str, arch: str, scale: int, mode: str, ratio: float, matching: str, scorer=None,
-            skip_top=0.0, tier=2, seeds=None, keep_tier=False):
+            skip_top=0.0, tier=2, seeds=None, keep_tier=False, exported=False):
         spec = preset.archs[arch]
-        label = row_label(mode, ratio, matching, scorer, skip_top, preset.scorer)
+        label = row_label(mode, ratio, matching, scorer, skip_top, preset.scorer, "" if exported else None)
         for seed in (seeds if seeds is not None else spec.seeds):
+            src = None
+            if exported:  # the adaptive run of the same arch, scale, ratio and seed
+                src = config_hash(make_config(preset, arch, scale, "adaptive", ratio, matching, seed, scorer_ids,
+                                              eval_sets))
             cfg = make_config(preset, arch, scale, mode, ratio, matching, seed, scorer_ids, eval_sets, scorer,
-                              skip_top)
+                              skip_top, exported_from=src)
             h = config_hash(cfg)
             t = tier
             if keep_tier:  # the adaptive table: its tier as given (static runs it shares keep their lower one)
@@ -153,6 +168,10 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
                 rows.append(("adaptive", r, 0.0))
             for mode, r, skip in rows:
                 add("adaptive", arch, 2, mode, r, "step", skip_top=skip, tier=6 + k, seeds=seeds, keep_tier=True)
+            if arch in preset.exported_adaptive_archs and 0.5 in preset.adaptive_ratios and not quick:
+                # after the adaptive run of the same seed (same tier, later in the plan order)
+                add("adaptive", arch, 2, "des", 0.5, "step", tier=6 + k, seeds=seeds, keep_tier=True,
+                    exported=True)
 
     if quick:
         arch = preset.quick_arch

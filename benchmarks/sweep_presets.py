@@ -80,6 +80,9 @@ class Preset:
     adaptive_ratios: tuple[float, ...] = (0.5, 0.25)
     adaptive_refresh: int = 50
     adaptive_momentum: float = 0.5
+    # Exported adaptive rows (issue 13, item 4): static DES at 50% over the FINAL loss estimate of the
+    # adaptive 50% run of the same arch and seed, step-matched: does the exported set train as well?
+    exported_adaptive_archs: tuple[str, ...] = ()
 
 
 CPU = Preset(
@@ -123,6 +126,7 @@ CPU = Preset(
     # 500 / 300 steps: refresh every 50 steps re-selects 9 / 5 times; init from the preset's SRCNN scores,
     # so the first 50 steps are the static DES core-set and every later change is the adaptation's
     adaptive_archs=("fsrcnn", "edsr", "swinir"),
+    exported_adaptive_archs=("fsrcnn",),
 )
 
 # The paper's setting (Sec. 4.1): DIV2K train HR cut into 480x480 sub-images at stride 240 (~32k),
@@ -176,6 +180,7 @@ CPU_LONG = dataclasses.replace(
     table3={},
     quick_only=True,
     adaptive_archs=("fsrcnn",),
+    exported_adaptive_archs=(),
 )
 
 PRESETS = {p.name: p for p in (CPU, CPU_LONG, PAPER)}

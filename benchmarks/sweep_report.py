@@ -271,7 +271,9 @@ def _budget_table(preset: Preset, plan: list[Run], records: dict, scoring: list)
         tot_meas += meas
         lines.append(f"| {arch} | x{scale} | {len(runs)} | {equiv:.2f} | {per:.0f} | {planned:.0f} | {len(oks)} | "
                      f"{med:.0f} | {meas:.0f} |")
-    needed = sorted({(r.config["selection"]["scorer"], r.scale) for r in plan if r.config["selection"]["scorer"]})
+    # exported adaptive rows rank a run's own final estimate: no scoring pass
+    needed = sorted({(r.config["selection"]["scorer"], r.scale) for r in plan if r.config["selection"]["scorer"]
+                     and "exported_from" not in r.config["selection"]})
     # a cache shared with a larger plan (--quick inside cpu) holds scores this plan never needed
     wanted = set(needed)
     scoring = [s for s in scoring if (s.get("scorer"), s.get("scale")) in wanted]
@@ -430,6 +432,10 @@ def _claims(preset, cells, records, prim, eval_sets, find, any_table, values, qu
                 add("(new) adaptive beats refined DES", arch, 2, ad, "refined DES (skip top 5%) 50% step", "better")
             add("(new) adaptive beats random", arch, 2, ad, f"random {pct} step", "better")
             add("(new) adaptive beats full", arch, 2, ad, "full", "better")
+    for arch in preset.exported_adaptive_archs:  # issue 13 item 4: does the exported final set train as well?
+        ex = "exported adaptive 50% step"
+        add("(new) exported adaptive set trains as well as static DES", arch, 2, ex, "DES 50% step", "matches")
+        add("(new) exported adaptive set trains as well as adaptive", arch, 2, ex, "adaptive 50% step", "matches")
     return out
 
 
@@ -469,8 +475,29 @@ def _adaptive_section(preset: Preset, cells: dict, records: dict, prim: str = "B
                f"{load([recs[k] for k in seeds]):.1f} / {load([static[k] for k in seeds]):.1f} |" if a_s and s_s
                else "- | - | - | - |"))
     lines.append("")
+    lines += _exported_section(cells, records)
     lines += _adaptive_pooled(preset, cells, records, prim)
     return "\n".join(lines)
+
+
+def _exported_section(cells: dict, records: dict) -> list[str]:
+    """Exported adaptive rows: how much of the static DES core-set the exported final set keeps."""
+    rows = []
+    for (table, arch, scale, label), runs in cells.items():
+        if table != "adaptive" or not label.startswith("exported adaptive"):
+            continue
+        ov = [records[r.hash]["exported"]["overlap_static_des"] for r in runs
+              if records.get(r.hash, {}).get("status") == "ok" and "exported" in records[r.hash]]
+        if ov:
+            rows.append(f"| {arch} | {label} | {len(ov)} | {statistics.mean(ov):.3f} | {min(ov):.3f} - {max(ov):.3f} |")
+    if not rows:
+        return []
+    return ["### Exported adaptive core-set\n",
+            "Static DES selection over the final loss estimate of the adaptive run of the same arch and seed "
+            "(its exported scores file), trained step-matched like the static rows; its PSNR is in the table "
+            "above and its verdicts in the claims. Overlap: share of its kept samples that the static DES "
+            "core-set (preset scorer) keeps too.\n",
+            "| arch | row | n | overlap with static DES (mean) | min - max |", "|---|---|---|---|---|", *rows, ""]
 
 
 def _adaptive_pooled(preset: Preset, cells: dict, records: dict, prim: str) -> list[str]:

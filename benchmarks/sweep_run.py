@@ -341,6 +341,8 @@ def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], An
     out = {"steps": steps, "kept": len(data), "pool_size": len(pool), "train_s": train_s, "eval_s": eval_s,
            "final_loss": float(sum(tail) / len(tail)), "metrics": metrics,
            "params": sweep_archs.count_params(model)}
+    if sel.get("exported_from"):
+        out["kept_indices"] = data.indices  # popped by Sweep._run_one (overlap with static DES)
     if adaptive is not None:
         out["kept"] = int(adaptive.core.size)
         out["adaptive"] = adaptive_summary(adaptive)
@@ -438,6 +440,8 @@ class Sweep:
 
     def scores(self, spec: str, scale: int):
         key = (spec, scale)
+        if key not in self._scores and spec.startswith("adaptive:"):  # an exported adaptive estimate
+            self._scores[key] = load_adaptive_scores(self.cache_dir, spec.split(":", 1)[1], self.pool(scale))
         if key not in self._scores:
             sid = self.scorer_ids()[(spec, scale)]
             scores, path, dt = get_scores(spec, scale, self.pool(scale), self.cache_dir, sid, self.progress)
@@ -558,6 +562,9 @@ class Sweep:
             key = res.pop("adaptive_key", None)
             if key is not None:  # the final adaptive estimate, exportable as a scores file
                 res["adaptive"]["scores_file"] = save_adaptive_scores(self.cache_dir, run, key)
+            kept = res.pop("kept_indices", None)
+            if kept is not None:  # an exported adaptive row: how much of the static DES set it keeps
+                res["exported"] = self._exported_overlap(run, kept)
             rec.update(res)
             rec["status"] = "ok"
         except KeyboardInterrupt:
@@ -576,6 +583,16 @@ class Sweep:
         else:
             print(f"FAILED: {rec['error']} ({rec['wall_s']:.0f} s)", flush=True)
         return rec
+
+    def _exported_overlap(self, run: Run, kept) -> dict:
+        from coreset_sampler.dataset import CoreSetDataset
+
+        sel = run.config["selection"]
+        static = CoreSetDataset(self.pool(run.scale), self.scores(self.preset.scorer, run.scale), mode="des",
+                                ratio=sel["ratio"], skip_top=sel["skip_top"], seed=run.seed).indices
+        common = len(set(np.asarray(kept).tolist()) & set(np.asarray(static).tolist()))
+        return {"from_adaptive": sel["exported_from"], "static_scorer": self.preset.scorer,
+                "overlap_static_des": common / max(1, len(kept))}
 
     # -- report --------------------------------------------------------------------------
     def report(self, wall_s: float | None = None) -> tuple[Path, Path]:
@@ -607,6 +624,22 @@ def save_adaptive_scores(cache_dir: Path, run: Run, key) -> str:
                           "adaptive_config": sel, "arch": run.arch, "seed": run.seed,
                           "scale": run.scale}).save(path)
     return path.name
+
+
+def load_adaptive_scores(cache_dir: Path, run_hash: str, pool: Pool):
+    """The final estimate of adaptive run ``run_hash`` (written by :func:`save_adaptive_scores`)."""
+    from coreset_sampler.scores import Scores
+
+    path = cache_dir / "scores" / f"adaptive_{run_hash}.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the adaptive run {run_hash} first (its final estimate "
+                                f"is what this row selects by)")
+    scores = Scores.load(path)
+    scores.check(keys=pool.keys, source=f"scores file {path}")
+    if scores.metadata.get("adaptive_run") != run_hash:
+        raise ValueError(f"{path}: metadata adaptive_run is {scores.metadata.get('adaptive_run')!r}, expected "
+                         f"{run_hash!r}; delete the file and rerun that adaptive run")
+    return scores
 
 
 def _scoring_records(cache_dir: Path) -> list[dict]:

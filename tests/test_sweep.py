@@ -159,11 +159,11 @@ def test_every_cell_has_all_seeds_of_its_arch():
     for (table, arch, scale, label), got in seeds.items():
         assert got == set(preset.archs[arch].seeds), (table, arch, scale, label)
     assert max(len(preset.archs[a].seeds) for a in preset.archs) >= 5
-    # seeds beyond the third run last (tier 5), except the adaptive rows: they came later and run after
-    # everything, seed-major per arch (tiers 6+)
-    assert all(r.tier == 5 for r in plan if list(preset.archs[r.arch].seeds).index(r.seed) >= 3
-               and r.config["selection"]["mode"] != "adaptive")
-    assert all(r.tier >= 6 for r in plan if r.config["selection"]["mode"] == "adaptive")
+    # seeds beyond the third run last (tier 5), except the adaptive (and exported adaptive) rows: they came
+    # later and run after everything, seed-major per arch (tiers 6+)
+    later = lambda r: r.config["selection"]["mode"] == "adaptive" or "exported_from" in r.config["selection"]  # noqa: E731
+    assert all(r.tier == 5 for r in plan if list(preset.archs[r.arch].seeds).index(r.seed) >= 3 and not later(r))
+    assert all(r.tier >= 6 for r in plan if later(r))
 
 
 def test_planned_step_time_follows_the_lr_patch_area():
@@ -217,6 +217,14 @@ def test_sweep_runs_caches_and_reports(finished):
         exported = Scores.load(s.cache_dir / "scores" / rec["adaptive"]["scores_file"])
         assert exported.metadata["adaptive"] is True and exported.metadata["adaptive_run"] == r.hash
         assert len(exported) == rec["pool_size"]
+    # the exported rows ran on those files (TINY inherits the cpu preset's exported_adaptive_archs)
+    rows = [r for r in plan if r.label == "exported adaptive 50% step"]
+    assert len(rows) == len(adaptive)
+    for r in rows:
+        rec = json.loads((s.cache_dir / f"{r.hash}.json").read_text())
+        assert rec["exported"]["from_adaptive"] == r.config["selection"]["exported_from"]
+        assert 0.0 <= rec["exported"]["overlap_static_des"] <= 1.0
+    assert "Exported adaptive core-set" in written["md"]
     md, payload = written["md"], written["payload"]
     for title in ("Table 1 analog", "Table 2 analog", "Table 3 analog", "Claim by claim", "Every run", "## Budget",
                   "Adaptive core-set", "What the adaptive sampler did", "(new) adaptive beats static DES"):
@@ -545,3 +553,47 @@ def test_committed_cache_still_matches_every_static_run(preset):
     assert static and all(records.get(r.hash, {}).get("status") == "ok" for r in static)
     adaptive = [r for r in s.plan() if r.config["selection"]["mode"] == "adaptive"]
     assert adaptive and all("adaptive" in r.config["selection"] for r in adaptive)
+
+
+def test_exported_adaptive_row_selects_by_the_matching_adaptive_runs_final_estimate():
+    # issue 13 item 4: static DES 50% over the final estimate of the adaptive 50% run of the same arch and seed
+    preset = sweep.CPU
+    ids = {(s, sc): f"{s}:x" for s in (preset.scorer, "sobel", "interpolation") for sc in (2, 3, 4)}
+    plan = sweep.build_plan(preset, list(preset.eval_sets), ids)
+    exported = [r for r in plan if r.label == "exported adaptive 50% step"]
+    assert {r.arch for r in exported} == {"fsrcnn"} and {r.seed for r in exported} == set(preset.archs["fsrcnn"].seeds)
+    adaptive = {(r.arch, r.seed): r for r in plan if r.label == "adaptive 50% step"}
+    position = {r.hash: i for i, r in enumerate(plan)}
+    for r in exported:
+        sel, src = r.config["selection"], adaptive[(r.arch, r.seed)]
+        assert sel["mode"] == "des" and sel["ratio"] == 0.5 and sel["skip_top"] == 0.0 and r.config["matching"] == "step"
+        assert sel["exported_from"] == src.hash and sel["scorer"] == f"adaptive:{src.hash}"
+        assert sel["scorer_id"] == f"adaptive-run:{src.hash}"
+        assert r.config["train"] == src.config["train"]  # same protocol, step-matched
+        assert position[r.hash] > position[src.hash]  # its scores file exists by the time it runs
+        assert ("adaptive", "fsrcnn", 2, "exported adaptive 50% step") in r.cells
+    # neither the quick plan nor cpu_long has it
+    assert not [r for r in sweep.build_plan(preset, list(preset.eval_sets), ids, quick=True) if "exported" in r.label]
+    assert not [r for r in sweep.build_plan(sweep.CPU_LONG, list(preset.eval_sets), ids, quick=True)
+                if "exported" in r.label]
+
+
+def test_exported_adaptive_scores_are_loaded_from_the_runs_file_and_refused_when_foreign(tmp_path):
+    from coreset_sampler.scores import Scores
+
+    class FakePool:
+        keys = ["a", "b", "c", "d"]
+
+    (tmp_path / "scores").mkdir()
+    Scores(np.arange(4, dtype=np.float32), metadata={"adaptive_run": "abc"}).save(
+        tmp_path / "scores" / "adaptive_abc.safetensors")
+    got = sweep_run.load_adaptive_scores(tmp_path, "abc", FakePool())
+    assert got.values.tolist() == [0, 1, 2, 3]
+    with pytest.raises(FileNotFoundError, match="adaptive_zzz.safetensors is missing: run the adaptive run zzz"):
+        sweep_run.load_adaptive_scores(tmp_path, "zzz", FakePool())
+    (tmp_path / "scores" / "adaptive_abc.safetensors").rename(tmp_path / "scores" / "adaptive_xyz.safetensors")
+    with pytest.raises(ValueError, match="adaptive_run is 'abc', expected 'xyz'"):
+        sweep_run.load_adaptive_scores(tmp_path, "xyz", FakePool())
+    FakePool.keys = ["a", "b"]
+    with pytest.raises(ValueError, match="has 4 entries but the dataset has 2"):
+        sweep_run.load_adaptive_scores(tmp_path, "xyz", FakePool())
