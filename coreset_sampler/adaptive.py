@@ -131,17 +131,18 @@ class AdaptiveCoreSetSampler(Sampler[int]):
     all-gathered (``torch.distributed``, any backend), so every rank applies the same reports
     and selects the same core-set.
 
-    Resume: :meth:`state_dict` holds the position, the loss table, draw counts, the current
-    segment and the not yet applied reports (tensors and plain types, safe for
+    Resume: :meth:`state_dict` holds the position, the loss table, draw counts, this epoch's
+    drawn segments and the not yet applied reports (tensors and plain types, safe for
     ``torch.load(weights_only=True)``); after :meth:`load_state_dict` the next iteration yields
-    exactly the remaining sequence (torchdata ``StatefulDataLoader`` protocol; tested with
-    ``num_workers=0``). With ``num_workers > 0`` the ``StatefulDataLoader`` snapshots the sampler
-    when a batch's indices are sent to the workers, i.e. before the loop has reported the losses
-    of the batches in flight (``num_workers * prefetch_factor``); those reports are missing after
-    a resume, so the order is exact up to the next re-selection and may differ after it. A state saved
-    after the epoch was fully consumed resumes at the start of the next epoch. The state
-    carries the sampler's configuration and an identity digest; a state of a differently
-    configured sampler is refused, naming the field.
+    exactly the remaining sequence (torchdata ``StatefulDataLoader`` protocol). With
+    ``num_workers > 0`` the ``StatefulDataLoader`` snapshots the sampler when a batch's indices
+    are sent to the workers, before the loop has reported the losses of the batches in flight;
+    save the loop's own ``sampler.state_dict()`` next to ``loader.state_dict()`` and resume with
+    :meth:`resume_from`, which keeps that loss table and replays the drawn positions from the
+    loader's (earlier) position: exact with any number of workers. A state saved after the
+    epoch was fully consumed resumes at the start of the next epoch. The state carries the
+    sampler's configuration and an identity digest; a state of a differently configured
+    sampler is refused, naming the field.
 
     Args:
         data_source: the FULL dataset (map-style; ``.keys`` are checked against ``scores``).
@@ -230,8 +231,10 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         self.refresh_log: list[dict] = []
         self.epoch = 0
         self._pos = 0                         # indices this rank has yielded in the epoch
-        self._segment: np.ndarray | None = None  # the current global segment
+        self._drawn = np.zeros(self.per_rank, np.int64)  # this rank's part of the segments drawn so far
+        self._ndrawn = 0                      # ... in this epoch (positions < _ndrawn are drawn)
         self._seg_index = -1
+        self._held: dict | None = None        # a state given to resume_from, until the loader's snapshot
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._all_gather = self._dist_all_gather
 
@@ -371,13 +374,16 @@ class AdaptiveCoreSetSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch (seeds its order with ``seed`` and ``epoch``); resets mid-epoch progress."""
         if epoch != self.epoch:
-            self._pos, self._segment, self._seg_index = 0, None, -1
+            self._restart_epoch()
         self.epoch = int(epoch)
 
     def _phase(self, step: int) -> str:
         if self.full_after is not None and step >= self.full_after:
             return "full"
         return "warmup" if step < self.warmup else "adaptive"
+
+    def _restart_epoch(self) -> None:
+        self._pos, self._ndrawn, self._seg_index = 0, 0, -1
 
     def _new_segment(self, k: int) -> None:
         """Apply the reports, re-select the core-set and draw global segment ``k`` of the epoch."""
@@ -403,7 +409,10 @@ class AdaptiveCoreSetSampler(Sampler[int]):
             self.counts[take] += 1
             out.append(take)
             need -= take.size
-        self._segment = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+        segment = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+        mine = segment[self.rank :: self.num_replicas]
+        self._drawn[self._ndrawn : self._ndrawn + mine.size] = mine
+        self._ndrawn += mine.size
         self._seg_index = k
         self.refresh_log.append({"epoch": self.epoch, "segment": k, "step": step, "phase": phase,
                                  "kept": int(self.core.size), "changed": changed, "reported": reported,
@@ -411,36 +420,35 @@ class AdaptiveCoreSetSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         if self._pos >= self.per_rank:  # a finished pass: the same epoch again from the top
-            self._pos, self._segment, self._seg_index = 0, None, -1
+            self._restart_epoch()
         return self._generate()
 
     def _generate(self) -> Iterator[int]:
         seg = self.refresh * self.batch_size
+        self._held = None  # iteration started without a loader snapshot: the resume_from state stands
         while self._pos < self.per_rank:
-            k = self._pos // seg
-            if self._seg_index != k or self._segment is None:
-                self._new_segment(k)
-            mine = self._segment[self.rank :: self.num_replicas]
-            for i in mine[self._pos - k * seg :].tolist():
-                self._pos += 1
-                yield i
+            if self._pos >= self._ndrawn:  # positions already drawn (before a resume) are replayed
+                self._new_segment(self._pos // seg)
+            i = int(self._drawn[self._pos])
+            self._pos += 1
+            yield i
 
     # -- state -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: position, loss table, counts, segment, reports."""
+        """Everything needed to continue exactly: position, loss table, counts, drawn segments, reports."""
         pend_i = np.concatenate([p[0] for p in self._pending]) if self._pending else np.zeros(0, np.int64)
         pend_l = np.concatenate([p[1] for p in self._pending]) if self._pending else np.zeros(0)
-        seg = self._segment if self._segment is not None else np.zeros(0, np.int64)
         return {"kind": "adaptive-coreset", "digest": self.digest(), "config": self.config(),
                 "epoch": self.epoch, "yielded": self._pos, "segment_index": self._seg_index,
-                "segment": torch.from_numpy(seg.copy()), "core": torch.from_numpy(self.core.copy()),
+                "drawn": torch.from_numpy(self._drawn[: self._ndrawn].copy()),
+                "core": torch.from_numpy(self.core.copy()),
                 "estimate": torch.from_numpy(self.estimate.copy()), "seen": torch.from_numpy(self.seen.copy()),
                 "counts": torch.from_numpy(self.counts.copy()),
                 "pending_indices": torch.from_numpy(pend_i), "pending_losses": torch.from_numpy(pend_l),
                 "refresh_log": [dict(r) for r in self.refresh_log]}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`; refuses a state of a differently configured sampler."""
+    def _check_state(self, state) -> tuple[int, int, np.ndarray]:
+        """Refuse a foreign or malformed state; return its (epoch, yielded, drawn)."""
         if not isinstance(state, dict) or state.get("kind") != "adaptive-coreset":
             raise ValueError("not an AdaptiveCoreSetSampler state (missing kind='adaptive-coreset'); "
                              "was it saved by another sampler?")
@@ -452,9 +460,66 @@ class AdaptiveCoreSetSampler(Sampler[int]):
                                  f"{mine[key]!r} here")
         if state.get("digest") != self.digest():
             raise ValueError(f"sampler state digest {state.get('digest')!r} != {self.digest()!r}")
+        if "drawn" not in state:
+            raise ValueError("sampler state has no 'drawn' (saved by an older coreset-sampler); it cannot be resumed")
         yielded = int(state["yielded"])
-        if not 0 <= yielded <= self.per_rank:
-            raise ValueError(f"sampler state yielded={yielded} out of range [0, {self.per_rank}]")
+        drawn = np.asarray(state["drawn"], dtype=np.int64)
+        if not 0 <= yielded <= self.per_rank or drawn.shape != (drawn.size,) or not yielded <= drawn.size <= self.per_rank:
+            raise ValueError(f"sampler state yielded={yielded} out of range [0, {self.per_rank}] (or not within "
+                             f"its {drawn.size} drawn positions)")
+        return int(state["epoch"]), yielded, drawn
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; refuses a state of a differently configured sampler.
+
+        After :meth:`resume_from`, the next ``load_state_dict`` (the one a torchdata
+        ``StatefulDataLoader`` makes when its next iterator starts) takes only the position from
+        ``state``, which must be an earlier point of the same run; see :meth:`resume_from`.
+        """
+        epoch, yielded, drawn = self._check_state(state)
+        held, self._held = self._held, None
+        if held is None:
+            return self._apply(state, yielded)
+        h_epoch, h_yielded, h_drawn = self._check_state(held)
+        if epoch != h_epoch or yielded > h_yielded or drawn.size > h_drawn.size \
+                or not np.array_equal(drawn, h_drawn[: drawn.size]):
+            raise ValueError(f"the loader's sampler state (epoch {epoch}, position {yielded}) is not an earlier point "
+                             f"of the run given to resume_from (epoch {h_epoch}, position {h_yielded}); save "
+                             "loader.state_dict() and sampler.state_dict() at the same checkpoint")
+        self._apply(held, yielded)
+
+    def resume_from(self, state: dict) -> None:
+        """Restore a state the training loop saved with :meth:`state_dict` at its checkpoint.
+
+        The loop's own state has every loss reported up to the checkpoint. A torchdata
+        ``StatefulDataLoader`` with workers snapshots the sampler earlier, when it sends a batch's
+        indices to the workers (``num_workers * prefetch_factor`` batches ahead), so its snapshot
+        lacks the losses of the batches then in flight. After ``resume_from(saved)``, the
+        loader's own ``load_state_dict`` call (made when its next iterator starts) sets only the
+        position: the batches drawn after it are replayed from ``saved`` and the loss table,
+        reports and draw counts are ``saved``'s, so the run continues exactly as an uninterrupted
+        one (0 or more workers). Without a loader snapshot (a plain loop, or a ``DataLoader``
+        with no workers) ``saved`` is simply restored, as :meth:`load_state_dict` does.
+
+        Args:
+            state: :meth:`state_dict` taken by the loop at its checkpoint (after reporting the last
+                consumed batch), with ``loader.state_dict()`` taken at the same point.
+
+        Raises:
+            ValueError: a state of another configuration (names the field), or, when the loader
+                restores, a loader snapshot that is not an earlier point of the same run.
+
+        Example:
+            >>> torch.save({"loader": loader.state_dict(), "sampler": sampler.state_dict()}, "ckpt.pt")
+            >>> ckpt = torch.load("ckpt.pt", weights_only=True)                      # doctest: +SKIP
+            >>> loader.load_state_dict(ckpt["loader"])
+            >>> sampler.resume_from(ckpt["sampler"])
+        """
+        _, yielded, _ = self._check_state(state)
+        self._apply(state, yielded)
+        self._held = state
+
+    def _apply(self, state: dict, yielded: int) -> None:
         arrays = {}
         for key, dtype, size in (("estimate", np.float64, self.n), ("seen", np.bool_, self.n),
                                  ("counts", np.int64, self.n)):
@@ -464,10 +529,12 @@ class AdaptiveCoreSetSampler(Sampler[int]):
             arrays[key] = a.copy()
         self.estimate, self.seen, self.counts = arrays["estimate"], arrays["seen"], arrays["counts"]
         self.core = np.asarray(state["core"], dtype=np.int64).copy()
-        seg = np.asarray(state["segment"], dtype=np.int64).copy()
+        drawn = np.asarray(state["drawn"], dtype=np.int64)
+        self._drawn = np.zeros(self.per_rank, np.int64)
+        self._drawn[: drawn.size] = drawn
+        self._ndrawn = int(drawn.size)
         self.epoch = int(state["epoch"])
         self._seg_index = int(state["segment_index"])
-        self._segment = seg if self._seg_index >= 0 else None
         pi = np.asarray(state["pending_indices"], dtype=np.int64)
         pl = np.asarray(state["pending_losses"], dtype=np.float64)
         self._pending = [(pi.copy(), pl.copy())] if pi.size else []
@@ -475,7 +542,7 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         self._pos = yielded
         if yielded == self.per_rank:  # the epoch was consumed: continue with the next one
             self.epoch += 1
-            self._pos, self._segment, self._seg_index = 0, None, -1
+            self._restart_epoch()
 
     # -- export ------------------------------------------------------------------------
     def to_scores(self, run: str | None = None, metadata: dict | None = None):

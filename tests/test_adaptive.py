@@ -368,17 +368,23 @@ def test_state_of_another_rank_is_refused():
 
 # ------------------------------------------------------------------- torchdata StatefulDataLoader
 
-def _loader_run(workers, cut=None, state=None, epochs=3):
-    """Batches (and reports) through torchdata's StatefulDataLoader; optionally cut after 3 batches of epoch 1."""
+def _loader_run(workers, cut=None, state=None, epochs=3, recipe=True, start=1):
+    """Batches (and reports) through torchdata's StatefulDataLoader; optionally cut after 3 batches of epoch 1.
+
+    The checkpoint holds ``loader.state_dict()`` and the loop's ``sampler.state_dict()``; a resume
+    loads them with the documented recipe (``recipe=False``: the loader's state alone).
+    """
     from torchdata.stateful_dataloader import StatefulDataLoader
 
     data = IndexedDataset([{"x": torch.tensor(float(i))} for i in range(40)])
     sampler = AdaptiveCoreSetSampler(data, 0.3, batch_size=3, refresh=2, seed=5, scores=np.arange(40.0))
     loader = StatefulDataLoader(data, batch_size=3, sampler=sampler, num_workers=workers)
-    start = 0
-    if state is not None:  # the loader hands the sampler its state when the next iterator starts
-        loader.load_state_dict(state)
-        start = 1  # the loop knows its epoch from its own checkpoint
+    if state is not None:  # the loader hands the sampler its snapshot when the next iterator starts
+        loader.load_state_dict(state["loader"])
+        if recipe:
+            sampler.resume_from(state["sampler"])
+    else:
+        start = 0  # a resumed loop knows its epoch (start) from its own checkpoint
     out, step = [], 0
     for epoch in range(start, epochs):
         sampler.set_epoch(epoch)
@@ -388,17 +394,55 @@ def _loader_run(workers, cut=None, state=None, epochs=3):
             out.append(idx.tolist())
             step += 1
             if cut is not None and epoch == 1 and step == cut:
-                return out, loader.state_dict()
-    return out, None
+                return out, {"loader": loader.state_dict(), "sampler": sampler.state_dict()}, sampler
+    return out, None, sampler
 
 
-@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.xfail(strict=True, reason=(
-    "documented limit: with workers, torchdata snapshots the sampler when a batch's indices are sent, before "
-    "the loop reports the losses of the batches in flight; those reports are missing after resume")))])
-def test_resume_through_stateful_dataloader(workers):
+TABLE = ("estimate", "seen", "counts", "pending_indices", "pending_losses", "core")
+
+
+@pytest.mark.parametrize("cut", [3, 7, 14])  # 14: the last batch of epoch 1 (resumes at epoch 2)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_through_stateful_dataloader(workers, cut):
+    """The documented recipe: loader.load_state_dict(...) + sampler.resume_from(...): exact with workers too."""
     pytest.importorskip("torchdata.stateful_dataloader")
-    ref, _ = _loader_run(workers)
+    ref, _, ref_sampler = _loader_run(workers)
     steps_per_epoch = -(-40 // 3)
-    head, state = _loader_run(workers, cut=steps_per_epoch + 3)
-    tail, _ = _loader_run(workers, state=roundtrip(state))
+    head, state, first = _loader_run(workers, cut=steps_per_epoch + cut)
+    if workers and cut < steps_per_epoch:  # the loader's snapshot is behind the loop: why resume_from exists
+        snap = state["loader"]["_snapshot"]["_main_snapshot"]["_sampler_iter_state"]["sampler_state"]
+        assert snap["yielded"] < state["sampler"]["yielded"]
+    tail, _, second = _loader_run(workers, state=roundtrip(state), start=1 if cut < steps_per_epoch else 2)
     assert head + tail == ref
+    want, got = ref_sampler.state_dict(), second.state_dict()
+    for key in TABLE:
+        assert torch.equal(got[key], want[key]), key
+    assert got["refresh_log"] == want["refresh_log"]
+
+
+def test_loader_state_alone_is_exact_without_workers():
+    pytest.importorskip("torchdata.stateful_dataloader")
+    ref, _, _ = _loader_run(0)
+    head, state, _ = _loader_run(0, cut=-(-40 // 3) + 3)
+    tail, _, _ = _loader_run(0, state=roundtrip(state), recipe=False)
+    assert head + tail == ref
+
+
+def test_resume_from_refuses_a_loader_state_of_another_checkpoint():
+    pytest.importorskip("torchdata.stateful_dataloader")
+    _, early, _ = _loader_run(0, cut=-(-40 // 3) + 1)
+    _, late, _ = _loader_run(0, cut=-(-40 // 3) + 5)
+    mixed = {"loader": late["loader"], "sampler": early["sampler"]}  # the loader is ahead of the loop's state
+    with pytest.raises(ValueError, match="not an earlier point of the run given to resume_from"):
+        _loader_run(0, state=roundtrip(mixed))
+
+
+def test_resume_from_without_loader_equals_load_state_dict():
+    s = AdaptiveCoreSetSampler(range(20), 0.5, batch_size=2, refresh=2, seed=1)
+    drive(s, stop_after=5)
+    state = roundtrip(s.state_dict())
+    a = AdaptiveCoreSetSampler(range(20), 0.5, batch_size=2, refresh=2, seed=1)
+    b = AdaptiveCoreSetSampler(range(20), 0.5, batch_size=2, refresh=2, seed=1)
+    a.resume_from(state)
+    b.load_state_dict(state)
+    assert list(a) == list(b)
