@@ -56,3 +56,45 @@ def test_tiny_cpu_run_reports_losses_and_reselects(tmp_path, pairs):
     assert all("applied 8 losses" in line for line in reselections[1:]), reselections
     keys = recorded(cwd)  # the prefetcher reads a batch or two past the last iteration
     assert len(keys) >= 6 * 4 and len(keys) % 4 == 0 and len(set(keys)) <= 16
+
+
+@pytest.mark.slow
+@pytest.mark.basicsr
+def test_resume_carries_the_sampler_state(tmp_path, pairs):
+    """6 iterations with states at 3 and 6, then --auto_resume to 9: the sampler's loss table goes on."""
+    import shutil
+
+    from coreset_sampler.integrations.basicsr.adaptive import STATE_KEY, _read_training_state, loss_table_digest
+    from test_basicsr_integration import EXP
+
+    (tmp_path / "first").mkdir()
+    cwd = workdir(tmp_path / "first", pairs)
+    adaptive = [*FORCE, "datasets:train:coreset:mode=adaptive", "datasets:train:coreset:refresh=2",
+                "datasets:train:coreset:skip_top=0", "logger:use_tb_logger=false"]
+    proc = run(cwd, ["--force_yml", *adaptive])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    states = cwd / "experiments" / EXP / "training_states"
+    saved = _read_training_state(states / "6.state")[STATE_KEY]  # weights_only read of BasicSR's file
+    assert saved["yielded"] > 0 and int(saved["seen"].sum()) > 0 and len(saved["refresh_log"]) == 3
+
+    bad = tmp_path / "bad"
+    shutil.copytree(cwd, bad, symlinks=True)
+    other = [f.replace("refresh=2", "refresh=3") for f in adaptive]
+    proc = run(bad, ["--auto_resume", "--force_yml", *other])
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert "coreset-sr-train: error: path.resume_state" in proc.stderr and "refresh=2 in the state, 3 here" \
+        in proc.stderr, proc.stderr[-2000:]
+
+    longer = [f for f in adaptive if "total_iter" not in f] + ["train:total_iter=9"]
+    proc = run(cwd, ["--auto_resume", "--force_yml", *longer])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log = newest_log(cwd)
+    assert f"core-set adaptive: resumed the sampler state from {states / '6.state'}" in log, log[-3000:]
+    assert f"loss table {loss_table_digest(saved)}" in log
+    after = _read_training_state(states / "9.state")[STATE_KEY]
+    assert after["refresh_log"][:3] == saved["refresh_log"] and len(after["refresh_log"]) > 3
+    # the next re-selection continued the saved epoch's segments and applied the reports pending at iter 6
+    nxt = after["refresh_log"][3]
+    assert (nxt["epoch"], nxt["segment"]) == (saved["epoch"], saved["segment_index"] + 1), nxt
+    assert nxt["reported"] == saved["pending_indices"].numel() > 0
+    assert bool((after["seen"] >= saved["seen"]).all())  # nothing forgotten: the table went on from 6's

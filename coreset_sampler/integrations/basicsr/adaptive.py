@@ -27,20 +27,36 @@ with the batch's indices; every ``refresh`` iterations the sampler re-selects th
 (``ratio``, ``skip_top``) over its loss estimate and the log says so (``core-set adaptive:
 re-selection ...``). Knobs and defaults: :class:`~coreset_sampler.adaptive.AdaptiveCoreSetSampler`.
 
-Limits: BasicSR's resume state does not carry the sampler's loss table, so a resumed run starts
-its estimate again from the scores file; models whose step does not leave ``output`` and ``gt``
-on the model (BasicSR's ``SRModel`` does) are refused at the first step, naming the attribute.
+Resume: every training state BasicSR saves (``experiments/<name>/training_states/<iter>.state``)
+also holds ``coreset_adaptive``, the sampler's :meth:`~coreset_sampler.adaptive.AdaptiveCoreSetSampler.state_dict`
+(tensors and plain types: read back with ``weights_only=True``). A resumed run (``--auto_resume`` or
+``path.resume_state``) loads it into the sampler, so the loss table, reports, draw counts and
+position carry on, and logs ``core-set adaptive: resumed the sampler state from ...``; a state of
+another core-set or setting is refused in one line naming the field. The run continues from the
+sampler's saved position (the batches the loader had prefetched then are skipped, where stock
+BasicSR restarts the epoch).
+
+Limits: with more than one process the state saved is rank 0's, so a distributed resume starts
+the estimate again from the scores file (logged as a warning); models whose step does not leave
+``output`` and ``gt`` on the model (BasicSR's ``SRModel`` does) are refused at the first step,
+naming the attribute.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from ...adaptive import AdaptiveCoreSetSampler, IndexedDataset
 
 __all__ = ["ADAPTIVE_KEYS", "AdaptiveOptions", "AdaptiveTrainSet", "parse_adaptive_block", "build_adaptive_dataset",
-           "adaptive_patches", "report_step"]
+           "adaptive_patches", "report_step", "STATE_KEY", "loss_table_digest"]
+
+#: The key of the sampler's state in BasicSR's training state file.
+STATE_KEY = "coreset_adaptive"
 
 #: The keys ``mode: adaptive`` adds to the block (the others are the static block's).
 ADAPTIVE_KEYS: dict[str, str] = {
@@ -168,8 +184,71 @@ def report_step(model, sampler: AdaptiveCoreSetSampler, current_iter: int, logge
     _ACTIVE["logged"] = len(sampler.refresh_log)
 
 
+def loss_table_digest(state: Mapping) -> str:
+    """sha256 (16 hex) of a sampler state's loss table (``estimate`` and ``seen``), as the resume log shows it."""
+    h = hashlib.sha256()
+    for key in ("estimate", "seen"):
+        h.update(state[key].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _read_training_state(path) -> dict:
+    from collections import Counter
+
+    import torch
+
+    with torch.serialization.safe_globals([Counter]):  # BasicSR's MultiStepRestartLR keeps a Counter
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _save_with_sampler(model, sampler, save):
+    """``model.save_training_state`` that adds :data:`STATE_KEY` to the file BasicSR just wrote."""
+
+    def save_training_state(epoch, current_iter):
+        save(epoch, current_iter)
+        if current_iter == -1 or sampler.rank != 0:  # BasicSR writes on rank 0 only (master_only)
+            return
+        path = os.path.join(model.opt["path"]["training_states"], f"{current_iter}.state")
+        if not os.path.isfile(path):  # BasicSR's own retries failed and it logged why
+            return
+        import torch
+
+        from ...scores import atomic_write_bytes
+
+        state = _read_training_state(path)
+        state[STATE_KEY] = sampler.state_dict()
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    return save_training_state
+
+
+def _resume(sampler, path, logger) -> None:
+    """Load the sampler state of the BasicSR training state ``path`` (a resumed run)."""
+    state = _read_training_state(path).get(STATE_KEY)
+    if state is None:
+        logger.warning(f"core-set adaptive: {path} holds no adaptive sampler state (saved without mode: adaptive "
+                       "or by an older coreset-sampler); the loss estimate starts again from the initial scores")
+        return
+    if sampler.num_replicas > 1:
+        logger.warning(f"core-set adaptive: {path} holds rank 0's sampler state only; with {sampler.num_replicas} "
+                       "processes the loss estimate starts again from the initial scores")
+        return
+    try:
+        sampler.load_state_dict(state)
+    except ValueError as e:
+        raise _error(f"path.resume_state {path}: its adaptive sampler state does not fit this run: {e}; resume "
+                     "with the coreset block (and dataset) that saved it, or start a new experiment") from None
+    _ACTIVE["logged"] = len(sampler.refresh_log)
+    logger.info(f"core-set adaptive: resumed the sampler state from {path}: epoch {sampler.epoch}, position "
+                f"{state['yielded']}, {int(state['seen'].sum())} samples seen, {len(sampler.refresh_log)} "
+                f"re-selections so far, loss table {loss_table_digest(state)}")
+
+
 def _attach(model, sampler, logger) -> None:
     feed, step = model.feed_data, model.optimize_parameters
+    model.save_training_state = _save_with_sampler(model, sampler, model.save_training_state)
 
     def feed_data(data):
         model._coreset_index = data.get("index") if isinstance(data, Mapping) else None
@@ -184,7 +263,8 @@ def _attach(model, sampler, logger) -> None:
 
 def adaptive_patches(bt) -> list[tuple[Any, str, Any]]:
     """``(module, name, replacement)`` for ``basicsr.train``: the sampler for an :class:`AdaptiveTrainSet`
-    and the report hook on the model; both fall through to BasicSR's own for any other set."""
+    and, on the model, the report hook and the sampler state in (and from) the training state;
+    both fall through to BasicSR's own for any other set."""
     stock_sampler, stock_build_model = bt.EnlargedSampler, bt.build_model
     _ACTIVE.clear()
 
@@ -201,6 +281,9 @@ def adaptive_patches(bt) -> list[tuple[Any, str, Any]]:
             from basicsr.utils import get_root_logger
 
             _attach(model, sampler, get_root_logger())
+            path = (opt.get("path") or {}).get("resume_state")
+            if path:  # set by load_resume_state (--auto_resume or path.resume_state), which ran before
+                _resume(sampler, path, get_root_logger())
         return model
 
     return [(bt, "EnlargedSampler", enlarged_sampler), (bt, "build_model", build_model)]
