@@ -510,8 +510,9 @@ class AdaptiveCoreSetSampler(Sampler[int]):
                 restores, a loader snapshot that is not an earlier point of the same run.
 
         Example:
-            >>> torch.save({"loader": loader.state_dict(), "sampler": sampler.state_dict()}, "ckpt.pt")
-            >>> ckpt = torch.load("ckpt.pt", weights_only=True)                      # doctest: +SKIP
+            >>> torch.save({"loader": loader.state_dict(), "sampler": sampler.state_dict()},
+            ...            "ckpt.pt")                                             # doctest: +SKIP
+            >>> ckpt = torch.load("ckpt.pt", weights_only=True)
             >>> loader.load_state_dict(ckpt["loader"])
             >>> sampler.resume_from(ckpt["sampler"])
         """
