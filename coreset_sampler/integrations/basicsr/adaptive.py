@@ -32,9 +32,9 @@ also holds ``coreset_adaptive``, the sampler's :meth:`~coreset_sampler.adaptive.
 (tensors and plain types: read back with ``weights_only=True``). A resumed run (``--auto_resume`` or
 ``path.resume_state``) loads it into the sampler, so the loss table, reports, draw counts and
 position carry on, and logs ``core-set adaptive: resumed the sampler state from ...``; a state of
-another core-set or setting is refused in one line naming the field. The run continues from the
-sampler's saved position (the batches the loader had prefetched then are skipped, where stock
-BasicSR restarts the epoch).
+another core-set or setting is refused in one line naming the field. The saved position is the
+last trained batch's: the batches the loader's workers had already drawn are drawn again, in the
+same order, so the resumed run sees the uninterrupted run's samples (stock BasicSR restarts the epoch).
 
 Limits: with more than one process the state saved is rank 0's, so a distributed resume starts
 the estimate again from the scores file (logged as a warning); models whose step does not leave
@@ -127,6 +127,23 @@ def parse_adaptive_block(block: Mapping, where: str) -> AdaptiveOptions:
                            full_after=full_after)
 
 
+class _TrainingSampler(AdaptiveCoreSetSampler):
+    """The sampler as BasicSR drives it: a new iterator starts after the last sample trained on.
+
+    BasicSR makes a throw-away iterator (``CPUPrefetcher.__init__``) before the epoch's own, and
+    with workers each iterator draws batches ahead at once; restarting from the trained count
+    (``trained``, counted by :func:`report_step`) replays those draws instead of skipping them.
+    """
+
+    trained: tuple[int, int] = (0, 0)  # (epoch, samples reported in it)
+
+    def __iter__(self):
+        epoch, done = self.trained
+        if epoch == self.epoch and done < self._pos:
+            self._pos = done
+        return super().__iter__()
+
+
 class AdaptiveTrainSet(IndexedDataset):
     """The full BasicSR train set, items with ``index``, carrying what its sampler needs."""
 
@@ -136,7 +153,7 @@ class AdaptiveTrainSet(IndexedDataset):
 
     def make_sampler(self, num_replicas: int, rank: int, enlarge: int = 1) -> AdaptiveCoreSetSampler:
         o = self.options
-        return AdaptiveCoreSetSampler(
+        return _TrainingSampler(
             self, o.ratio, mode="des", skip_top=o.skip_top, scores=self.scores, batch_size=self.batch_size,
             refresh=o.refresh, momentum=o.momentum, warmup=o.warmup, full_after=o.full_after,
             num_samples=len(self) * int(enlarge), seed=o.seed, num_replicas=num_replicas, rank=rank)
@@ -176,6 +193,9 @@ def report_step(model, sampler: AdaptiveCoreSetSampler, current_iter: int, logge
     per_sample = (out - gt).abs().flatten(1).mean(1).float().cpu()
     logged = _ACTIVE.get("logged", 0)
     sampler.update(index, per_sample)
+    # samples the loop has trained on in the sampler's epoch (the loader's workers may have drawn more)
+    epoch, done = getattr(sampler, "trained", (sampler.epoch, 0))
+    sampler.trained = (sampler.epoch, (done if epoch == sampler.epoch else 0) + int(per_sample.numel()))
     if logger is not None:
         for rec in sampler.refresh_log[logged:]:
             logger.info(f"core-set adaptive: re-selection {rec['segment']} of epoch {rec['epoch']} at iter "
@@ -216,7 +236,11 @@ def _save_with_sampler(model, sampler, save):
         from ...scores import atomic_write_bytes
 
         state = _read_training_state(path)
-        state[STATE_KEY] = sampler.state_dict()
+        mine = sampler.state_dict()
+        epoch, done = getattr(sampler, "trained", (None, 0))
+        if epoch == mine["epoch"] and done <= mine["yielded"]:  # resume after the last trained batch: the
+            mine["yielded"] = done  # ones the workers had prefetched are replayed from mine["drawn"]
+        state[STATE_KEY] = mine
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(path, buf.getvalue())
@@ -241,6 +265,7 @@ def _resume(sampler, path, logger) -> None:
         raise _error(f"path.resume_state {path}: its adaptive sampler state does not fit this run: {e}; resume "
                      "with the coreset block (and dataset) that saved it, or start a new experiment") from None
     _ACTIVE["logged"] = len(sampler.refresh_log)
+    sampler.trained = (sampler.epoch, int(state["yielded"]) % sampler.per_rank)
     logger.info(f"core-set adaptive: resumed the sampler state from {path}: epoch {sampler.epoch}, position "
                 f"{state['yielded']}, {int(state['seen'].sum())} samples seen, {len(sampler.refresh_log)} "
                 f"re-selections so far, loss table {loss_table_digest(state)}")
