@@ -157,7 +157,7 @@ def select_indices(scores, mode: str = "des", ratio: float = 0.5, skip_top: floa
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    check_seed(seed)  # validated in every mode: a bad seed is a bug even where unused
+    seed = check_seed(seed)  # validated in every mode: a bad seed is a bug even where unused
     s = _as_scores(scores)
     n = s.size
     kept, skipped = selection_counts(n, ratio, skip_top)
@@ -173,7 +173,7 @@ def select_indices(scores, mode: str = "des", ratio: float = 0.5, skip_top: floa
 
     rest = np.flatnonzero(~skip_mask) if skipped else np.arange(n, dtype=np.int64)
 
-    rng = np.random.default_rng(check_seed(seed))
+    rng = np.random.default_rng(seed)
     if mode == "random":
         picked = rest[rng.choice(rest.size, size=kept, replace=False)]
     else:
