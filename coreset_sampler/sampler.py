@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from .selection import check_seed
+
 __all__ = ["StepMatchedSampler"]
 
 _STATE_FORMAT = "coreset-sampler/step-matched-sampler"
@@ -97,8 +99,6 @@ class StepMatchedSampler(Sampler[int]):
             raise ValueError(f"num_samples must be a positive int (indices per epoch over all ranks), got "
                              f"{num_samples!r} ({type(num_samples).__name__})")
         num_samples = int(num_samples)
-        from .selection import check_seed
-
         seed = check_seed(seed, "StepMatchedSampler seed")
         if num_replicas is None:
             num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -113,7 +113,7 @@ class StepMatchedSampler(Sampler[int]):
         self.data_digest = _data_digest(data_source, n)
         self.n = n
         self.num_samples = num_samples
-        self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.num_replicas, self.rank = num_replicas, rank
         per_rank = num_samples // num_replicas if drop_last else math.ceil(num_samples / num_replicas)
         self.per_rank = per_rank
