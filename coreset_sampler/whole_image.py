@@ -592,10 +592,11 @@ class WholeImageScorer:
             The loading error of a source (naming the file and, for a missing crop, the key)
             with ``on_error="raise"``.
         """
-        from .scorers import _dist_info, _first_difference, _rank_path, _State, _version  # noqa: F401
+        from .provenance import provenance_of
+        from .scorers import _dist_info, _rank_path, _State, _version
 
         t0 = time.perf_counter()
-        ds_provenance = _dataset_provenance(dataset)  # source digests as scoring starts
+        ds_provenance = provenance_of(dataset)  # source digests as scoring starts
         plan = plan if plan is not None else plan_of(dataset)
         if plan is None:
             raise ValueError(f"{type(dataset).__name__} is not a sub-image set with known sources "
@@ -739,12 +740,6 @@ class WholeImageScorer:
     def __repr__(self) -> str:
         return (f"WholeImageScorer(model={self.model_name}, loss={self.loss}, tile={self.tile}, halo={self.halo}, "
                 f"amp={self.amp_name}, device={self.device})")
-
-
-def _dataset_provenance(dataset) -> dict | None:
-    from .provenance import provenance_of
-
-    return provenance_of(dataset)
 
 
 def _gather_sources(state, mine, crops_of, n, n_src, world):

@@ -27,6 +27,7 @@ from coreset_sampler.data import ImageReadError, PairedImageFolder, PairSizeErro
 from coreset_sampler.provenance import ProvenanceError, check_provenance
 from coreset_sampler.scorers import InterpolationScorer, LossScorer, SobelScorer, make_scorer
 from coreset_sampler.models import SRCNN
+from coreset_sampler.whole_image import WholeImageScorer
 
 FAST = dict(num_workers=0, progress=False, device="cpu")
 
@@ -296,6 +297,13 @@ CASES = [
     Case("scorer-on-error", lambda e: SobelScorer(on_error="ignore"), ValueError,
          ("on_error must be 'raise' or 'skip'", "'ignore'")),
     Case("scorer-batch-size", lambda e: SobelScorer(batch_size=0), ValueError, ("batch_size must be an integer >= 1",)),
+    # ---- whole-image scoring (issue 14): its options and what it can score
+    Case("whole-image-amp", lambda e: WholeImageScorer(SRCNN(2), amp="fp8", **FAST), ValueError,
+         ("amp must be one of", "'fp8'")),
+    Case("whole-image-tile", lambda e: WholeImageScorer(SRCNN(2), tile=-1, **FAST), ValueError,
+         ("tile must be an integer >= 0", "-1")),
+    Case("whole-image-not-a-subimage-set", lambda e: WholeImageScorer(SRCNN(2), **FAST).score(
+        PairedImageFolder(e.hr, scale=2)), ValueError, ("PairedImageFolder is not a sub-image set",)),
 ]
 
 
