@@ -233,7 +233,6 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         self._pos = 0                         # indices this rank has yielded in the epoch
         self._drawn = np.zeros(self.per_rank, np.int64)  # this rank's part of the segments drawn so far
         self._ndrawn = 0                      # ... in this epoch (positions < _ndrawn are drawn)
-        self._seg_index = -1
         self._held: dict | None = None        # a state given to resume_from, until the loader's snapshot
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._all_gather = self._dist_all_gather
@@ -383,7 +382,7 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         return "warmup" if step < self.warmup else "adaptive"
 
     def _restart_epoch(self) -> None:
-        self._pos, self._ndrawn, self._seg_index = 0, 0, -1
+        self._pos, self._ndrawn = 0, 0
 
     def _new_segment(self, k: int) -> None:
         """Apply the reports, re-select the core-set and draw global segment ``k`` of the epoch."""
@@ -413,7 +412,6 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         mine = segment[self.rank :: self.num_replicas]
         self._drawn[self._ndrawn : self._ndrawn + mine.size] = mine
         self._ndrawn += mine.size
-        self._seg_index = k
         self.refresh_log.append({"epoch": self.epoch, "segment": k, "step": step, "phase": phase,
                                  "kept": int(self.core.size), "changed": changed, "reported": reported,
                                  "seen": int(self.seen.sum())})
@@ -439,7 +437,8 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         pend_i = np.concatenate([p[0] for p in self._pending]) if self._pending else np.zeros(0, np.int64)
         pend_l = np.concatenate([p[1] for p in self._pending]) if self._pending else np.zeros(0)
         return {"kind": "adaptive-coreset", "digest": self.digest(), "config": self.config(),
-                "epoch": self.epoch, "yielded": self._pos, "segment_index": self._seg_index,
+                "epoch": self.epoch, "yielded": self._pos,
+                "segment_index": -(-self._ndrawn // (self.refresh * self.batch_size)) - 1,  # last drawn (-1: none)
                 "drawn": torch.from_numpy(self._drawn[: self._ndrawn].copy()),
                 "core": torch.from_numpy(self.core.copy()),
                 "estimate": torch.from_numpy(self.estimate.copy()), "seen": torch.from_numpy(self.seen.copy()),
@@ -535,7 +534,6 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         self._drawn[: drawn.size] = drawn
         self._ndrawn = int(drawn.size)
         self.epoch = int(state["epoch"])
-        self._seg_index = int(state["segment_index"])
         pi = np.asarray(state["pending_indices"], dtype=np.int64)
         pl = np.asarray(state["pending_losses"], dtype=np.float64)
         self._pending = [(pi.copy(), pl.copy())] if pi.size else []

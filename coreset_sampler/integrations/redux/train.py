@@ -51,12 +51,12 @@ def find_redux_root(given=None) -> Path:
     Raises:
         CoresetConfigError: the folder holds no ``train.py`` and ``traiNNer/`` package.
     """
-    candidates = [("--redux-root", given)] if given else []
-    if not candidates and os.environ.get("TRAINNER_REDUX_ROOT"):
-        candidates = [("TRAINNER_REDUX_ROOT", os.environ["TRAINNER_REDUX_ROOT"])]
-    if not candidates:
-        candidates = [("the working directory", os.getcwd())]
-    how, root = candidates[0]
+    if given:
+        how, root = "--redux-root", given
+    elif os.environ.get("TRAINNER_REDUX_ROOT"):
+        how, root = "TRAINNER_REDUX_ROOT", os.environ["TRAINNER_REDUX_ROOT"]
+    else:
+        how, root = "the working directory", os.getcwd()
     root = Path(root).expanduser().resolve()
     if not (root / "train.py").is_file() or not (root / "traiNNer" / "__init__.py").is_file():
         raise CoresetConfigError(
