@@ -398,9 +398,7 @@ class _BatchScorer:
                            "max_forward_pixels": self.max_forward_pixels,
                            "rank": rank, "world_size": world}
             if ds_provenance is not None:  # a source changed between runs: its old scores are not reused
-                content = {k: v for k, v in ds_provenance.items() if k not in ("hr_root", "lr_root", "roots")}
-                fingerprint["sources"] = hashlib.blake2b(json.dumps(content, sort_keys=True).encode(),
-                                                         digest_size=16).hexdigest()
+                fingerprint["sources"] = sources_fingerprint(ds_provenance)
             state = _State(n, n_windows)
             ckpt = None if self.checkpoint is None else _rank_path(self.checkpoint, rank, world)
             if ckpt is not None and ckpt.exists():
@@ -641,6 +639,13 @@ class _State:
         s.keys = [k if h else None for k, h in zip(parts, t["has_key"].tolist())]
         s.failed = dict(zip(failed, errors))
         return s
+
+
+def sources_fingerprint(ds_provenance: dict) -> str:
+    """A checkpoint's digest of the dataset's content (file digests, grid, degradation; not where the
+    folders are), so a checkpoint is never resumed over images that changed since it was written."""
+    content = {k: v for k, v in ds_provenance.items() if k not in ("hr_root", "lr_root", "roots")}
+    return hashlib.blake2b(json.dumps(content, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
 def _first_difference(theirs: dict, ours: dict, prefix: str = "") -> str:

@@ -593,7 +593,7 @@ class WholeImageScorer:
             with ``on_error="raise"``.
         """
         from .provenance import provenance_of
-        from .scorers import _dist_info, _rank_path, _State, _version
+        from .scorers import _dist_info, _rank_path, _State, _version, sources_fingerprint
 
         t0 = time.perf_counter()
         ds_provenance = provenance_of(dataset)  # source digests as scoring starts
@@ -616,6 +616,8 @@ class WholeImageScorer:
                        "dataset": dataset_fingerprint(plan.keys, n), "sources": n_src, "crop": plan.crop,
                        "geometry": geometry, "rank": rank, "world_size": world,
                        "batch_size": 1}  # the checkpoint's "windows" are single crops: done per crop
+        if ds_provenance is not None:  # as the per-crop path: changed sources are never resumed
+            fingerprint["sources_content"] = sources_fingerprint(ds_provenance)
         state = _State(n, n)
         ckpt = None if self.checkpoint is None else _rank_path(self.checkpoint, rank, world)
         if ckpt is not None and ckpt.exists():

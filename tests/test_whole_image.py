@@ -291,6 +291,30 @@ def test_resume_after_a_failure_gives_the_uninterrupted_scores(srcs, tmp_path):
         LossScorer(model, whole_image=False, checkpoint=ckpt, **FAST).score(ds)
 
 
+class _FlakyWithProvenance(_Flaky):
+    def provenance(self):
+        return self.ds.provenance()
+
+
+def test_resume_refuses_a_checkpoint_of_sources_that_changed(srcs, tmp_path):
+    """As the per-crop path: a checkpoint written before a source image changed is never resumed
+    (it would carry the old pixels' scores into a file that records the new pixels' digests)."""
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    model = _model()
+    ckpt = tmp_path / "ck.safetensors"
+    with pytest.raises(OSError, match="truncated"):
+        WholeImageScorer(model, checkpoint=ckpt, checkpoint_every=1, **FAST).score(_FlakyWithProvenance(ds, bad=2))
+    same = tmp_path / "same.safetensors"
+    same.write_bytes(ckpt.read_bytes())
+    resumed = WholeImageScorer(model, checkpoint=same, **FAST)
+    resumed.score(SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False))
+    assert resumed.last_stats["resumed"] > 0  # unchanged sources: the checkpoint is used
+    _write(srcs / "im0.png", 40, 52, seed=99)  # same size, other pixels
+    changed = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    with pytest.raises(ValueError, match="another scoring run"):
+        WholeImageScorer(model, checkpoint=ckpt, **FAST).score(changed)
+
+
 def test_on_error_skip_fails_every_crop_of_an_unreadable_source(srcs):
     ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
     s = WholeImageScorer(_model(), on_error="skip", **FAST).score(_Flaky(ds, bad=1))
