@@ -41,6 +41,11 @@ def test_keys_are_stems_or_meta_info_entries_when_stems_collide(tmp_path):
     assert hr_only_keys(ds) == ["a/x", "b/x", "a/y"]
 
 
+def test_hr_files_whose_keys_collide_even_as_relative_paths_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"two HR files share the key 'a/x'; keys must be unique"):
+        hr_only_keys(FakeRealESRGANDataset(tmp_path, ["a/x.png", "a/x.jpg", "b/x.png"]))
+
+
 def test_paired_datasets_are_not_hr_only(tmp_path):
     class Paired:
         paths = [{"gt_path": "a.png", "lq_path": "a_lq.png"}]

@@ -1,5 +1,6 @@
 """Integrations with third-party training frameworks (each imports its framework lazily)."""
 import contextlib
+import sys
 
 
 @contextlib.contextmanager
@@ -26,3 +27,22 @@ def patched(patches):
     finally:
         for obj, name, old in reversed(saved):
             setattr(obj, name, old)
+
+
+@contextlib.contextmanager
+def user_errors(prog: str, errors: tuple[type[Exception], ...]):
+    """Report ``errors`` raised in the block as one line ``PROG: error: ...`` on stderr; exit status 2.
+
+    The message's lines are joined with spaces; no traceback (``raise SystemExit(2) from None``).
+
+    Example:
+        >>> with user_errors("prog", (ValueError,)):   # doctest: +SKIP
+        ...     raise ValueError("bad\\nthing")
+        prog: error: bad thing
+    """
+    try:
+        yield
+    except errors as e:
+        line = " ".join(str(e).split("\n"))
+        print(f"{prog}: error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -898,8 +898,9 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
             if rank == 0:
                 # what the scores were computed from: the block's scorer spec, the recipe's scale and
                 # LR folder, and a fingerprint of every GT and LQ file (checked on every later use);
-                # whole-image: the sub-image files, the granularity and the traced sources instead
-                prov = folder.provenance() if folder is not None else basicsr_provenance(dataset, scale)
+                # whole-image: the sub-image files, the granularity and the traced sources instead, which
+                # the whole-image scorer already recorded as scoring started (not hashed a second time)
+                prov = {} if folder is not None else basicsr_provenance(dataset, scale)
                 fresh.metadata["provenance"] = {**(fresh.metadata.get("provenance") or {}), **prov,
                                                 "granularity": copts.granularity, "scorer": copts.scorer}
                 fresh.save(path)

@@ -51,7 +51,7 @@ from .adaptive import adaptive_patches
 from .coreset import CoresetConfigError, build_coreset_dataset, step_matched_epochs, validate_options
 from .recipe import RecipeError, check_command_line, parse_force_value, safe_ordered_loader
 from ...provenance import ProvenanceError
-from .. import patched
+from .. import patched, user_errors
 
 import basicsr.train as _bt  # noqa: E402
 import basicsr.utils.options as _bo  # noqa: E402
@@ -69,6 +69,7 @@ _STOCK = {
     "ordered_yaml": _bo.ordered_yaml,
 }
 
+PROG = "coreset-sr-train"
 #: Errors that are the user's to fix: ``main`` prints them as one line and exits with status 2.
 USER_ERRORS: tuple[type[Exception], ...] = (CoresetConfigError, RecipeError, ProvenanceError)
 
@@ -298,27 +299,17 @@ def main(argv: list[str] | None = None) -> None:
     from .project import ProjectImportError, import_modules, project_compat, split_import_args
 
     saved_argv = sys.argv
-    try:  # --import NAME: a BasicSR-based project's modules, registered before the recipe is parsed
+    with user_errors(PROG, (ProjectImportError,)):  # --import NAME: registered before the recipe is parsed
         modules, rest = split_import_args(list(saved_argv[1:] if argv is None else argv))
         import_modules(modules)
-    except ProjectImportError as e:
-        print(f"coreset-sr-train: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    sys.argv = [saved_argv[0] if saved_argv else "coreset-sr-train", *rest]
+    sys.argv = [saved_argv[0] if saved_argv else PROG, *rest]
     try:
-        with basicsr_hooks(), project_compat():
+        with user_errors(PROG, USER_ERRORS), basicsr_hooks(), project_compat():
             _bt.train_pipeline(os.getcwd())
-    except USER_ERRORS as e:
-        print(f"coreset-sr-train: error: {_one_line(e)}", file=sys.stderr)
-        raise SystemExit(2) from None
     finally:
         sys.argv = saved_argv
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split("\n"))
 
 
 if __name__ == "__main__":
