@@ -806,3 +806,36 @@ def test_cli_whole_image_scores_of_the_same_folders_fit_the_sources_block(subs, 
     core = cs.build_coreset_dataset(stock(dopt), dopt, full_opt(dopt), type("L", (), {
         "info": lambda self, m: log.append(m), "warning": lambda self, m: log.append(m)})())
     assert len(core) == 28 and "(loaded)" in log[0] and scores.read_bytes() == before
+
+
+def test_block_scores_with_a_spandrel_model_file(pairs, tmp_path, untouched):
+    """The block's ``scorer:`` takes a model file of any spandrel architecture: the cached scores are
+    the model's per-sample MSE on the recipe's LR/HR pairs, its digest and file are recorded, and the
+    kept set is the hardest half of those losses."""
+    pytest.importorskip("spandrel")
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact import Compact
+
+    import torch
+
+    from coreset_sampler.data import load_image
+
+    torch.manual_seed(0)
+    net = Compact(num_feat=8, num_conv=2, upscale=2).eval()
+    model_path = tmp_path / "compact_x2.safetensors"
+    save_file(net.state_dict(), str(model_path))
+    scores = tmp_path / "s.safetensors"
+    dopt = dataset_opt(pairs, scores=str(scores), scorer=str(model_path), mode="des", ratio=0.5)
+    with untouched(pairs / "HR", pairs / "LR"):
+        core = build(dopt)
+    got = Scores.load(scores)
+    keys = [f"img{i:02d}" for i in range(N)]
+    with torch.no_grad():  # the hand-written loss loop
+        want = [float(((net(load_image(pairs / "LR" / f"{k}.png")[None])[0]
+                        - load_image(pairs / "HR" / f"{k}.png")) ** 2).mean()) for k in keys]
+    assert got.keys == keys
+    np.testing.assert_allclose(got.values, want, rtol=1e-4, atol=1e-8)
+    assert got.metadata["provenance"]["scorer"] == str(model_path)
+    assert got.metadata.get("model_digest")
+    kept = sorted(core.keys)
+    assert kept == sorted(np.array(keys)[np.argsort(-np.array(want), kind="stable")[:N // 2]].tolist())

@@ -306,7 +306,7 @@ def test_dry_run_cli(redux_root, redux_train, pairs, tmp_path, monkeypatch, caps
 
 @needs_redux
 @pytest.mark.redux
-def test_scores_file_that_does_not_fit_exits_2(redux_root, redux_train, pairs, tmp_path, monkeypatch, capsys):
+def test_scores_file_that_does_not_fit_exits_2(redux_root, redux_train, pairs, tmp_path, monkeypatch, capsys, untouched):
     from coreset_sampler import Scores
     from coreset_sampler.integrations.redux.train import main
 
@@ -315,7 +315,7 @@ def test_scores_file_that_does_not_fit_exits_2(redux_root, redux_train, pairs, t
     Scores(np.arange(N_IMAGES, dtype=np.float32), keys=[f"x{i:02d}" for i in range(N_IMAGES)]).save(bad)
     recipe = _recipe(tmp_path, "Compact_fidelity.yml", {**BLOCK, "scores": str(bad)}, hr=hr, lr=lr)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as e:
+    with untouched(hr, lr), pytest.raises(SystemExit) as e:
         main(["-opt", str(recipe), "--redux-root", str(redux_root), "--dry-run"])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1
@@ -324,7 +324,7 @@ def test_scores_file_that_does_not_fit_exits_2(redux_root, redux_train, pairs, t
 
 @needs_redux
 @pytest.mark.redux
-def test_core_set_smaller_than_a_step_exits_2(redux_root, redux_train, pairs, tmp_path, monkeypatch, capsys):
+def test_core_set_smaller_than_a_step_exits_2(redux_root, redux_train, pairs, tmp_path, monkeypatch, capsys, untouched):
     from coreset_sampler.integrations.redux.train import main
 
     hr, lr = pairs
@@ -332,7 +332,7 @@ def test_core_set_smaller_than_a_step_exits_2(redux_root, redux_train, pairs, tm
                                                         "ratio": 0.125, "skip_top": 0},
                      hr=hr, lr=lr, enlarge=1, batch=4)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as e:
+    with untouched(hr, lr), pytest.raises(SystemExit) as e:
         main(["-opt", str(recipe), "--redux-root", str(redux_root), "--dry-run"])
     assert e.value.code == 2
     assert "datasets.train.coreset.ratio: the core-set keeps 2 samples, fewer than one step" in capsys.readouterr().err
