@@ -163,8 +163,10 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
             seeds = seeds_of(arch)
             rows = [("full", 1.0, 0.0), ("des", 0.5, 0.0), ("des", 0.5, 0.05), ("random", 0.5, 0.0)]
             for r in preset.adaptive_ratios:
-                if r != 0.5 and not preset.quick_only:  # cpu_long has no static rows at other ratios
-                    rows += [("des", r, 0.0), ("random", r, 0.0)]
+                if r != 0.5:  # static DES at the same ratio; random too, except in follow-up presets
+                    rows.append(("des", r, 0.0))
+                    if not preset.quick_only:
+                        rows.append(("random", r, 0.0))
                 rows.append(("adaptive", r, 0.0))
             for mode, r, skip in rows:
                 add("adaptive", arch, 2, mode, r, "step", skip_top=skip, tier=6 + k, seeds=seeds, keep_tier=True)
@@ -177,7 +179,9 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
         arch = preset.quick_arch
         for mode, ratio, matching, scorer, skip in key_rows:
             add("quick", arch, 2, mode, ratio, matching, scorer, skip, tier=0, seeds=preset.quick_seeds)
-        if arch in preset.adaptive_archs:
+        if preset.quick_only:  # a follow-up preset: the adaptive table of every arch, at its own seeds
+            add_adaptive(list(preset.archs), lambda a: preset.archs[a].seeds)
+        elif arch in preset.adaptive_archs:
             add_adaptive([arch], lambda a: preset.quick_seeds)
         return sorted(runs.values(), key=lambda r: _order_key(preset, r))
 
