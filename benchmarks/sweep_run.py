@@ -346,7 +346,9 @@ def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], An
     if adaptive is not None:
         out["kept"] = int(adaptive.core.size)
         out["adaptive"] = adaptive_summary(adaptive)
-        out["adaptive_key"] = adaptive.selection_key().astype(np.float32)  # popped by Sweep._run_one
+        # the final estimate as the library exports it (keys, sampler config): popped by Sweep._run_one
+        out["adaptive_scores"] = adaptive.to_scores(
+            run=run.hash, metadata={"arch": run.arch, "seed": run.seed, "scale": run.scale, "sweep_selection": sel})
     return out
 
 
@@ -559,9 +561,9 @@ class Sweep:
             pool = self.pool(run.scale)
             res = execute(run, pool, self.evalsets(run.scale), lambda spec: self.scores(spec, run.scale), device,
                           progress=False)
-            key = res.pop("adaptive_key", None)
-            if key is not None:  # the final adaptive estimate, exportable as a scores file
-                res["adaptive"]["scores_file"] = save_adaptive_scores(self.cache_dir, run, key)
+            exported = res.pop("adaptive_scores", None)
+            if exported is not None:  # the final adaptive estimate, exportable as a scores file
+                res["adaptive"]["scores_file"] = save_adaptive_scores(self.cache_dir, run, exported)
             kept = res.pop("kept_indices", None)
             if kept is not None:  # an exported adaptive row: how much of the static DES set it keeps
                 res["exported"] = self._exported_overlap(run, kept)
@@ -614,15 +616,10 @@ class Sweep:
         return self.write(self.results_name, payload, md)
 
 
-def save_adaptive_scores(cache_dir: Path, run: Run, key) -> str:
-    """Write a run's final adaptive estimate as a scores file (values only; the pool's order)."""
-    from coreset_sampler.scores import Scores
-
+def save_adaptive_scores(cache_dir: Path, run: Run, scores) -> str:
+    """Write a run's final adaptive estimate (``AdaptiveCoreSetSampler.to_scores``) beside the static scores."""
     path = cache_dir / "scores" / f"adaptive_{run.hash}.safetensors"
-    sel = run.config["selection"]
-    Scores(key, metadata={"scorer": "adaptive", "adaptive": True, "adaptive_run": run.hash,
-                          "adaptive_config": sel, "arch": run.arch, "seed": run.seed,
-                          "scale": run.scale}).save(path)
+    scores.save(path)
     return path.name
 
 

@@ -217,6 +217,10 @@ def test_sweep_runs_caches_and_reports(finished):
         exported = Scores.load(s.cache_dir / "scores" / rec["adaptive"]["scores_file"])
         assert exported.metadata["adaptive"] is True and exported.metadata["adaptive_run"] == r.hash
         assert len(exported) == rec["pool_size"]
+        # written by the library's own export (AdaptiveCoreSetSampler.to_scores): the pool's keys, the sampler config
+        assert exported.keys == s.pool(2).keys
+        assert exported.metadata["adaptive_config"]["ratio"] == r.config["selection"]["ratio"]
+        assert exported.metadata["sweep_selection"] == r.config["selection"]
     # the exported rows ran on those files (TINY inherits the cpu preset's exported_adaptive_archs)
     rows = [r for r in plan if r.label == "exported adaptive 50% step"]
     assert len(rows) == len(adaptive)
@@ -511,21 +515,35 @@ def test_cli_names_missing_data(tmp_path, capsys):
 
 def test_long_followup_preset_is_the_key_rows_trained_longer(tmp_path, capsys):
     long, cpu = sweep.CPU_LONG, sweep.CPU
-    assert long.quick_only and long.archs["fsrcnn"].steps == 4 * cpu.archs["fsrcnn"].steps
+    assert long.quick_only and set(long.archs) == set(cpu.archs)
+    for arch, spec in long.archs.items():  # every model 4x its cpu steps, same dims and learning rate
+        assert spec.steps == 4 * cpu.archs[arch].steps and spec.kwargs == cpu.archs[arch].kwargs
+        assert spec.lr == cpu.archs[arch].lr
+    assert long.archs["fsrcnn"].seeds == (0, 1, 2, 3, 4) and long.archs["edsr"].seeds == (0, 1, 2)
+    assert long.archs["swinir"].seeds == (0, 1, 2)
     ids = {(s, sc): f"{s}:x" for s in (long.scorer, "sobel", "interpolation") for sc in (2, 3, 4)}
     plan = sweep.build_plan(long, list(long.eval_sets), ids, quick=True)
-    # the 6 key rows and the adaptive rows (50% and 25%)
-    assert len(plan) == (6 + 2) * len(long.quick_seeds)
-    assert {r.config["train"]["steps_full"] for r in plan} == {2000}
-    # same rows as the cpu quick plan, different runs (the hash covers the step count)
+    # the 6 key rows (FSRCNN, quick seeds) and, for every arch at each of its seeds, the adaptive table:
+    # full, DES / refined / random 50%, DES 25%, adaptive 50% / 25% (issue 13); no random 25% here
+    adaptive_rows = {"full", "DES 50% step", "refined DES (skip top 5%) 50% step", "random 50% step",
+                     "DES 25% step", "adaptive 50% step", "adaptive 25% step"}
+    for arch, spec in long.archs.items():
+        cells = {(r.seed, c[3]) for r in plan if r.arch == arch for c in r.cells if c[0] == "adaptive"}
+        assert cells == {(seed, row) for seed in spec.seeds for row in adaptive_rows}
+    assert {r.config["train"]["steps_full"] for r in plan if r.arch == "fsrcnn"} == {2000}
+    assert {r.config["train"]["steps_full"] for r in plan if r.arch != "fsrcnn"} == {1200}
+    # same key rows as the cpu quick plan, different runs (the hash covers the step count)
     short = sweep.build_plan(cpu, list(cpu.eval_sets), ids, quick=True)
     key = lambda runs: sorted(r.label for r in runs if any(c[0] == "quick" for c in r.cells))  # noqa: E731
     assert key(plan) == key(short) and len(key(plan)) == 6 * len(long.quick_seeds)
     assert not {r.hash for r in plan} & {r.hash for r in short}
+    # the cpu quick plan keeps its adaptive table (FSRCNN, quick seeds, with random 25%)
+    assert {r.arch for r in short} == {"fsrcnn"} and "random 25% step" in {r.label for r in short}
     # the CLI needs no --quick for it
     assert sweep.main(["--preset", "cpu_long", "--plan", "--cache-dir", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
-    assert out.count("fsrcnn x2") == 8 * len(long.quick_seeds)
+    n_fsrcnn = 6 * 3 + 3 * 3 + 7 * 2  # key rows; DES 25% + adaptive 50 / 25% at seeds 0-2; all 7 at seeds 3-4
+    assert out.count("fsrcnn x2") == n_fsrcnn and out.count("edsr x2") == out.count("swinir x2") == 7 * 3
 
 
 def test_budget_counts_only_the_scoring_this_plan_needs():
