@@ -445,9 +445,9 @@ def _adaptive_section(preset: Preset, cells: dict, records: dict, prim: str = "B
              "Per arch and ratio, mean over seeds: re-selections in the run, samples swapped per re-selection, "
              "distinct samples drawn, share of the final core-set that was in the initial (static DES) one. "
              "Cost: training seconds per step, adaptive vs the static DES row of the same ratio and seeds "
-             "(ratio of means). The static rows ran days earlier, at another machine load (1-minute load averages "
-             "in the last column), so this ratio is indicative only; `sweep_adaptive_cost.md` measures the "
-             "overhead in one process.\n",
+             "(ratio of means). The two rows may have run hours or days apart, at other machine loads (1-minute "
+             "load averages in the last column), so this ratio is indicative only; `sweep_adaptive_cost.md` "
+             "measures the overhead in one process.\n",
              "| arch | row | n | refreshes | swapped / refresh | distinct drawn | final ∩ initial | s/step | "
              "static DES s/step | ratio | load (adaptive / static) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (table, arch, scale, label), runs in cells.items():
