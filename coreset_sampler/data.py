@@ -194,7 +194,9 @@ class PairedImageFolder(torch.utils.data.Dataset):
     on the fly by MATLAB bicubic downsampling (:func:`~coreset_sampler.degradation.downsample`,
     quantized to 8 bits as if saved to PNG); with ``lr_root`` it is read from that folder, matched
     by file stem (``baby.png``) or by BasicSR's LR naming (``babyx2.png``), and must be exactly
-    ``1/scale`` of the modcropped HR image.
+    ``1/scale`` of the modcropped HR image. Pairing never guesses: two HR files with one stem
+    (``a.png``, ``a.jpg``), two LR candidates for one key, or one LR file that fits two keys
+    (HR ``a`` and ``ax2``, LR ``ax2.png``) raise ``ValueError`` naming the files.
 
     Args:
         hr_root: folder of HR images (top level only; files sorted by name).
