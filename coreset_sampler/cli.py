@@ -42,6 +42,8 @@ DATA_META = "data"
 #: sub-image defaults of the paper's pool (T91 + BSD200, 96x96 crops every 48 pixels)
 DEFAULT_CROP, DEFAULT_STEP = 96, 48
 SCORER_NAMES = ("srcnn", "sobel", "interpolation", "bicubic")
+#: checking more source files than this against a scores file shows a progress bar (on a terminal)
+HASH_BAR_MIN = 200
 
 
 class CLIError(Exception):
@@ -203,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scores", metavar="SCORES", help="scores file written by 'coreset-sr score'")
     _add_selection(p)
     p.add_argument("--out", default=None, help="write the kept keys here, one per line")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar while the source images are checked (shown on a terminal when "
+                        f"there are more than {HASH_BAR_MIN})")
 
     # -- export -------------------------------------------------------------------------
     p = sub.add_parser(
@@ -248,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the highest/lowest-scored samples of these folder(s) instead")
     p.add_argument("--n", type=_positive_int, default=8, help="samples per row of --grid")
     _add_subimage_args(p, default_from_scores=True)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while --grid's images are checked")
 
     # -- info ---------------------------------------------------------------------------
     p = sub.add_parser("info", help="what a scores file holds", formatter_class=_Formatter,
@@ -366,7 +372,7 @@ def _dataset_from_scores(scores, scores_path, roots: Sequence[Path], args, *, ca
         raise CLIError(f"the LR folder recorded in {scores_path} is gone: {lr_root}")
     ds = build_dataset(roots, crop, step, scale, lr_root, cache=cache, progress=progress)
     check_keys(scores, ds.keys, scores_path, roots, crop, step)
-    check_sources(scores, ds, scores_path)
+    check_sources(scores, ds, scores_path, progress=progress)
     return ds, crop, step, scale
 
 
@@ -378,15 +384,37 @@ def rescore_hint(scores, scores_path) -> str:
     return f"rescore the images with '{PROG} score DATA ... --out {scores_path} --rescore'"
 
 
-def check_sources(scores, dataset, scores_path) -> None:
+def check_sources(scores, dataset, scores_path, *, progress: bool = True) -> None:
     """Refuse scores whose recorded provenance (settings, source image bytes) disagrees with ``dataset``.
+
+    Every source image is hashed again (the trust check; seconds on a few hundred images). With more
+    than :data:`HASH_BAR_MIN` files and ``progress``, that shows a progress bar on stderr when stderr
+    is a terminal (tqdm's ``disable=None``).
 
     Raises :class:`~coreset_sampler.provenance.ProvenanceError` (exit 2) naming the changed,
     missing or added files, or the field and both values.
     """
-    from .provenance import check_provenance
+    from tqdm.auto import tqdm
 
+    from .provenance import check_provenance, file_digest
+
+    files = _source_files(dataset)
+    if progress and len(files) > HASH_BAR_MIN:
+        # Hash under a bar first; file_digest caches per (path, size, mtime), so the check below
+        # reuses these digests instead of reading every file a second time.
+        for f in tqdm(files, desc="checking source images", unit="file", disable=None, leave=False):
+            file_digest(f)
     check_provenance(scores, dataset=dataset, source=str(scores_path), fix=rescore_hint(scores, scores_path))
+
+
+def _source_files(dataset) -> list:
+    """The image files ``dataset.provenance()`` fingerprints (source images, HR and LR images)."""
+    files: list = []
+    for attr in ("files", "hr_paths", "lr_paths", "sources"):
+        v = getattr(dataset, attr, None)
+        if isinstance(v, list):
+            files += v
+    return files
 
 
 def _recorded_dataset(scores, scores_path):
@@ -734,7 +762,7 @@ def cmd_select(args) -> int:
     scores = load_scores(args.scores)
     ds = _recorded_dataset(scores, args.scores)
     if ds is not None:  # the images changed since scoring: the ranking describes other pixels
-        check_sources(scores, ds, args.scores)
+        check_sources(scores, ds, args.scores, progress=not args.no_progress)
     idx, summary = choose(scores, args.mode, args.ratio, args.skip_top, args.seed)
     print(summary)
     print(thresholds_text(scores, args.mode, args.ratio, args.skip_top))
@@ -787,7 +815,7 @@ def cmd_plot(args) -> int:
     if args.grid:
         roots = _check_folders(args.grid)
         _refuse_unsafe_out([out], _protected(roots, None))
-        ds, *_ = _dataset_from_scores(scores, args.scores, roots, args, cache=False, progress=False)
+        ds, *_ = _dataset_from_scores(scores, args.scores, roots, args, cache=False, progress=not args.no_progress)
         with _writing(out):
             plots.plot_grid(scores, ds, out, n=args.n, mode=args.mode, ratio=args.ratio, skip_top=args.skip_top,
                             seed=args.seed)

@@ -169,11 +169,14 @@ def _check_name(p: Path) -> None:
                          f"(keys are stored one per line)")
 
 
-def _check_unique(names: Sequence[str], paths: Sequence[Path], what: str) -> None:
+def _check_unique(names: Sequence[str], paths: Sequence[Path], what: str, why: str = "keys are file stems") -> None:
+    """Refuse two files that would get one key (``a.png`` and ``a.jpg``): pairing or scoring either
+    one would be a guess."""
     seen: dict[str, Path] = {}
     for name, p in zip(names, paths):
         if name in seen:
-            raise ValueError(f"duplicate {what} {name!r}: {seen[name]} and {p}")
+            raise ValueError(f"duplicate {what} {name!r}: {seen[name]} and {p} ({why}); "
+                             f"rename or remove one of them")
         seen[name] = p
 
 
@@ -191,7 +194,9 @@ class PairedImageFolder(torch.utils.data.Dataset):
     on the fly by MATLAB bicubic downsampling (:func:`~coreset_sampler.degradation.downsample`,
     quantized to 8 bits as if saved to PNG); with ``lr_root`` it is read from that folder, matched
     by file stem (``baby.png``) or by BasicSR's LR naming (``babyx2.png``), and must be exactly
-    ``1/scale`` of the modcropped HR image.
+    ``1/scale`` of the modcropped HR image. Pairing never guesses: two HR files with one stem
+    (``a.png``, ``a.jpg``), two LR candidates for one key, or one LR file that fits two keys
+    (HR ``a`` and ``ax2``, LR ``ax2.png``) raise ``ValueError`` naming the files.
 
     Args:
         hr_root: folder of HR images (top level only; files sorted by name).
@@ -234,15 +239,28 @@ class PairedImageFolder(torch.utils.data.Dataset):
         for p in lr_files:
             by_stem.setdefault(p.stem, []).append(p)
         out = []
-        for key in self.keys:
+        taken: dict[Path, int] = {}  # LR file -> index of the HR image it was paired with
+        for i, key in enumerate(self.keys):
             cands = by_stem.get(key, []) + by_stem.get(f"{key}x{self.scale}", [])
             if not cands:
                 raise FileNotFoundError(
                     f"no LR image for key {key!r} in {self.lr_root} "
                     f"(looked for {key}.* and {key}x{self.scale}.*)")
             if len(cands) > 1:
-                raise ValueError(f"several LR images for key {key!r}: {', '.join(map(str, cands))}")
-            out.append(cands[0])
+                raise ValueError(f"several LR images for key {key!r} (HR {self.hr_paths[i]}): "
+                                 f"{', '.join(map(str, cands))} (LR images pair by stem, {key}.* or "
+                                 f"{key}x{self.scale}.*); keep one, rename or remove the others")
+            lr = cands[0]
+            if lr in taken:
+                # HR "a" and "ax2" both claim LR "ax2.png" (BasicSR's x2 naming and a plain stem):
+                # one LR image would train two HR images; never pick one silently.
+                j = taken[lr]
+                raise ValueError(f"LR image {lr} pairs with two HR images: key {self.keys[j]!r} "
+                                 f"({self.hr_paths[j]}) and key {key!r} ({self.hr_paths[i]}); "
+                                 f"LR images pair by stem, {{key}}.* or {{key}}x{self.scale}.*, so it fits both; "
+                                 f"rename one of them")
+            taken[lr] = i
+            out.append(lr)
         return out
 
     def __len__(self) -> int:
@@ -349,6 +367,9 @@ def _subimage_stem(path: Path) -> str:
     return _SCALE_SUFFIX.sub("", path.stem)
 
 
+_SUB_WHY = "sub-images are named {stem}_sNNN, a trailing x2/x3/x4/x8 dropped from the stem"
+
+
 def _subimage_name(stem: str, index: int) -> str:
     return f"{stem}_s{index:03d}"  # index counts from 1, as in BasicSR
 
@@ -441,7 +462,7 @@ def extract_subimages(
             raise FileExistsError(f"dst folder {dst} is not empty (pass overwrite=True to write into it)")
 
     stems = [_subimage_stem(p) for p in files]
-    _check_unique(stems, files, f"sub-image name stem in {src}")
+    _check_unique(stems, files, f"sub-image name stem in {src}", _SUB_WHY)
     dst.mkdir(parents=True, exist_ok=True)
 
     written: list[Path] = []
@@ -523,7 +544,7 @@ class SubImageDataset(torch.utils.data.Dataset):
         listed = [(ri, p) for ri, r in enumerate(self.roots) for p in _list_images(r)]
         files = [p for _, p in listed]
         stems = [_subimage_stem(p) for p in files]
-        _check_unique(stems, files, "sub-image name stem")
+        _check_unique(stems, files, "sub-image name stem", _SUB_WHY)
 
         self.files: list[Path] = []
         self._file_root: list[int] = []

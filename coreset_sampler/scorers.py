@@ -386,6 +386,8 @@ class _BatchScorer:
         ds_keys = dataset_keys(dataset)
         if ds_keys is not None and len(ds_keys) != n:
             raise ValueError(f"dataset has {n} items but {len(ds_keys)} keys")
+        if ds_keys is not None:
+            _check_unique_keys(ds_keys, type(dataset).__name__)
         rank, world = _dist_info()
         n_windows = math.ceil(n / B)
         mine = list(range(rank, n_windows, world))  # this rank's windows: r, r + W, r + 2W, ...
@@ -529,6 +531,17 @@ class _BatchScorer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._config()}, batch_size={self.batch_size}, device={self.device})"
+
+
+def _check_unique_keys(keys, name: str) -> None:
+    """Refuse a dataset whose ``.keys`` name one sample twice, before anything is scored: scores are
+    matched to samples by key, and a scores file cannot hold the same key twice."""
+    first: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        j = first.setdefault(k, i)
+        if j != i:
+            raise ValueError(f"{name}.keys has key {k!r} twice (items {j} and {i}); scores are matched to "
+                             f"samples by key, so keys must be unique: give the two items distinct keys")
 
 
 class _State:

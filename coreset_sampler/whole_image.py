@@ -189,7 +189,8 @@ class SubImageFolder(PairedImageFolder):
             for p in _list_images(r, self.exts):
                 s = _subimage_stem(p)
                 if s in by_stem:
-                    raise ValueError(f"duplicate source stem {s!r}: {by_stem[s]} and {p}")
+                    raise ValueError(f"duplicate source stem {s!r}: {by_stem[s]} and {p} (sub-images "
+                                     f"{s}_sNNN would trace to either); rename or remove one of them")
                 by_stem[s] = p
         used: dict[Path, int] = {}
         grids: dict[Path, list] = {}
@@ -547,7 +548,11 @@ class WholeImageScorer:
         self.model, self.loss = model, loss
         self.on_y = bool(getattr(model, "trains_on_y", False)) if on_y is None else bool(on_y)
         ms = getattr(model, "scale", None)
-        self.scale = int(ms) if ms is not None else (None if scale is None else _check_scale(scale))
+        if scale is not None:
+            scale = _check_scale(scale)
+            if ms is not None and int(ms) != scale:  # as LossScorer: never ignore one of the two silently
+                raise ValueError(f"scale={scale} but the model's .scale is {ms}")
+        self.scale = int(ms) if ms is not None else scale
         self.device = torch.device(device) if device is not None else _default_device()
         self.tile, self.halo, self.amp_name = tile, halo, amp
         self.amp = _AMP[amp] if self.device.type == "cuda" else None
@@ -593,7 +598,7 @@ class WholeImageScorer:
             with ``on_error="raise"``.
         """
         from .provenance import provenance_of
-        from .scorers import _dist_info, _rank_path, _State, _version, sources_fingerprint
+        from .scorers import _check_unique_keys, _dist_info, _rank_path, _State, _version, sources_fingerprint
 
         t0 = time.perf_counter()
         ds_provenance = provenance_of(dataset)  # source digests as scoring starts
@@ -601,6 +606,7 @@ class WholeImageScorer:
         if plan is None:
             raise ValueError(f"{type(dataset).__name__} is not a sub-image set with known sources "
                              f"(SubImageDataset or SubImageFolder); score it per crop")
+        _check_unique_keys(plan.keys, type(dataset).__name__)
         scale = plan.scale
         if self.scale is not None and self.scale != scale:
             raise ValueError(f"the model is x{self.scale} but the dataset is x{scale}")

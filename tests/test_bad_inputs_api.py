@@ -23,11 +23,12 @@ import torch
 from PIL import Image
 
 from coreset_sampler import CoreSetDataset, Scores, StepMatchedSampler, select_indices
-from coreset_sampler.data import ImageReadError, PairedImageFolder, PairSizeError, SubImageDataset
+from coreset_sampler.data import (ImageReadError, PairedImageFolder, PairSizeError, SubImageDataset,
+                                  extract_subimages)
 from coreset_sampler.provenance import ProvenanceError, check_provenance
 from coreset_sampler.scorers import InterpolationScorer, LossScorer, SobelScorer, make_scorer
 from coreset_sampler.models import SRCNN
-from coreset_sampler.whole_image import WholeImageScorer
+from coreset_sampler.whole_image import SubImageFolder, WholeImageScorer
 
 FAST = dict(num_workers=0, progress=False, device="cpu")
 
@@ -304,7 +305,77 @@ CASES = [
          ("tile must be an integer >= 0", "-1")),
     Case("whole-image-not-a-subimage-set", lambda e: WholeImageScorer(SRCNN(2), **FAST).score(
         PairedImageFolder(e.hr, scale=2)), ValueError, ("PairedImageFolder is not a sub-image set",)),
+    Case("whole-image-halo-negative", lambda e: WholeImageScorer(SRCNN(2), halo=-1, **FAST), ValueError,
+         ("halo must be an integer >= 0", "-1")),
+    Case("whole-image-halo-float", lambda e: WholeImageScorer(SRCNN(2), halo=2.5, **FAST), ValueError,
+         ("halo must be an integer >= 0", "2.5")),
+    Case("whole-image-tile-batch-zero", lambda e: WholeImageScorer(SRCNN(2), tile_batch=0, **FAST), ValueError,
+         ("tile_batch must be an integer >= 1", "got 0")),
+    Case("whole-image-tile-batch-bool", lambda e: WholeImageScorer(SRCNN(2), tile_batch=True, **FAST), ValueError,
+         ("tile_batch must be an integer >= 1", "True")),
+    Case("whole-image-loss", lambda e: WholeImageScorer(SRCNN(2), loss="l2", **FAST), ValueError,
+         ("loss must be 'mse' or 'l1'", "'l2'")),
+    Case("whole-image-scale-not-the-models", lambda e: WholeImageScorer(SRCNN(2), scale=4, **FAST), ValueError,
+         ("scale=4", "model's .scale is 2")),
+    # ---- two files, one key: pairing or scoring either would be a guess (refused when the folder is listed)
+    Case("paired-two-HR-files-one-key", lambda e: PairedImageFolder(e.hr, e.lr, scale=2), ValueError,
+         ("duplicate image stem", "'a'", "hr/a.jpg", "hr/a.png", "rename or remove one"),
+         setup=lambda e: _img(e.hr / "a.jpg", 16, 16)),
+    Case("paired-two-LR-files-one-key", lambda e: PairedImageFolder(e.hr, e.lr, scale=2), ValueError,
+         ("several LR images for key 'a'", "hr/a.png", "lr/a.jpg", "lr/a.png", "keep one"),
+         setup=lambda e: _img(e.lr / "a.jpg", 8, 8)),
+    Case("paired-LR-plain-and-x2-name", lambda e: PairedImageFolder(e.hr, e.lr, scale=2), ValueError,
+         ("several LR images for key 'a'", "lr/a.png", "lr/ax2.png", "a.* or ax2.*"),
+         setup=lambda e: _img(e.lr / "ax2.png", 8, 8)),
+    Case("paired-one-LR-file-fits-two-HR-keys", lambda e: PairedImageFolder(e.hr, e.lr, scale=2), ValueError,
+         ("LR image", "lr/ex2.png", "pairs with two HR images", "key 'e'", "hr/e.png", "key 'ex2'", "hr/ex2.png",
+          "rename one"),
+         setup=lambda e: [_img(e.hr / "e.png", 16, 16), _img(e.hr / "ex2.png", 16, 16), _img(e.lr / "ex2.png", 8, 8)]),
+    Case("paired-two-files-one-key-scored", lambda e: LossScorer.pretrained("srcnn", scale=2, **FAST).score(
+        PairedImageFolder(e.hr, e.lr, scale=2)), ValueError, ("several LR images for key 'b'", "lr/b.bmp"),
+         setup=lambda e: _img(e.lr / "b.bmp", 8, 8)),
+    Case("subimages-two-files-one-stem", lambda e: SubImageDataset(e.hr, crop=8, step=8, progress=False), ValueError,
+         ("duplicate sub-image name stem 'a'", "hr/a.jpg", "hr/a.png", "rename or remove one"),
+         setup=lambda e: _img(e.hr / "a.jpg", 16, 16)),
+    Case("subimages-x2-suffix-makes-one-stem", lambda e: SubImageDataset(e.hr, crop=8, step=8, progress=False),
+         ValueError, ("duplicate sub-image name stem 'a'", "hr/a.png", "hr/ax2.png", "trailing x2"),
+         setup=lambda e: _img(e.hr / "ax2.png", 16, 16)),
+    Case("subimages-two-roots-one-stem", lambda e: SubImageDataset([e.hr, e.lr], crop=8, step=8, progress=False),
+         ValueError, ("duplicate sub-image name stem 'a'", "hr/a.png", "lr/a.png")),
+    Case("extract-two-files-one-stem", lambda e: extract_subimages(e.hr, e.out / "sub", crop=8, step=8,
+                                                                    progress=False),
+         ValueError, ("duplicate sub-image name stem", "'a'", "hr/a.jpg", "hr/a.png"),
+         setup=lambda e: _img(e.hr / "a.jpg", 16, 16), after=lambda e: not (e.out / "sub").exists()),
+    Case("subimage-folder-two-sources-one-stem", lambda e: SubImageFolder(e.data / "sub", e.hr, crop=8, step=8),
+         ValueError, ("duplicate source stem 'a'", "hr/a.jpg", "hr/a.png", "rename or remove one"),
+         setup=lambda e: (extract_subimages(e.hr, e.data / "sub", crop=8, step=8, progress=False),
+                          _img(e.hr / "a.jpg", 16, 16))),
+    Case("subimage-folder-two-files-one-key", lambda e: SubImageFolder(e.data / "sub", e.hr, crop=8, step=8),
+         ValueError, ("duplicate image stem", "'a_s001'", "sub/a_s001.jpg", "sub/a_s001.png"),
+         setup=lambda e: (extract_subimages(e.hr, e.data / "sub", crop=8, step=8, progress=False),
+                          _img(e.data / "sub" / "a_s001.jpg", 8, 8))),
+    Case("score-dataset-keys-twice", lambda e: SobelScorer(**FAST).score(_DupKeys(3)), ValueError,
+         ("_DupKeys.keys has key 'p0' twice", "items 0 and 2", "unique")),
+    Case("whole-image-dataset-keys-twice", lambda e: WholeImageScorer(SRCNN(2), **FAST).score(_dup_subimages(e)),
+         ValueError, ("SubImageDataset.keys has key 'a_s001' twice", "items 0 and 1")),
 ]
+
+
+class _DupKeys(Pairs):
+    """Keys that name one sample twice; loading any item fails the test (refused before scoring)."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.keys[-1] = self.keys[0]
+
+    def __getitem__(self, i):
+        raise AssertionError("an item was loaded before the duplicate keys were refused")
+
+
+def _dup_subimages(e):
+    ds = SubImageDataset(e.hr, crop=8, step=8, progress=False)
+    ds.keys[1] = ds.keys[0]
+    return ds
 
 
 def _bad_folder(e, good):

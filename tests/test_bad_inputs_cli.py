@@ -491,6 +491,65 @@ CASES += [
 ]
 
 
+def _paired_copy(hr_extra=(), lr_extra=(), lr_drop=(), lr=True, argv_extra=()):
+    """``score HR --crop 0 --lr LR`` on private copies of DATA and LR, with files added (a copy of
+    noise.png under another name) or removed first; without ``lr`` the default sub-image mode."""
+    def build(w: WS, t: Path):
+        hr, lr_dir = t / "hr", t / "lr"
+        shutil.copytree(w.data, hr)
+        shutil.copytree(w.lr, lr_dir)
+        for name in hr_extra:
+            Image.open(w.data / "noise.png").save(hr / name)
+        for name in lr_extra:
+            Image.open(w.lr / "noise.png").save(lr_dir / name)
+        for name in lr_drop:
+            (lr_dir / name).unlink()
+        argv = ["score", hr, "--scorer", "interpolation", "--workers", 0, "--no-progress", "--out", t / "s.safetensors"]
+        argv += ["--crop", 0, "--lr", lr_dir] if lr else ["--crop", CROP, "--step", STEP]
+        return argv + list(argv_extra), [hr, lr_dir]
+    return build
+
+
+def _export_lr_with(name):
+    """Whole-image scores with --lr, then a second LR file of one key appears: export refuses."""
+    def build(w: WS, t: Path):
+        data, s, lr = _scored_copy(w, t, whole_lr=True)
+        Image.open(lr / "noise.png").save(lr / name)
+        return ["export", data, "--scores", s, "--ratio", 0.5, "--skip-top", 0, "--out", t / "core",
+                "--no-progress"], [data, lr]
+    return build
+
+
+def _sources_with(name):
+    def make(w: WS, t: Path) -> Path:
+        shutil.copytree(w.data, t / "src")
+        Image.open(w.data / "noise.png").save(t / "src" / name)
+        return t / "src"
+    return make
+
+
+CASES += [
+    # -- two files, one key (issue: paired folders that would pair one of them silently) ---------------
+    Case("score-lr-two-HR-files-one-key", _paired_copy(hr_extra=["noise.jpg"]), 1,
+         ("duplicate image stem", "'noise'", "hr/noise.jpg", "hr/noise.png", "rename or remove one")),
+    Case("score-lr-two-LR-files-one-key", _paired_copy(lr_extra=["noise.bmp"]), 1,
+         ("several LR images for key 'noise'", "lr/noise.bmp", "lr/noise.png", "keep one")),
+    Case("score-lr-plain-and-x2-LR-names", _paired_copy(lr_extra=["noisex2.png"]), 1,
+         ("several LR images for key 'noise'", "lr/noise.png", "lr/noisex2.png")),
+    Case("score-lr-one-LR-file-fits-two-HR-keys",
+         _paired_copy(hr_extra=["flatx2.png"], lr_extra=["flatx2.png"], lr_drop=["flat.png"]), 1,
+         ("lr/flatx2.png", "pairs with two HR images", "key 'flat'", "key 'flatx2'", "rename one")),
+    Case("score-subimages-two-files-one-stem", _paired_copy(hr_extra=["noise.jpg"], lr=False), 1,
+         ("duplicate sub-image name stem 'noise'", "hr/noise.jpg", "hr/noise.png")),
+    Case("score-subimages-x2-suffix-makes-one-stem", _paired_copy(hr_extra=["noisex2.png"], lr=False), 1,
+         ("duplicate sub-image name stem 'noise'", "hr/noisex2.png", "trailing x2")),
+    Case("score-sources-two-sources-one-stem", _sources_case(sources=_sources_with("noise.jpg")), 2,
+         ("--sources", "duplicate source stem 'noise'", "src/noise.jpg", "src/noise.png")),
+    Case("export-lr-two-LR-files-one-key", _export_lr_with("noise.jpg"), 1,
+         ("several LR images for key 'noise'", "l/noise.jpg", "l/noise.png")),
+]
+
+
 def _scorer_raising(exc_factory):
     """Make ``make_scorer`` return a scorer whose ``score`` raises ``exc_factory()`` (Ctrl-C, CUDA OOM ...)."""
     def patch(mp):

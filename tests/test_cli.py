@@ -135,6 +135,39 @@ def test_select_prints_summary_and_writes_kept_keys(ws):
     assert set(lines) == {s.keys[i] for i in order[skipped:skipped + kept]}
 
 
+@pytest.mark.parametrize("argv, tty, fewer_than, bar", [
+    (["select"], True, 2, True),  # many files on a terminal: a bar on stderr
+    (["select", "--no-progress"], True, 2, False),
+    (["select"], False, 2, False),  # stderr not a terminal (a log file, a pipe)
+    (["select"], True, None, False),  # a few files: hashing is quick, no bar
+    (["plot", "--grid"], True, 2, True),
+    (["plot", "--grid", "--no-progress"], True, 2, False),
+    (["export"], True, 2, True),
+    (["export", "--no-progress"], True, 2, False),
+], ids=["select-tty", "select-no-progress", "select-not-a-tty", "select-few-files", "plot-grid-tty",
+        "plot-grid-no-progress", "export-tty", "export-no-progress"])
+def test_checking_many_source_images_shows_a_bar_on_stderr_only_when_enabled(ws, capsys, monkeypatch, tmp_path,
+                                                                           argv, tty, fewer_than, bar):
+    import coreset_sampler.cli as cli
+
+    if fewer_than is not None:
+        monkeypatch.setattr(cli, "HASH_BAR_MIN", fewer_than)  # DATA has 4 source images
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)  # what tqdm asks (capsys's stream here)
+    cmd, *flags = argv
+    if cmd == "select":
+        args = ["select", ws["scores"], *flags]
+    elif cmd == "plot":
+        args = ["plot", ws["scores"], "--grid", ws["data"], "--out", tmp_path / "g.png", *flags[1:]]
+    else:
+        args = ["export", ws["data"], "--scores", ws["scores"], "--out", tmp_path / "core", *flags]
+    code, out, err = call(capsys, *args)
+    assert code == 0, err
+    assert "checking source images" not in out
+    assert ("checking source images" in err) == bar, err
+    if bar:
+        assert "| 0/4 [" in err  # a bar over the 4 files to hash
+
+
 def test_export_writes_exactly_the_kept_subimages(ws):
     r = ws["r_export"]
     assert r.returncode == 0, r.stderr

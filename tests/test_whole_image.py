@@ -212,6 +212,153 @@ def test_agreement_with_per_crop_scores_on_real_images(tmp_path):
     assert 0 < np.median(np.abs(whole.values / crops.values - 1)) < 0.1  # close, not equal
 
 
+# --------------------------------------------------------------------------- the scorer's options
+
+
+class _Black(torch.nn.Module):
+    """Predicts black (a parameter keeps it a real module): a crop's error is then a function of its
+    own pixels only, so a reference can be computed by hand from the image file."""
+
+    scale = 2
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return (x * self.w).repeat_interleave(2, 2).repeat_interleave(2, 3)
+
+
+def _two_crops(tmp_path) -> tuple[SubImageDataset, np.ndarray]:
+    """An 8x16 grey image cut into two 8x8 crops: left all 128 (a uniform mid error), right 26 of 64
+    pixels white and the rest black (few large errors). L1 ranks left first, MSE right first."""
+    arr = np.zeros((8, 16), dtype=np.uint8)
+    arr[:, :8] = 128
+    arr[:, 8:].flat[np.random.default_rng(0).choice(64, 26, replace=False)] = 255
+    root = tmp_path / "two"
+    root.mkdir()
+    Image.fromarray(np.repeat(arr[..., None], 3, 2)).save(root / "im.png")
+    return SubImageDataset(root, crop=8, step=8, scale=2, progress=False), arr / 255.0
+
+
+def test_loss_l1_is_the_mean_absolute_error_per_crop_and_ranks_unlike_mse(tmp_path):
+    ds, x = _two_crops(tmp_path)
+    assert ds.keys == ["im_s001", "im_s002"]
+    l1 = WholeImageScorer(_Black(), loss="l1", tile=0, **FAST).score(ds)
+    mse = WholeImageScorer(_Black(), loss="mse", tile=0, **FAST).score(ds)
+    crops = [x[:, :8], x[:, 8:]]
+    np.testing.assert_allclose(l1.values, [np.abs(c).mean() for c in crops], rtol=1e-6)
+    np.testing.assert_allclose(mse.values, [(c * c).mean() for c in crops], rtol=1e-6)
+    assert l1.values[0] > l1.values[1] and mse.values[1] > mse.values[0]  # the rankings differ
+    assert l1.metadata["loss"] == l1.metadata["provenance"]["loss"] == "l1"
+
+
+def test_loss_l1_with_a_tiled_model_matches_the_definition(srcs):
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    model = _model()
+    s = WholeImageScorer(model, loss="l1", tile=5, **FAST).score(ds)
+    for i in range(0, len(ds), 3):
+        path, top, left = ds.source(i)
+        gt = modcrop(load_image(path), 2)
+        with torch.inference_mode():
+            pred = model(downsample(gt, 2)[None])[0]
+        H, W = gt.shape[-2:]
+        t, l_ = min(top, H - 16), min(left, W - 16)
+        d = (rgb_to_y(pred) - rgb_to_y(gt))[0, t:t + 16, l_:l_ + 16].double()
+        assert s.values[i] == pytest.approx(float(d.abs().mean()), rel=1e-5), ds.keys[i]
+
+
+def test_on_y_follows_the_model_unless_given(tmp_path):
+    ds, _ = _two_crops(tmp_path)
+    rgb = np.asarray(Image.open(ds.files[0]), dtype=np.float64) / 255.0
+    rgb[..., 1] *= 0.5  # colour: Y and the channel mean differ
+    Image.fromarray(np.round(rgb * 255).astype(np.uint8)).save(ds.files[0])
+    ds = SubImageDataset(ds.roots, crop=8, step=8, scale=2, progress=False)
+    gt = load_image(ds.files[0])
+    all_ch = [float(gt[:, :, c0:c0 + 8].double().pow(2).mean()) for c0 in (0, 8)]
+    y = rgb_to_y(gt) - rgb_to_y(torch.zeros_like(gt))
+    on_y = [float(y[:, :, c0:c0 + 8].double().pow(2).mean()) for c0 in (0, 8)]
+    model = _Black()
+    np.testing.assert_allclose(WholeImageScorer(model, tile=0, **FAST).score(ds).values, all_ch, rtol=1e-6)
+    np.testing.assert_allclose(WholeImageScorer(model, tile=0, on_y=True, **FAST).score(ds).values, on_y, rtol=1e-6)
+    model.trains_on_y = True  # the default follows the model ...
+    np.testing.assert_allclose(WholeImageScorer(model, tile=0, **FAST).score(ds).values, on_y, rtol=1e-6)
+    s = WholeImageScorer(model, tile=0, on_y=False, **FAST).score(ds)  # ... unless given
+    np.testing.assert_allclose(s.values, all_ch, rtol=1e-6)
+    assert s.metadata["channels"] == "all" and not np.allclose(all_ch, on_y, rtol=1e-3)
+
+
+def test_halo_below_the_receptive_field_changes_tiled_scores(srcs):
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    model = _model()
+    need = receptive_halo(model, 2)
+    untiled = WholeImageScorer(model, tile=0, **FAST).score(ds)
+    for halo in (None, need, need + 3):  # the default is the receptive halo; more context changes nothing
+        s = WholeImageScorer(model, tile=5, halo=halo, **FAST).score(ds)
+        assert s.metadata["whole_image"]["halo"] == (need if halo is None else halo)
+        np.testing.assert_allclose(s.values, untiled.values, rtol=1e-5, atol=1e-9)
+    for halo in (0, need - 1):  # a halo the model's receptive field exceeds: tile borders see padding
+        s = WholeImageScorer(model, tile=5, halo=halo, **FAST).score(ds)
+        assert s.metadata["whole_image"]["halo"] == halo
+        assert np.abs(s.values - untiled.values).max() > 1e-4 * untiled.values.max(), halo
+
+
+def test_tile_batch_batches_tiles_and_gives_the_scores_of_one_tile_per_pass(srcs):
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    model = _model()
+    sizes: list[int] = []
+    hook = model.register_forward_hook(lambda m, inp, out: sizes.append(inp[0].shape[0]))
+    try:
+        one = WholeImageScorer(model, tile=5, tile_batch=1, **FAST).score(ds)
+        assert set(sizes) == {1}
+        passes_one = len(sizes)
+        for tb in (3, 64):
+            sizes.clear()
+            s = WholeImageScorer(model, tile=5, tile_batch=tb, **FAST).score(ds)
+            assert max(sizes) == min(tb, passes_one - 1) or (tb == 64 and 3 < max(sizes) < 64)  # batched
+            assert len(sizes) < passes_one and sum(sizes) == passes_one  # same tiles, fewer passes
+            assert s.metadata["whole_image"]["tile_batch"] == tb
+            np.testing.assert_array_equal(s.values, one.values)
+    finally:
+        hook.remove()
+
+
+def test_channels_last_and_amp_on_cpu_give_the_same_scores(srcs):
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    ref = WholeImageScorer(_model(), tile=5, **FAST).score(ds)
+    cl_model = _model()
+    cl = WholeImageScorer(cl_model, tile=5, channels_last=True, **FAST).score(ds)
+    assert all(p.is_contiguous() for p in cl_model.parameters())  # the caller's model is given back as it came
+    assert cl.metadata["whole_image"]["channels_last"] is True and ref.metadata["whole_image"]["channels_last"] is False
+    np.testing.assert_allclose(cl.values, ref.values, rtol=1e-5, atol=0)
+    amp = WholeImageScorer(_model(), tile=5, amp="bf16", **FAST).score(ds)  # autocast is CUDA only: ignored here
+    assert amp.metadata["whole_image"]["amp"] is None
+    np.testing.assert_array_equal(amp.values, ref.values)
+
+
+def test_scale_option_for_a_model_without_scale(srcs):
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 3, padding=1), torch.nn.PixelShuffle(2)).eval()
+    assert not hasattr(net, "scale")
+    inferred = WholeImageScorer(net, tile=0, **FAST).score(ds)  # the dataset's scale
+    given = WholeImageScorer(net, tile=0, scale=2, **FAST).score(ds)
+    np.testing.assert_array_equal(given.values, inferred.values)
+    assert given.metadata["scale"] == inferred.metadata["scale"] == 2
+    with pytest.raises(ValueError, match="the model is x3 but the dataset is x2"):
+        WholeImageScorer(net, scale=3, **FAST).score(ds)
+    with pytest.raises(ValueError, match="scale"):
+        WholeImageScorer(net, scale=0, **FAST)
+
+
+def test_config_replaces_the_recorded_model_fields(srcs):
+    ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
+    cfg = {"model": "mine", "model_digest": "d" * 16, "loss": "mse", "channels": "y"}
+    s = WholeImageScorer(_model(), config=cfg, **FAST).score(ds)
+    assert {k: s.metadata[k] for k in cfg} == cfg and s.metadata["scale"] == 2
+    assert s.metadata["provenance"]["model_digest"] == "d" * 16
+
+
 # --------------------------------------------------------------------------- the LossScorer hook
 
 
