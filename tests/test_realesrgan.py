@@ -282,3 +282,25 @@ def test_enable_in_a_projects_train_py_trains_on_the_core_set(tmp_path):
     assert [Path(f).stem for f in kept_files] == expected
     trained = (cwd / "trained_keys.txt").read_text().split()
     assert len(trained) >= 4 * 2 and set(trained) == set(expected)  # 4 iterations of batch 2, core-set only
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_unreadable_hr_image_is_one_line_exit_2(tmp_path, how, untouched):
+    """Real-ESRGAN's HR-only dataset with one HR image unreadable (not an image / a truncated PNG):
+    refused in one line naming the file, exit 2, before experiments/ or scores/ exist; data unchanged."""
+    pytest.importorskip("realesrgan")
+    cwd = _workdir(tmp_path)
+    bad = cwd / "datasets" / "HR" / "img03.png"
+    data = bad.read_bytes()
+    bad.write_bytes(b"\x00not an image\xff" * 8 if how == "garbage" else data[: len(data) // 3])
+    with untouched(cwd / "datasets"):
+        r = _run(cwd, ["--import", "realesrgan", "-opt", RECIPE.name], runner=False)
+    # a truncated file passes the header check and fails while scoring: the progress bar (and OpenCV's
+    # warning) come first, then the one error line, no traceback
+    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(errors) == 1, r.stderr[-3000:]
+    assert errors[0] == r.stderr.strip().splitlines()[-1] and re.match(
+        r"coreset-sr-train: error: datasets\.train\.coreset: .*'img03'.*" + re.escape(str(Path("datasets", "HR",
+                                                                                               "img03.png"))),
+        errors[0]), errors[0]
+    assert not (cwd / "experiments").exists() and not (cwd / "scores").exists()
