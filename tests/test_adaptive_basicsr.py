@@ -130,7 +130,8 @@ train.main()
 
 @pytest.mark.slow
 @pytest.mark.basicsr
-def test_adaptive_run_takes_exactly_total_iter_steps(tmp_path, pairs):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_adaptive_run_takes_exactly_total_iter_steps(tmp_path, pairs, workers):
     """16 samples, batches of 5, dataset_enlarge_ratio 1, total_iter 16: stock BasicSR plans 4 epochs of
     ceil(16/5) = 4 iterations, but its loader drops the partial batch (3 whole batches per epoch), so
     its 5 passes stop after 15 steps. The adaptive run must still take exactly 16 optimisation steps,
@@ -148,7 +149,8 @@ def test_adaptive_run_takes_exactly_total_iter_steps(tmp_path, pairs):
                                                    "logger:save_checkpoint_freq"))] + [
         "train:total_iter=16", "logger:print_freq=1", "logger:save_checkpoint_freq=1000",
         "logger:use_tb_logger=false", "datasets:train:batch_size_per_gpu=5", "datasets:train:dataset_enlarge_ratio=1",
-        "datasets:train:coreset:mode=adaptive", "datasets:train:coreset:refresh=2", "datasets:train:coreset:skip_top=0"]
+        "datasets:train:coreset:mode=adaptive", "datasets:train:coreset:refresh=2", "datasets:train:coreset:skip_top=0",
+        f"datasets:train:num_worker_per_gpu={workers}"]  # a worker draws batches ahead of the steps
     env = dict(os.environ, RECORD_DIR=str(cwd), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, str(cwd / "counter.py"), "-opt", str(RECIPE), "--force_yml", *force],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
