@@ -23,7 +23,8 @@ def _basicsr_imports() -> list[tuple[str, str, str]]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom):
                 mod = ("." * node.level) + (node.module or "")
-                if mod.startswith("..basicsr") or (node.module or "").startswith("coreset_sampler.integrations.basicsr"):
+                absolute = (node.module or "").startswith("coreset_sampler.integrations.basicsr")
+                if mod.startswith("..basicsr") or absolute:
                     target = "coreset_sampler.integrations.basicsr" + mod.split("basicsr", 1)[1]
                     out += [(path.name, target, a.name) for a in node.names]
     return out
