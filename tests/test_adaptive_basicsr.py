@@ -104,3 +104,61 @@ def test_resume_carries_the_sampler_state(tmp_path, pairs, workers):
     assert (nxt["epoch"], nxt["segment"]) == ((saved["epoch"], k) if k * 8 < 16 else (saved["epoch"] + 1, 0)), nxt
     assert nxt["reported"] >= saved["pending_indices"].numel() > 0
     assert bool((after["seen"] >= saved["seen"]).all())  # nothing forgotten: the table went on from 6's
+
+
+STEP_COUNTER = '''
+import os
+from pathlib import Path
+from coreset_sampler.integrations.basicsr import train  # the alias first: basicsr imports need it
+from basicsr.models.sr_model import SRModel
+
+out = Path(os.environ["RECORD_DIR"]) / "steps.txt"
+stock = SRModel.optimize_parameters
+
+
+def optimize_parameters(self, current_iter):
+    """SRModel's own step, then one line per optimisation step actually taken: iteration and batch size."""
+    stock(self, current_iter)
+    with open(out, "a") as f:
+        f.write(f"{current_iter} {self.gt.shape[0]}\\n")
+
+
+SRModel.optimize_parameters = optimize_parameters
+train.main()
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.basicsr
+@pytest.mark.parametrize("workers", [0, 1])
+def test_adaptive_run_takes_exactly_total_iter_steps(tmp_path, pairs, workers):
+    """16 samples, batches of 5, dataset_enlarge_ratio 1, total_iter 16: stock BasicSR plans 4 epochs of
+    ceil(16/5) = 4 iterations, but its loader drops the partial batch (3 whole batches per epoch), so
+    its 5 passes stop after 15 steps. The adaptive run must still take exactly 16 optimisation steps,
+    counted by the model's own optimize_parameters (not by the block's arithmetic)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from test_basicsr_integration import RECIPE, REPO
+
+    cwd = workdir(tmp_path, pairs)
+    (cwd / "counter.py").write_text(STEP_COUNTER)
+    force = [f for f in FORCE if not f.startswith(("train:total_iter", "logger:print_freq",
+                                                   "logger:save_checkpoint_freq"))] + [
+        "train:total_iter=16", "logger:print_freq=1", "logger:save_checkpoint_freq=1000",
+        "logger:use_tb_logger=false", "datasets:train:batch_size_per_gpu=5", "datasets:train:dataset_enlarge_ratio=1",
+        "datasets:train:coreset:mode=adaptive", "datasets:train:coreset:refresh=2", "datasets:train:coreset:skip_top=0",
+        f"datasets:train:num_worker_per_gpu={workers}"]  # a worker draws batches ahead of the steps
+    env = dict(os.environ, RECORD_DIR=str(cwd), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, str(cwd / "counter.py"), "-opt", str(RECIPE), "--force_yml", *force],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    steps = [tuple(map(int, line.split())) for line in (cwd / "steps.txt").read_text().splitlines()]
+    assert steps == [(i, 5) for i in range(1, 17)]  # 16 steps of a whole batch of 5, iterations 1..16
+    log = newest_log(cwd)
+    assert "core-set adaptive: 16 samples" in log and "Require iter number per epoch: 4" in log
+    logged = [int(m.replace(",", "")) for m in re.findall(r"\]\[epoch:\s*\d+, iter:\s*([\d,]+), lr:", log)]
+    assert logged == list(range(1, 17))  # print_freq 1: BasicSR's own count agrees
+    assert "End of training." in log

@@ -99,3 +99,32 @@ def test_cli_scores_of_the_hr_folder_fit_the_hr_only_block(tmp_path):
     with pytest.raises(ProvenanceError, match="degradation"):  # a paired recipe reads an LR folder
         check_provenance(scores, expected=expected_provenance(copts, 4), dataset=DescribedDataset(fake, 4),
                          source="s", fix="rescore")
+
+
+def _corrupt(path, how: str) -> None:
+    """``garbage``: not an image at all; ``truncated``: a valid PNG header whose pixel data is cut off."""
+    data = path.read_bytes()
+    path.write_bytes(b"\x00not an image\xff" * 8 if how == "garbage" else data[: len(data) // 3])
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_block_refuses_an_unreadable_hr_image_naming_it(tmp_path, how, untouched):
+    """Block level, HR-only dataset, default settings: one HR image is unreadable -> CoresetConfigError
+    naming its file and key, no scores file written, the data folder byte-identical."""
+    from coreset_sampler.integrations.basicsr.coreset import CoresetConfigError, build_coreset_dataset
+
+    hr = tmp_path / "HR"
+    rels = [f"img{i}.png" for i in range(6)]
+    _images(hr, rels, size=(24, 32))
+    _corrupt(hr / "img3.png", how)
+    scores = tmp_path / "scores" / "s.safetensors"
+    dataset_opt = {"name": "tiny", "batch_size_per_gpu": 1, "dataset_enlarge_ratio": 1,
+                   "coreset": {"scores": str(scores), "scorer": "interpolation", "num_workers": 0}}
+    opt = {"scale": 2, "train": {"total_iter": 4}}
+    with untouched(hr), pytest.raises(CoresetConfigError) as e:
+        build_coreset_dataset(FakeRealESRGANDataset(hr, rels), dataset_opt, opt)
+    msg = str(e.value)
+    assert msg.startswith("datasets.train.coreset") and str(hr / "img3.png") in msg and "'img3'" in msg, msg
+    # garbage fails Pillow's header check before scoring; a truncated file has a valid header and fails decoding
+    assert ("cannot read image" if how == "garbage" else "OpenCV cannot decode it (a corrupt or truncated") in msg, msg
+    assert not scores.exists() and not (tmp_path / "scores").exists()

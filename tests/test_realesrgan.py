@@ -3,7 +3,8 @@
 The end-to-end test runs the real ``realesrgan`` package (PyPI 0.3.0: its RealESRGANDataset,
 RealESRNetModel and registrations) through ``coreset-sr-train --import realesrgan`` for a few CPU
 iterations on tiny HR-only data, and checks the log's core-set line and the kept keys against an
-independent scoring of the HR images (bundled SRCNN x4 on their bicubic LR). The bad-input tests
+independent scoring of the HR images (bundled SRCNN x4 on their bicubic LR); a second one runs the same
+recipe through a project's own train.py that calls ``enable()``. The bad-input tests
 check one-line errors with exit status 2, from the CLI and from ``enable()`` in a project's own
 train.py, with nothing made under the working directory.
 """
@@ -233,3 +234,73 @@ def test_enable_in_a_projects_train_py_checks_the_block(tmp_path, untouched):
                             "datasets:train:coreset:scorer=mystery.pth"], cwd=cwd, env=_env(cwd),
                            capture_output=True, text=True, timeout=300)
     _assert_one_line_exit_2(r, r"error: datasets\.train\.coreset\.scorer: mystery\.pth: unknown architecture", cwd)
+
+
+RECORDING = '''
+import basicsr.train as bt
+from pathlib import Path
+
+out = Path(__file__).resolve().parent / "trained_keys.txt"
+
+
+class Recording(bt.CPUPrefetcher):
+    """Test instrumentation, not part of the project: the GT key of every sample handed to the model."""
+
+    def next(self):
+        batch = super().next()
+        if batch is not None:
+            with open(out, "a") as f:
+                f.writelines(Path(p).stem + "\\n" for p in batch["gt_path"])
+        return batch
+
+
+bt.CPUPrefetcher = Recording
+'''
+
+
+@pytest.mark.slow
+def test_enable_in_a_projects_train_py_trains_on_the_core_set(tmp_path):
+    """The happy path of ``enable()``: a project's own train.py (Real-ESRGAN's, as above) runs BasicSR's
+    train_pipeline with the recipe's coreset block; the run scores, prunes and trains on the core-set."""
+    pytest.importorskip("realesrgan")
+    cwd = _workdir(tmp_path)
+    head, main = PROJECT_TRAIN.split('if __name__ == "__main__":')
+    (cwd / "train.py").write_text(head + RECORDING + 'if __name__ == "__main__":' + main)
+    r = subprocess.run([sys.executable, "train.py", "-opt", RECIPE.name], cwd=cwd, env=_env(cwd),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = sorted((cwd / "experiments" / EXP).glob(f"train_{EXP}_*.log"))[-1].read_text()
+    assert "Model [RealESRNetModel] is created." in log
+    assert re.search(r"core-set: scoring 8 samples with 'srcnn' \(x4, 1 rank\(s\)\) \(HR only: LR by MATLAB "
+                     r"bicubic", log)
+    assert re.search(r"core-set: kept 4/8 samples \(50\.0%\), mode=des, ratio=0\.5, skip_top=0, seed=0, "
+                     rf"scores={re.escape(SCORES)} \(computed with srcnn\)", log)
+    assert "Number of train images: 4" in log and "End of training." in log
+    expected = _expected_kept(cwd / "datasets" / "HR")  # scored here, independently of the block
+    assert expected == ["img04", "img05", "img06", "img07"]
+    kept_files = [line.split(" ")[0] for line in (cwd / "scores" / "meta_info_kept.txt").read_text().splitlines()]
+    assert [Path(f).stem for f in kept_files] == expected
+    trained = (cwd / "trained_keys.txt").read_text().split()
+    assert len(trained) >= 4 * 2 and set(trained) == set(expected)  # 4 iterations of batch 2, core-set only
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_unreadable_hr_image_is_one_line_exit_2(tmp_path, how, untouched):
+    """Real-ESRGAN's HR-only dataset with one HR image unreadable (not an image / a truncated PNG):
+    refused in one line naming the file, exit 2, before experiments/ or scores/ exist; data unchanged."""
+    pytest.importorskip("realesrgan")
+    cwd = _workdir(tmp_path)
+    bad = cwd / "datasets" / "HR" / "img03.png"
+    data = bad.read_bytes()
+    bad.write_bytes(b"\x00not an image\xff" * 8 if how == "garbage" else data[: len(data) // 3])
+    with untouched(cwd / "datasets"):
+        r = _run(cwd, ["--import", "realesrgan", "-opt", RECIPE.name], runner=False)
+    # a truncated file passes the header check and fails while scoring: the progress bar (and OpenCV's
+    # warning) come first, then the one error line, no traceback
+    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(errors) == 1, r.stderr[-3000:]
+    assert errors[0] == r.stderr.strip().splitlines()[-1] and re.match(
+        r"coreset-sr-train: error: datasets\.train\.coreset: .*'img03'.*" + re.escape(str(Path("datasets", "HR",
+                                                                                               "img03.png"))),
+        errors[0]), errors[0]
+    assert not (cwd / "experiments").exists() and not (cwd / "scores").exists()

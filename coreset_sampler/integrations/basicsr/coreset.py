@@ -66,7 +66,9 @@ __all__ = [
     "validate_options", "basicsr_keys", "BasicSRScoringView", "align_scores", "build_coreset_dataset",
     "write_meta_info", "implied_epochs", "step_matched_epochs", "check_pair_sizes", "check_outside_dataroots",
     "basicsr_provenance", "expected_provenance", "RESCORE_FIX", "subimage_folder", "SUBIMAGE_DEFAULTS",
-    "DescribedDataset", "uniform_scores",
+    "DescribedDataset", "uniform_scores", "WHERE",
+    # shared with the traiNNer-redux block (integrations/redux/coreset.py)
+    "rank_and_world", "rank0_decides", "on_rank0", "barrier", "load_scores_file", "make_block_scorer",
 ]
 
 BUILTIN_SCORERS = ("srcnn", "sobel", "interpolation")
@@ -635,7 +637,22 @@ def uniform_scores(keys: list[str]) -> tuple[Scores, str]:
             "none (uniform random, no scores needed)")
 
 
-def _load_scores(path: Path, source: str) -> Scores:
+def load_scores_file(path, source: str) -> Scores:
+    """:meth:`Scores.load` of the block's scores file, its errors as :class:`CoresetConfigError`.
+
+    Shared with the traiNNer-redux block, so a broken file reads the same there.
+
+    Args:
+        path: the scores ``.safetensors`` file.
+        source: how messages name it (e.g. ``datasets.train.coreset.scores file 's.safetensors'``).
+
+    Raises:
+        CoresetConfigError: ``"{source}: {why}"`` for a missing, truncated or foreign file.
+
+    Example:
+        >>> load_scores_file("missing.safetensors", "scores")   # doctest: +SKIP
+        CoresetConfigError: scores: ...
+    """
     try:
         return Scores.load(path)
     except (ValueError, OSError) as e:
@@ -741,7 +758,20 @@ def write_meta_info(path, dataset, indices) -> Path:
     return path
 
 
-def _dist() -> tuple[int, int]:
+# -- shared with the traiNNer-redux block ----------------------------------------------------
+# The redux plug-in (integrations/redux/coreset.py) applies the same block to another framework's
+# dataset; these helpers are its contract with this module, public so that neither side depends on
+# the other's private names. One implementation, used by both.
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of torch.distributed, ``(0, 1)`` when it is not initialised.
+
+    Shared with the traiNNer-redux block, which scores and writes the scores file the same way.
+
+    Example:
+        >>> rank_and_world()   # a single process
+        (0, 1)
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -749,36 +779,66 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
-def _rank0_decides(value):
-    """Every rank gets rank 0's ``value`` (so all ranks take the same branch)."""
+def rank0_decides(value):
+    """Every rank gets rank 0's ``value`` (so all ranks take the same branch).
+
+    Shared with the traiNNer-redux block (whether the scores file exists is rank 0's call there too).
+
+    Args:
+        value: any picklable object; only rank 0's is used.
+
+    Example:
+        >>> rank0_decides(3)   # a single process: the value itself
+        3
+    """
     import torch.distributed as dist
 
-    if _dist()[1] == 1:
+    if rank_and_world()[1] == 1:
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
-def _on_rank0(check) -> None:
-    """Run ``check()`` on rank 0 only; if it refuses, every rank raises the same error."""
+def on_rank0(check) -> None:
+    """Run ``check()`` on rank 0 only; if it refuses, every rank raises the same error.
+
+    Shared with the traiNNer-redux block (its provenance check hashes every image once, on rank 0).
+
+    Args:
+        check: a callable that raises :class:`CoresetConfigError` or
+            :class:`~coreset_sampler.ProvenanceError` to refuse; other exceptions propagate on rank 0.
+
+    Raises:
+        CoresetConfigError, ProvenanceError: rank 0's refusal, with its message, on every rank.
+
+    Example:
+        >>> on_rank0(lambda: None)   # passes: nothing raised
+    """
     verdict = None
-    if _dist()[0] == 0:
+    if rank_and_world()[0] == 0:
         try:
             check()
         except (CoresetConfigError, ProvenanceError) as e:
-            if _dist()[1] == 1:
+            if rank_and_world()[1] == 1:
                 raise
             verdict = (isinstance(e, ProvenanceError), str(e))
-    verdict = _rank0_decides(verdict)
+    verdict = rank0_decides(verdict)
     if verdict is not None:
         raise (ProvenanceError if verdict[0] else CoresetConfigError)(verdict[1])
 
 
-def _barrier() -> None:
+def barrier() -> None:
+    """``torch.distributed.barrier()`` with more than one process, else nothing.
+
+    Shared with the traiNNer-redux block: the other ranks wait for rank 0's scores file.
+
+    Example:
+        >>> barrier()   # a single process: returns at once
+    """
     import torch.distributed as dist
 
-    if _dist()[1] > 1:
+    if rank_and_world()[1] > 1:
         dist.barrier()
 
 
@@ -790,7 +850,24 @@ def _scoring_device(opt: Mapping):
     return torch.device("cpu")
 
 
-def _make_scorer(copts: CoresetOptions, scale: int, device):
+def make_block_scorer(copts: CoresetOptions, scale: int, device):
+    """The scorer the block's ``scorer``, ``batch_size`` and ``num_workers`` ask for.
+
+    Shared with the traiNNer-redux block, so both frameworks score with the same settings.
+
+    Args:
+        copts: the validated block.
+        scale: the recipe's ``scale``.
+        device: where the scorer runs.
+
+    Raises:
+        ValueError: a model file that cannot score at ``scale`` (callers name the block's key).
+
+    Example:
+        >>> make_block_scorer(parse_coreset_block({"scores": "s.safetensors", "scorer": "sobel"}), 2, "cpu")
+        ... # doctest: +SKIP
+        SobelScorer(...)
+    """
     from ...scorers import make_scorer
 
     kwargs = {"device": device}
@@ -843,11 +920,11 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
         paths = _paired_paths(dataset)
         paths.sort(key=lambda p: Path(p["gt_path"]).stem)
         keys = basicsr_keys(dataset)
-    rank, world = _dist()
+    rank, world = rank_and_world()
     # The planned core-set must hold one batch per rank: known from the counts, so refuse before scoring.
     step_matched_epochs(selection_counts(len(keys), copts.ratio, copts.skip_top)[0], dataset_opt, opt)
     # Header reads on rank 0, the verdict shared: a mismatched pair stops every rank before scoring.
-    _on_rank0(lambda: check_pair_sizes(dataset, scale))
+    on_rank0(lambda: check_pair_sizes(dataset, scale))
 
     if not copts.needs_scores:
         scores, origin = uniform_scores(keys)
@@ -858,9 +935,9 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
         # changed since validate_options)
         folder = subimage_folder(copts, dataset_opt, scale) if copts.sources is not None else None
         described = folder if folder is not None else DescribedDataset(dataset, scale)
-        if _rank0_decides(path.is_file()) and not copts.rescore:
+        if rank0_decides(path.is_file()) and not copts.rescore:
             origin = f"{path} (loaded)"
-            loaded = align_scores(_subset(_load_scores(path, source), keys), keys, source)
+            loaded = align_scores(_subset(load_scores_file(path, source), keys), keys, source)
 
             def check():
                 # per crop vs whole image first: the two are other numbers, whatever else matches
@@ -869,10 +946,10 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
                 check_provenance(loaded, expected=expected_provenance(copts, scale, hr_only), dataset=described,
                                  source=source, fix=RESCORE_FIX)
 
-            _on_rank0(check)
+            on_rank0(check)
         else:
             try:
-                scorer = _make_scorer(copts, scale, _scoring_device(opt))
+                scorer = make_block_scorer(copts, scale, _scoring_device(opt))
             except ValueError as e:  # a model file that cannot score this recipe
                 raise CoresetConfigError(f"{WHERE}.scorer: {e}") from None
             why = " (rescore: true)" if copts.rescore and path.is_file() else ""
@@ -905,8 +982,8 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
                                                 "granularity": copts.granularity, "scorer": copts.scorer}
                 fresh.save(path)
             origin = f"{path} (computed with {copts.scorer}{why})"
-            _barrier()
-            loaded = _load_scores(path, source)
+            barrier()
+            loaded = load_scores_file(path, source)
         scores = align_scores(_subset(loaded, keys), keys, source)
 
     if copts.mode == "adaptive":  # the full set and an adaptive sampler (see .adaptive)

@@ -25,6 +25,7 @@ import os
 from collections.abc import Mapping
 from pathlib import PurePath
 
+import numpy as np
 from torch.utils.data import Dataset
 
 __all__ = ["hr_file_list", "hr_only_keys", "HROnlyScoringView"]
@@ -113,9 +114,13 @@ class HROnlyScoringView(Dataset):
             opt = dict(self.io_backend_opt)
             self._client = FileClient(opt.pop("type"), **opt)
         try:
-            gt = imfrombytes(self._client.get(self.files[i], "gt"), float32=True)
+            gt = imfrombytes(self._client.get(self.files[i], "gt"), float32=False)
+            if gt is None:  # cv2.imdecode's answer to a corrupt or truncated file
+                raise ValueError("OpenCV cannot decode it (a corrupt or truncated image file?); replace the file "
+                                 "or remove it from the dataset")
         except Exception as e:  # cv2 gives None / opaque errors for unreadable files
             raise ValueError(f"cannot read sample {self.keys[i]!r} ({self.files[i]}): {e}") from e
+        gt = gt.astype(np.float32) / 255.0  # what imfrombytes(float32=True) does, after the check
         if gt.ndim == 2:
             gt = gt[:, :, None]
         return {"gt": img2tensor(gt, bgr2rgb=gt.shape[2] == 3, float32=True), "key": self.keys[i]}

@@ -30,8 +30,8 @@ from ...dataset import CoreSetDataset
 from ...provenance import check_provenance, sources_digest
 from ...scores import atomic_write_bytes
 from ...selection import selection_counts
-from ..basicsr.coreset import (RESCORE_FIX, WHERE, CoresetConfigError, CoresetOptions, DescribedDataset, _barrier,
-                               _dist, _load_scores, _make_scorer, _on_rank0, _rank0_decides, align_scores,
+from ..basicsr.coreset import (RESCORE_FIX, WHERE, CoresetConfigError, CoresetOptions, DescribedDataset, align_scores,
+                               barrier, load_scores_file, make_block_scorer, on_rank0, rank0_decides, rank_and_world,
                                uniform_scores)
 
 __all__ = ["redux_keys", "ReduxScoringView", "RunArithmetic", "redux_iterations", "build_redux_coreset",
@@ -301,7 +301,7 @@ def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger
     dataset.paths.sort(key=lambda p: _key(str(p["gt_path"] if paired else p)))
     keys = redux_keys(dataset)
     scale = int(opt.scale)
-    rank, world = _dist()
+    rank, world = rank_and_world()
     if copts.export_meta_info is not None:
         _check_export_path(copts.export_meta_info, dataset_opt)
     # The planned core-set must make one step per epoch: known from the counts, so refuse before scoring.
@@ -314,15 +314,15 @@ def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger
     else:
         path = Path(copts.scores)
         source = f"{WHERE}.scores file {str(path)!r}"
-        if _rank0_decides(path.is_file()) and not copts.rescore:
+        if rank0_decides(path.is_file()) and not copts.rescore:
             origin = f"{path} (loaded)"
-            loaded = align_scores(_load_scores(path, source), keys, source)
+            loaded = align_scores(load_scores_file(path, source), keys, source)
             # Rank 0 fingerprints the sources (hashing every image once); all ranks share its verdict.
-            _on_rank0(lambda: check_provenance(
+            on_rank0(lambda: check_provenance(
                 loaded, expected=redux_expected_provenance(copts, scale, paired),
                 dataset=DescribedDataset(dataset, scale, redux_provenance), source=source, fix=RESCORE_FIX))
         else:
-            scorer = _make_scorer(copts, scale, _scoring_device(opt))
+            scorer = make_block_scorer(copts, scale, _scoring_device(opt))
             view = ReduxScoringView(dataset, scale)
             why = " (rescore: true)" if copts.rescore and path.is_file() else ""
             if logger is not None:
@@ -340,8 +340,8 @@ def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger
                                                 **redux_provenance(dataset, scale), "scorer": copts.scorer}
                 fresh.save(path)
             origin = f"{path} (computed with {copts.scorer}{why})"
-            _barrier()
-            loaded = _load_scores(path, source)
+            barrier()
+            loaded = load_scores_file(path, source)
         scores = align_scores(loaded, keys, source)
 
     core = CoreSetDataset(dataset, scores, mode=copts.mode, ratio=copts.ratio, skip_top=copts.skip_top,
