@@ -221,6 +221,11 @@ def _export_in(where: str):
     return mutate
 
 
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
 def _set(**kw):
     def mutate(pairs, dopt, tmp):
         dopt.update(kw)
@@ -242,6 +247,11 @@ BLOCK_CASES = [
     ("recipe-scale-wrong", _set(scale=4), cs.CoresetConfigError, ["at scale 4", "32x32", "the recipe's scale"]),
     ("unreadable-image", lambda p, d, t: (p / "LR" / "img02.png").write_bytes(b"not a png"),
      cs.CoresetConfigError, ["cannot read image", "img02.png"]),
+    # a valid PNG header whose pixel data is cut off: passes the header size check, fails decoding
+    ("truncated-lr-image", lambda p, d, t: _truncate(p / "LR" / "img02.png"), cs.CoresetConfigError,
+     ["'img02'", "OpenCV cannot decode", "LR/img02.png", "corrupt or truncated"]),
+    ("truncated-gt-image", lambda p, d, t: _truncate(p / "HR" / "img04.png"), cs.CoresetConfigError,
+     ["'img04'", "OpenCV cannot decode", "HR/img04.png", "corrupt or truncated"]),
     ("export-inside-gt", _export_in("gt"), cs.CoresetConfigError,
      ["export_meta_info", "meta_info_kept.txt", "inside dataroot_gt", "HR"]),
     ("export-inside-lq", _export_in("lq"), cs.CoresetConfigError,

@@ -525,10 +525,14 @@ class BasicSRScoringView(Dataset):
             self._client = FileClient(opt.pop("type"), **opt)
         p = self.paths[i]
         try:
-            gt = imfrombytes(self._client.get(p["gt_path"], "gt"), float32=True)
-            lq = imfrombytes(self._client.get(p["lq_path"], "lq"), float32=True)
+            gt, lq = (imfrombytes(self._client.get(p[f"{k}_path"], k), float32=False) for k in ("gt", "lq"))
+            for img, k in ((gt, "gt"), (lq, "lq")):
+                if img is None:  # cv2.imdecode's answer to a corrupt or truncated file (its header may be fine)
+                    raise ValueError(f"OpenCV cannot decode {p[f'{k}_path']} (a corrupt or truncated image file?); "
+                                     "replace the file or remove the pair from the dataset")
         except Exception as e:  # cv2 gives None / opaque errors for unreadable files
             raise ValueError(f"cannot read sample {self.keys[i]!r} ({p['gt_path']}, {p['lq_path']}): {e}") from e
+        gt, lq = gt.astype(np.float32) / 255.0, lq.astype(np.float32) / 255.0  # imfrombytes(float32=True)
         # No cropping to fit: a pair that disagrees with the scale is a data error, not a sample.
         _check_pair_size(self.keys[i], tuple(lq.shape[:2]), tuple(gt.shape[:2]), self.scale, p)
         gt, lq = img2tensor([gt, lq], bgr2rgb=True, float32=True)
