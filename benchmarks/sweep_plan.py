@@ -49,6 +49,11 @@ class Run:
             parts += [sel["mode"], f"{sel['ratio']:g}"]
             if sel["skip_top"]:
                 parts.append(f"skip{sel['skip_top']:g}")
+            ad = sel.get("adaptive", {})
+            if ad.get("init"):
+                parts.append(f"{ad['init']}-init")
+            if ad.get("full_after") is not None:
+                parts.append(f"full-after{ad['full_after']}")
             parts.append(self.config["matching"])
         parts.append(f"seed{self.seed}")
         return " ".join(parts)
@@ -61,9 +66,11 @@ def config_hash(config: dict) -> str:
 
 
 def row_label(mode: str, ratio: float, matching: str, scorer: str | None = None, skip_top: float = 0.0,
-              default_scorer: str | None = None, exported_from: str | None = None) -> str:
+              default_scorer: str | None = None, exported_from: str | None = None, variant: str | None = None) -> str:
     if mode == "full":
         return "full"
+    if variant is not None:
+        return f"adaptive {100 * ratio:g}% {matching} ({variant})"
     if exported_from is not None:
         return f"exported adaptive {100 * ratio:g}% {matching}"
     name = {"des": "DES", "asc": "ASC"}.get(mode, mode)
@@ -76,11 +83,12 @@ def row_label(mode: str, ratio: float, matching: str, scorer: str | None = None,
 
 def make_config(preset: Preset, arch_key: str, scale: int, mode: str, ratio: float, matching: str, seed: int,
                 scorer_ids: dict, eval_sets: Sequence[str], scorer: str | None = None,
-                skip_top: float = 0.0, exported_from: str | None = None) -> dict:
+                skip_top: float = 0.0, exported_from: str | None = None, variant: dict | None = None) -> dict:
     """The dict that determines a run's result (and its cache hash).
 
     ``exported_from``: hash of an adaptive run; the selection then ranks that run's final loss
     estimate (its exported scores file) instead of the preset's scorer.
+    ``variant``: overrides of an adaptive run (:attr:`Preset.adaptive_variants`).
     """
     spec = preset.archs[arch_key]
     uses_scores = mode in ("des", "asc", "stratified", "adaptive")
@@ -104,8 +112,19 @@ def make_config(preset: Preset, arch_key: str, scale: int, mode: str, ratio: flo
         "seed": seed,
     }
     if mode == "adaptive":  # only adaptive configs carry the key: the static rows' hashes stay as cached
-        config["selection"]["adaptive"] = {"select": "des", "refresh": preset.adaptive_refresh,
-                                           "momentum": preset.adaptive_momentum, "warmup": 0, "full_after": None}
+        ad = config["selection"]["adaptive"] = {"select": "des", "refresh": preset.adaptive_refresh,
+                                                "momentum": preset.adaptive_momentum, "warmup": 0, "full_after": None}
+        if variant:  # variant keys only where set, so the default adaptive rows keep their hashes
+            unknown = set(variant) - {"init", "full_after_frac"}
+            if unknown:
+                raise ValueError(f"adaptive variant keys {sorted(unknown)} unknown (init, full_after_frac)")
+            if variant.get("init") == "uniform":
+                ad["init"] = "uniform"
+                config["selection"]["scorer"] = config["selection"]["scorer_id"] = None
+            elif "init" in variant:
+                raise ValueError(f"adaptive variant init must be 'uniform', got {variant['init']!r}")
+            if "full_after_frac" in variant:
+                ad["full_after"] = int(round(variant["full_after_frac"] * spec.steps))
     if exported_from is not None:  # only exported rows carry the key (no other hash changes)
         config["selection"]["exported_from"] = exported_from
     return config
@@ -128,16 +147,17 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
                 ("des", 0.5, "epoch", None, 0.0)]
 
     def add(table: str, arch: str, scale: int, mode: str, ratio: float, matching: str, scorer=None,
-            skip_top=0.0, tier=2, seeds=None, keep_tier=False, exported=False):
+            skip_top=0.0, tier=2, seeds=None, keep_tier=False, exported=False, variant=None):
         spec = preset.archs[arch]
-        label = row_label(mode, ratio, matching, scorer, skip_top, preset.scorer, "" if exported else None)
+        label = row_label(mode, ratio, matching, scorer, skip_top, preset.scorer, "" if exported else None,
+                          variant[0] if variant else None)
         for seed in (seeds if seeds is not None else spec.seeds):
             src = None
             if exported:  # the adaptive run of the same arch, scale, ratio and seed
                 src = config_hash(make_config(preset, arch, scale, "adaptive", ratio, matching, seed, scorer_ids,
                                               eval_sets))
             cfg = make_config(preset, arch, scale, mode, ratio, matching, seed, scorer_ids, eval_sets, scorer,
-                              skip_top, exported_from=src)
+                              skip_top, exported_from=src, variant=variant[1] if variant else None)
             h = config_hash(cfg)
             t = tier
             if keep_tier:  # the adaptive table: its tier as given (static runs it shares keep their lower one)
@@ -174,6 +194,9 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
                 # after the adaptive run of the same seed (same tier, later in the plan order)
                 add("adaptive", arch, 2, "des", 0.5, "step", tier=6 + k, seeds=seeds, keep_tier=True,
                     exported=True)
+            for variant in (() if quick else preset.adaptive_variants):  # after every other adaptive row
+                add("adaptive", arch, 2, "adaptive", 0.5, "step", tier=6 + len(preset.adaptive_archs), seeds=seeds,
+                    keep_tier=True, variant=variant)
 
     if quick:
         arch = preset.quick_arch

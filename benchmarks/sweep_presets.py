@@ -83,6 +83,10 @@ class Preset:
     # Exported adaptive rows (issue 13, item 4): static DES at 50% over the FINAL loss estimate of the
     # adaptive 50% run of the same arch and seed, step-matched: does the exported set train as well?
     exported_adaptive_archs: tuple[str, ...] = ()
+    # Adaptive variants at 50% (issue 13's schedule knobs), each a row "adaptive 50% step (<name>)" for
+    # every adaptive arch and seed: (name, overrides). Overrides: "init": "uniform" (no static scores:
+    # the training loss alone decides), "full_after_frac": f (the full set from step f x steps on).
+    adaptive_variants: tuple[tuple[str, dict], ...] = ()
 
 
 CPU = Preset(
@@ -127,6 +131,12 @@ CPU = Preset(
     # so the first 50 steps are the static DES core-set and every later change is the adaptation's
     adaptive_archs=("fsrcnn", "edsr", "swinir"),
     exported_adaptive_archs=("fsrcnn",),
+    # The default rows barely move away from the SRCNN core-set (4-27 swaps per re-selection): does the
+    # training loss alone (uniform start: every unseen sample keeps the mean, so low-loss samples are
+    # swapped for unseen ones) or InfoBatch's final full-data phase do better? (The full phase starts at
+    # the first re-selection at or after 80% of the steps: step 400 of 500, 250 of 300.)
+    adaptive_variants=(("uniform init", {"init": "uniform"}),
+                       ("full set from 80% of the steps", {"full_after_frac": 0.8})),
 )
 
 # The paper's setting (Sec. 4.1): DIV2K train HR cut into 480x480 sub-images at stride 240 (~32k),
@@ -187,6 +197,7 @@ CPU_LONG = dataclasses.replace(
     quick_seeds=(0, 1, 2),
     adaptive_archs=("fsrcnn", "edsr", "swinir"),
     exported_adaptive_archs=(),
+    adaptive_variants=(),
 )
 
 PRESETS = {p.name: p for p in (CPU, CPU_LONG, PAPER)}

@@ -132,7 +132,7 @@ def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, 
               ("table3", "Table 3 analog: full vs 50% DES vs refined 50% (skip top 5%), x2 / x3 / x4"),
               ("quick", "Quick rows (x2)"),
               ("adaptive", f"Adaptive core-set (x2, step-matched): re-selected every {preset.adaptive_refresh} steps "
-                           f"from the training loss, initialised from the static scores")]
+                           f"from the training loss, initialised from the static scores (variants: as labelled)")]
     for table, title in tables:
         keys = [k for k in cells if k[0] == table]
         if not keys:
@@ -432,6 +432,12 @@ def _claims(preset, cells, records, prim, eval_sets, find, any_table, values, qu
                 add("(new) adaptive beats refined DES", arch, 2, ad, "refined DES (skip top 5%) 50% step", "better")
             add("(new) adaptive beats random", arch, 2, ad, f"random {pct} step", "better")
             add("(new) adaptive beats full", arch, 2, ad, "full", "better")
+    for name, _ in preset.adaptive_variants:  # the schedule knobs: does a variant do what the default does not?
+        for arch in preset.adaptive_archs:
+            v = f"adaptive 50% step ({name})"
+            add(f"(new) adaptive ({name}) beats static DES", arch, 2, v, "DES 50% step", "better")
+            add(f"(new) adaptive ({name}) beats default adaptive", arch, 2, v, "adaptive 50% step", "better")
+            add(f"(new) adaptive ({name}) beats full", arch, 2, v, "full", "better")
     for arch in preset.exported_adaptive_archs:  # issue 13 item 4: does the exported final set train as well?
         ex = "exported adaptive 50% step"
         add("(new) exported adaptive set trains as well as static DES", arch, 2, ex, "DES 50% step", "matches")
@@ -461,7 +467,7 @@ def _adaptive_section(preset: Preset, cells: dict, records: dict, prim: str = "B
         ad = [x["adaptive"] for x in recs.values() if "adaptive" in x]
         if not ad:
             continue
-        static = done(cells.get((table, arch, scale, label.replace("adaptive", "DES", 1)), []))
+        static = done(cells.get((table, arch, scale, label.split(" (")[0].replace("adaptive", "DES", 1)), []))
         seeds = sorted(set(recs) & set(static))
         a_s = [recs[k]["train_s"] / recs[k]["steps"] for k in seeds]
         s_s = [static[k]["train_s"] / static[k]["steps"] for k in seeds]
@@ -518,6 +524,9 @@ def _adaptive_pooled(preset: Preset, cells: dict, records: dict, prim: str) -> l
         # adaptive rows add over it
         pairs = [(f"adaptive {pct} step", o) for o in others]
         pairs += [(f"DES {pct} step", o) for o in others[-2:]]
+        if r == 0.5:  # the variants against static DES, the default adaptive row and full
+            for name, _ in preset.adaptive_variants:
+                pairs += [(f"adaptive 50% step ({name})", o) for o in ("DES 50% step", "adaptive 50% step", "full")]
         for mine, other in pairs:
             a, b, archs = {}, {}, []
             for arch in preset.adaptive_archs:
@@ -538,7 +547,8 @@ def _adaptive_pooled(preset: Preset, cells: dict, records: dict, prim: str) -> l
                 continue
             c = sweep_stats.compare(a, b)
             hit = "**yes**" if c.significant and c.diff >= 0.1 else "no"
-            name = f"adaptive {pct} vs {other}" if mine.startswith("adaptive") else f"(static reference) {mine} vs {other}"
+            name = (f"{mine.replace(' step', '', 1) if '(' in mine else f'adaptive {pct}'} vs {other}"
+                    if mine.startswith("adaptive") else f"(static reference) {mine} vs {other}")
             lines.append(f"| {name} | {', '.join(archs)} | {c.n_pairs} | {c.diff:+.3f} | "
                          f"{c.p:.3f}{'*' if c.significant else ''} | {hit} |")
     lines.append("")

@@ -311,7 +311,8 @@ def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], An
         ad = sel["adaptive"]
         data = pool
         adaptive = sampler = AdaptiveCoreSetSampler(
-            pool, sel["ratio"], mode=ad["select"], skip_top=sel["skip_top"], scores=scores_for(sel["scorer"]),
+            pool, sel["ratio"], mode=ad["select"], skip_top=sel["skip_top"],
+            scores=scores_for(sel["scorer"]) if ad.get("init") != "uniform" else None,
             batch_size=tr["batch_size"], refresh=ad["refresh"], momentum=ad["momentum"], warmup=ad["warmup"],
             full_after=ad["full_after"], seed=seed)
         steps = tr["steps_full"]

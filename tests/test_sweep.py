@@ -72,6 +72,8 @@ TINY = dataclasses.replace(
     adaptive_archs=("fsrcnn",),
     adaptive_ratios=(0.5,),
     adaptive_refresh=2,  # 4 steps: the initial selection and one re-selection
+    # the full phase from step 2: the second segment draws from the whole pool
+    adaptive_variants=(("uniform init", {"init": "uniform"}), ("full set for the last half", {"full_after_frac": 0.5})),
 )
 
 
@@ -202,14 +204,17 @@ def test_sweep_runs_caches_and_reports(finished):
             assert rec["steps"] == sweep.epoch_steps(TINY.archs["fsrcnn"].steps, rec["kept"], rec["pool_size"])
         else:
             assert rec["steps"] == TINY.archs["fsrcnn"].steps
-        if sel["mode"] != "full":
+        if sel.get("adaptive", {}).get("full_after") is not None:  # ends on the full set
+            assert rec["kept"] == rec["pool_size"] and rec["adaptive"]["final_kept"] == rec["pool_size"]
+        elif sel["mode"] != "full":
             assert rec["kept"] == round(sel["ratio"] * rec["pool_size"])
     # scores computed once per scorer and scale, as files under the cache
     # interpolation (the tiny preset's scorer) at x2 and x4, sobel at x2 (Table 2); one final estimate
     # per adaptive run
     files = list((s.cache_dir / "scores").glob("*.safetensors"))
     adaptive = [r for r in plan if r.config["selection"]["mode"] == "adaptive"]
-    assert len(adaptive) == 2 and len(files) == 3 + len(adaptive)
+    # the default row and two variants, 2 seeds each
+    assert len(adaptive) == 2 * 3 and len(files) == 3 + len(adaptive)
     from coreset_sampler.scores import Scores
     for r in adaptive:
         rec = json.loads((s.cache_dir / f"{r.hash}.json").read_text())
@@ -223,7 +228,7 @@ def test_sweep_runs_caches_and_reports(finished):
         assert exported.metadata["sweep_selection"] == r.config["selection"]
     # the exported rows ran on those files (TINY inherits the cpu preset's exported_adaptive_archs)
     rows = [r for r in plan if r.label == "exported adaptive 50% step"]
-    assert len(rows) == len(adaptive)
+    assert len(rows) == len([r for r in adaptive if r.label == "adaptive 50% step"])
     for r in rows:
         rec = json.loads((s.cache_dir / f"{r.hash}.json").read_text())
         assert rec["exported"]["from_adaptive"] == r.config["selection"]["exported_from"]
@@ -594,6 +599,46 @@ def test_exported_adaptive_row_selects_by_the_matching_adaptive_runs_final_estim
     assert not [r for r in sweep.build_plan(preset, list(preset.eval_sets), ids, quick=True) if "exported" in r.label]
     assert not [r for r in sweep.build_plan(sweep.CPU_LONG, list(preset.eval_sets), ids, quick=True)
                 if "exported" in r.label]
+
+
+def test_adaptive_variants_are_their_own_rows_and_leave_the_default_rows_hashes(finished):
+    s, _, written = finished
+    plan = s.plan()
+    by_label = {}
+    for r in plan:
+        by_label.setdefault(r.label, []).append(r)
+    uniform, tail = by_label["adaptive 50% step (uniform init)"], by_label["adaptive 50% step (full set for the last half)"]
+    default = by_label["adaptive 50% step"]
+    assert {r.seed for r in uniform} == {r.seed for r in tail} == {r.seed for r in default} == {0, 1}
+    for r in default:  # no variant keys: the committed cache of the default rows stays valid
+        assert set(r.config["selection"]["adaptive"]) == {"select", "refresh", "momentum", "warmup", "full_after"}
+        assert r.config["selection"]["adaptive"]["full_after"] is None
+    for r in uniform:  # no static scores at all: the training loss alone decides
+        sel = r.config["selection"]
+        assert sel["adaptive"]["init"] == "uniform" and sel["scorer"] is None and sel["scorer_id"] is None
+        rec = json.loads((s.cache_dir / f"{r.hash}.json").read_text())
+        from coreset_sampler.scores import Scores
+        exported = Scores.load(s.cache_dir / "scores" / rec["adaptive"]["scores_file"])
+        assert exported.metadata["adaptive_init"] == "uniform"
+    for r in tail:
+        assert r.config["selection"]["adaptive"]["full_after"] == 2  # 0.5 x 4 steps
+    md = written["md"]
+    for needle in ("adaptive 50% step (uniform init)", "(new) adaptive (uniform init) beats static DES",
+                   "(new) adaptive (full set for the last half) beats default adaptive",
+                   "adaptive 50% (uniform init) vs DES 50% step"):
+        assert needle in md, needle
+    # no variants in the quick plan
+    assert not [r for r in s.plan() if "(" in r.label and s.quick]
+    quick = sweep.build_plan(TINY, ["Set5"], {("interpolation", 2): "i"}, quick=True)
+    assert not [r for r in quick if r.label.endswith(")")]
+
+
+def test_adaptive_variant_keys_are_checked():
+    ids = {("interpolation", 2): "i"}
+    with pytest.raises(ValueError, match=r"unknown \(init, full_after_frac\)"):
+        sweep.make_config(TINY, "fsrcnn", 2, "adaptive", 0.5, "step", 0, ids, ["Set5"], variant={"warmup": 3})
+    with pytest.raises(ValueError, match="init must be 'uniform', got 'static'"):
+        sweep.make_config(TINY, "fsrcnn", 2, "adaptive", 0.5, "step", 0, ids, ["Set5"], variant={"init": "static"})
 
 
 def test_exported_adaptive_scores_are_loaded_from_the_runs_file_and_refused_when_foreign(tmp_path):
