@@ -111,6 +111,18 @@ def test_crop_sums_equal_direct_sums(h, w, crop, seed):
 # --------------------------------------------------------------------------- what is scored
 
 
+def _reference_error(ds, model, i: int, crop: int = 16):
+    """Crop ``i``'s Y error by the definition (untiled model on the whole modcropped source, x2), and
+    whether the crop was shifted inside the image."""
+    path, top, left = ds.source(i)
+    gt = modcrop(load_image(path), 2)
+    with torch.inference_mode():
+        pred = model(downsample(gt, 2)[None])[0]
+    H, W = gt.shape[-2:]
+    t, l_ = min(top, H - crop), min(left, W - crop)
+    return (rgb_to_y(pred) - rgb_to_y(gt))[0, t:t + crop, l_:l_ + crop].double(), (t, l_) != (top, left)
+
+
 def test_scores_are_the_whole_image_error_over_each_crop(srcs):
     ds = SubImageDataset(srcs, crop=16, step=8, scale=2, progress=False)
     model = _model()
@@ -120,14 +132,8 @@ def test_scores_are_the_whole_image_error_over_each_crop(srcs):
     # reference: the definition, computed directly (untiled model on the whole modcropped source)
     shifted = 0
     for i in range(len(ds)):
-        path, top, left = ds.source(i)
-        gt = modcrop(load_image(path), 2)
-        with torch.inference_mode():
-            pred = model(downsample(gt, 2)[None])[0]
-        H, W = gt.shape[-2:]
-        t, l_ = min(top, H - 16), min(left, W - 16)
-        shifted += (t, l_) != (top, left)
-        d = (rgb_to_y(pred) - rgb_to_y(gt))[0, t:t + 16, l_:l_ + 16].double()
+        d, moved = _reference_error(ds, model, i)
+        shifted += moved
         assert s.values[i] == pytest.approx(float((d * d).mean()), rel=1e-5), ds.keys[i]
     assert shifted > 0 and s.metadata["whole_image"]["shifted_crops"] == shifted  # im1 is 37x45
 
@@ -258,13 +264,7 @@ def test_loss_l1_with_a_tiled_model_matches_the_definition(srcs):
     model = _model()
     s = WholeImageScorer(model, loss="l1", tile=5, **FAST).score(ds)
     for i in range(0, len(ds), 3):
-        path, top, left = ds.source(i)
-        gt = modcrop(load_image(path), 2)
-        with torch.inference_mode():
-            pred = model(downsample(gt, 2)[None])[0]
-        H, W = gt.shape[-2:]
-        t, l_ = min(top, H - 16), min(left, W - 16)
-        d = (rgb_to_y(pred) - rgb_to_y(gt))[0, t:t + 16, l_:l_ + 16].double()
+        d, _ = _reference_error(ds, model, i)
         assert s.values[i] == pytest.approx(float(d.abs().mean()), rel=1e-5), ds.keys[i]
 
 
