@@ -68,10 +68,13 @@ def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, 
         return cells.get((table, arch, scale, label), [])
 
     def any_table(arch, scale, label) -> list[Run]:
+        # every run of the row, whichever tables list it (cpu_long: the quick table has FSRCNN's 3 quick
+        # seeds, the adaptive table all 5 of the same row)
+        runs: dict[str, Run] = {}
         for t in ("table1", "table2", "table3", "quick", "adaptive"):
-            if (t, arch, scale, label) in cells:
-                return cells[(t, arch, scale, label)]
-        return []
+            for r in cells.get((t, arch, scale, label), []):
+                runs.setdefault(r.hash, r)
+        return list(runs.values())
 
     def values(runs, set_name=prim, key="psnr"):
         return _per_seed(records, runs, _m(set_name, key))

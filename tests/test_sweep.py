@@ -564,18 +564,23 @@ def test_budget_counts_only_the_scoring_this_plan_needs():
 
 
 @pytest.mark.parametrize("preset", ["cpu", "cpu_long"])
-def test_committed_cache_still_matches_every_static_run(preset):
-    # adding the adaptive rows must not change the hash (= the cache file) of any static run
+def test_committed_cache_covers_every_planned_run(preset):
+    # the committed reports are complete: every run of the plan (static, adaptive, variants, exported) is
+    # in the cache, so adding rows never changed the hash (= the cache file) of an existing run, and the
+    # default adaptive rows carry no variant key
     cache = sweep.CACHE_ROOT / preset
     if not cache.is_dir():
         pytest.skip("no committed cache")
     p = sweep.PRESETS[preset]
     s = sweep.Sweep(p, sweep.DEFAULT_DATA, quick=p.quick_only, progress=False)
     records = sweep.load_records(cache)
-    static = [r for r in s.plan() if r.config["selection"]["mode"] != "adaptive"]
-    assert static and all(records.get(r.hash, {}).get("status") == "ok" for r in static)
-    adaptive = [r for r in s.plan() if r.config["selection"]["mode"] == "adaptive"]
+    plan = s.plan()
+    missing = [r.describe() for r in plan if records.get(r.hash, {}).get("status") != "ok"]
+    assert plan and not missing, missing
+    adaptive = [r for r in plan if r.config["selection"]["mode"] == "adaptive"]
     assert adaptive and all("adaptive" in r.config["selection"] for r in adaptive)
+    assert {a for r in adaptive if r.label.startswith("adaptive") and r.label.endswith("step")
+            for a in r.config["selection"]["adaptive"]} == {"select", "refresh", "momentum", "warmup", "full_after"}
 
 
 def test_exported_adaptive_row_selects_by_the_matching_adaptive_runs_final_estimate():
