@@ -10,7 +10,7 @@ interrupted sweep resumes and later sessions continue it. The report
     python benchmarks/sweep.py --max-minutes 120    # stop cleanly between runs after ~2 h
     python benchmarks/sweep.py --report-only        # rebuild the report from the cache
     python benchmarks/sweep.py --plan               # list the runs and the budget, run nothing
-    python benchmarks/sweep.py --preset cpu_long    # follow-up: key rows, FSRCNN trained 4x longer
+    python benchmarks/sweep.py --preset cpu_long    # follow-up: every model 4x longer, key + adaptive rows
     python benchmarks/sweep.py --preset paper --data-root /data   # DIV2K settings (GPU machine)
 
 Presets: ``cpu`` trains on the sub-images of ../shared/data T91 + BSD200 and evaluates on Set5,
