@@ -23,6 +23,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from coreset_sampler import Scores, select_indices  # noqa: E402
 
+from recording_prefetcher import SOURCE  # noqa: E402
+
 pytestmark = [pytest.mark.basicsr, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,27 +34,12 @@ EXP = "tiny_cpu_RDNx2_coreset"  # the recipe's name
 N_IMAGES = 16
 SCORES = "scores/T91_x2_sobel.safetensors"
 
-RUNNER = '''
-import os, sys
+RUNNER = SOURCE + '''
+import os
 from pathlib import Path
 from coreset_sampler.integrations.basicsr import train
-import basicsr.train as bt
 
-out = Path(os.environ["RECORD_DIR"]) / f"keys_rank{os.environ.get('RANK', '0')}.txt"
-
-
-class Recording(bt.CPUPrefetcher):
-    """BasicSR's train prefetcher, writing down the GT key of every sample it hands out."""
-
-    def next(self):
-        batch = super().next()
-        if batch is not None:
-            with open(out, "a") as f:
-                f.writelines(Path(p).stem + "\\n" for p in batch["gt_path"])
-        return batch
-
-
-bt.CPUPrefetcher = Recording
+record_trained_keys(Path(os.environ["RECORD_DIR"]) / f"keys_rank{os.environ.get('RANK', '0')}.txt")
 train.main()
 '''
 

@@ -32,6 +32,8 @@ from coreset_sampler.data import load_image  # noqa: E402
 from coreset_sampler.integrations.basicsr.project import ProjectImportError, split_import_args  # noqa: E402
 from coreset_sampler.scorers import make_scorer  # noqa: E402
 
+from recording_prefetcher import SOURCE  # noqa: E402
+
 pytestmark = pytest.mark.basicsr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,28 +41,13 @@ RECIPE = REPO / "integrations" / "realesrgan" / "options" / "train_realesrnet_x4
 EXP = "train_RealESRNetx4plus_coreset_cpu"
 SCORES = "scores/tiny_HR_srcnn_x4.safetensors"
 
-RUNNER = '''
-import os, sys
+RUNNER = SOURCE + '''
+import os
 from pathlib import Path
 from coreset_sampler.integrations.basicsr import train
-import basicsr.train as bt
 
-out = Path(os.environ["RECORD_DIR"]) / "trained_keys.txt"
-
-
-class Recording(bt.CPUPrefetcher):
-    """BasicSR's train prefetcher, writing down the GT key of every sample it hands out."""
-
-    def next(self):
-        batch = super().next()
-        if batch is not None:
-            with open(out, "a") as f:
-                f.writelines(Path(p).stem + "\\n" for p in batch["gt_path"])
-            (out.parent / "batch_entries.txt").write_text(" ".join(sorted(batch)))
-        return batch
-
-
-bt.CPUPrefetcher = Recording
+record_trained_keys(Path(os.environ["RECORD_DIR"]) / "trained_keys.txt",
+                    entries=Path(os.environ["RECORD_DIR"]) / "batch_entries.txt")
 train.main()
 '''
 
@@ -236,25 +223,8 @@ def test_enable_in_a_projects_train_py_checks_the_block(tmp_path, untouched):
     _assert_one_line_exit_2(r, r"error: datasets\.train\.coreset\.scorer: mystery\.pth: unknown architecture", cwd)
 
 
-RECORDING = '''
-import basicsr.train as bt
-from pathlib import Path
-
-out = Path(__file__).resolve().parent / "trained_keys.txt"
-
-
-class Recording(bt.CPUPrefetcher):
-    """Test instrumentation, not part of the project: the GT key of every sample handed to the model."""
-
-    def next(self):
-        batch = super().next()
-        if batch is not None:
-            with open(out, "a") as f:
-                f.writelines(Path(p).stem + "\\n" for p in batch["gt_path"])
-        return batch
-
-
-bt.CPUPrefetcher = Recording
+RECORDING = SOURCE + '''
+record_trained_keys(__import__("pathlib").Path(__file__).resolve().parent / "trained_keys.txt")
 '''
 
 
