@@ -194,7 +194,8 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
                 # after the adaptive run of the same seed (same tier, later in the plan order)
                 add("adaptive", arch, 2, "des", 0.5, "step", tier=6 + k, seeds=seeds, keep_tier=True,
                     exported=True)
-            for variant in (() if quick else preset.adaptive_variants):  # after every other adaptive row
+            # after every other adaptive row; not in a --quick subset (a follow-up preset has them)
+            for variant in (() if quick and not preset.quick_only else preset.adaptive_variants):
                 add("adaptive", arch, 2, "adaptive", 0.5, "step", tier=6 + len(preset.adaptive_archs), seeds=seeds,
                     keep_tier=True, variant=variant)
 

@@ -531,7 +531,8 @@ def test_long_followup_preset_is_the_key_rows_trained_longer(tmp_path, capsys):
     # the 6 key rows (FSRCNN, quick seeds) and, for every arch at each of its seeds, the adaptive table:
     # full, DES / refined / random 50%, DES 25%, adaptive 50% / 25% (issue 13); no random 25% here
     adaptive_rows = {"full", "DES 50% step", "refined DES (skip top 5%) 50% step", "random 50% step",
-                     "DES 25% step", "adaptive 50% step", "adaptive 25% step"}
+                     "DES 25% step", "adaptive 50% step", "adaptive 25% step",
+                     "adaptive 50% step (uniform init)", "adaptive 50% step (full set from 80% of the steps)"}
     for arch, spec in long.archs.items():
         cells = {(r.seed, c[3]) for r in plan if r.arch == arch for c in r.cells if c[0] == "adaptive"}
         assert cells == {(seed, row) for seed in spec.seeds for row in adaptive_rows}
@@ -547,8 +548,12 @@ def test_long_followup_preset_is_the_key_rows_trained_longer(tmp_path, capsys):
     # the CLI needs no --quick for it
     assert sweep.main(["--preset", "cpu_long", "--plan", "--cache-dir", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
-    n_fsrcnn = 6 * 3 + 3 * 3 + 7 * 2  # key rows; DES 25% + adaptive 50 / 25% at seeds 0-2; all 7 at seeds 3-4
-    assert out.count("fsrcnn x2") == n_fsrcnn and out.count("edsr x2") == out.count("swinir x2") == 7 * 3
+    # key rows; DES 25%, adaptive 50 / 25% and the 2 variants at seeds 0-2; all 9 rows at seeds 3-4
+    n_fsrcnn = 6 * 3 + 5 * 3 + 9 * 2
+    assert out.count("fsrcnn x2") == n_fsrcnn and out.count("edsr x2") == out.count("swinir x2") == 9 * 3
+    # the full phase starts at 80% of each model's steps
+    tails = {r.arch: r.config["selection"]["adaptive"]["full_after"] for r in plan if r.label.endswith("steps)")}
+    assert tails == {"fsrcnn": 1600, "edsr": 960, "swinir": 960}
 
 
 def test_budget_counts_only_the_scoring_this_plan_needs():
