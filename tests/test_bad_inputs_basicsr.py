@@ -345,17 +345,22 @@ MAIN_CASES = [
 ]
 
 
+def main_error_line(recipe: Path, capsys) -> str:
+    """Run ``coreset-sr-train -opt recipe`` in process; it must exit 2 with one ``error:`` line, returned."""
+    with pytest.raises(SystemExit) as e:
+        tr.main(["-opt", str(recipe)])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("coreset-sr-train: error: "), lines
+    return lines[0]
+
+
 @pytest.mark.parametrize("case, transform, needles", MAIN_CASES, ids=[c[0] for c in MAIN_CASES])
 def test_main_prints_one_line_and_creates_nothing(case, transform, needles, tmp_path, monkeypatch, capsys):
     path = tmp_path / "recipe.yml"
     path.write_text(transform(TINY.read_text()))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as e:
-        tr.main(["-opt", str(path)])
-    assert e.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("coreset-sr-train: error: ")
-    assert_message(lines[0], needles)
+    assert_message(main_error_line(path, capsys), needles)
     assert os.listdir(tmp_path) == ["recipe.yml"]
 
 
@@ -389,12 +394,9 @@ def test_main_refuses_x2_scores_in_an_x4_recipe_before_experiments(pairs, tmp_pa
     recipe.write_text(yaml.safe_dump(opt))
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
-    with untouched(pairs / "HR", pairs / "LR", pairs / "LR4"), pytest.raises(SystemExit) as e:
-        tr.main(["-opt", str(recipe)])
-    assert e.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("coreset-sr-train: error: "), lines
-    assert_message(lines[0], ["s.safetensors", "scale is 2 in the scores file but 4 here", "rescore: true"])
+    with untouched(pairs / "HR", pairs / "LR", pairs / "LR4"):
+        line = main_error_line(recipe, capsys)
+    assert_message(line, ["s.safetensors", "scale is 2 in the scores file but 4 here", "rescore: true"])
     assert not (tmp_path / "experiments").exists() and not (tmp_path / "tb_logger").exists()
     assert scores.read_bytes() == before
 
@@ -793,12 +795,7 @@ def test_main_refuses_a_missing_source_before_experiments(subs, tmp_path, monkey
         opt["datasets"][phase].update(dataroot_gt=str(subs / "HR_sub"), dataroot_lq=str(subs / "LR_sub"))
     recipe.write_text(yaml.safe_dump(opt))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as e:
-        tr.main(["-opt", str(recipe)])
-    assert e.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("coreset-sr-train: error: "), lines
-    assert_message(lines[0], ["datasets.train.coreset.sources", "'im2_s001'", "no source image 'im2'"])
+    assert_message(main_error_line(recipe, capsys), ["datasets.train.coreset.sources", "'im2_s001'", "no source image 'im2'"])
     assert not (tmp_path / "experiments").exists() and not (tmp_path / "tb_logger").exists()
     assert not (tmp_path / "scores").exists()
 
