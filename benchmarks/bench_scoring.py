@@ -117,13 +117,13 @@ def conv_roofline(device, seconds: float = 3.0) -> dict:
             while time.perf_counter() - t0 < seconds:
                 conv(x)
                 n += 1
-            _sync(device)
+            sync(device)
             dt_ = time.perf_counter() - t0
         out[name] = flops * n / dt_ / 1e9
     return out
 
 
-def _sync(device):
+def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -133,27 +133,29 @@ def bench_model_only(model, lqs: list[torch.Tensor], batch: int, device) -> dict
     batches = [b for b in batches if len(b) == batch] or batches  # full batches, as the pipeline's
     with torch.inference_mode():
         model(batches[0].to(device))  # warm-up
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         n = 0
         for b in batches:
             model(b.to(device))
             n += len(b)
-        _sync(device)
+        sync(device)
         dt_ = time.perf_counter() - t0
     return {"samples": n, "seconds": dt_, "samples_per_s": n / dt_}
 
 
-def _model_rate(model, batch: int, device, seconds: float) -> float:
-    x = torch.rand(batch, 3, CROP // SCALE, CROP // SCALE, device=device)
+def model_rate(model, batch: int, device, seconds: float, lr: int = CROP // SCALE) -> float:
+    """Samples per second of the model alone on random ``lr`` x ``lr`` batches, for about ``seconds``
+    (also used by ``gpu/scoring_gpu.py``)."""
+    x = torch.rand(batch, 3, lr, lr, device=device)
     with torch.inference_mode():
         model(x)
-        _sync(device)
+        sync(device)
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             model(x)
             n += batch
-        _sync(device)
+        sync(device)
         return n / (time.perf_counter() - t0)
 
 
@@ -311,7 +313,7 @@ def main(argv=None) -> dict:
         for nt in sorted({1, threads}):
             torch.set_num_threads(nt)
             for bs in sorted({1, fb, 8, args.batch_size}):
-                grid[f"threads={nt},batch={bs}"] = _model_rate(model, bs, device, 0.5 if args.quick else 2.0)
+                grid[f"threads={nt},batch={bs}"] = model_rate(model, bs, device, 0.5 if args.quick else 2.0)
         torch.set_num_threads(1)
         c1 = bench_naive(model, ds.hr_paths[:naive_n], device)
         c1.pop("values")

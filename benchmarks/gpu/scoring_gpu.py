@@ -51,6 +51,9 @@ from coreset_sampler.scorers import LossScorer  # noqa: E402
 from coreset_sampler.selection import select_indices  # noqa: E402
 from coreset_sampler.whole_image import WholeImageScorer  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_scoring import model_rate, sync  # noqa: E402
+
 T_START = time.perf_counter()
 
 
@@ -80,24 +83,6 @@ def synth(path: Path, h: int, w: int, seed: int) -> None:
         img += np.kron(base, np.ones((k, k, 1), np.float32))[:h, :w]
     img += rng.normal(0, 6, img.shape).astype(np.float32) * (xx > w / 2)[..., None]  # half the image noisy
     Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, compress_level=1)
-
-
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def model_only(model, dev, lr: int, batch: int, seconds: float) -> float:
-    x = torch.rand(batch, 3, lr, lr, device=dev)
-    with torch.inference_mode():
-        model(x)
-        sync(dev)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            model(x)
-            n += batch
-        sync(dev)
-        return n / (time.perf_counter() - t0)
 
 
 def timed(fn):
@@ -207,7 +192,7 @@ def main(argv=None) -> dict:
             if over_budget(f"model_only_{prec}"):
                 continue
             for batch in ((8, 32) if gpu else (4,)):
-                rate = model_only(m, dev, lr, batch, 3.0 if gpu else 0.5)
+                rate = model_rate(m, batch, dev, 3.0 if gpu else 0.5, lr=lr)
                 res["stages"][f"model_only_{prec}_b{batch}"] = {"samples_per_s": rate,
                                                                "hr_mpixel_per_s": rate * crop * crop / 1e6}
         warm = Path(tmp) / "warm"  # two sources: untimed warm-up of each path (CUDA init, cuDNN autotune)
