@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     from coreset_sampler.adaptive import AdaptiveCoreSetSampler
     from coreset_sampler.dataset import CoreSetDataset
     from coreset_sampler.sampler import StepMatchedSampler
-    from coreset_sampler.training import train
+    from coreset_sampler.lab.training import train
 
     p = CPU
     pool = Pool([args.data_dir / s for s in p.train_sets], p.crop[2], p.step[2], 2, progress=False)

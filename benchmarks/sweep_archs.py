@@ -1,7 +1,7 @@
 """Architectures for the reproduction sweep: FSRCNN (ours), EDSR and SwinIR (BasicSR's archs).
 
 Every builder returns an ``nn.Module`` mapping an RGB LR batch ``[B, 3, h, w]`` in [0, 1] to
-``[B, 3, h*scale, w*scale]``, as :func:`coreset_sampler.training.train` and ``evaluate`` expect.
+``[B, 3, h*scale, w*scale]``, as :func:`coreset_sampler.lab.training.train` and ``evaluate`` expect.
 
 - ``fsrcnn``: :class:`coreset_sampler.models.FSRCNN` (simple CNN, the paper's Table 1 first column).
 - ``edsr``: BasicSR's ``EDSR`` (residual CNN) with small dims, a CPU-sized EDSR-baseline.

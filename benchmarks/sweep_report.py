@@ -306,7 +306,7 @@ def _setup_section(preset: Preset, plan: list[Run], records: dict, eval_sets: li
                  + ", ".join(f"x{s} {preset.crop[s]}/{preset.step[s]}" for s in sorted(preset.crop)) + ")"
                  + (f"; {pool['pool_size']} sub-images at x{pool['scale']}" if pool else "") + ". LR by MATLAB "
                  "bicubic (8-bit), as the library's `SubImageDataset`.")
-    lines.append(f"- Training: `coreset_sampler.training.train`, Adam, {preset.lr_schedule} schedule, {preset.loss} loss, "
+    lines.append(f"- Training: `coreset_sampler.lab.training.train`, Adam, {preset.lr_schedule} schedule, {preset.loss} loss, "
                  f"batch {preset.batch_size}, HR patch " + ", ".join(f"x{s} {p}" for s, p in sorted(preset.patch.items()))
                  + f", flips/transposes {'on' if preset.augment else 'off'}. Step-matched core-sets draw "
                  "`len(full set)` samples per epoch (`StepMatchedSampler`), so they take the full run's steps; "

@@ -140,7 +140,7 @@ def ssim_y_separable(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> float:
 
 
 def evaluate_fast(model, images, scale: int, device=None) -> dict:
-    """:func:`coreset_sampler.training.evaluate` on a dataset of items, with :func:`ssim_y_separable`.
+    """:func:`coreset_sampler.lab.training.evaluate` on a dataset of items, with :func:`ssim_y_separable`.
 
     The same steps as the library: model (or MATLAB bicubic when ``model`` is None) on the LR
     image, clamp to [0, 1], Y-PSNR (:func:`coreset_sampler.metrics.psnr_y`) and SSIM with
@@ -168,13 +168,13 @@ def evaluate_fast(model, images, scale: int, device=None) -> dict:
 
 def check_fast_eval(images, scale: int, tol: float = 1e-9) -> dict:
     """Raise unless :func:`evaluate_fast` gives the library's ``evaluate`` numbers (bicubic, ``images``)."""
-    from coreset_sampler.training import evaluate
+    from coreset_sampler.lab.training import evaluate
 
     ref = evaluate(None, images, scale)
     mine = evaluate_fast(None, images, scale)
     for k in ("psnr", "ssim"):
         if abs(ref[k] - mine[k]) > tol:
-            raise RuntimeError(f"fast evaluation disagrees with coreset_sampler.training.evaluate on {k}: "
+            raise RuntimeError(f"fast evaluation disagrees with coreset_sampler.lab.training.evaluate on {k}: "
                                f"{mine[k]!r} vs {ref[k]!r}")
     return {"psnr": ref["psnr"], "ssim": ref["ssim"], "max_abs_diff": max(abs(ref[k] - mine[k]) for k in ("psnr", "ssim"))}
 
@@ -295,7 +295,7 @@ def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], An
     """Train and evaluate one run; returns the result fields (raises on failure)."""
     from coreset_sampler.dataset import CoreSetDataset
     from coreset_sampler.sampler import StepMatchedSampler
-    from coreset_sampler.training import train
+    from coreset_sampler.lab.training import train
 
     cfg = run.config
     sel, tr = cfg["selection"], cfg["train"]

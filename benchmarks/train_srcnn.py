@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from coreset_sampler.data import SubImageDataset  # noqa: E402
 from coreset_sampler.models import SRCNN, load_weights, save_weights  # noqa: E402
 from coreset_sampler.scores import atomic_write_bytes  # noqa: E402
-from coreset_sampler.training import evaluate, train  # noqa: E402
+from coreset_sampler.lab.training import evaluate, train  # noqa: E402
 
 
 def git_commit() -> str | None:

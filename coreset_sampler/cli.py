@@ -887,7 +887,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .lab.demo import run_demo
 
     _check_device(args.device)
     run_demo(data=args.data, out=args.out, steps=args.steps, quick=args.quick, eval_dir=args.eval_dir,

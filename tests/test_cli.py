@@ -526,7 +526,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
 def test_demo_heldout_photos_are_bundled_and_rewritten_idempotently(tmp_path):
     """Without Set5 the demo evaluates on scikit-image photographs it never trains on."""
     pytest.importorskip("skimage")
-    from coreset_sampler.demo import HELDOUT_PHOTOS, TRAIN_PHOTOS, _eval_items, bundled_photos
+    from coreset_sampler.lab.demo import HELDOUT_PHOTOS, TRAIN_PHOTOS, _eval_items, bundled_photos
 
     assert not set(HELDOUT_PHOTOS) & set(TRAIN_PHOTOS)
     paths = bundled_photos(HELDOUT_PHOTOS, tmp_path)

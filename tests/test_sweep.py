@@ -350,7 +350,7 @@ def test_pool_items_equal_the_library_dataset(data_dir):
 
 def test_fast_evaluation_equals_library_evaluate(data_dir):
     from coreset_sampler.metrics import ssim_y
-    from coreset_sampler.training import evaluate
+    from coreset_sampler.lab.training import evaluate
 
     ev = sweep.EvalSet(data_dir / "Set5", 2)
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from coreset_sampler.degradation import downsample, imresize, rgb_to_y
 from coreset_sampler.models import FSRCNN, SRCNN
-from coreset_sampler.training import evaluate, train
+from coreset_sampler.lab.training import evaluate, train
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -107,7 +107,7 @@ def test_aligned_crops_and_augmentation_keep_lq_and_gt_in_register():
     assert all(x.shape == (4, 3, 4, 4) for x in seen)
 
     # and on the box-averaged pairing: check alignment directly through the patch view
-    from coreset_sampler.training import _PatchView
+    from coreset_sampler.lab.training import _PatchView
 
     view = _PatchView(items, patch_size=8, augment=True)
     for token in range(40):

@@ -59,14 +59,14 @@ class ResidualFSRCNN(nn.Module):
 
     def __init__(self, scale: int = 2, d: int = 32, s: int = 12, m: int = 2):
         super().__init__()
-        from .models import FSRCNN
+        from ..models import FSRCNN
 
         self.scale = scale
         self.body = FSRCNN(scale, in_channels=3, d=d, s=s, m=m)
         self.config = dict(d=d, s=s, m=m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .degradation import imresize
+        from ..degradation import imresize
 
         return imresize(x, scale=self.scale) + self.body(x)
 
@@ -135,7 +135,7 @@ def bundled_photos(names, dst: Path) -> list[Path]:
 
     from PIL import Image
 
-    from .scores import atomic_write_bytes
+    from ..scores import atomic_write_bytes
 
     skdata = _skimage_data()
     dst.mkdir(parents=True, exist_ok=True)
@@ -169,8 +169,8 @@ def find_eval_set() -> Path | None:
 
 def _eval_items(root: Path, crop: int | None = None) -> list[dict]:
     """HR images of ``root`` (modcropped) with their bicubic LR, computed once for all methods."""
-    from .data import PairedImageFolder
-    from .degradation import downsample
+    from ..data import PairedImageFolder
+    from ..degradation import downsample
 
     ds = PairedImageFolder(root, scale=SCALE)
     items = []
@@ -226,12 +226,12 @@ def run_demo(data=None, out="demo_out", steps: int | None = None, quick: bool = 
 
 
 def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, patch_size, lr) -> dict:
-    from .data import SubImageDataset
-    from .dataset import CoreSetDataset
-    from .export import check_writable_outside, dataset_layout, export_coreset
-    from .plots import plot_distribution, plot_grid, thresholds_text
-    from .provenance import provenance_of
-    from .sampler import StepMatchedSampler
+    from ..data import SubImageDataset
+    from ..dataset import CoreSetDataset
+    from ..export import check_writable_outside, dataset_layout, export_coreset
+    from ..plots import plot_distribution, plot_grid, thresholds_text
+    from ..provenance import provenance_of
+    from ..sampler import StepMatchedSampler
     from .training import evaluate, train
 
     t_start = time.perf_counter()
@@ -267,8 +267,8 @@ def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, 
 
     # 2. scores
     t0 = time.perf_counter()
-    from .models import available_pretrained
-    from .scorers import InterpolationScorer, LossScorer
+    from ..models import available_pretrained
+    from ..scorers import InterpolationScorer, LossScorer
 
     scores_path = out / "scores.safetensors"
     if SCALE in available_pretrained().get("srcnn", []):
@@ -298,7 +298,7 @@ def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, 
     print(f"[3/7] refined core-set (mode={MODE}, ratio={RATIO}, skip_top={SKIP_TOP})", flush=True)
     print("      " + str(core.summary()).replace("\n", "\n      "))
     print("    " + thresholds_text(scores, MODE, RATIO, SKIP_TOP))
-    from .scores import atomic_write_bytes
+    from ..scores import atomic_write_bytes
 
     atomic_write_bytes(out / "keep.txt", ("\n".join(core.keys) + "\n").encode())
     stage("select", t0)

@@ -22,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
-from .degradation import _check_scale, downsample, imresize, modcrop, rgb_to_y
-from .metrics import psnr_y, ssim_y
+from ..degradation import _check_scale, downsample, imresize, modcrop, rgb_to_y
+from ..metrics import psnr_y, ssim_y
 
 __all__ = ["train", "evaluate"]
 
@@ -211,7 +211,7 @@ def train(
         raise ValueError(f"time_budget_s must be > 0 or None, got {time_budget_s!r}")
     if len(dataset) == 0:
         raise ValueError("train got an empty dataset")
-    from .adaptive import AdaptiveCoreSetSampler  # local: keep `import training` light
+    from ..adaptive import AdaptiveCoreSetSampler  # local: keep `import training` light
 
     adaptive = sampler if isinstance(sampler, AdaptiveCoreSetSampler) else None
     if adaptive is not None:
@@ -323,7 +323,7 @@ def train(
 # --------------------------------------------------------------------------- evaluation
 
 def _load_rgb(path: Path) -> torch.Tensor:
-    from .data import load_image  # lazy: data.py pulls in PIL and tqdm
+    from ..data import load_image  # lazy: data.py pulls in PIL and tqdm
 
     return load_image(path)
 
