@@ -21,10 +21,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> the module that defines it
 _EXPORTS = {
+    "CoresetError": "errors",
+    "CoresetValueError": "errors",
+    "CoresetTypeError": "errors",
+    "CoresetRuntimeError": "errors",
+    "CoresetOSError": "errors",
     "CoreSetDataset": "dataset",
     "StepMatchedSampler": "sampler",
     "Scores": "scores",
@@ -73,6 +78,7 @@ def __dir__():
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .adaptive import AdaptiveCoreSetSampler, IndexedDataset
     from .dataset import CoreSetDataset
+    from .errors import CoresetError, CoresetOSError, CoresetRuntimeError, CoresetTypeError, CoresetValueError
     from .export import ExportReport, check_writable_outside, export_coreset
     from .model_files import ModelFileError, load_model_file
     from .sampler import StepMatchedSampler

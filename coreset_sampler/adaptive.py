@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
 from .selection import MODES, select_indices, selection_counts
+from .errors import CoresetTypeError, CoresetValueError
 
 __all__ = ["AdaptiveCoreSetSampler", "IndexedDataset"]
 
@@ -44,7 +45,7 @@ class IndexedDataset(Dataset):
 
     def __init__(self, dataset, key: str = "index"):
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-            raise TypeError(f"dataset must be map-style (__len__ and __getitem__), got {type(dataset).__name__}")
+            raise CoresetTypeError(f"dataset must be map-style (__len__ and __getitem__), got {type(dataset).__name__}")
         self.dataset, self.key = dataset, key
 
     def __len__(self) -> int:
@@ -53,10 +54,10 @@ class IndexedDataset(Dataset):
     def __getitem__(self, i):
         item = self.dataset[i]
         if not isinstance(item, dict):
-            raise TypeError(f"IndexedDataset needs dict items to add {self.key!r}, got {type(item).__name__} "
+            raise CoresetTypeError(f"IndexedDataset needs dict items to add {self.key!r}, got {type(item).__name__} "
                             f"for index {i}")
         if self.key in item:
-            raise ValueError(f"item {i} already has a field {self.key!r}; pass another key= to IndexedDataset")
+            raise CoresetValueError(f"item {i} already has a field {self.key!r}; pass another key= to IndexedDataset")
         return {**item, self.key: int(i)}
 
     def __getattr__(self, name: str) -> Any:
@@ -71,7 +72,7 @@ def _positive_int(name: str, value, allow_none: bool = False, allow_zero: bool =
     lo = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
         kind = "a non-negative" if allow_zero else "a positive"
-        raise ValueError(f"{name} must be {kind} integer{' or None' if allow_none else ''}, got {value!r}")
+        raise CoresetValueError(f"{name} must be {kind} integer{' or None' if allow_none else ''}, got {value!r}")
 
 
 def _as_1d(name: str, x, dtype) -> np.ndarray:
@@ -81,12 +82,12 @@ def _as_1d(name: str, x, dtype) -> np.ndarray:
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.ndim != 1:
-        raise ValueError(f"update: {name} must be 1-D (one entry per sample of the batch), got shape {arr.shape}")
+        raise CoresetValueError(f"update: {name} must be 1-D (one entry per sample of the batch), got shape {arr.shape}")
     if dtype is np.int64:
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"update: {name} must be integers (dataset indices), got dtype {arr.dtype}")
+            raise CoresetValueError(f"update: {name} must be integers (dataset indices), got dtype {arr.dtype}")
     elif arr.size and (not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating)):
-        raise ValueError(f"update: {name} must be real numbers, got dtype {arr.dtype}")
+        raise CoresetValueError(f"update: {name} must be real numbers, got dtype {arr.dtype}")
     return arr.astype(dtype, copy=False)
 
 
@@ -183,12 +184,12 @@ class AdaptiveCoreSetSampler(Sampler[int]):
                  num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False,
                  check_sources: bool = True):
         if not hasattr(data_source, "__len__"):
-            raise TypeError(f"data_source must have a length, got {type(data_source).__name__}")
+            raise CoresetTypeError(f"data_source must have a length, got {type(data_source).__name__}")
         n = len(data_source)
         if n <= 0:
-            raise ValueError("data_source is empty: nothing to sample")
+            raise CoresetValueError("data_source is empty: nothing to sample")
         if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+            raise CoresetValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         selection_counts(n, ratio, skip_top)  # validates ratio / skip_top with the usual messages
         _positive_int("batch_size", batch_size)
         _positive_int("refresh", refresh)
@@ -198,7 +199,7 @@ class AdaptiveCoreSetSampler(Sampler[int]):
 
         seed = check_seed(seed, "AdaptiveCoreSetSampler seed")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+            raise CoresetValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
         if num_samples is None:
             num_samples = n
         _positive_int("num_samples", num_samples)
@@ -207,9 +208,9 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         if rank is None:
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"invalid rank {rank} for num_replicas {num_replicas}; need 0 <= rank < num_replicas")
+            raise CoresetValueError(f"invalid rank {rank} for num_replicas {num_replicas}; need 0 <= rank < num_replicas")
         if drop_last and num_samples < num_replicas:
-            raise ValueError(f"drop_last with num_samples={num_samples} < num_replicas={num_replicas} leaves nothing")
+            raise CoresetValueError(f"drop_last with num_samples={num_samples} < num_replicas={num_replicas} leaves nothing")
 
         init, valid, source = self._initial(data_source, scores, n, check_sources)
         self.data_source, self.n = data_source, n
@@ -255,7 +256,7 @@ class AdaptiveCoreSetSampler(Sampler[int]):
                                  "... --rescore`)")
         valid = s.valid_indices.astype(np.int64)
         if valid.size == 0:
-            raise ValueError(f"no sample of the {n} could be scored ({source}); nothing to select")
+            raise CoresetValueError(f"no sample of the {n} could be scored ({source}); nothing to select")
         init = s.values.astype(np.float64)
         init[~np.isfinite(init)] = 0.0  # failed samples: never drawn, value irrelevant
         meta = s.metadata.get("scorer", "static")
@@ -312,17 +313,17 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         idx = _as_1d("indices", indices, np.int64)
         loss = _as_1d("per_sample_loss", per_sample_loss, np.float64)
         if idx.size != loss.size:
-            raise ValueError(f"update: {idx.size} indices but {loss.size} per-sample losses; "
+            raise CoresetValueError(f"update: {idx.size} indices but {loss.size} per-sample losses; "
                              f"report one loss per sample (e.g. loss(reduction='none').flatten(1).mean(1))")
         bad = (idx < 0) | (idx >= self.n)
         if bad.any():
             j = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"update: index {int(idx[j])} (position {j}) out of range for a dataset of "
+            raise CoresetValueError(f"update: index {int(idx[j])} (position {j}) out of range for a dataset of "
                              f"{self.n}; report indices into the FULL dataset (batch['index'])")
         nonfinite = ~np.isfinite(loss)
         if nonfinite.any():
             j = int(np.flatnonzero(nonfinite)[0])
-            raise ValueError(f"update: per_sample_loss has {int(nonfinite.sum())} non-finite value(s); first "
+            raise CoresetValueError(f"update: per_sample_loss has {int(nonfinite.sum())} non-finite value(s); first "
                              f"{loss[j]} at position {j} (sample {int(idx[j])}); nothing recorded")
         if idx.size:
             self._pending.append((idx.copy(), loss.copy()))
@@ -449,22 +450,22 @@ class AdaptiveCoreSetSampler(Sampler[int]):
     def _check_state(self, state) -> tuple[int, int, np.ndarray]:
         """Refuse a foreign or malformed state; return its (epoch, yielded, drawn)."""
         if not isinstance(state, dict) or state.get("kind") != "adaptive-coreset":
-            raise ValueError("not an AdaptiveCoreSetSampler state (missing kind='adaptive-coreset'); "
+            raise CoresetValueError("not an AdaptiveCoreSetSampler state (missing kind='adaptive-coreset'); "
                              "was it saved by another sampler?")
         mine = self.config()
         theirs = state.get("config", {})
         for key in mine:
             if theirs.get(key) != mine[key]:
-                raise ValueError(f"sampler state does not match: {key}={theirs.get(key)!r} in the state, "
+                raise CoresetValueError(f"sampler state does not match: {key}={theirs.get(key)!r} in the state, "
                                  f"{mine[key]!r} here")
         if state.get("digest") != self.digest():
-            raise ValueError(f"sampler state digest {state.get('digest')!r} != {self.digest()!r}")
+            raise CoresetValueError(f"sampler state digest {state.get('digest')!r} != {self.digest()!r}")
         if "drawn" not in state:
-            raise ValueError("sampler state has no 'drawn' (saved by an older coreset-sampler); it cannot be resumed")
+            raise CoresetValueError("sampler state has no 'drawn' (saved by an older coreset-sampler); it cannot be resumed")
         yielded = int(state["yielded"])
         drawn = np.asarray(state["drawn"], dtype=np.int64)
         if not 0 <= yielded <= self.per_rank or drawn.shape != (drawn.size,) or not yielded <= drawn.size <= self.per_rank:
-            raise ValueError(f"sampler state yielded={yielded} out of range [0, {self.per_rank}] (or not within "
+            raise CoresetValueError(f"sampler state yielded={yielded} out of range [0, {self.per_rank}] (or not within "
                              f"its {drawn.size} drawn positions)")
         return int(state["epoch"]), yielded, drawn
 
@@ -482,7 +483,7 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         h_epoch, h_yielded, h_drawn = self._check_state(held)
         if epoch != h_epoch or yielded > h_yielded or drawn.size > h_drawn.size \
                 or not np.array_equal(drawn, h_drawn[: drawn.size]):
-            raise ValueError(f"the loader's sampler state (epoch {epoch}, position {yielded}) is not an earlier point "
+            raise CoresetValueError(f"the loader's sampler state (epoch {epoch}, position {yielded}) is not an earlier point "
                              f"of the run given to resume_from (epoch {h_epoch}, position {h_yielded}); save "
                              "loader.state_dict() and sampler.state_dict() at the same checkpoint")
         self._apply(held, yielded)
@@ -525,7 +526,7 @@ class AdaptiveCoreSetSampler(Sampler[int]):
                                  ("counts", np.int64, self.n)):
             a = np.asarray(state[key].cpu().numpy() if hasattr(state[key], "cpu") else state[key], dtype=dtype)
             if a.shape != (size,):
-                raise ValueError(f"sampler state {key} has shape {a.shape}, expected ({size},)")
+                raise CoresetValueError(f"sampler state {key} has shape {a.shape}, expected ({size},)")
             arrays[key] = a.copy()
         self.estimate, self.seen, self.counts = arrays["estimate"], arrays["seen"], arrays["counts"]
         self.core = np.asarray(state["core"], dtype=np.int64).copy()

@@ -34,6 +34,9 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from .dist import init_from_env, rank_and_world
+from .errors import CoresetError, CoresetOSError
+
 __all__ = ["main", "build_parser", "CLIError"]
 
 PROG = "coreset-sr"
@@ -46,12 +49,12 @@ SCORER_NAMES = ("srcnn", "sobel", "interpolation", "bicubic")
 HASH_BAR_MIN = 200
 
 
-class CLIError(Exception):
+class CLIError(CoresetError):
     """A user-facing error: printed as one line, exit code ``code`` (1: bad data, 2: bad usage)."""
 
     def __init__(self, message: str, code: int = 1):
         super().__init__(message)
-        self.code = code
+        self.code = self.exit_code = code
 
 
 # --------------------------------------------------------------------------- parser
@@ -127,7 +130,7 @@ def _add_subimage_args(p: argparse.ArgumentParser, default_from_scores: bool) ->
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``coreset-sr`` argument parser (one sub-parser per command)."""
-    from . import __version__
+    from ._version import __version__
 
     parser = _Parser(
         prog=PROG, formatter_class=_Formatter,
@@ -308,30 +311,6 @@ def _check_folders(paths: Sequence[str], what: str = "data folder") -> list[Path
     return out
 
 
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _maybe_init_distributed(device: str | None) -> bool:
-    """Join the process group torchrun describes in the environment; True if this call started it."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    import torch
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return False
-    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return True
-
-
 def build_dataset(roots: Sequence[Path], crop: int, step: int, scale: int, lr_root: Path | None = None,
                   *, cache: bool = True, progress: bool = True):
     """A :class:`SubImageDataset` (``crop > 0``) or :class:`PairedImageFolder` (``crop == 0``)."""
@@ -487,7 +466,7 @@ def _writing(path: Path):
         yield
     except OSError as e:
         if e.filename is None and e.errno is not None and not isinstance(e, BrokenPipeError):
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+            raise CoresetOSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 
@@ -619,9 +598,9 @@ def cmd_score(args) -> int:
     if not args.rescore:
         _check_existing_scores(out, spec, roots, crop, step, args.scale, lr_root, granularity=granularity,
                                traced=traced)
-    started = _maybe_init_distributed(args.device)
+    started = init_from_env(args.device)
     try:
-        rank, world = _rank_world()
+        rank, world = rank_and_world()
         progress = not args.no_progress and rank == 0
         # the scorer first: a bad weights file is reported before the images are decoded
         scorer = make_scorer(args.scorer, args.scale, batch_size=args.batch_size, num_workers=args.workers,
@@ -920,17 +899,14 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, getattr(torch, "OutOfMemoryError", ())) or "out of memory" in str(e).lower()
 
 
-def _exit_code(e: BaseException) -> int:
-    """2 for refusals of what the user asked (writing into DATA, stale scores), 1 for bad data."""
-    from .export import UnsafeWriteError
+#: OS errors that are the user's to fix (a missing file, no permission, a full disk): one line, not a bug
+_OS_CASES = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+_OS_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS)
 
-    if isinstance(e, UnsafeWriteError):
-        return 2
-    try:
-        from .provenance import ProvenanceError
-    except ImportError:  # pragma: no cover - an older tree without provenance
-        return 1
-    return 2 if isinstance(e, ProvenanceError) else 1
+
+def is_os_case(e: BaseException) -> bool:
+    """True for the documented OS cases an entry point reports as one line (missing file, permission, full disk)."""
+    return isinstance(e, _OS_CASES) or (isinstance(e, OSError) and e.errno in _OS_ERRNOS)
 
 
 class _ClosedPipeSafe:
@@ -1004,11 +980,6 @@ def _main(argv: Sequence[str] | None) -> int:
     warnings.showwarning = showwarning
     try:
         return COMMANDS[args.command](args) or 0
-    except CLIError as e:
-        if debug:
-            raise
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
-        return e.code
     except KeyboardInterrupt:
         hint = ""
         if args.command == "score":
@@ -1030,20 +1001,20 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"{PROG}: error: the device ran out of memory ({_one_line(e)[:200]}); try a smaller --batch-size "
               f"or --device cpu", file=sys.stderr)
         return 1
-    except (ValueError, OSError) as e:  # user data: missing / unreadable files, mismatched scores, ...
+    except CoresetError as e:  # the package's own refusals: the message names the culprit
         if debug:
             raise
         from .data import ImageReadError
-        from .degradation import ImageTooSmallError
-
-        if isinstance(e, ImageTooSmallError):  # bad input for this scale: a usage error, as --scorer's
-            print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
-            return 2
 
         hint = " (pass --on-error skip to record unreadable images as failed)" \
             if isinstance(e, ImageReadError) and args.command == "score" else ""
         print(f"{PROG}: error: {_error_text(e)}{hint}", file=sys.stderr)
-        return _exit_code(e)
+        return e.exit_code
+    except OSError as e:  # a missing file, no permission, a full disk; any other OSError is a bug: traceback
+        if debug or not is_os_case(e):
+            raise
+        print(f"{PROG}: error: {_error_text(e)}", file=sys.stderr)
+        return 1
     finally:
         warnings.showwarning = old
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .degradation import _check_scale, check_lr_size, downsample, modcrop
 from .provenance import sources_digest
+from .errors import CoresetOSError, CoresetValueError
 
 __all__ = [
     "ImageReadError",
@@ -47,11 +48,11 @@ _PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"}
 _SIXTEEN_BIT = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
-class ImageReadError(OSError):
+class ImageReadError(CoresetOSError):
     """An image file exists but cannot be decoded (not an image, truncated, corrupt)."""
 
 
-class PairSizeError(ValueError):
+class PairSizeError(CoresetValueError):
     """An LR/HR pair whose sizes disagree with the scale: the dataset is wrong, never skipped."""
 
 
@@ -134,7 +135,7 @@ def _norm_exts(exts: Iterable[str]) -> tuple[str, ...]:
         exts = (exts,)
     out = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in exts)
     if not out:
-        raise ValueError("exts must name at least one file extension")
+        raise CoresetValueError("exts must name at least one file extension")
     return out
 
 
@@ -162,10 +163,10 @@ def _check_name(p: Path) -> None:
     try:
         p.name.encode("utf-8")
     except UnicodeEncodeError:  # undecodable bytes come back as surrogates (PEP 383)
-        raise ValueError(f"file name {os.fsencode(p.name)!r} in {p.parent} is not valid UTF-8; rename the file "
+        raise CoresetValueError(f"file name {os.fsencode(p.name)!r} in {p.parent} is not valid UTF-8; rename the file "
                          f"(keys and scores files store names as UTF-8)") from None
     if any(c in p.name for c in "\n\r"):
-        raise ValueError(f"file name {p.name!r} in {p.parent} contains a line break; rename the file "
+        raise CoresetValueError(f"file name {p.name!r} in {p.parent} contains a line break; rename the file "
                          f"(keys are stored one per line)")
 
 
@@ -175,7 +176,7 @@ def _check_unique(names: Sequence[str], paths: Sequence[Path], what: str, why: s
     seen: dict[str, Path] = {}
     for name, p in zip(names, paths):
         if name in seen:
-            raise ValueError(f"duplicate {what} {name!r}: {seen[name]} and {p} ({why}); "
+            raise CoresetValueError(f"duplicate {what} {name!r}: {seen[name]} and {p} ({why}); "
                              f"rename or remove one of them")
         seen[name] = p
 
@@ -247,7 +248,7 @@ class PairedImageFolder(torch.utils.data.Dataset):
                     f"no LR image for key {key!r} in {self.lr_root} "
                     f"(looked for {key}.* and {key}x{self.scale}.*)")
             if len(cands) > 1:
-                raise ValueError(f"several LR images for key {key!r} (HR {self.hr_paths[i]}): "
+                raise CoresetValueError(f"several LR images for key {key!r} (HR {self.hr_paths[i]}): "
                                  f"{', '.join(map(str, cands))} (LR images pair by stem, {key}.* or "
                                  f"{key}x{self.scale}.*); keep one, rename or remove the others")
             lr = cands[0]
@@ -255,7 +256,7 @@ class PairedImageFolder(torch.utils.data.Dataset):
                 # HR "a" and "ax2" both claim LR "ax2.png" (BasicSR's x2 naming and a plain stem):
                 # one LR image would train two HR images; never pick one silently.
                 j = taken[lr]
-                raise ValueError(f"LR image {lr} pairs with two HR images: key {self.keys[j]!r} "
+                raise CoresetValueError(f"LR image {lr} pairs with two HR images: key {self.keys[j]!r} "
                                  f"({self.hr_paths[j]}) and key {key!r} ({self.hr_paths[i]}); "
                                  f"LR images pair by stem, {{key}}.* or {{key}}x{self.scale}.*, so it fits both; "
                                  f"rename one of them")
@@ -343,9 +344,9 @@ def subimage_positions(h: int, w: int, crop: int, step: int, thresh: int = 0) ->
                 raise TypeError
             operator.index(v)
         except TypeError:
-            raise ValueError(f"{name} must be an integer, got {v!r}") from None
+            raise CoresetValueError(f"{name} must be an integer, got {v!r}") from None
     if crop < 1 or step < 1 or thresh < 0 or h < 0 or w < 0:
-        raise ValueError(f"need crop >= 1, step >= 1, thresh >= 0, h, w >= 0; got "
+        raise CoresetValueError(f"need crop >= 1, step >= 1, thresh >= 0, h, w >= 0; got "
                          f"crop={crop}, step={step}, thresh={thresh}, h={h}, w={w}")
 
     def starts(n: int) -> list[int]:
@@ -409,7 +410,7 @@ def _atomic_save_png(im: Image.Image, path: Path) -> None:
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno is not None and str(path) not in str(e):
-            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+            raise CoresetOSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
         raise
 
 
@@ -454,7 +455,7 @@ def extract_subimages(
     files = _list_images(src)
     src_r, dst_r = src.resolve(), dst.resolve()
     if dst_r == src_r or src_r in dst_r.parents:
-        raise ValueError(f"dst {dst} must not be the source folder {src} or inside it")
+        raise CoresetValueError(f"dst {dst} must not be the source folder {src} or inside it")
     if dst.exists():
         if not dst.is_dir():
             raise NotADirectoryError(f"dst exists and is not a folder: {dst}")
@@ -533,12 +534,12 @@ class SubImageDataset(torch.utils.data.Dataset):
         self.scale = _check_scale(scale)
         _check_crop_args(crop, step, thresh)
         if crop % self.scale:
-            raise ValueError(f"crop {crop} must be divisible by scale {self.scale} "
+            raise CoresetValueError(f"crop {crop} must be divisible by scale {self.scale} "
                              f"(the LR sub-image is crop / scale pixels)")
         self.crop, self.step, self.thresh = int(crop), int(step), int(thresh)
         roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
         if not roots:
-            raise ValueError("root must be a folder or a non-empty list of folders")
+            raise CoresetValueError("root must be a folder or a non-empty list of folders")
         self.roots = [Path(r) for r in roots]
 
         listed = [(ri, p) for ri, r in enumerate(self.roots) for p in _list_images(r)]
@@ -579,7 +580,7 @@ class SubImageDataset(torch.utils.data.Dataset):
             if self.unreadable:
                 raise ImageReadError(f"no image in {', '.join(map(str, self.roots))} can be read; first: "
                                      f"{next(iter(self.unreadable.values()))}")
-            raise ValueError(f"no image in {', '.join(map(str, self.roots))} is at least {crop}x{crop}")
+            raise CoresetValueError(f"no image in {', '.join(map(str, self.roots))} is at least {crop}x{crop}")
         # One int32 array instead of ~10k tuples: compact and fast to pickle to workers.
         self._index = np.asarray(index, dtype=np.int32).reshape(-1, 3)
 

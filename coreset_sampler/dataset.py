@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from .provenance import check_provenance, provenance_of
 from .scores import Scores
 from .selection import check_seed, select_indices, selection_summary
+from .errors import CoresetTypeError, CoresetValueError
 
 __all__ = ["CoreSetDataset", "dataset_keys"]
 
@@ -65,10 +66,10 @@ class CoreSetDataset(Dataset):
     def __init__(self, dataset, scores, mode: str = "des", ratio: float = 0.5, skip_top: float = 0.0,
                  seed: int = 0, *, check_sources: bool = True):
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-            raise TypeError(f"dataset must be map-style (__len__ and __getitem__), got {type(dataset).__name__}")
+            raise CoresetTypeError(f"dataset must be map-style (__len__ and __getitem__), got {type(dataset).__name__}")
         check_seed(seed, "CoreSetDataset seed")
         if len(dataset) == 0:
-            raise ValueError(f"dataset {type(dataset).__name__} is empty: nothing to select from")
+            raise CoresetValueError(f"dataset {type(dataset).__name__} is empty: nothing to select from")
         self.dataset = dataset
         self.scores = _as_scores(scores)
         source = f"scores file {scores}" if isinstance(scores, (str, os.PathLike)) else "scores"
@@ -81,7 +82,7 @@ class CoreSetDataset(Dataset):
         self.mode, self.ratio, self.skip_top, self.seed = mode, ratio, skip_top, seed
         valid = self.scores.valid_indices
         if valid.size == 0:
-            raise ValueError(f"no sample of the {len(dataset)} could be scored; nothing to select")
+            raise CoresetValueError(f"no sample of the {len(dataset)} could be scored; nothing to select")
         chosen = select_indices(self.scores.values[valid], mode=mode, ratio=ratio, skip_top=skip_top, seed=seed)
         self.indices = valid[chosen].astype(np.int64)
 

@@ -15,11 +15,15 @@ from typing import Sequence
 
 import torch
 
+from .errors import CoresetTypeError, CoresetValueError
+
 __all__ = ["imresize", "downsample", "modcrop", "rgb_to_y", "ImageTooSmallError", "check_lr_size"]
 
 
-class ImageTooSmallError(ValueError):
+class ImageTooSmallError(CoresetValueError):
     """An HR image smaller than the scale allows (its LR would be empty); the message names it."""
+
+    exit_code = 2  # a refusal of what was asked
 
 
 def check_lr_size(h: int, w: int, scale: int, what: str) -> None:
@@ -107,24 +111,24 @@ def imresize(
         The resized tensor, same dtype and device; values are not clamped.
     """
     if not torch.is_tensor(img) or not img.is_floating_point():
-        raise TypeError(f"imresize expects a float tensor [..., H, W], got {type(img).__name__}"
+        raise CoresetTypeError(f"imresize expects a float tensor [..., H, W], got {type(img).__name__}"
                         f"{'' if not torch.is_tensor(img) else ' of dtype ' + str(img.dtype)}")
     if img.dim() < 2:
-        raise ValueError(f"imresize expects at least 2 dims [..., H, W], got shape {tuple(img.shape)}")
+        raise CoresetValueError(f"imresize expects at least 2 dims [..., H, W], got shape {tuple(img.shape)}")
     if (scale is None) == (size is None):
-        raise ValueError("give exactly one of scale or size")
+        raise CoresetValueError("give exactly one of scale or size")
     in_h, in_w = img.shape[-2:]
     if in_h < 1 or in_w < 1:
-        raise ValueError(f"imresize got an empty image of shape {tuple(img.shape)}")
+        raise CoresetValueError(f"imresize got an empty image of shape {tuple(img.shape)}")
     if scale is not None:
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale < math.inf:
-            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+            raise CoresetValueError(f"scale must be a finite number > 0, got {scale!r}")
         out_h, out_w = _out_size(in_h, scale), _out_size(in_w, scale)
         sh = sw = float(scale)
     else:
         size = tuple(size)
         if len(size) != 2 or any(isinstance(s, bool) or int(s) != s or s < 1 for s in size):
-            raise ValueError(f"size must be two positive integers (H, W), got {size!r}")
+            raise CoresetValueError(f"size must be two positive integers (H, W), got {size!r}")
         out_h, out_w = (int(s) for s in size)
         sh, sw = out_h / in_h, out_w / in_w
     dtype = img.dtype
@@ -150,7 +154,7 @@ def downsample(hr: torch.Tensor, scale: int, quantize: bool = True) -> torch.Ten
     scale = _check_scale(scale)
     h, w = hr.shape[-2:]
     if h % scale or w % scale:
-        raise ValueError(f"HR size {h}x{w} is not a multiple of scale {scale}; modcrop it first")
+        raise CoresetValueError(f"HR size {h}x{w} is not a multiple of scale {scale}; modcrop it first")
     lr = imresize(hr, size=(h // scale, w // scale))
     if quantize:
         lr = (lr.clamp(0, 1) * 255.0).round() / 255.0
@@ -176,11 +180,11 @@ def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
     This is MATLAB's ``rgb2ycbcr`` Y channel, the SR evaluation convention.
     """
     if img.dim() < 3:
-        raise ValueError(f"rgb_to_y expects [..., C, H, W], got shape {tuple(img.shape)}")
+        raise CoresetValueError(f"rgb_to_y expects [..., C, H, W], got shape {tuple(img.shape)}")
     if img.shape[-3] == 1:
         return img
     if img.shape[-3] != 3:
-        raise ValueError(f"rgb_to_y expects 1 or 3 channels at dim -3, got shape {tuple(img.shape)}")
+        raise CoresetValueError(f"rgb_to_y expects 1 or 3 channels at dim -3, got shape {tuple(img.shape)}")
     r, g, b = img.unbind(-3)
     y = (65.481 * r + 128.553 * g + 24.966 * b + 16.0) / 255.0
     return y.unsqueeze(-3)
@@ -191,5 +195,5 @@ def _check_scale(scale) -> int:
     ok = (isinstance(scale, numbers.Real) and not isinstance(scale, bool)
           and math.isfinite(scale) and scale >= 1 and int(scale) == scale)
     if not ok:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+        raise CoresetValueError(f"scale must be a positive integer, got {scale!r}")
     return int(scale)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence, Union
 
 from .scores import remove_stale_temp_files, temp_path  # one temp-file convention for every write
+from .errors import CoresetOSError, CoresetTypeError, CoresetValueError
 
 __all__ = ["export_coreset", "ExportReport", "check_writable_outside", "UnsafeWriteError", "source_roots",
            "dataset_layout", "META_INFO", "LINK_MODES"]
@@ -46,8 +47,10 @@ PathLike = Union[str, os.PathLike]
 Roots = Union[Mapping[str, PathLike], Iterable[PathLike]]
 
 
-class UnsafeWriteError(ValueError):
+class UnsafeWriteError(CoresetValueError):
     """A path to be written resolves into a protected (source data) folder."""
+
+    exit_code = 2  # a refusal of what was asked
 
 
 # --------------------------------------------------------------------------- the write guard
@@ -170,7 +173,7 @@ def dataset_layout(dataset) -> dict:
         if getattr(dataset, "lr_root", None) is not None:
             spec["lr_root"] = str(Path(dataset.lr_root).resolve())
         return spec
-    raise TypeError(f"no file layout for {type(dataset).__name__}: expected a SubImageDataset or "
+    raise CoresetTypeError(f"no file layout for {type(dataset).__name__}: expected a SubImageDataset or "
                     f"PairedImageFolder")
 
 
@@ -239,7 +242,7 @@ def _place_file(src: Path, dst: Path, link: str) -> bool:
                 os.link(src_abs, tmp)
             except OSError as e:
                 if e.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                    raise OSError(e.errno, f"cannot hard-link {src} into {dst.parent} ({e.strerror}); "
+                    raise CoresetOSError(e.errno, f"cannot hard-link {src} into {dst.parent} ({e.strerror}); "
                                            f"use link='copy' or 'symlink' (--link copy / symlink)") from None
                 raise
         elif link == "symlink":
@@ -366,7 +369,7 @@ def _open_rgbish(path: Path):
     except FileNotFoundError:
         raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError ...
-        raise ValueError(f"cannot read image {path}: {e}") from e
+        raise CoresetValueError(f"cannot read image {path}: {e}") from e
     if im.mode not in _PNG_MODES:
         im = im.convert("RGB")
     return im
@@ -438,15 +441,15 @@ def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progr
     from tqdm.auto import tqdm
 
     if link not in LINK_MODES:
-        raise ValueError(f"link must be one of {', '.join(LINK_MODES)}, got {link!r}")
+        raise CoresetValueError(f"link must be one of {', '.join(LINK_MODES)}, got {link!r}")
     subimages = hasattr(dataset, "source") and hasattr(dataset, "crop")
     if not subimages and not hasattr(dataset, "hr_paths"):
-        raise TypeError(f"export needs a SubImageDataset or PairedImageFolder, got {type(dataset).__name__}")
+        raise CoresetTypeError(f"export needs a SubImageDataset or PairedImageFolder, got {type(dataset).__name__}")
     n = len(dataset)
     idx = sorted({int(i) for i in indices})
     if idx and not (0 <= idx[0] and idx[-1] < n):
         bad = idx[0] if idx[0] < 0 else idx[-1]
-        raise ValueError(f"index {bad} out of range for a dataset of {n} samples")
+        raise CoresetValueError(f"index {bad} out of range for a dataset of {n} samples")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"output {out} exists and is not a folder")
@@ -482,7 +485,7 @@ def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progr
                     for i in members:
                         _, top, left = dataset.source(i)
                         if im.height < top + crop or im.width < left + crop:
-                            raise ValueError(f"image {f} changed since it was scored: it no longer holds "
+                            raise CoresetValueError(f"image {f} changed since it was scored: it no longer holds "
                                              f"sub-image {dataset.keys[i]!r} ({crop}x{crop} at {left},{top})")
                         data = _png_bytes(im.crop((left, top, left + crop, top + crop)))
                         name = f"{dataset.keys[i]}.png"

@@ -13,6 +13,7 @@ import math
 import torch
 
 from .degradation import rgb_to_y
+from .errors import CoresetTypeError, CoresetValueError
 
 __all__ = ["psnr_y", "ssim_y"]
 
@@ -21,17 +22,17 @@ def _prepare(sr: torch.Tensor, hr: torch.Tensor, scale: int, name: str) -> tuple
     """Validate, quantise, convert to Y on the 0..255 scale (float64 [B, 1, H, W]) and shave."""
     for arg, t in (("sr", sr), ("hr", hr)):
         if not torch.is_tensor(t):
-            raise TypeError(f"{name}: {arg} must be a tensor CHW or BCHW in [0, 1], got {type(t).__name__}")
+            raise CoresetTypeError(f"{name}: {arg} must be a tensor CHW or BCHW in [0, 1], got {type(t).__name__}")
         if t.dim() not in (3, 4) or t.shape[-3] not in (1, 3):
-            raise ValueError(f"{name}: {arg} must be CHW or BCHW with 1 or 3 channels, got shape {tuple(t.shape)}")
+            raise CoresetValueError(f"{name}: {arg} must be CHW or BCHW with 1 or 3 channels, got shape {tuple(t.shape)}")
     if sr.shape != hr.shape:
-        raise ValueError(f"{name}: sr and hr shapes differ: {tuple(sr.shape)} vs {tuple(hr.shape)}")
+        raise CoresetValueError(f"{name}: sr and hr shapes differ: {tuple(sr.shape)} vs {tuple(hr.shape)}")
     if isinstance(scale, bool) or int(scale) != scale or scale < 0:
-        raise ValueError(f"{name}: scale (pixels shaved per border) must be an integer >= 0, got {scale!r}")
+        raise CoresetValueError(f"{name}: scale (pixels shaved per border) must be an integer >= 0, got {scale!r}")
     scale = int(scale)
     h, w = sr.shape[-2:]
     if h <= 2 * scale or w <= 2 * scale:
-        raise ValueError(f"{name}: image {h}x{w} is too small to shave {scale} pixels from each border")
+        raise CoresetValueError(f"{name}: image {h}x{w} is too small to shave {scale} pixels from each border")
     batched = sr.dim() == 4
     out = []
     for t in (sr, hr):
@@ -105,7 +106,7 @@ def ssim_y(sr: torch.Tensor, hr: torch.Tensor, scale: int):
     """
     a, b, batched = _prepare(sr, hr, scale, "ssim_y")
     if min(a.shape[-2:]) < 11:
-        raise ValueError(f"ssim_y: image {tuple(a.shape[-2:])} after shaving is smaller than the 11x11 window")
+        raise CoresetValueError(f"ssim_y: image {tuple(a.shape[-2:])} after shaving is smaller than the 11x11 window")
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     # the five local statistics in one pass: channels a, b, a^2, b^2, ab
     stats = _gaussian_valid(torch.cat([a, b, a * a, b * b, a * b], dim=1), _gaussian_1d())

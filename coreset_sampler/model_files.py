@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import CoresetValueError
+
 __all__ = ["MODEL_FILE_SUFFIXES", "ModelFileError", "SpandrelSR", "load_model_file", "read_state_dict",
            "file_sha256", "is_model_file_spec"]
 
@@ -43,7 +45,7 @@ _RESAVE = ("load it where you trust it and re-save the weights only, e.g. "
            "safetensors.torch.save_file(model.state_dict(), 'model.safetensors')")
 
 
-class ModelFileError(ValueError):
+class ModelFileError(CoresetValueError):
     """A model file cannot be used as a scorer (unreadable, needs pickle, unknown architecture,
     wrong scale); the message names the file and how to fix it."""
 
@@ -148,7 +150,7 @@ class SpandrelSR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"{self.arch} expects [B, {self.in_channels}, h, w], got shape {tuple(x.shape)}")
+            raise CoresetValueError(f"{self.arch} expects [B, {self.in_channels}, h, w], got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         pw, ph = self.size_requirements.get_padding(w, h)
         if pw or ph:  # as spandrel: reflect as far as allowed, then replicate

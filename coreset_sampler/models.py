@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .degradation import _check_scale, imresize
 from .scores import atomic_write_bytes
+from .errors import CoresetTypeError, CoresetValueError
 
 __all__ = [
     "SRCNN",
@@ -49,7 +50,7 @@ def _color_matmul(img: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
 def rgb_to_ycbcr(img: torch.Tensor) -> torch.Tensor:
     """RGB [..., 3, H, W] in [0, 1] -> YCbCr (BT.601 studio swing, MATLAB ``rgb2ycbcr``) in [0, 1]."""
     if img.dim() < 3 or img.shape[-3] != 3:
-        raise ValueError(f"rgb_to_ycbcr expects [..., 3, H, W], got shape {tuple(img.shape)}")
+        raise CoresetValueError(f"rgb_to_ycbcr expects [..., 3, H, W], got shape {tuple(img.shape)}")
     off = _YCBCR_OFFSET.to(device=img.device, dtype=img.dtype).view(3, 1, 1)
     return _color_matmul(img, _RGB2YCBCR) + off
 
@@ -57,17 +58,17 @@ def rgb_to_ycbcr(img: torch.Tensor) -> torch.Tensor:
 def ycbcr_to_rgb(img: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`rgb_to_ycbcr` (MATLAB ``ycbcr2rgb``); values are not clamped."""
     if img.dim() < 3 or img.shape[-3] != 3:
-        raise ValueError(f"ycbcr_to_rgb expects [..., 3, H, W], got shape {tuple(img.shape)}")
+        raise CoresetValueError(f"ycbcr_to_rgb expects [..., 3, H, W], got shape {tuple(img.shape)}")
     off = _YCBCR_OFFSET.to(device=img.device, dtype=img.dtype).view(3, 1, 1)
     return _color_matmul(img - off, _YCBCR2RGB)
 
 
 def _check_batch(x: torch.Tensor, name: str, channels: tuple[int, ...]) -> None:
     if not torch.is_tensor(x) or not x.is_floating_point():
-        raise TypeError(f"{name} expects a float tensor [B, C, h, w], got {type(x).__name__}"
+        raise CoresetTypeError(f"{name} expects a float tensor [B, C, h, w], got {type(x).__name__}"
                         f"{'' if not torch.is_tensor(x) else ' of dtype ' + str(x.dtype)}")
     if x.dim() != 4 or x.shape[1] not in channels:
-        raise ValueError(f"{name} expects [B, C, h, w] with C in {channels}, got shape {tuple(x.shape)}")
+        raise CoresetValueError(f"{name} expects [B, C, h, w] with C in {channels}, got shape {tuple(x.shape)}")
 
 
 class SRCNN(nn.Module):
@@ -107,7 +108,7 @@ class SRCNN(nn.Module):
         self.scale = _check_scale(scale)
         for name, k in (("f1", f1), ("f2", f2), ("f3", f3)):
             if k < 1 or k % 2 == 0:
-                raise ValueError(f"SRCNN kernel size {name} must be a positive odd integer, got {k}")
+                raise CoresetValueError(f"SRCNN kernel size {name} must be a positive odd integer, got {k}")
         self.config = dict(n1=n1, n2=n2, f1=f1, f2=f2, f3=f3, residual=bool(residual))
         self.residual = bool(residual)
         pad = dict(padding="same", padding_mode="replicate")
@@ -162,7 +163,7 @@ class FSRCNN(nn.Module):
         super().__init__()
         self.scale = _check_scale(scale)
         if in_channels < 1 or d < 1 or s < 1 or m < 0:
-            raise ValueError(f"FSRCNN needs in_channels, d, s >= 1 and m >= 0, got "
+            raise CoresetValueError(f"FSRCNN needs in_channels, d, s >= 1 and m >= 0, got "
                              f"in_channels={in_channels}, d={d}, s={s}, m={m}")
         self.config = dict(in_channels=in_channels, d=d, s=s, m=m)
         self.in_channels = in_channels
@@ -205,7 +206,7 @@ def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
     for name in sorted(state_dict):
         t = state_dict[name]
         if not torch.is_tensor(t):
-            raise TypeError(f"state_dict entry {name!r} is a {type(t).__name__}, not a tensor")
+            raise CoresetTypeError(f"state_dict entry {name!r} is a {type(t).__name__}, not a tensor")
         t = t.detach().to("cpu").contiguous()
         h.update(name.encode("utf-8") + b"\0")
         h.update(f"{t.dtype}|{tuple(t.shape)}".encode("ascii") + b"\0")
@@ -227,7 +228,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
 
     arch = getattr(model, "arch", None)
     if arch not in _ARCHS:
-        raise TypeError(f"save_weights supports {sorted(_ARCHS)}, got {type(model).__name__}")
+        raise CoresetTypeError(f"save_weights supports {sorted(_ARCHS)}, got {type(model).__name__}")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     digest = weights_digest(state)
     meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()}
@@ -250,7 +251,7 @@ def read_weights_metadata(path: str | os.PathLike) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except Exception as e:  # safetensors raises its own error types for bad headers
-        raise ValueError(f"{path} is not a readable .safetensors file: {e}") from e
+        raise CoresetValueError(f"{path} is not a readable .safetensors file: {e}") from e
 
 
 def load_weights(path: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
@@ -273,24 +274,24 @@ def load_weights(path: str | os.PathLike, device: str | torch.device | None = No
     meta = read_weights_metadata(path)
     arch = meta.get("arch")
     if arch not in _ARCHS:
-        raise ValueError(f"{path}: metadata must name 'arch' as one of {sorted(_ARCHS)}, got {arch!r}")
+        raise CoresetValueError(f"{path}: metadata must name 'arch' as one of {sorted(_ARCHS)}, got {arch!r}")
     try:
         scale = int(meta["scale"])
     except (KeyError, ValueError):
-        raise ValueError(f"{path}: metadata must give an integer 'scale', got {meta.get('scale')!r}") from None
+        raise CoresetValueError(f"{path}: metadata must give an integer 'scale', got {meta.get('scale')!r}") from None
     try:
         config = json.loads(meta.get("config", "{}"))
         model = _ARCHS[arch](scale=scale, **config)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: cannot build {arch} from metadata config {meta.get('config')!r}: {e}") from e
+        raise CoresetValueError(f"{path}: cannot build {arch} from metadata config {meta.get('config')!r}: {e}") from e
     state = load_file(str(path), device="cpu")
     expected = meta.get("weights_sha256")
     if expected is not None and weights_digest(state) != expected:
-        raise ValueError(f"{path}: weights do not match the digest in its metadata (corrupt or edited file)")
+        raise CoresetValueError(f"{path}: weights do not match the digest in its metadata (corrupt or edited file)")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit {arch} x{scale} with config {config}: {e}") from e
+        raise CoresetValueError(f"{path}: weights do not fit {arch} x{scale} with config {config}: {e}") from e
     model.weights_sha256 = expected or weights_digest(state)
     model.weights_metadata = meta
     return model.to(device if device is not None else "cpu").eval()
@@ -327,9 +328,9 @@ def load_pretrained(name: str = "srcnn", scale: int = 2, device: str | torch.dev
     listing = ", ".join(f"{n} x{s}" for n, ss in avail.items() for s in ss) or "none"
     key = name.lower() if isinstance(name, str) else name
     if key not in _PRETRAINED_SCALES:
-        raise ValueError(f"no bundled weights named {name!r}; available: {listing}")
+        raise CoresetValueError(f"no bundled weights named {name!r}; available: {listing}")
     if isinstance(scale, bool) or not isinstance(scale, int) or scale not in _PRETRAINED_SCALES[key]:
-        raise ValueError(f"no bundled {key} weights for scale {scale!r}; available: {listing}")
+        raise CoresetValueError(f"no bundled {key} weights for scale {scale!r}; available: {listing}")
     if scale not in avail.get(key, []):
         raise FileNotFoundError(f"bundled weights {key}_x{scale}.safetensors are missing from this "
                                 f"installation ({resources.files('coreset_sampler') / 'weights'}); "

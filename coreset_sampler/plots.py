@@ -20,6 +20,7 @@ import numpy as np
 
 from .scores import Scores, atomic_write_bytes
 from .selection import select_indices, selection_counts
+from .errors import CoresetValueError
 
 __all__ = ["plot_distribution", "plot_grid", "scorer_label", "value_label", "thresholds_text"]
 
@@ -122,7 +123,7 @@ def plot_distribution(scores: Scores, out, ratios: Sequence[float] = (0.25, 0.5,
     vals = scores.values[scores.valid_indices].astype(np.float64)
     n = vals.size
     if n == 0:
-        raise ValueError("no scored samples to plot")
+        raise CoresetValueError("no scored samples to plot")
     order = np.argsort(vals, kind="stable")
     srt = vals[order]
     x = np.arange(n)
@@ -211,11 +212,11 @@ def plot_grid(scores: Scores, dataset, out, n: int = 8, mode: str = "des", ratio
         >>> plot_grid(scores, SubImageDataset("T91"), "grid.png", n=6)  # doctest: +SKIP
     """
     if len(scores) != len(dataset):
-        raise ValueError(f"scores has {len(scores)} entries but the dataset has {len(dataset)} items")
+        raise CoresetValueError(f"scores has {len(scores)} entries but the dataset has {len(dataset)} items")
     valid = scores.valid_indices
     vals = scores.values[valid].astype(np.float64)
     if vals.size == 0:
-        raise ValueError("no scored samples to plot")
+        raise CoresetValueError("no scored samples to plot")
     n = min(n, vals.size)
     order = np.argsort(-vals, kind="stable")  # descending
     kept_idx = select_indices(vals, mode=mode, ratio=ratio, skip_top=skip_top, seed=seed)

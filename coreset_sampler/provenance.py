@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from .errors import CoresetValueError
+
 __all__ = ["ProvenanceError", "file_digest", "sources_digest", "provenance_of", "check_provenance",
            "check_granularity", "recorded_granularity", "DATASET_FIELDS"]
 
@@ -29,8 +31,10 @@ _CHUNK = 1 << 20
 _cache: dict[tuple[str, int, int], str] = {}
 
 
-class ProvenanceError(ValueError):
+class ProvenanceError(CoresetValueError):
     """Scores were computed from something else than what they are used with."""
+
+    exit_code = 2  # a refusal of what was asked
 
     @classmethod
     def mismatch(cls, source, field: str, recorded, here, fix: str) -> "ProvenanceError":

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from .selection import check_seed
+from .errors import CoresetValueError
 
 __all__ = ["StepMatchedSampler"]
 
@@ -34,7 +35,7 @@ def _data_digest(data_source, n: int) -> str:
 
 def _check_int(name: str, v, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r} ({type(v).__name__})")
+        raise CoresetValueError(f"{name} must be an integer >= {lo}, got {v!r} ({type(v).__name__})")
     return int(v)
 
 
@@ -88,7 +89,7 @@ class StepMatchedSampler(Sampler[int]):
                  num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False):
         n = len(data_source)
         if n <= 0:
-            raise ValueError(f"data_source ({type(data_source).__name__}) is empty: nothing to sample; "
+            raise CoresetValueError(f"data_source ({type(data_source).__name__}) is empty: nothing to sample; "
                              f"check the dataset (and the core-set ratio) it was built from")
         if num_samples is None:
             full = getattr(data_source, "dataset", None)
@@ -96,7 +97,7 @@ class StepMatchedSampler(Sampler[int]):
 
             num_samples = len(full) if isinstance(data_source, CoreSetDataset) else n
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples <= 0:
-            raise ValueError(f"num_samples must be a positive int (indices per epoch over all ranks), got "
+            raise CoresetValueError(f"num_samples must be a positive int (indices per epoch over all ranks), got "
                              f"{num_samples!r} ({type(num_samples).__name__})")
         num_samples = int(num_samples)
         seed = check_seed(seed, "StepMatchedSampler seed")
@@ -106,9 +107,9 @@ class StepMatchedSampler(Sampler[int]):
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         num_replicas, rank = _check_int("num_replicas", num_replicas, 1), _check_int("rank", rank, 0)
         if not rank < num_replicas:
-            raise ValueError(f"invalid rank {rank} for num_replicas {num_replicas}; need 0 <= rank < num_replicas")
+            raise CoresetValueError(f"invalid rank {rank} for num_replicas {num_replicas}; need 0 <= rank < num_replicas")
         if drop_last and num_samples < num_replicas:
-            raise ValueError(f"drop_last with num_samples={num_samples} < num_replicas={num_replicas} leaves nothing")
+            raise CoresetValueError(f"drop_last with num_samples={num_samples} < num_replicas={num_replicas} leaves nothing")
         self.data_source = data_source
         self.data_digest = _data_digest(data_source, n)
         self.n = n
@@ -187,31 +188,31 @@ class StepMatchedSampler(Sampler[int]):
             9
         """
         if not isinstance(state, Mapping):
-            raise ValueError(f"sampler state must be a dict from StepMatchedSampler.state_dict(), got "
+            raise CoresetValueError(f"sampler state must be a dict from StepMatchedSampler.state_dict(), got "
                              f"{type(state).__name__}")
         for key, typ in _STATE_TYPES.items():
             if key not in state:
-                raise ValueError(f"sampler state is missing key {key!r} (it has {sorted(map(str, state))}); "
+                raise CoresetValueError(f"sampler state is missing key {key!r} (it has {sorted(map(str, state))}); "
                                  f"pass a dict from StepMatchedSampler.state_dict()")
             v = state[key]
             ok = isinstance(v, bool) if typ is bool else (isinstance(v, typ) and not isinstance(v, bool))
             if not ok and typ is int and isinstance(v, np.integer):
                 ok = True
             if not ok:
-                raise ValueError(f"sampler state key {key!r} is {v!r} ({type(v).__name__}); expected "
+                raise CoresetValueError(f"sampler state key {key!r} is {v!r} ({type(v).__name__}); expected "
                                  f"{typ.__name__}")
         if state["format"] != _STATE_FORMAT:
-            raise ValueError(f"sampler state key 'format' is {state['format']!r}; expected {_STATE_FORMAT!r}")
+            raise CoresetValueError(f"sampler state key 'format' is {state['format']!r}; expected {_STATE_FORMAT!r}")
         what = {"data_digest": "core-set (its indices differ)", "rank": "rank", "num_replicas": "world size"}
         for key in _IDENTITY:
             if state[key] != getattr(self, key):
-                raise ValueError(f"sampler state belongs to another {what.get(key, 'setting')}: {key} is "
+                raise CoresetValueError(f"sampler state belongs to another {what.get(key, 'setting')}: {key} is "
                                  f"{state[key]!r} in the state but {getattr(self, key)!r} here")
         epoch, yielded = int(state["epoch"]), int(state["yielded"])
         if epoch < 0:
-            raise ValueError(f"sampler state key 'epoch' is {epoch}; expected an integer >= 0")
+            raise CoresetValueError(f"sampler state key 'epoch' is {epoch}; expected an integer >= 0")
         if not 0 <= yielded <= self.per_rank:
-            raise ValueError(f"sampler state key 'yielded' is {yielded}, out of range [0, {self.per_rank}]")
+            raise CoresetValueError(f"sampler state key 'yielded' is {yielded}, out of range [0, {self.per_rank}]")
         if yielded == self.per_rank:  # the saved epoch was fully consumed: go on with the next one
             epoch, yielded = epoch + 1, 0
         self.epoch = epoch

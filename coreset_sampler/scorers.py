@@ -62,6 +62,9 @@ from .dataset import dataset_keys
 from .degradation import _check_scale, check_lr_size, downsample, imresize, modcrop, rgb_to_y
 from .provenance import provenance_of
 from .scores import Scores, atomic_write_bytes, dataset_fingerprint
+from ._version import __version__
+from .dist import rank_and_world, rank_path
+from .errors import CoresetTypeError, CoresetValueError
 
 __all__ = ["LossScorer", "SobelScorer", "InterpolationScorer", "make_scorer", "EXPECTED_ITEM"]
 
@@ -188,7 +191,7 @@ def _lq_from_gt(gt: torch.Tensor, scale: int | None, where: str) -> tuple[torch.
     """HR-only item: ``(lq, gt)`` as :class:`~coreset_sampler.data.PairedImageFolder` makes them
     without an LR folder (modcrop, MATLAB bicubic x1/scale, 8-bit quantized): deterministic."""
     if scale is None:
-        raise TypeError(f"{where} has only 'gt'; LR is made from it by bicubic at the scorer's scale, but this "
+        raise CoresetTypeError(f"{where} has only 'gt'; LR is made from it by bicubic at the scorer's scale, but this "
                         f"scorer has none: pass scale= (or give items an 'lq')")
     check_lr_size(*gt.shape[-2:], scale, where)
     gt = modcrop(gt, scale)
@@ -204,10 +207,10 @@ def _check_item(item, index: int, needs_lq: bool,
     """
     where = f"dataset item {index}"
     if not isinstance(item, dict):
-        raise TypeError(f"{where} is a {type(item).__name__}; scorers expect items of the form {EXPECTED_ITEM}")
+        raise CoresetTypeError(f"{where} is a {type(item).__name__}; scorers expect items of the form {EXPECTED_ITEM}")
     key = item.get("key")
     if key is not None and not isinstance(key, str):
-        raise TypeError(f"{where} has a 'key' of type {type(key).__name__}; expected the form {EXPECTED_ITEM}")
+        raise CoresetTypeError(f"{where} has a 'key' of type {type(key).__name__}; expected the form {EXPECTED_ITEM}")
     if key is not None:
         where += f" (key {key!r})"
     hr_only = needs_lq and isinstance(item.get("gt"), torch.Tensor) and "lq" not in item
@@ -215,19 +218,19 @@ def _check_item(item, index: int, needs_lq: bool,
     out = {}
     for name in names:
         if name not in item:
-            raise TypeError(f"{where} has no {name!r} entry (entries: {sorted(map(str, item))}); "
+            raise CoresetTypeError(f"{where} has no {name!r} entry (entries: {sorted(map(str, item))}); "
                             f"expected the form {EXPECTED_ITEM}")
         x = item[name]
         if not (torch.is_tensor(x) and x.is_floating_point() and x.dim() == 3):
-            raise TypeError(f"{where}: {name!r} is a {_describe(x)}; expected the form {EXPECTED_ITEM}")
+            raise CoresetTypeError(f"{where}: {name!r} is a {_describe(x)}; expected the form {EXPECTED_ITEM}")
         if min(x.shape) < 1:
-            raise ValueError(f"{where}: {name!r} is empty, shape {tuple(x.shape)}")
+            raise CoresetValueError(f"{where}: {name!r} is empty, shape {tuple(x.shape)}")
         out[name] = x if x.dtype == torch.float32 else x.float()
     if hr_only:
         out["lq"], out["gt"] = _lq_from_gt(out["gt"], scale, where)
     lq = out.get("lq")
     if lq is not None and lq.shape[0] != out["gt"].shape[0]:
-        raise ValueError(f"{where}: 'lq' has {lq.shape[0]} channels but 'gt' has {out['gt'].shape[0]}")
+        raise CoresetValueError(f"{where}: 'lq' has {lq.shape[0]} channels but 'gt' has {out['gt'].shape[0]}")
     return lq, out["gt"], key
 
 
@@ -261,20 +264,8 @@ class _Collate:
 # --------------------------------------------------------------------------- engine
 
 
-def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _rank_path(path: Path, rank: int, world: int) -> Path:
-    if world == 1:
-        return path
-    return path.with_name(f"{path.stem}.rank{rank}of{world}{path.suffix}")
 
 
 class _BatchScorer:
@@ -297,10 +288,10 @@ class _BatchScorer:
                            ("checkpoint_every", checkpoint_every, 1),
                            ("max_forward_pixels", 0 if max_forward_pixels is None else max_forward_pixels, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{arg} must be an integer >= {lo}, got {v!r}")
+                raise CoresetValueError(f"{arg} must be an integer >= {lo}, got {v!r}")
         self.max_forward_pixels = max_forward_pixels
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise CoresetValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.batch_size = batch_size
         self.device = torch.device(device) if device is not None else _default_device()
         self.num_workers = num_workers
@@ -345,7 +336,7 @@ class _BatchScorer:
             cannot be loaded and ``on_error="raise"``.
         """
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-            raise TypeError(f"dataset must be map-style (__len__ and __getitem__), got {type(dataset).__name__}")
+            raise CoresetTypeError(f"dataset must be map-style (__len__ and __getitem__), got {type(dataset).__name__}")
         with _rng_preserved():  # scoring must not change how the caller's training is seeded
             return self._score(dataset)
 
@@ -354,7 +345,7 @@ class _BatchScorer:
     def _precheck(self, dataset, n: int) -> None:
         """Refuse, before any sample is scored, what the dataset can tell is wrong."""
         if n == 0:
-            raise ValueError(f"dataset {type(dataset).__name__} is empty: nothing to score")
+            raise CoresetValueError(f"dataset {type(dataset).__name__} is empty: nothing to score")
         ds_scale = getattr(dataset, "scale", None)
         my_scale = getattr(self, "scale", None)
         if (self.needs_lq and ds_scale is not None and my_scale is not None and not self._inferred()
@@ -385,10 +376,10 @@ class _BatchScorer:
         B = self.batch_size
         ds_keys = dataset_keys(dataset)
         if ds_keys is not None and len(ds_keys) != n:
-            raise ValueError(f"dataset has {n} items but {len(ds_keys)} keys")
+            raise CoresetValueError(f"dataset has {n} items but {len(ds_keys)} keys")
         if ds_keys is not None:
             _check_unique_keys(ds_keys, type(dataset).__name__)
-        rank, world = _dist_info()
+        rank, world = rank_and_world()
         n_windows = math.ceil(n / B)
         mine = list(range(rank, n_windows, world))  # this rank's windows: r, r + W, r + 2W, ...
 
@@ -402,7 +393,7 @@ class _BatchScorer:
             if ds_provenance is not None:  # a source changed between runs: its old scores are not reused
                 fingerprint["sources"] = sources_fingerprint(ds_provenance)
             state = _State(n, n_windows)
-            ckpt = None if self.checkpoint is None else _rank_path(self.checkpoint, rank, world)
+            ckpt = None if self.checkpoint is None else rank_path(self.checkpoint, rank, world)
             if ckpt is not None and ckpt.exists():
                 state = _State.load(ckpt, fingerprint, n, n_windows)
             todo = [w for w in mine if not state.done[w]]
@@ -478,7 +469,7 @@ class _BatchScorer:
         for g in win.groups:
             for i, k in zip(g.indices, g.keys):
                 if ds_keys is not None and k is not None and k != ds_keys[i]:
-                    raise ValueError(f"dataset item {i} has key {k!r} but dataset.keys[{i}] is {ds_keys[i]!r}")
+                    raise CoresetValueError(f"dataset item {i} has key {k!r} but dataset.keys[{i}] is {ds_keys[i]!r}")
             first = g.keys[0] if g.keys[0] is not None else (ds_keys[g.indices[0]] if ds_keys else None)
             name = f"key {first!r}" if first is not None else f"dataset item {g.indices[0]}"
             self._check_shapes(None if g.lq is None else tuple(g.lq.shape[1:]), tuple(g.gt.shape[1:]), name)
@@ -494,12 +485,12 @@ class _BatchScorer:
             if bad.any():
                 j = int(np.flatnonzero(bad)[0])
                 kj = g.keys[j] if g.keys[j] is not None else f"dataset item {g.indices[j]}"
-                raise ValueError(f"{self.name} scorer produced a non-finite score ({vals[j]}) for {kj!r}")
+                raise CoresetValueError(f"{self.name} scorer produced a non-finite score ({vals[j]}) for {kj!r}")
             odd = (vals < 0) | (vals > PLAUSIBLE_MAX)
             if odd.any():  # the same bound a checkpoint is held to on resume
                 j = int(np.flatnonzero(odd)[0])
                 kj = g.keys[j] if g.keys[j] is not None else f"dataset item {g.indices[j]}"
-                raise ValueError(f"{self.name} scorer produced an implausible score ({vals[j]:g}) for {kj!r}; "
+                raise CoresetValueError(f"{self.name} scorer produced an implausible score ({vals[j]:g}) for {kj!r}; "
                                  f"scores must lie in [0, {PLAUSIBLE_MAX:g}] (are the images scaled to [0, 1]?)")
             results.append((g, vals.astype(np.float32)))
         for g, vals in results:
@@ -540,7 +531,7 @@ def _check_unique_keys(keys, name: str) -> None:
     for i, k in enumerate(keys):
         j = first.setdefault(k, i)
         if j != i:
-            raise ValueError(f"{name}.keys has key {k!r} twice (items {j} and {i}); scores are matched to "
+            raise CoresetValueError(f"{name}.keys has key {k!r} twice (items {j} and {i}); scores are matched to "
                              f"samples by key, so keys must be unique: give the two items distinct keys")
 
 
@@ -575,14 +566,14 @@ class _State:
         from safetensors import safe_open
 
         if not _stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO or a device (would block)
-            raise ValueError(f"checkpoint {path} is not a regular file; pass another checkpoint path")
+            raise CoresetValueError(f"checkpoint {path} is not a regular file; pass another checkpoint path")
         spec = {"values": ("F32", (n,)), "done": ("U8", (n_windows,)), "has_key": ("U8", (n,)),
                 "keys": ("U8", None), "failed": ("I64", None)}
         try:
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}
                 if meta.get("format") != _CKPT_FORMAT:
-                    raise ValueError(f"{path} is not a scoring checkpoint (format={meta.get('format')!r}); "
+                    raise CoresetValueError(f"{path} is not a scoring checkpoint (format={meta.get('format')!r}); "
                                      f"pass another checkpoint path")
                 try:
                     theirs = json.loads(meta.get("fingerprint", "{}"))
@@ -591,49 +582,49 @@ class _State:
                 ours = json.loads(json.dumps(fingerprint, sort_keys=True))  # same JSON round trip
                 if theirs != ours:
                     diff = _first_difference(theirs, ours) if isinstance(theirs, dict) else "unreadable fingerprint"
-                    raise ValueError(f"checkpoint {path} belongs to another scoring run ({diff}); "
+                    raise CoresetValueError(f"checkpoint {path} belongs to another scoring run ({diff}); "
                                      f"delete it or pass another checkpoint path to start afresh")
                 names = set(f.keys())
                 for name, (dtype, shape) in spec.items():  # from the header, before reading any tensor
                     if name not in names:
-                        raise ValueError(f"checkpoint {path} has no tensor {name!r}; delete it to rescore")
+                        raise CoresetValueError(f"checkpoint {path} has no tensor {name!r}; delete it to rescore")
                     sl = f.get_slice(name)
                     got_dtype, got_shape = sl.get_dtype(), tuple(sl.get_shape())
                     if got_dtype != dtype or len(got_shape) != 1 or (shape is not None and got_shape != shape):
                         want = f"[{shape[0]}]" if shape else "1-D"
-                        raise ValueError(f"checkpoint {path}: tensor {name!r} is {got_dtype} {list(got_shape)}, "
+                        raise CoresetValueError(f"checkpoint {path}: tensor {name!r} is {got_dtype} {list(got_shape)}, "
                                          f"expected {dtype} {want}; delete it to rescore")
                 extra = names - set(spec)
                 if extra:
-                    raise ValueError(f"checkpoint {path} has unexpected tensor(s) {sorted(extra)}; delete it to rescore")
+                    raise CoresetValueError(f"checkpoint {path} has unexpected tensor(s) {sorted(extra)}; delete it to rescore")
                 t = {k: f.get_tensor(k) for k in spec}
         except ValueError:
             raise
         except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"checkpoint {path} is not a readable .safetensors file: {e}") from None
+            raise CoresetValueError(f"checkpoint {path} is not a readable .safetensors file: {e}") from None
         bad = f"checkpoint {path}"
         fix = "the file was altered or is corrupt: delete it to rescore"
         if not np.isin(t["done"], (0, 1)).all():
-            raise ValueError(f"{bad}: tensor 'done' holds values other than 0/1; {fix}")
+            raise CoresetValueError(f"{bad}: tensor 'done' holds values other than 0/1; {fix}")
         s = cls(n, n_windows)
         s.done = t["done"].astype(bool)
         try:
             errors = json.loads(meta.get("failed_errors", "[]"))
             text = t["keys"].tobytes().decode("utf-8")
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{bad}: unreadable keys or failed_errors ({e}); {fix}") from None
+            raise CoresetValueError(f"{bad}: unreadable keys or failed_errors ({e}); {fix}") from None
         failed = t["failed"].tolist()
         B = int(fingerprint["batch_size"])
         seen: set[int] = set()
         for j, i in enumerate(failed):
             if not 0 <= i < n or not s.done[i // B] or i in seen or seen.add(i):
-                raise ValueError(f"{bad}: failed index {i} (entry {j}) is out of range, repeated, or in an "
+                raise CoresetValueError(f"{bad}: failed index {i} (entry {j}) is out of range, repeated, or in an "
                                  f"unfinished window; {fix}")
         if not isinstance(errors, list) or len(errors) != len(failed):
-            raise ValueError(f"{bad}: {len(failed)} failed indices but failed_errors does not list as many; {fix}")
+            raise CoresetValueError(f"{bad}: {len(failed)} failed indices but failed_errors does not list as many; {fix}")
         parts = text.split("\n") if n else []
         if len(parts) != n:
-            raise ValueError(f"{bad}: {len(parts)} keys for {n} items; {fix}")
+            raise CoresetValueError(f"{bad}: {len(parts)} keys for {n} items; {fix}")
         vals = t["values"].astype(np.float32)
         done_item = np.repeat(s.done, B)[:n]
         check = done_item.copy()
@@ -646,7 +637,7 @@ class _State:
             what = ("not finite" if not np.isfinite(vals[i]) else "negative" if vals[i] < 0
                     else f"implausibly large (a loss of images in [0, 1] is far below {PLAUSIBLE_MAX:g})")
             key = f" (key {parts[i]!r})" if t["has_key"][i] else ""
-            raise ValueError(f"{bad}: value {float(vals[i])!r} at index {i}{key} is {what}; {fix}")
+            raise CoresetValueError(f"{bad}: value {float(vals[i])!r} at index {i}{key} is {what}; {fix}")
         s.values = np.where(done_item, vals, np.nan).astype(np.float32)
         s.values[failed] = np.nan
         s.keys = [k if h else None for k, h in zip(parts, t["has_key"].tolist())]
@@ -693,8 +684,6 @@ def _gather(state: _State, mine: list[int], B: int, n: int, world: int) -> _Stat
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 
@@ -764,17 +753,17 @@ class LossScorer(_BatchScorer):
                          checkpoint_every=checkpoint_every, on_error=on_error, progress=progress,
                          max_forward_pixels=max_forward_pixels)
         if whole_image not in (True, False, "auto"):
-            raise ValueError(f"whole_image must be True, False or 'auto', got {whole_image!r}")
+            raise CoresetValueError(f"whole_image must be True, False or 'auto', got {whole_image!r}")
         self.whole_image, self.whole_image_options = whole_image, dict(whole_image_options or {})
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise CoresetTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if loss not in _LOSSES:
-            raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
+            raise CoresetValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
         model_scale = getattr(model, "scale", None)
         if scale is not None:
             scale = _check_scale(scale)
             if model_scale is not None and int(model_scale) != scale:
-                raise ValueError(f"scale={scale} but the model's .scale is {model_scale}")
+                raise CoresetValueError(f"scale={scale} but the model's .scale is {model_scale}")
         self.scale = int(model_scale) if model_scale is not None else scale
         self._inferred_scale = self.scale is None
         self.model = model
@@ -820,7 +809,7 @@ class LossScorer(_BatchScorer):
                 self.last_stats = ws.last_stats
                 return scores
             if self.whole_image is True:
-                raise ValueError(f"whole_image=True needs a sub-image set with known sources (SubImageDataset "
+                raise CoresetValueError(f"whole_image=True needs a sub-image set with known sources (SubImageDataset "
                                  f"or SubImageFolder), got {type(dataset).__name__}; pass whole_image='auto'")
         return super().score(dataset)
 
@@ -846,7 +835,7 @@ class LossScorer(_BatchScorer):
         (_, h, w), (_, H, W) = lq_shape, gt_shape
         if self.scale is None:  # no .scale on the model: the first batch fixes it
             if H % h or W % w or H // h != W // w:
-                raise ValueError(f"{key}: HR size {H}x{W} is not an integer multiple of LR size {h}x{w}")
+                raise CoresetValueError(f"{key}: HR size {H}x{W} is not an integer multiple of LR size {h}x{w}")
             self.scale = H // h
         _check_pair(lq_shape, gt_shape, self.scale, key)
 
@@ -854,7 +843,7 @@ class LossScorer(_BatchScorer):
         pred = self.model(lq)
         if not torch.is_tensor(pred) or pred.shape != gt.shape:
             got = tuple(pred.shape) if torch.is_tensor(pred) else type(pred).__name__
-            raise ValueError(f"model {self.model_name} returned {got} for LR {tuple(lq.shape)}; "
+            raise CoresetValueError(f"model {self.model_name} returned {got} for LR {tuple(lq.shape)}; "
                              f"expected the HR shape {tuple(gt.shape)}")
         if self.on_y:
             pred, gt = rgb_to_y(pred.float()), rgb_to_y(gt)
@@ -894,7 +883,7 @@ class InterpolationScorer(_BatchScorer):
                          checkpoint_every=checkpoint_every, on_error=on_error, progress=progress,
                          max_forward_pixels=max_forward_pixels)
         if loss not in _LOSSES:
-            raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
+            raise CoresetValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
         self.scale = _check_scale(scale)
         self.loss = loss
 
@@ -942,7 +931,7 @@ class SobelScorer(_BatchScorer):
 
     def _check_shapes(self, lq_shape, gt_shape, key: str) -> None:
         if min(gt_shape[1:]) < 3:
-            raise ValueError(f"{key}: HR size {gt_shape[1]}x{gt_shape[2]} is smaller than the 3x3 Sobel kernel")
+            raise CoresetValueError(f"{key}: HR size {gt_shape[1]}x{gt_shape[2]} is smaller than the 3x3 Sobel kernel")
 
     def _compute(self, lq, gt):
         y = rgb_to_y(gt)
@@ -971,7 +960,7 @@ def make_scorer(spec: str, scale: int, **kwargs) -> _BatchScorer:
         4
     """
     if not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"scorer spec must be a str, got {type(spec).__name__}")
+        raise CoresetTypeError(f"scorer spec must be a str, got {type(spec).__name__}")
     s = str(spec)
     low = s.lower()
     if low == "sobel":
@@ -982,7 +971,7 @@ def make_scorer(spec: str, scale: int, **kwargs) -> _BatchScorer:
 
     if low in _ARCHS:
         if low not in available_pretrained():
-            raise ValueError(f"no bundled weights for {s!r}; pass a .safetensors weights file instead")
+            raise CoresetValueError(f"no bundled weights for {s!r}; pass a .safetensors weights file instead")
         return LossScorer.pretrained(low, scale=scale, **kwargs)
     from .model_files import is_model_file_spec, load_model_file
 
@@ -996,9 +985,9 @@ def make_scorer(spec: str, scale: int, **kwargs) -> _BatchScorer:
             raise FileNotFoundError(f"weights file not found: {path}")
         model = load_weights(path)
         if int(model.scale) != int(scale):
-            raise ValueError(f"weights file {path} is for scale {model.scale}, but scale {scale} was asked for")
+            raise CoresetValueError(f"weights file {path} is for scale {model.scale}, but scale {scale} was asked for")
         scorer = LossScorer(model, **kwargs)
         scorer.spec = s
         return scorer
-    raise ValueError(f"unknown scorer {s!r}: expected 'srcnn', 'sobel', 'interpolation' or a path to a "
+    raise CoresetValueError(f"unknown scorer {s!r}: expected 'srcnn', 'sobel', 'interpolation' or a path to a "
                      f".safetensors weights file or a model file (.safetensors/.pth/.pt)")

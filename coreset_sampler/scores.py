@@ -32,6 +32,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ._version import __version__
+from .errors import CoresetOSError, CoresetValueError
+
 __all__ = ["Scores", "dataset_fingerprint", "atomic_write_bytes", "remove_stale_temps", "remove_stale_temp_files",
            "temp_path", "read_header", "file_kind",
            "FORMAT_VERSION", "KNOWN_VERSIONS"]
@@ -103,7 +106,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
             os.unlink(tmp)
         if isinstance(e, OSError) and e.errno is not None and str(path) not in str(e):
             hint = " (the disk is full: free space or write elsewhere)" if e.errno == errno.ENOSPC else ""
-            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}{hint}") from e
+            raise CoresetOSError(e.errno, f"cannot write {path}: {e.strerror or e}{hint}") from e
         raise
 
 
@@ -199,9 +202,9 @@ class Scores:
             values = values.detach().cpu().numpy()
         v = np.asarray(values)
         if v.ndim != 1:
-            raise ValueError(f"scores values must be 1-D, got shape {v.shape}")
+            raise CoresetValueError(f"scores values must be 1-D, got shape {v.shape}")
         if v.dtype.kind not in "fiu":
-            raise ValueError(f"scores values must be real numbers, got dtype {v.dtype}")
+            raise CoresetValueError(f"scores values must be real numbers, got dtype {v.dtype}")
         keys = None if keys is None else [str(k) for k in keys]
         if v.dtype.kind in "iu" or v.dtype.itemsize > 4:
             with np.errstate(invalid="ignore"):
@@ -209,7 +212,7 @@ class Scores:
             if over.any():
                 i = int(np.flatnonzero(over)[0])
                 name = f" (key {keys[i]!r})" if keys is not None and i < len(keys) else ""
-                raise ValueError(f"score {float(v[i])!r} at index {i}{name} overflows float32 (largest "
+                raise CoresetValueError(f"score {float(v[i])!r} at index {i}{name} overflows float32 (largest "
                                  f"{_F32_MAX:.4g}); scores are stored as float32: rescale them")
         #: ``format_version`` of the file this came from (None: built in memory)
         self.format_version: str | None = None
@@ -217,14 +220,14 @@ class Scores:
         self.keys = keys
         if self.keys is not None:
             if len(self.keys) != len(self.values):
-                raise ValueError(f"got {len(self.keys)} keys for {len(self.values)} values")
+                raise CoresetValueError(f"got {len(self.keys)} keys for {len(self.values)} values")
             bad = next((k for k in self.keys if "\n" in k), None)
             if bad is not None:
-                raise ValueError(f"key {bad!r} contains a newline")
+                raise CoresetValueError(f"key {bad!r} contains a newline")
             if len(set(self.keys)) != len(self.keys):
                 seen = set()
                 dup = next(k for k in self.keys if k in seen or seen.add(k))
-                raise ValueError(f"duplicate key {dup!r} in scores keys")
+                raise CoresetValueError(f"duplicate key {dup!r} in scores keys")
         self.metadata = dict(metadata or {})
         if failed is None:
             failed = {}
@@ -233,14 +236,14 @@ class Scores:
         self.failed = {int(i): str(m) for i, m in sorted(failed.items())}
         for i in self.failed:
             if not 0 <= i < len(self.values):
-                raise ValueError(f"failed index {i} out of range for {len(self.values)} scores")
+                raise CoresetValueError(f"failed index {i} out of range for {len(self.values)} scores")
         # Every non-finite value must be an explained failure: a NaN from a broken model must not
         # silently shrink the dataset.
         bad = ~np.isfinite(self.values)
         bad[list(self.failed)] = False
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"scores contain {int(bad.sum())} non-finite value(s) not marked as failed; "
+            raise CoresetValueError(f"scores contain {int(bad.sum())} non-finite value(s) not marked as failed; "
                              f"first at index {i}{self._name(i)}")
         if self.failed:
             self.values[list(self.failed)] = np.nan
@@ -271,14 +274,14 @@ class Scores:
     def check(self, n: int | None = None, keys: Sequence[str] | None = None, source: str = "scores") -> None:
         """Raise ``ValueError`` unless these scores belong to a dataset of ``n`` items / these ``keys``."""
         if n is not None and n != len(self):
-            raise ValueError(f"{source} has {len(self)} entries but the dataset has {n} items")
+            raise CoresetValueError(f"{source} has {len(self)} entries but the dataset has {n} items")
         if keys is not None:
             if len(keys) != len(self):
-                raise ValueError(f"{source} has {len(self)} entries but the dataset has {len(keys)} items")
+                raise CoresetValueError(f"{source} has {len(self)} entries but the dataset has {len(keys)} items")
             if self.keys is not None:
                 for i, (a, b) in enumerate(zip(self.keys, keys)):
                     if a != b:
-                        raise ValueError(f"{source} does not match the dataset: first differing key at "
+                        raise CoresetValueError(f"{source} does not match the dataset: first differing key at "
                                          f"index {i}: scores have {a!r}, dataset has {b!r}")
 
     # -- file I/O ------------------------------------------------------------------------
@@ -296,11 +299,11 @@ class Scores:
             md["failed_errors"] = [self.failed[i] for i in self.failed]
         for k, v in md.items():
             if k in _RESERVED:
-                raise ValueError(f"metadata key {k!r} is reserved")
+                raise CoresetValueError(f"metadata key {k!r} is reserved")
             try:
                 meta[str(k)] = json.dumps(v)
             except TypeError as e:
-                raise ValueError(f"metadata[{k!r}] is not JSON-serialisable: {e}") from None
+                raise CoresetValueError(f"metadata[{k!r}] is not JSON-serialisable: {e}") from None
         return save(tensors, metadata=meta)
 
     def save(self, path) -> Path:
@@ -335,7 +338,7 @@ class Scores:
             with safe_open(str(path), framework="numpy") as f:
                 tensors = {k: f.get_tensor(k) for k in header}
         except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"{path} is not a readable .safetensors file: {e}") from None
+            raise CoresetValueError(f"{path} is not a readable .safetensors file: {e}") from None
         metadata = {}
         for k, v in meta.items():
             if k in _RESERVED:
@@ -349,37 +352,37 @@ class Scores:
             try:
                 text = tensors["keys"].tobytes().decode("utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"{path}: tensor 'keys' is not UTF-8 text ({e})") from None
+                raise CoresetValueError(f"{path}: tensor 'keys' is not UTF-8 text ({e})") from None
             keys = text.split("\n") if n else []
             if len(keys) != n:
-                raise ValueError(f"{path}: tensor 'keys' holds {len(keys)} key(s) for {n} values")
+                raise CoresetValueError(f"{path}: tensor 'keys' holds {len(keys)} key(s) for {n} values")
         failed_idx = tensors["failed"].astype(np.int64).tolist() if "failed" in tensors else []
         seen = set()
         for j, i in enumerate(failed_idx):
             if not 0 <= i < n:
-                raise ValueError(f"{path}: failed index {i} (entry {j} of tensor 'failed') is out of range "
+                raise CoresetValueError(f"{path}: failed index {i} (entry {j} of tensor 'failed') is out of range "
                                  f"for {n} values")
             if i in seen:
-                raise ValueError(f"{path}: failed index {i} appears twice in tensor 'failed'")
+                raise CoresetValueError(f"{path}: failed index {i} appears twice in tensor 'failed'")
             seen.add(i)
         errors = metadata.pop("failed_errors", [""] * len(failed_idx))
         if not isinstance(errors, list) or len(errors) != len(failed_idx):
             got = len(errors) if isinstance(errors, list) else type(errors).__name__
-            raise ValueError(f"{path}: metadata failed_errors has {got} entries for {len(failed_idx)} failed "
+            raise CoresetValueError(f"{path}: metadata failed_errors has {got} entries for {len(failed_idx)} failed "
                              f"indices")
         values = tensors["values"]
         finite_failed = [i for i in failed_idx if np.isfinite(values[i])]
         if finite_failed:
             i = finite_failed[0]
-            raise ValueError(f"{path}: value at failed index {i} is {float(values[i])!r}; a failed sample's "
+            raise CoresetValueError(f"{path}: value at failed index {i} is {float(values[i])!r}; a failed sample's "
                              f"value must be NaN")
         expect_n = metadata.get("num_samples")
         if isinstance(expect_n, int) and not isinstance(expect_n, bool) and expect_n != n:
-            raise ValueError(f"{path}: metadata num_samples is {expect_n} but tensor 'values' has {n} entries")
+            raise CoresetValueError(f"{path}: metadata num_samples is {expect_n} but tensor 'values' has {n} entries")
         try:
             out = cls(values, keys=keys, metadata=metadata, failed=dict(zip(failed_idx, errors)))
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise CoresetValueError(f"{path}: {e}") from None
         out.format_version = meta["format_version"]
         return out
 
@@ -425,71 +428,69 @@ def read_header(path) -> tuple[dict, dict]:
         raise FileNotFoundError(f"scores file not found: {path}") from None
     kind = _kind(st.st_mode)
     if kind is not None:  # before open(): opening a FIFO would block, a device reads as junk
-        raise ValueError(f"scores file {path} is {kind}, not a regular file; give the path of a .safetensors "
+        raise CoresetValueError(f"scores file {path} is {kind}, not a regular file; give the path of a .safetensors "
                          f"scores file")
     size = st.st_size
     bad = f"{path} is not a coreset-sampler scores file"
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) < 8:
-            raise ValueError(f"{bad}: {size} bytes, too short for a .safetensors header")
+            raise CoresetValueError(f"{bad}: {size} bytes, too short for a .safetensors header")
         hlen = int.from_bytes(raw, "little")
         if hlen > min(_MAX_HEADER, size - 8):
-            raise ValueError(f"{bad}: its header length field says {hlen} bytes but the file has {size - 8} "
+            raise CoresetValueError(f"{bad}: its header length field says {hlen} bytes but the file has {size - 8} "
                              f"after it (limit {_MAX_HEADER})")
         text = f.read(hlen)
     try:
         header = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{bad}: its header is not UTF-8 JSON ({e})") from None
+        raise CoresetValueError(f"{bad}: its header is not UTF-8 JSON ({e})") from None
     if not isinstance(header, dict):
-        raise ValueError(f"{bad}: its header is a JSON {type(header).__name__}, not an object")
+        raise CoresetValueError(f"{bad}: its header is a JSON {type(header).__name__}, not an object")
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise ValueError(f"{bad}: its header __metadata__ is not a mapping of strings")
+        raise CoresetValueError(f"{bad}: its header __metadata__ is not a mapping of strings")
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{bad} (format={meta.get('format')!r}, expected {FORMAT!r})")
+        raise CoresetValueError(f"{bad} (format={meta.get('format')!r}, expected {FORMAT!r})")
     version = meta.get("format_version")
     if version not in KNOWN_VERSIONS:
-        raise ValueError(f"{path}: format_version {version!r} is not one this version of coreset-sampler reads "
+        raise CoresetValueError(f"{path}: format_version {version!r} is not one this version of coreset-sampler reads "
                          f"(known: {', '.join(map(repr, KNOWN_VERSIONS))}); upgrade coreset-sampler or rescore")
     data_len = size - 8 - hlen
     for name, e in header.items():
         if name not in ("values", "keys", "failed"):
-            raise ValueError(f"{path}: unexpected tensor {name!r}; a scores file holds only 'values', 'keys' "
+            raise CoresetValueError(f"{path}: unexpected tensor {name!r}; a scores file holds only 'values', 'keys' "
                              f"and 'failed'")
         ok = (isinstance(e, dict) and e.get("dtype") in _ITEMSIZE and isinstance(e.get("shape"), list)
               and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in e["shape"])
               and isinstance(e.get("data_offsets"), list) and len(e["data_offsets"]) == 2
               and all(isinstance(d, int) and not isinstance(d, bool) for d in e["data_offsets"]))
         if not ok:
-            raise ValueError(f"{path}: tensor {name!r} has a malformed header entry {str(e)[:200]}")
+            raise CoresetValueError(f"{path}: tensor {name!r} has a malformed header entry {str(e)[:200]}")
         a, b = e["data_offsets"]
         nbytes = int(np.prod(e["shape"], dtype=object)) * _ITEMSIZE[e["dtype"]]
         if not 0 <= a <= b <= data_len or b - a != nbytes:
-            raise ValueError(f"{path}: tensor {name!r} claims {nbytes} bytes at offsets [{a}, {b}) but the file "
+            raise CoresetValueError(f"{path}: tensor {name!r} claims {nbytes} bytes at offsets [{a}, {b}) but the file "
                              f"holds {data_len} data bytes")
     rules = {"values": ({"F32"}, "float32"), "keys": ({"U8"}, "uint8"), "failed": (_INT_DTYPES, "integer")}
     if "values" not in header:
-        raise ValueError(f"{path}: no tensor 'values' (tensors: {sorted(header)})")
+        raise CoresetValueError(f"{path}: no tensor 'values' (tensors: {sorted(header)})")
     for name, (dtypes, what) in rules.items():
         e = header.get(name)
         if e is None:
             continue
         if e["dtype"] not in dtypes or len(e["shape"]) != 1:
-            raise ValueError(f"{path}: tensor {name!r} must be 1-D {what}, the header says dtype {e['dtype']} "
+            raise CoresetValueError(f"{path}: tensor {name!r} must be 1-D {what}, the header says dtype {e['dtype']} "
                              f"shape {e['shape']}")
     n = header["values"]["shape"][0]
     if "failed" in header and header["failed"]["shape"][0] > n:
-        raise ValueError(f"{path}: tensor 'failed' lists {header['failed']['shape'][0]} indices for {n} values")
+        raise CoresetValueError(f"{path}: tensor 'failed' lists {header['failed']['shape'][0]} indices for {n} values")
     if "keys" in header and header["keys"]["shape"][0] > n * (_MAX_KEY_BYTES + 1):
         # a key is a file name (at most PATH_MAX bytes) plus its newline: refuse before reading the bytes
-        raise ValueError(f"{path}: tensor 'keys' holds {header['keys']['shape'][0]} bytes for {n} values (at most "
+        raise CoresetValueError(f"{path}: tensor 'keys' holds {header['keys']['shape'][0]} bytes for {n} values (at most "
                          f"{_MAX_KEY_BYTES + 1} bytes per key)")
     return header, meta
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__

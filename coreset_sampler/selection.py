@@ -17,6 +17,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 
+from .errors import CoresetValueError
+
 __all__ = ["MODES", "check_seed", "select_indices", "selection_counts", "selection_summary", "SelectionSummary"]
 
 MODES = ("des", "asc", "random", "stratified")
@@ -32,16 +34,16 @@ def _as_scores(scores) -> np.ndarray:
         scores = scores.detach().cpu().numpy()
     arr = np.asarray(scores)
     if arr.ndim != 1:
-        raise ValueError(f"scores must be 1-D, got shape {arr.shape}")
+        raise CoresetValueError(f"scores must be 1-D, got shape {arr.shape}")
     if arr.size == 0:
-        raise ValueError("scores is empty: nothing to select from")
+        raise CoresetValueError("scores is empty: nothing to select from")
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"scores must be real numbers, got dtype {arr.dtype}")
+        raise CoresetValueError(f"scores must be real numbers, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.floating):
         bad = ~np.isfinite(arr)
         if bad.any():
             idx = np.flatnonzero(bad)
-            raise ValueError(
+            raise CoresetValueError(
                 f"scores contain {idx.size} non-finite value(s) (NaN or inf); first at index {idx[0]} "
                 f"(value {arr[idx[0]]})"
             )
@@ -54,7 +56,7 @@ SEED_MAX = 2**63 - 1
 def check_seed(seed, where: str = "seed") -> int:
     """``seed`` as an int; ``ValueError`` naming ``where`` unless an integer in ``[0, 2**63 - 1]``."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX:
-        raise ValueError(f"{where} must be an integer in [0, 2**63 - 1], got {seed!r} "
+        raise CoresetValueError(f"{where} must be an integer in [0, 2**63 - 1], got {seed!r} "
                          f"({type(seed).__name__})")
     return int(seed)
 
@@ -63,15 +65,15 @@ def selection_counts(n: int, ratio: float, skip_top: float = 0.0) -> tuple[int, 
     """Return ``(kept, skipped)`` for ``n`` samples; validates ``ratio`` and ``skip_top``."""
     for name, value in (("ratio", ratio), ("skip_top", skip_top)):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise ValueError(f"{name} must be a number, got {value!r}")
+            raise CoresetValueError(f"{name} must be a number, got {value!r}")
         if not np.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value!r}")
+            raise CoresetValueError(f"{name} must be finite, got {value!r}")
     if not 0 < ratio <= 1:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+        raise CoresetValueError(f"ratio must be in (0, 1], got {ratio!r}")
     if not 0 <= skip_top < 1:
-        raise ValueError(f"skip_top must be in [0, 1), got {skip_top!r}")
+        raise CoresetValueError(f"skip_top must be in [0, 1), got {skip_top!r}")
     if ratio + skip_top > 1 + 1e-9:  # tolerate float noise such as 0.7 + 0.3
-        raise ValueError(f"ratio + skip_top must be <= 1, got {ratio!r} + {skip_top!r}")
+        raise CoresetValueError(f"ratio + skip_top must be <= 1, got {ratio!r} + {skip_top!r}")
     kept = min(n, max(1, _round_half_up(ratio, n)))
     skipped = min(_round_half_up(skip_top, n), n - kept)
     return kept, skipped
@@ -156,7 +158,7 @@ def select_indices(scores, mode: str = "des", ratio: float = 0.5, skip_top: floa
         array([2, 3])
     """
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        raise CoresetValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     seed = check_seed(seed)  # validated in every mode: a bad seed is a bug even where unused
     s = _as_scores(scores)
     n = s.size
@@ -179,7 +181,7 @@ def select_indices(scores, mode: str = "des", ratio: float = 0.5, skip_top: floa
     else:
         integral = isinstance(strata, (int, np.integer)) or (isinstance(strata, float) and strata.is_integer())
         if isinstance(strata, bool) or not integral or strata < 1:
-            raise ValueError(f"strata must be a positive integer (number of score strata for mode "
+            raise CoresetValueError(f"strata must be a positive integer (number of score strata for mode "
                              f"'stratified'), got {strata!r} ({type(strata).__name__})")
         picked = rest[_stratified(s[rest], kept, int(strata), rng)]
     picked.sort()

@@ -65,6 +65,8 @@ from .data import (IMAGE_EXTS, ImageReadError, PairedImageFolder, SubImageDatase
                    _subimage_stem, _to_tensor, subimage_positions)
 from .degradation import _check_scale, downsample, modcrop, rgb_to_y
 from .scores import Scores, dataset_fingerprint
+from .dist import rank_and_world, rank_path
+from .errors import CoresetTypeError, CoresetValueError
 
 __all__ = ["WholeImagePlan", "WholeImageScorer", "SubImageFolder", "plan_of", "receptive_halo",
            "crop_sums", "error_map"]
@@ -177,9 +179,9 @@ class SubImageFolder(PairedImageFolder):
                  verify: str = "size", exts: Sequence[str] = IMAGE_EXTS):
         super().__init__(sub_root, scale=scale, exts=exts)
         if verify not in ("size", "pixels"):
-            raise ValueError(f"verify must be 'size' or 'pixels', got {verify!r}")
+            raise CoresetValueError(f"verify must be 'size' or 'pixels', got {verify!r}")
         if crop % self.scale:
-            raise ValueError(f"crop {crop} must be divisible by scale {self.scale}")
+            raise CoresetValueError(f"crop {crop} must be divisible by scale {self.scale}")
         subimage_positions(0, 0, crop, step, thresh)  # validates the arguments
         self.crop, self.step, self.thresh = int(crop), int(step), int(thresh)
         roots = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
@@ -189,7 +191,7 @@ class SubImageFolder(PairedImageFolder):
             for p in _list_images(r, self.exts):
                 s = _subimage_stem(p)
                 if s in by_stem:
-                    raise ValueError(f"duplicate source stem {s!r}: {by_stem[s]} and {p} (sub-images "
+                    raise CoresetValueError(f"duplicate source stem {s!r}: {by_stem[s]} and {p} (sub-images "
                                      f"{s}_sNNN would trace to either); rename or remove one of them")
                 by_stem[s] = p
         used: dict[Path, int] = {}
@@ -198,7 +200,7 @@ class SubImageFolder(PairedImageFolder):
         for key, path in zip(self.keys, self.hr_paths):
             m = _SUB_NAME.match(key)
             if m is None:
-                raise ValueError(f"sub-image {path} (key {key!r}) is not named {{stem}}_s{{NNN}}; "
+                raise CoresetValueError(f"sub-image {path} (key {key!r}) is not named {{stem}}_s{{NNN}}; "
                                  f"cannot trace it to a source image")
             stem, n = m["stem"], int(m["n"])
             src = by_stem.get(stem)
@@ -212,14 +214,14 @@ class SubImageFolder(PairedImageFolder):
                 used[src] = len(used)
             h, w, pos = grids[src]
             if not 1 <= n <= len(pos):
-                raise ValueError(
+                raise CoresetValueError(
                     f"sub-image key {key!r} ({path}): source {src} is {h}x{w}, whose crop grid (crop "
                     f"{self.crop}, step {self.step}, thresh {self.thresh}) has {len(pos)} crops, so crop "
                     f"{n} is not inside it; the source's size does not match the grid the sub-images "
                     f"were cut with (other crop/step/thresh, or another source file)")
             sh, sw = _header_size(path)
             if (sh, sw) != (self.crop, self.crop):
-                raise ValueError(f"sub-image key {key!r} ({path}) is {sh}x{sw}, not {self.crop}x{self.crop}; "
+                raise CoresetValueError(f"sub-image key {key!r} ({path}) is {sh}x{sw}, not {self.crop}x{self.crop}; "
                                  f"it was not cut with crop {self.crop} from {src}")
             top, left = pos[n - 1]
             index.append((used[src], top, left))
@@ -235,7 +237,7 @@ class SubImageFolder(PairedImageFolder):
                 _, top, left = (int(v) for v in self._plan_index[i])
                 sub = _read_array(self.hr_paths[i])
                 if not np.array_equal(sub, arr[top:top + self.crop, left:left + self.crop]):
-                    raise ValueError(f"sub-image key {self.keys[i]!r} ({self.hr_paths[i]}) is not the crop at "
+                    raise CoresetValueError(f"sub-image key {self.keys[i]!r} ({self.hr_paths[i]}) is not the crop at "
                                      f"(top {top}, left {left}) of its source {src}; the sub-images were cut "
                                      f"from other images or with other crop/step/thresh")
 
@@ -315,7 +317,7 @@ def receptive_halo(model: torch.nn.Module, scale: int, channels: int | None = No
             if c == chans[-1]:
                 raise
     if radius >= probe // 2 - 2:
-        raise ValueError(f"{type(model).__name__}'s receptive field reaches past a {probe}-pixel probe: tiles "
+        raise CoresetValueError(f"{type(model).__name__}'s receptive field reaches past a {probe}-pixel probe: tiles "
                          f"cannot reproduce the untiled output; score untiled (tile=0) or pass halo=")
     return radius + 2
 
@@ -383,7 +385,7 @@ def error_map(model, lq: torch.Tensor, gt: torch.Tensor, *, scale: int, loss: st
     C, h, w = lq.shape
     H, W = gt.shape[-2:]
     if (h * scale, w * scale) != (H, W):
-        raise ValueError(f"LR size {h}x{w} times scale {scale} is not the HR size {H}x{W}")
+        raise CoresetValueError(f"LR size {h}x{w} times scale {scale} is not the HR size {H}x{W}")
     err = torch.zeros(H, W, dtype=torch.float64, device=gt.device)
     groups: dict[tuple[int, int], list] = {}
     for y0, y1, x0, x1 in _tiles(h, w, tile):
@@ -405,7 +407,7 @@ def error_map(model, lq: torch.Tensor, gt: torch.Tensor, *, scale: int, loss: st
                 pred = model(x)
             if not torch.is_tensor(pred) or tuple(pred.shape) != (len(part), C, rh * s, rw * s):
                 got = tuple(pred.shape) if torch.is_tensor(pred) else type(pred).__name__
-                raise ValueError(f"model returned {got} for LR {tuple(x.shape)}; expected "
+                raise CoresetValueError(f"model returned {got} for LR {tuple(x.shape)}; expected "
                                  f"{(len(part), C, rh * s, rw * s)}")
             for b, (y0, y1, x0, x1, ry0, rx0) in enumerate(part):
                 oy, ox = (y0 - ry0) * s, (x0 - rx0) * s
@@ -530,28 +532,28 @@ class WholeImageScorer:
         from .scorers import _default_device
 
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise CoresetTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if loss not in ("mse", "l1"):
-            raise ValueError(f"loss must be 'mse' or 'l1', got {loss!r}")
+            raise CoresetValueError(f"loss must be 'mse' or 'l1', got {loss!r}")
         if amp not in _AMP:
-            raise ValueError(f"amp must be one of {sorted(k for k in _AMP if k)} or None, got {amp!r}")
+            raise CoresetValueError(f"amp must be one of {sorted(k for k in _AMP if k)} or None, got {amp!r}")
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise CoresetValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if border not in ("shift", "exact"):
-            raise ValueError(f"border must be 'shift' or 'exact', got {border!r}")
+            raise CoresetValueError(f"border must be 'shift' or 'exact', got {border!r}")
         self.border = border
         for arg, v, lo in (("tile", 0 if tile is None else tile, 0), ("halo", 0 if halo is None else halo, 0),
                            ("tile_batch", 1 if tile_batch is None else tile_batch, 1), ("num_workers", num_workers, 0),
                            ("checkpoint_every", checkpoint_every, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{arg} must be an integer >= {lo}, got {v!r}")
+                raise CoresetValueError(f"{arg} must be an integer >= {lo}, got {v!r}")
         self.model, self.loss = model, loss
         self.on_y = bool(getattr(model, "trains_on_y", False)) if on_y is None else bool(on_y)
         ms = getattr(model, "scale", None)
         if scale is not None:
             scale = _check_scale(scale)
             if ms is not None and int(ms) != scale:  # as LossScorer: never ignore one of the two silently
-                raise ValueError(f"scale={scale} but the model's .scale is {ms}")
+                raise CoresetValueError(f"scale={scale} but the model's .scale is {ms}")
         self.scale = int(ms) if ms is not None else scale
         self.device = torch.device(device) if device is not None else _default_device()
         self.tile, self.halo, self.amp_name = tile, halo, amp
@@ -598,22 +600,22 @@ class WholeImageScorer:
             with ``on_error="raise"``.
         """
         from .provenance import provenance_of
-        from .scorers import _check_unique_keys, _dist_info, _rank_path, _State, _version, sources_fingerprint
+        from .scorers import _check_unique_keys, _State, _version, sources_fingerprint
 
         t0 = time.perf_counter()
         ds_provenance = provenance_of(dataset)  # source digests as scoring starts
         plan = plan if plan is not None else plan_of(dataset)
         if plan is None:
-            raise ValueError(f"{type(dataset).__name__} is not a sub-image set with known sources "
+            raise CoresetValueError(f"{type(dataset).__name__} is not a sub-image set with known sources "
                              f"(SubImageDataset or SubImageFolder); score it per crop")
         _check_unique_keys(plan.keys, type(dataset).__name__)
         scale = plan.scale
         if self.scale is not None and self.scale != scale:
-            raise ValueError(f"the model is x{self.scale} but the dataset is x{scale}")
+            raise CoresetValueError(f"the model is x{self.scale} but the dataset is x{scale}")
         n, n_src = len(plan.keys), len(plan.sources)
         crops_of = plan.crops_of()
         tile, halo = self._geometry(scale)
-        rank, world = _dist_info()
+        rank, world = rank_and_world()
         mine = list(range(rank, n_src, world))
         config = self.config(scale)
         geometry = {"tile": tile, "halo": halo, "amp": None if self.amp is None else str(self.amp).split(".")[-1],
@@ -625,7 +627,7 @@ class WholeImageScorer:
         if ds_provenance is not None:  # as the per-crop path: changed sources are never resumed
             fingerprint["sources_content"] = sources_fingerprint(ds_provenance)
         state = _State(n, n)
-        ckpt = None if self.checkpoint is None else _rank_path(self.checkpoint, rank, world)
+        ckpt = None if self.checkpoint is None else rank_path(self.checkpoint, rank, world)
         if ckpt is not None and ckpt.exists():
             state = _State.load(ckpt, fingerprint, n, n)
         src_done = [len(crops_of[j]) > 0 and bool(state.done[crops_of[j]].all()) for j in range(n_src)]
@@ -721,7 +723,7 @@ class WholeImageScorer:
         bad = ~np.isfinite(vals)
         if bad.any():
             k = plan.keys[idx[int(np.flatnonzero(bad)[0])]]
-            raise ValueError(f"whole-image loss scorer produced a non-finite score for {k!r} "
+            raise CoresetValueError(f"whole-image loss scorer produced a non-finite score for {k!r} "
                              f"(source {plan.sources[int(plan.index[idx[0], 0])]})")
         return vals.astype(np.float32), shifted
 

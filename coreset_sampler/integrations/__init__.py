@@ -31,7 +31,8 @@ def patched(patches):
 
 @contextlib.contextmanager
 def user_errors(prog: str, errors: tuple[type[Exception], ...]):
-    """Report ``errors`` raised in the block as one line ``PROG: error: ...`` on stderr; exit status 2.
+    """Report ``errors`` raised in the block as one line ``PROG: error: ...`` on stderr; exit status: the
+    error's ``exit_code`` (2 where it has none).
 
     The message's lines are joined with spaces; no traceback (``raise SystemExit(2) from None``).
 
@@ -45,4 +46,4 @@ def user_errors(prog: str, errors: tuple[type[Exception], ...]):
     except errors as e:
         line = " ".join(str(e).split("\n"))
         print(f"{prog}: error: {line}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(e, "exit_code", 2)) from None

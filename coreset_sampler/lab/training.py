@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from ..degradation import _check_scale, downsample, imresize, modcrop, rgb_to_y
 from ..metrics import psnr_y, ssim_y
+from ..errors import CoresetTypeError, CoresetValueError
 
 __all__ = ["train", "evaluate"]
 
@@ -60,7 +61,7 @@ class _PatchView(Dataset):
         i, token = it
         item = self.dataset[i]
         if not isinstance(item, dict) or "lq" not in item or "gt" not in item:
-            raise TypeError(f"train expects dataset items as dicts with 'lq' and 'gt' CHW tensors, "
+            raise CoresetTypeError(f"train expects dataset items as dicts with 'lq' and 'gt' CHW tensors, "
                             f"got {type(item).__name__} for index {i}")
         lq, gt = item["lq"], item["gt"]
         key = item.get("key", str(i))
@@ -81,18 +82,18 @@ class _PatchView(Dataset):
 def _scale_of(lq: torch.Tensor, gt: torch.Tensor, key) -> int:
     (lh, lw), (gh, gw) = lq.shape[-2:], gt.shape[-2:]
     if lh == 0 or lw == 0 or gh % lh or gw % lw or gh // lh != gw // lw:
-        raise ValueError(f"item {key!r}: LR {lh}x{lw} and HR {gh}x{gw} are not related by one integer scale")
+        raise CoresetValueError(f"item {key!r}: LR {lh}x{lw} and HR {gh}x{gw} are not related by one integer scale")
     return gh // lh
 
 
 def _aligned_crop(lq, gt, patch: int, g: torch.Generator, key):
     scale = _scale_of(lq, gt, key)
     if patch % scale:
-        raise ValueError(f"patch_size {patch} is not a multiple of the scale {scale} (item {key!r})")
+        raise CoresetValueError(f"patch_size {patch} is not a multiple of the scale {scale} (item {key!r})")
     p = patch // scale
     lh, lw = lq.shape[-2:]
     if lh < p or lw < p:
-        raise ValueError(f"item {key!r}: LR {lh}x{lw} is smaller than the LR patch {p}x{p} "
+        raise CoresetValueError(f"item {key!r}: LR {lh}x{lw} is smaller than the LR patch {p}x{p} "
                          f"(patch_size {patch} at scale {scale})")
     y = int(torch.randint(0, lh - p + 1, (1,), generator=g))
     x = int(torch.randint(0, lw - p + 1, (1,), generator=g))
@@ -106,7 +107,7 @@ def _collate(items: list[dict]) -> dict:
         gt = torch.stack([it["gt"] for it in items])
     except RuntimeError as e:
         sizes = sorted({(tuple(it["lq"].shape), tuple(it["gt"].shape)) for it in items})
-        raise ValueError(f"items in a batch differ in size {sizes[:4]}; set patch_size to crop them "
+        raise CoresetValueError(f"items in a batch differ in size {sizes[:4]}; set patch_size to crop them "
                          f"to one size") from e
     return {"lq": lq, "gt": gt, "key": [it["key"] for it in items],
             "index": torch.tensor([it["index"] for it in items], dtype=torch.int64)}
@@ -120,7 +121,7 @@ def _lr_factor(schedule: str | None, frac: float) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * frac))
     if schedule == "step":  # halve at 50 % and again at 75 % of the run
         return 0.5 ** ((frac >= 0.5) + (frac >= 0.75))
-    raise ValueError(f"lr_schedule must be 'cosine', 'step' or None, got {schedule!r}")
+    raise CoresetValueError(f"lr_schedule must be 'cosine', 'step' or None, got {schedule!r}")
 
 
 def _resolve_device(device) -> torch.device:
@@ -196,30 +197,30 @@ def train(
         >>> hist = train(SRCNN(2), my_dataset, steps=1000, patch_size=64)  # doctest: +SKIP
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        raise CoresetValueError(f"steps must be a positive integer, got {steps!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise CoresetValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if patch_size is not None and (isinstance(patch_size, bool) or not isinstance(patch_size, int)
                                    or patch_size < 1):
-        raise ValueError(f"patch_size must be a positive integer or None, got {patch_size!r}")
+        raise CoresetValueError(f"patch_size must be a positive integer or None, got {patch_size!r}")
     if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
-        raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
+        raise CoresetValueError(f"log_every must be a positive integer, got {log_every!r}")
     if loss not in ("l1", "mse"):
-        raise ValueError(f"loss must be 'l1' or 'mse', got {loss!r}")
+        raise CoresetValueError(f"loss must be 'l1' or 'mse', got {loss!r}")
     _lr_factor(lr_schedule, 0.0)  # validates the name
     if time_budget_s is not None and not time_budget_s > 0:
-        raise ValueError(f"time_budget_s must be > 0 or None, got {time_budget_s!r}")
+        raise CoresetValueError(f"time_budget_s must be > 0 or None, got {time_budget_s!r}")
     if len(dataset) == 0:
-        raise ValueError("train got an empty dataset")
+        raise CoresetValueError("train got an empty dataset")
     from ..adaptive import AdaptiveCoreSetSampler  # local: keep `import training` light
 
     adaptive = sampler if isinstance(sampler, AdaptiveCoreSetSampler) else None
     if adaptive is not None:
         if adaptive.n != len(dataset):
-            raise ValueError(f"the adaptive sampler covers {adaptive.n} samples but the dataset has {len(dataset)}; "
+            raise CoresetValueError(f"the adaptive sampler covers {adaptive.n} samples but the dataset has {len(dataset)}; "
                              f"build it over the full training set that train() gets")
         if adaptive.batch_size != batch_size:
-            raise ValueError(f"the adaptive sampler's batch_size={adaptive.batch_size} differs from train's "
+            raise CoresetValueError(f"the adaptive sampler's batch_size={adaptive.batch_size} differs from train's "
                              f"batch_size={batch_size}; its refresh interval is counted in these steps")
     device = _resolve_device(device)
     if y_channel is None:
@@ -258,7 +259,7 @@ def train(
                 try:
                     batch = next(it)
                 except StopIteration:
-                    raise ValueError("the sampler yielded no indices") from None
+                    raise CoresetValueError("the sampler yielded no indices") from None
             lq = batch["lq"].to(device, non_blocking=True)
             gt = batch["gt"].to(device, non_blocking=True)
             if y_channel:
@@ -272,7 +273,7 @@ def train(
                 group["lr"] = lr * _lr_factor(lr_schedule, frac)
             out = model(lq)
             if out.shape != gt.shape:
-                raise ValueError(f"model output {tuple(out.shape)} does not match gt {tuple(gt.shape)}")
+                raise CoresetValueError(f"model output {tuple(out.shape)} does not match gt {tuple(gt.shape)}")
             if adaptive is not None:  # per-sample means first; their mean is the batch loss
                 per_sample = loss_fn(out, gt, reduction="none").flatten(1).mean(1)
                 value = per_sample.mean()
@@ -337,7 +338,7 @@ def _list_images(images) -> list[Path]:
             return [root]
         files = sorted(p for p in root.iterdir() if p.suffix.lower() in _IMAGE_EXTS)
         if not files:
-            raise ValueError(f"evaluate: no images ({', '.join(sorted(_IMAGE_EXTS))}) in {root}")
+            raise CoresetValueError(f"evaluate: no images ({', '.join(sorted(_IMAGE_EXTS))}) in {root}")
         return files
     files = [Path(p) for p in images]
     for p in files:
@@ -393,7 +394,7 @@ def evaluate(
         def get(i):
             item = images[i]
             if not isinstance(item, dict) or "gt" not in item:
-                raise TypeError(f"evaluate expects dataset items as dicts with 'gt' (and 'lq'), "
+                raise CoresetTypeError(f"evaluate expects dataset items as dicts with 'gt' (and 'lq'), "
                                 f"got {type(item).__name__} for index {i}")
             hr = item["gt"]
             lq = item["lq"] if "lq" in item else downsample(modcrop(hr, scale), scale)
@@ -401,14 +402,14 @@ def evaluate(
                 hr = modcrop(hr, scale)
             key = item.get("key", str(i))
             if _scale_of(lq, hr, key) != scale:
-                raise ValueError(f"item {key!r}: LR {tuple(lq.shape[-2:])} and HR {tuple(hr.shape[-2:])} "
+                raise CoresetValueError(f"item {key!r}: LR {tuple(lq.shape[-2:])} and HR {tuple(hr.shape[-2:])} "
                                  f"do not match scale {scale}")
             return lq, hr, key
     else:
-        raise TypeError(f"evaluate expects a folder, a list of image paths or a dataset, "
+        raise CoresetTypeError(f"evaluate expects a folder, a list of image paths or a dataset, "
                         f"got {type(images).__name__}")
     if n == 0:
-        raise ValueError("evaluate got no images")
+        raise CoresetValueError("evaluate got no images")
     was_training = model.training if model is not None else False
     # Give the model back where it was: evaluating must not move a caller's model to another device.
     home = next(iter(model.parameters()), torch.empty(0)).device if model is not None else None
@@ -433,7 +434,7 @@ def evaluate(
                     sr = model(lq)
                 sr = sr.clamp(0, 1)[0].cpu()
                 if sr.shape != hr.shape:
-                    raise ValueError(f"output {tuple(sr.shape)} does not match HR {tuple(hr.shape)} "
+                    raise CoresetValueError(f"output {tuple(sr.shape)} does not match HR {tuple(hr.shape)} "
                                      f"for {key!r}")
                 per.append({"key": key, "psnr": psnr_y(sr, hr, scale), "ssim": ssim_y(sr, hr, scale)})
     finally:

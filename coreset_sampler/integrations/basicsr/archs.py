@@ -22,6 +22,8 @@ from torch import nn
 from . import compat  # noqa: F401  (alias torchvision before basicsr is imported)
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from ...errors import CoresetValueError
+
 __all__ = ["RDN", "ResidualDenseBlock"]
 
 
@@ -87,9 +89,9 @@ class RDN(nn.Module):
         for name, value in (("num_in_ch", num_in_ch), ("num_out_ch", num_out_ch), ("num_feat", num_feat),
                             ("num_block", num_block), ("num_layer", num_layer), ("num_grow_ch", num_grow_ch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"RDN: {name} must be a positive integer, got {value!r}")
+                raise CoresetValueError(f"RDN: {name} must be a positive integer, got {value!r}")
         if upscale not in (2, 3, 4):
-            raise ValueError(f"RDN: upscale must be one of 2, 3, 4, got {upscale!r}")
+            raise CoresetValueError(f"RDN: upscale must be one of 2, 3, 4, got {upscale!r}")
         self.upscale = upscale
         self.sfe1 = nn.Conv2d(num_in_ch, num_feat, 3, padding=1)
         self.sfe2 = nn.Conv2d(num_feat, num_feat, 3, padding=1)

@@ -57,9 +57,11 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ...dataset import CoreSetDataset
-from ...provenance import ProvenanceError, check_granularity, check_provenance, sources_digest
+from ...provenance import check_granularity, check_provenance, sources_digest
 from ...scores import Scores, atomic_write_bytes
 from ...selection import MODES, selection_counts
+from ...dist import barrier, on_rank0, rank0_decides, rank_and_world  # noqa: F401  (re-exported to redux)
+from ...errors import CoresetValueError
 
 __all__ = [
     "CORESET_KEYS", "BUILTIN_SCORERS", "CoresetConfigError", "CoresetOptions", "parse_coreset_block",
@@ -99,8 +101,10 @@ WHERE = "datasets.train.coreset"
 _MODEL_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
-class CoresetConfigError(ValueError):
+class CoresetConfigError(CoresetValueError):
     """A bad ``coreset:`` block or a scores file that does not fit the dataset."""
+
+    exit_code = 2  # a refusal of what was asked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -528,10 +532,10 @@ class BasicSRScoringView(Dataset):
             gt, lq = (imfrombytes(self._client.get(p[f"{k}_path"], k), float32=False) for k in ("gt", "lq"))
             for img, k in ((gt, "gt"), (lq, "lq")):
                 if img is None:  # cv2.imdecode's answer to a corrupt or truncated file (its header may be fine)
-                    raise ValueError(f"OpenCV cannot decode {p[f'{k}_path']} (a corrupt or truncated image file?); "
+                    raise CoresetValueError(f"OpenCV cannot decode {p[f'{k}_path']} (a corrupt or truncated image file?); "
                                      "replace the file or remove the pair from the dataset")
         except Exception as e:  # cv2 gives None / opaque errors for unreadable files
-            raise ValueError(f"cannot read sample {self.keys[i]!r} ({p['gt_path']}, {p['lq_path']}): {e}") from e
+            raise CoresetValueError(f"cannot read sample {self.keys[i]!r} ({p['gt_path']}, {p['lq_path']}): {e}") from e
         gt, lq = gt.astype(np.float32) / 255.0, lq.astype(np.float32) / 255.0  # imfrombytes(float32=True)
         # No cropping to fit: a pair that disagrees with the scale is a data error, not a sample.
         _check_pair_size(self.keys[i], tuple(lq.shape[:2]), tuple(gt.shape[:2]), self.scale, p)
@@ -766,85 +770,6 @@ def write_meta_info(path, dataset, indices) -> Path:
 # The redux plug-in (integrations/redux/coreset.py) applies the same block to another framework's
 # dataset; these helpers are its contract with this module, public so that neither side depends on
 # the other's private names. One implementation, used by both.
-
-def rank_and_world() -> tuple[int, int]:
-    """``(rank, world size)`` of torch.distributed, ``(0, 1)`` when it is not initialised.
-
-    Shared with the traiNNer-redux block, which scores and writes the scores file the same way.
-
-    Example:
-        >>> rank_and_world()   # a single process
-        (0, 1)
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def rank0_decides(value):
-    """Every rank gets rank 0's ``value`` (so all ranks take the same branch).
-
-    Shared with the traiNNer-redux block (whether the scores file exists is rank 0's call there too).
-
-    Args:
-        value: any picklable object; only rank 0's is used.
-
-    Example:
-        >>> rank0_decides(3)   # a single process: the value itself
-        3
-    """
-    import torch.distributed as dist
-
-    if rank_and_world()[1] == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def on_rank0(check) -> None:
-    """Run ``check()`` on rank 0 only; if it refuses, every rank raises the same error.
-
-    Shared with the traiNNer-redux block (its provenance check hashes every image once, on rank 0).
-
-    Args:
-        check: a callable that raises :class:`CoresetConfigError` or
-            :class:`~coreset_sampler.ProvenanceError` to refuse; other exceptions propagate on rank 0.
-
-    Raises:
-        CoresetConfigError, ProvenanceError: rank 0's refusal, with its message, on every rank.
-
-    Example:
-        >>> on_rank0(lambda: None)   # passes: nothing raised
-    """
-    verdict = None
-    if rank_and_world()[0] == 0:
-        try:
-            check()
-        except (CoresetConfigError, ProvenanceError) as e:
-            if rank_and_world()[1] == 1:
-                raise
-            verdict = (isinstance(e, ProvenanceError), str(e))
-    verdict = rank0_decides(verdict)
-    if verdict is not None:
-        raise (ProvenanceError if verdict[0] else CoresetConfigError)(verdict[1])
-
-
-def barrier() -> None:
-    """``torch.distributed.barrier()`` with more than one process, else nothing.
-
-    Shared with the traiNNer-redux block: the other ranks wait for rank 0's scores file.
-
-    Example:
-        >>> barrier()   # a single process: returns at once
-    """
-    import torch.distributed as dist
-
-    if rank_and_world()[1] > 1:
-        dist.barrier()
-
 
 def _scoring_device(opt: Mapping):
     import torch

@@ -28,6 +28,8 @@ from pathlib import PurePath
 import numpy as np
 from torch.utils.data import Dataset
 
+from ...errors import CoresetValueError
+
 __all__ = ["hr_file_list", "hr_only_keys", "HROnlyScoringView"]
 
 
@@ -61,7 +63,7 @@ def hr_only_keys(dataset, paths=None) -> list[str]:
     """
     paths = hr_file_list(dataset) if paths is None else paths
     if paths is None:
-        raise ValueError(f"{type(dataset).__name__} has no HR file list (`paths`)")
+        raise CoresetValueError(f"{type(dataset).__name__} has no HR file list (`paths`)")
     files = [_path_of(p) for p in paths]
     stems = [PurePath(f).stem for f in files]
     if len(set(stems)) == len(stems):
@@ -71,7 +73,7 @@ def hr_only_keys(dataset, paths=None) -> list[str]:
     if len(set(keys)) != len(keys):
         seen: set[str] = set()
         dup = next(k for k in keys if k in seen or seen.add(k))
-        raise ValueError(f"two HR files share the key {dup!r}; keys must be unique")
+        raise CoresetValueError(f"two HR files share the key {dup!r}; keys must be unique")
     return keys
 
 
@@ -90,7 +92,7 @@ class HROnlyScoringView(Dataset):
     def __init__(self, dataset, keys: list[str] | None = None):
         paths = hr_file_list(dataset)
         if paths is None:
-            raise ValueError(f"{type(dataset).__name__} has no HR file list (`paths`)")
+            raise CoresetValueError(f"{type(dataset).__name__} has no HR file list (`paths`)")
         self.files = [_path_of(p) for p in paths]
         self.keys = hr_only_keys(dataset, paths) if keys is None else list(keys)
         opt = getattr(dataset, "opt", None) or {}
@@ -116,10 +118,10 @@ class HROnlyScoringView(Dataset):
         try:
             gt = imfrombytes(self._client.get(self.files[i], "gt"), float32=False)
             if gt is None:  # cv2.imdecode's answer to a corrupt or truncated file
-                raise ValueError("OpenCV cannot decode it (a corrupt or truncated image file?); replace the file "
+                raise CoresetValueError("OpenCV cannot decode it (a corrupt or truncated image file?); replace the file "
                                  "or remove it from the dataset")
         except Exception as e:  # cv2 gives None / opaque errors for unreadable files
-            raise ValueError(f"cannot read sample {self.keys[i]!r} ({self.files[i]}): {e}") from e
+            raise CoresetValueError(f"cannot read sample {self.keys[i]!r} ({self.files[i]}): {e}") from e
         gt = gt.astype(np.float32) / 255.0  # what imfrombytes(float32=True) does, after the check
         if gt.ndim == 2:
             gt = gt[:, :, None]

@@ -24,6 +24,7 @@ from PIL import Image
 
 from ...data import IMAGE_EXTS, load_image
 from ...degradation import downsample, modcrop
+from ...errors import CoresetValueError
 
 __all__ = ["make_paired_folder", "main"]
 
@@ -56,15 +57,15 @@ def make_paired_folder(src, dst, scale: int = 2, limit: int | None = None) -> tu
     """
     src, dst = Path(src), Path(dst)
     if dst.resolve().is_relative_to(src.resolve()):
-        raise ValueError(f"dst {dst} is inside the source folder {src}; write the paired folder elsewhere")
+        raise CoresetValueError(f"dst {dst} is inside the source folder {src}; write the paired folder elsewhere")
     if not src.is_dir():
-        raise ValueError(f"source folder not found: {src}")
+        raise CoresetValueError(f"source folder not found: {src}")
     files = sorted(p for p in src.iterdir()
                    if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
     if limit is not None:
         files = files[:limit]
     if not files:
-        raise ValueError(f"no images found in {src}")
+        raise CoresetValueError(f"no images found in {src}")
     hr_dir, lr_dir = dst / "HR", dst / f"LRx{scale}"
     hr_dir.mkdir(parents=True, exist_ok=True)
     lr_dir.mkdir(parents=True, exist_ok=True)

@@ -23,12 +23,16 @@ import sys
 
 import torch
 
+from ...errors import CoresetError
+
 __all__ = ["ProjectImportError", "split_import_args", "import_modules", "cpu_cuda_calls", "contiguous_filter2d",
            "project_compat", "enable"]
 
 
-class ProjectImportError(ImportError):
+class ProjectImportError(CoresetError, ImportError):
     """``--import NAME`` of a module that cannot be imported; the message names it."""
+
+    exit_code = 2  # a refusal of what was asked
 
 
 def split_import_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -147,12 +151,10 @@ _ENABLED: list = []
 
 
 def _excepthook(exc_type, exc, tb):
-    from .train import USER_ERRORS  # a bad block, recipe or scores file: the user's to fix
-
-    if issubclass(exc_type, USER_ERRORS):
+    if issubclass(exc_type, CoresetError):  # a bad block, recipe or scores file: the user's to fix
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         sys.stdout.flush()
-        os._exit(2)  # an uncaught exception would exit 1; the block's errors exit 2
+        os._exit(exc.exit_code)  # an uncaught exception would exit 1; a refusal exits 2
     _ENABLED[0](exc_type, exc, tb)
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from ...errors import CoresetValueError
+
 __all__ = ["RecipeError", "read_recipe", "check_force_yml", "parse_force_value", "safe_ordered_loader",
            "check_command_line", "SAFE_TAGS"]
 
@@ -38,8 +40,10 @@ REQUIRED_KEYS = {"name": str, "num_gpu": (int, str), "datasets": Mapping, "path"
 _KEY_PATH = re.compile(r"[A-Za-z0-9_.\-]+(:[A-Za-z0-9_.\-]+)*")
 
 
-class RecipeError(ValueError):
+class RecipeError(CoresetValueError):
     """A recipe (or a ``--force_yml`` entry) that ``coreset-sr-train`` refuses to read."""
+
+    exit_code = 2  # a refusal of what was asked
 
 
 def _safe_base():

@@ -49,8 +49,8 @@ except ImportError as _e:  # the basicsr extra is missing: one line for a user, 
 from . import archs  # noqa: F401  (registers RDN in BasicSR's ARCH_REGISTRY)
 from .adaptive import adaptive_patches
 from .coreset import CoresetConfigError, build_coreset_dataset, step_matched_epochs, validate_options
-from .recipe import RecipeError, check_command_line, parse_force_value, safe_ordered_loader
-from ...provenance import ProvenanceError
+from .recipe import check_command_line, parse_force_value, safe_ordered_loader
+from ...errors import CoresetError
 from .. import patched, user_errors
 
 import basicsr.train as _bt  # noqa: E402
@@ -70,8 +70,8 @@ _STOCK = {
 }
 
 PROG = "coreset-sr-train"
-#: Errors that are the user's to fix: ``main`` prints them as one line and exits with status 2.
-USER_ERRORS: tuple[type[Exception], ...] = (CoresetConfigError, RecipeError, ProvenanceError)
+#: Errors that are the user's to fix: ``main`` prints them as one line and exits with their ``exit_code``.
+USER_ERRORS: tuple[type[Exception], ...] = (CoresetError,)
 
 # Train core-sets built while the options were parsed (before experiments/ exists), by id of their
 # dataset option dict, with the log lines kept for BasicSR's log file. Cleared by basicsr_hooks().

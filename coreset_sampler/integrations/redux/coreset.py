@@ -33,6 +33,7 @@ from ...selection import selection_counts
 from ..basicsr.coreset import (RESCORE_FIX, WHERE, CoresetConfigError, CoresetOptions, DescribedDataset, align_scores,
                                barrier, load_scores_file, make_block_scorer, on_rank0, rank0_decides, rank_and_world,
                                uniform_scores)
+from ...errors import CoresetValueError
 
 __all__ = ["redux_keys", "ReduxScoringView", "RunArithmetic", "redux_iterations", "build_redux_coreset",
            "write_redux_meta_info", "redux_provenance", "redux_expected_provenance"]
@@ -115,7 +116,7 @@ class ReduxScoringView(Dataset):
 
         img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         if img is None:
-            raise ValueError("OpenCV cannot decode it")
+            raise CoresetValueError("OpenCV cannot decode it")
         if img.ndim == 2:
             img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
         else:
@@ -131,7 +132,7 @@ class ReduxScoringView(Dataset):
             lq = self._read(self.lq_paths[i]) if self.paired else None
         except Exception as e:  # decoders raise opaque errors for unreadable files
             files = self.gt_paths[i] + (f", {self.lq_paths[i]}" if self.paired else "")
-            raise ValueError(f"cannot read sample {self.keys[i]!r} ({files}): {e}") from e
+            raise CoresetValueError(f"cannot read sample {self.keys[i]!r} ({files}): {e}") from e
         if self.paired:
             gt = gt[:, : lq.shape[1] * self.scale, : lq.shape[2] * self.scale]
         else:

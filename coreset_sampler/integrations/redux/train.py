@@ -31,7 +31,7 @@ import os
 import sys
 from pathlib import Path
 
-from ...provenance import ProvenanceError
+from ...errors import CoresetError
 from ..basicsr.coreset import CoresetConfigError, CoresetOptions
 from .. import patched
 from .recipe import read_recipe, strip_coreset_block, validate_recipe
@@ -41,8 +41,8 @@ __all__ = ["main", "find_redux_root", "load_redux_train", "redux_hooks", "prepar
 PROG = "coreset-sr-train-redux"
 _TRAIN_MODULE = "_coreset_sampler_redux_train"
 
-#: Errors that are the user's to fix: ``main`` prints them as one line and exits with status 2.
-USER_ERRORS: tuple[type[Exception], ...] = (CoresetConfigError, ProvenanceError)
+#: Errors that are the user's to fix: ``main`` prints them as one line and exits with their ``exit_code``.
+USER_ERRORS: tuple[type[Exception], ...] = (CoresetError,)
 
 
 def find_redux_root(given=None) -> Path:
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
                 train_module.train_pipeline(os.getcwd())
     except USER_ERRORS as e:
         print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(e.exit_code) from None
     finally:
         sys.argv = saved_argv
 
