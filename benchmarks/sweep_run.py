@@ -230,10 +230,10 @@ def cache_lock(cache_dir: Path):
 
 def scorer_id(spec: str, scale: int) -> str:
     """What identifies a scorer's output: the weights digest for model scorers, else the name."""
-    from coreset_sampler.models import _ARCHS, available_pretrained, load_pretrained
+    from coreset_sampler.models import ARCHS, available_pretrained, load_pretrained
 
     low = spec.lower()
-    if low in _ARCHS:
+    if low in ARCHS:
         if scale not in available_pretrained().get(low, []):
             return f"{low}:missing-weights"
         return f"{low}:{load_pretrained(low, scale).weights_sha256[:16]}"

@@ -243,11 +243,11 @@ class AdaptiveCoreSetSampler(Sampler[int]):
     def _initial(data_source, scores, n, check_sources):
         if scores is None:
             return np.ones(n, dtype=np.float64), np.arange(n, dtype=np.int64), "uniform"
-        from .dataset import _as_scores, dataset_keys  # local: dataset imports scores (and PIL-free)
+        from .dataset import as_scores, dataset_keys  # local: dataset imports scores (and PIL-free)
         from .provenance import check_provenance, provenance_of
 
         source = f"scores file {scores}" if isinstance(scores, (str, os.PathLike)) else "scores"
-        s = _as_scores(scores)
+        s = as_scores(scores)
         s.check(n=n, keys=dataset_keys(data_source), source=source)
         recorded = s.format_version is not None or "provenance" in s.metadata
         if check_sources and recorded and provenance_of(data_source) is not None:  # as CoreSetDataset does

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .degradation import _check_scale, check_lr_size, downsample, modcrop
+from .degradation import check_scale, check_lr_size, downsample, modcrop
 from .provenance import sources_digest
 from .errors import CoresetOSError, CoresetValueError
 
@@ -224,7 +224,7 @@ class PairedImageFolder(torch.utils.data.Dataset):
         exts: Sequence[str] = IMAGE_EXTS,
         transform: Callable[[dict], dict] | None = None,
     ):
-        self.scale = _check_scale(scale)
+        self.scale = check_scale(scale)
         self.exts = _norm_exts(exts)
         self.hr_root = Path(hr_root)
         self.lr_root = None if lr_root is None else Path(lr_root)
@@ -531,7 +531,7 @@ class SubImageDataset(torch.utils.data.Dataset):
         cache: bool = True,
         progress: bool = True,
     ):
-        self.scale = _check_scale(scale)
+        self.scale = check_scale(scale)
         _check_crop_args(crop, step, thresh)
         if crop % self.scale:
             raise CoresetValueError(f"crop {crop} must be divisible by scale {self.scale} "

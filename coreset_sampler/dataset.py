@@ -12,7 +12,7 @@ from .scores import Scores
 from .selection import check_seed, select_indices, selection_summary
 from .errors import CoresetTypeError, CoresetValueError
 
-__all__ = ["CoreSetDataset", "dataset_keys"]
+__all__ = ["CoreSetDataset", "dataset_keys", "as_scores"]
 
 
 def dataset_keys(dataset) -> list[str] | None:
@@ -23,7 +23,8 @@ def dataset_keys(dataset) -> list[str] | None:
     return None if keys is None else list(keys)
 
 
-def _as_scores(scores) -> Scores:
+def as_scores(scores) -> Scores:
+    """``scores`` as :class:`Scores`: a Scores as is, a path loaded, a sequence or array wrapped (no keys)."""
     if isinstance(scores, Scores):
         return scores
     if isinstance(scores, (str, os.PathLike)):
@@ -71,7 +72,7 @@ class CoreSetDataset(Dataset):
         if len(dataset) == 0:
             raise CoresetValueError(f"dataset {type(dataset).__name__} is empty: nothing to select from")
         self.dataset = dataset
-        self.scores = _as_scores(scores)
+        self.scores = as_scores(scores)
         source = f"scores file {scores}" if isinstance(scores, (str, os.PathLike)) else "scores"
         self.scores.check(n=len(dataset), keys=dataset_keys(dataset), source=source)
         recorded = self.scores.format_version is not None or "provenance" in self.scores.metadata

@@ -17,7 +17,7 @@ import torch
 
 from .errors import CoresetTypeError, CoresetValueError
 
-__all__ = ["imresize", "downsample", "modcrop", "rgb_to_y", "ImageTooSmallError", "check_lr_size"]
+__all__ = ["imresize", "downsample", "modcrop", "rgb_to_y", "ImageTooSmallError", "check_lr_size", "check_scale"]
 
 
 class ImageTooSmallError(CoresetValueError):
@@ -151,7 +151,7 @@ def downsample(hr: torch.Tensor, scale: int, quantize: bool = True) -> torch.Ten
     the result is clamped and rounded to 8-bit levels, as when LR images are saved as PNG
     (how DIV2K's and BasicSR's LR sets are made).
     """
-    scale = _check_scale(scale)
+    scale = check_scale(scale)
     h, w = hr.shape[-2:]
     if h % scale or w % scale:
         raise CoresetValueError(f"HR size {h}x{w} is not a multiple of scale {scale}; modcrop it first")
@@ -166,7 +166,7 @@ def modcrop(img, scale: int):
 
     Works on tensors [..., H, W] and on numpy/PIL-style arrays [H, W(, C)].
     """
-    scale = _check_scale(scale)
+    scale = check_scale(scale)
     if torch.is_tensor(img):
         h, w = img.shape[-2:]
         return img[..., : h - h % scale, : w - w % scale]
@@ -190,7 +190,9 @@ def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
     return y.unsqueeze(-3)
 
 
-def _check_scale(scale) -> int:
+def check_scale(scale) -> int:
+    """``scale`` as an int, or :class:`~coreset_sampler.CoresetValueError` naming it (2 and 2.0 pass;
+    True, "2", 2.5, nan, inf and values below 1 do not)."""
     # Accept 2 and 2.0 but not True, "2", 2.5, nan or inf (int(inf) would raise OverflowError).
     ok = (isinstance(scale, numbers.Real) and not isinstance(scale, bool)
           and math.isfinite(scale) and scale >= 1 and int(scale) == scale)

@@ -222,9 +222,9 @@ def is_model_file_spec(spec: str) -> bool:
         return True
     if suffix != ".safetensors" or not p.is_file():
         return False
-    from .models import _ARCHS, read_weights_metadata
+    from .models import ARCHS, read_weights_metadata
 
     try:
-        return read_weights_metadata(p).get("arch") not in _ARCHS
+        return read_weights_metadata(p).get("arch") not in ARCHS
     except ValueError:
         return False  # unreadable: let load_weights report it

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .degradation import _check_scale, imresize
+from .degradation import check_scale, imresize
 from .scores import atomic_write_bytes
 from .errors import CoresetTypeError, CoresetValueError
 
@@ -30,6 +30,7 @@ __all__ = [
     "save_weights",
     "weights_digest",
     "available_pretrained",
+    "ARCHS",
     "rgb_to_ycbcr",
     "ycbcr_to_rgb",
 ]
@@ -105,7 +106,7 @@ class SRCNN(nn.Module):
     def __init__(self, scale: int, n1: int = 64, n2: int = 32, f1: int = 9, f2: int = 5, f3: int = 5,
                  residual: bool = True):
         super().__init__()
-        self.scale = _check_scale(scale)
+        self.scale = check_scale(scale)
         for name, k in (("f1", f1), ("f2", f2), ("f3", f3)):
             if k < 1 or k % 2 == 0:
                 raise CoresetValueError(f"SRCNN kernel size {name} must be a positive odd integer, got {k}")
@@ -161,7 +162,7 @@ class FSRCNN(nn.Module):
 
     def __init__(self, scale: int, in_channels: int = 3, d: int = 56, s: int = 12, m: int = 4):
         super().__init__()
-        self.scale = _check_scale(scale)
+        self.scale = check_scale(scale)
         if in_channels < 1 or d < 1 or s < 1 or m < 0:
             raise CoresetValueError(f"FSRCNN needs in_channels, d, s >= 1 and m >= 0, got "
                              f"in_channels={in_channels}, d={d}, s={s}, m={m}")
@@ -188,7 +189,8 @@ class FSRCNN(nn.Module):
         return self.deconv(self.body(x))
 
 
-_ARCHS: dict[str, type[nn.Module]] = {"srcnn": SRCNN, "fsrcnn": FSRCNN}
+#: architectures by name (what a weights file's metadata may name)
+ARCHS: dict[str, type[nn.Module]] = {"srcnn": SRCNN, "fsrcnn": FSRCNN}
 _PRETRAINED_SCALES = {"srcnn": (2, 3, 4)}
 
 
@@ -227,8 +229,8 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     from safetensors.torch import save
 
     arch = getattr(model, "arch", None)
-    if arch not in _ARCHS:
-        raise CoresetTypeError(f"save_weights supports {sorted(_ARCHS)}, got {type(model).__name__}")
+    if arch not in ARCHS:
+        raise CoresetTypeError(f"save_weights supports {sorted(ARCHS)}, got {type(model).__name__}")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     digest = weights_digest(state)
     meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()}
@@ -273,15 +275,15 @@ def load_weights(path: str | os.PathLike, device: str | torch.device | None = No
     path = Path(path)
     meta = read_weights_metadata(path)
     arch = meta.get("arch")
-    if arch not in _ARCHS:
-        raise CoresetValueError(f"{path}: metadata must name 'arch' as one of {sorted(_ARCHS)}, got {arch!r}")
+    if arch not in ARCHS:
+        raise CoresetValueError(f"{path}: metadata must name 'arch' as one of {sorted(ARCHS)}, got {arch!r}")
     try:
         scale = int(meta["scale"])
     except (KeyError, ValueError):
         raise CoresetValueError(f"{path}: metadata must give an integer 'scale', got {meta.get('scale')!r}") from None
     try:
         config = json.loads(meta.get("config", "{}"))
-        model = _ARCHS[arch](scale=scale, **config)
+        model = ARCHS[arch](scale=scale, **config)
     except (TypeError, ValueError) as e:
         raise CoresetValueError(f"{path}: cannot build {arch} from metadata config {meta.get('config')!r}: {e}") from e
     state = load_file(str(path), device="cpu")

@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageReadError, PairSizeError
 from .dataset import dataset_keys
-from .degradation import _check_scale, check_lr_size, downsample, imresize, modcrop, rgb_to_y
+from .degradation import check_scale, check_lr_size, downsample, imresize, modcrop, rgb_to_y
 from .provenance import provenance_of
 from .scores import Scores, atomic_write_bytes, dataset_fingerprint
 from ._version import __version__
@@ -761,7 +761,7 @@ class LossScorer(_BatchScorer):
             raise CoresetValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
         model_scale = getattr(model, "scale", None)
         if scale is not None:
-            scale = _check_scale(scale)
+            scale = check_scale(scale)
             if model_scale is not None and int(model_scale) != scale:
                 raise CoresetValueError(f"scale={scale} but the model's .scale is {model_scale}")
         self.scale = int(model_scale) if model_scale is not None else scale
@@ -884,7 +884,7 @@ class InterpolationScorer(_BatchScorer):
                          max_forward_pixels=max_forward_pixels)
         if loss not in _LOSSES:
             raise CoresetValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
-        self.scale = _check_scale(scale)
+        self.scale = check_scale(scale)
         self.loss = loss
 
     def _config(self) -> dict:
@@ -967,9 +967,9 @@ def make_scorer(spec: str, scale: int, **kwargs) -> _BatchScorer:
         return SobelScorer(**kwargs)
     if low in ("interpolation", "bicubic"):
         return InterpolationScorer(scale, **kwargs)
-    from .models import _ARCHS, available_pretrained, load_weights
+    from .models import ARCHS, available_pretrained, load_weights
 
-    if low in _ARCHS:
+    if low in ARCHS:
         if low not in available_pretrained():
             raise CoresetValueError(f"no bundled weights for {s!r}; pass a .safetensors weights file instead")
         return LossScorer.pretrained(low, scale=scale, **kwargs)

@@ -29,7 +29,7 @@ def _round_half_up(fraction: float, n: int) -> int:
     return int((Decimal(repr(float(fraction))) * n).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def _as_scores(scores) -> np.ndarray:
+def as_scores(scores) -> np.ndarray:
     if hasattr(scores, "detach"):  # torch tensor, without importing torch here
         scores = scores.detach().cpu().numpy()
     arr = np.asarray(scores)
@@ -160,7 +160,7 @@ def select_indices(scores, mode: str = "des", ratio: float = 0.5, skip_top: floa
     if mode not in MODES:
         raise CoresetValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     seed = check_seed(seed)  # validated in every mode: a bad seed is a bug even where unused
-    s = _as_scores(scores)
+    s = as_scores(scores)
     n = s.size
     kept, skipped = selection_counts(n, ratio, skip_top)
     skip_mask = _top_mask(s, skipped)
@@ -228,7 +228,7 @@ def selection_summary(scores, indices, mode: str, ratio: float, skip_top: float 
 
     ``failed`` counts samples that could not be scored and are not part of ``scores``.
     """
-    s = _as_scores(scores)
+    s = as_scores(scores)
     idx = np.asarray(indices, dtype=np.int64)
     mask = np.zeros(s.size, dtype=bool)
     mask[idx] = True

@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 
 from .data import (IMAGE_EXTS, ImageReadError, PairedImageFolder, SubImageDataset, _header_size, _list_images, _read_array,
                    _subimage_stem, _to_tensor, subimage_positions)
-from .degradation import _check_scale, downsample, modcrop, rgb_to_y
+from .degradation import check_scale, downsample, modcrop, rgb_to_y
 from .scores import Scores, dataset_fingerprint
 from .dist import rank_and_world, rank_path
 from .errors import CoresetTypeError, CoresetValueError
@@ -287,7 +287,7 @@ def receptive_halo(model: torch.nn.Module, scale: int, channels: int | None = No
     """
     from .models import FSRCNN, SRCNN
 
-    scale = _check_scale(scale)
+    scale = check_scale(scale)
     if isinstance(model, SRCNN):
         c = model.config
         r_hr = c["f1"] // 2 + c["f2"] // 2 + c["f3"] // 2
@@ -551,7 +551,7 @@ class WholeImageScorer:
         self.on_y = bool(getattr(model, "trains_on_y", False)) if on_y is None else bool(on_y)
         ms = getattr(model, "scale", None)
         if scale is not None:
-            scale = _check_scale(scale)
+            scale = check_scale(scale)
             if ms is not None and int(ms) != scale:  # as LossScorer: never ignore one of the two silently
                 raise CoresetValueError(f"scale={scale} but the model's .scale is {ms}")
         self.scale = int(ms) if ms is not None else scale

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
-from ..degradation import _check_scale, downsample, imresize, modcrop, rgb_to_y
+from ..degradation import check_scale, downsample, imresize, modcrop, rgb_to_y
 from ..metrics import psnr_y, ssim_y
 from ..errors import CoresetTypeError, CoresetValueError
 
@@ -378,7 +378,7 @@ def evaluate(
         >>> evaluate(None, "../shared/data/Set5", scale=2)["psnr"]  # doctest: +SKIP
         33.69
     """
-    scale = _check_scale(scale)
+    scale = check_scale(scale)
     device = _resolve_device(device)
     if isinstance(images, (str, os.PathLike)) or (isinstance(images, Sequence) and images
                                                      and isinstance(images[0], (str, os.PathLike))):
