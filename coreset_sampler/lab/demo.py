@@ -225,26 +225,11 @@ def run_demo(data=None, out="demo_out", steps: int | None = None, quick: bool = 
         torch.set_num_threads(old_threads)
 
 
-def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, patch_size, lr) -> dict:
+def _images(data, out: Path, quick: bool, step: int, progress: bool):
+    """Stage 1: the training images (``data`` or the bundled photographs) as in-memory sub-image pairs."""
     from ..data import SubImageDataset
-    from ..dataset import CoreSetDataset
-    from ..export import check_writable_outside, dataset_layout, export_coreset
-    from ..plots import plot_distribution, plot_grid, thresholds_text
-    from ..provenance import provenance_of
-    from ..sampler import StepMatchedSampler
-    from .training import evaluate, train
+    from ..export import check_writable_outside
 
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    out = Path(out)
-    steps = steps or (QUICK_STEPS if quick else DEFAULT_STEPS)
-    step = CROP if quick else STEP
-
-    def stage(name, t0):
-        timings[name] = round(time.perf_counter() - t0, 2)
-
-    # 1. images
-    t0 = time.perf_counter()
     if data is not None:
         root = Path(data)
         if not root.is_dir():
@@ -263,11 +248,14 @@ def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, 
     print(f"      {len(sub)} sub-images {CROP}x{CROP} (step {step}) from {len(sub.files)} images, LR by bicubic "
           f"x{SCALE}", flush=True)
     pairs = InMemoryPairs(sub, progress=progress)
-    stage("images", t0)
+    return root, source, sub, pairs
 
-    # 2. scores
-    t0 = time.perf_counter()
+
+def _scores(pairs, sub, out: Path, device, progress: bool):
+    """Stage 2: score every sub-image with the bundled SRCNN (or bicubic) and save the scores file."""
+    from ..export import dataset_layout
     from ..models import available_pretrained
+    from ..provenance import provenance_of
     from ..scorers import InterpolationScorer, LossScorer
 
     scores_path = out / "scores.safetensors"
@@ -290,6 +278,64 @@ def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, 
     scores.metadata["command"] = "coreset-sr demo"
     scores.save(scores_path)
     print(f"      wrote {scores_path} ({len(scores)} scores)", flush=True)
+    return scores, scorer_name
+
+
+def _eval_set(eval_dir, out: Path, quick: bool):
+    """Stage 7's images: ``eval_dir``, else Set5 when found, else held-out bundled photographs."""
+    if eval_dir is not None:
+        eval_root = Path(eval_dir)
+        if not eval_root.is_dir():
+            raise FileNotFoundError(f"--eval folder not found: {eval_root}")
+        eval_label = str(eval_root)
+    elif (found := find_eval_set()) is not None:
+        eval_root, eval_label = found, f"Set5 ({found})"
+    else:
+        eval_root = out / "heldout"
+        bundled_photos(HELDOUT_PHOTOS, eval_root)
+        eval_label = f"held-out scikit-image photographs ({', '.join(HELDOUT_PHOTOS)}); Set5 not found"
+    eval_items = _eval_items(eval_root, crop=EVAL_QUICK_CROP if quick else None)
+    if quick:
+        eval_label += f", centre {EVAL_QUICK_CROP}x{EVAL_QUICK_CROP} crops"
+    return eval_items, eval_label
+
+
+def _table(rows, eval_label: str, steps: int, n_core: int, n_full: int) -> list[str]:
+    """The demo's result table: Y-PSNR / SSIM per model, and the core-set's gain over the full set."""
+    header = f"Y-PSNR / SSIM, x{SCALE}, on {eval_label}: {rows[0][2]['n']} images; each model {steps} steps"
+    table = [header, f"  {'method':<16}{'trained on':<22}{'PSNR (dB)':>10}{'SSIM':>9}"]
+    for method, trained, r in rows:
+        table.append(f"  {method:<16}{trained:<22}{r['psnr']:>10.2f}{r['ssim']:>9.4f}")
+    gain = rows[2][2]["psnr"] - rows[1][2]["psnr"]
+    table.append(f"  core-set - full: {gain:+.2f} dB with {n_core}/{n_full} sub-images "
+                 f"({100 * n_core / n_full:.0f}%) and the same number of steps")
+    return table
+
+
+def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, patch_size, lr) -> dict:
+    from ..dataset import CoreSetDataset
+    from ..export import export_coreset
+    from ..plots import plot_distribution, plot_grid, thresholds_text
+    from ..sampler import StepMatchedSampler
+    from .training import evaluate, train
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(out)
+    steps = steps or (QUICK_STEPS if quick else DEFAULT_STEPS)
+    step = CROP if quick else STEP
+
+    def stage(name, t0):
+        timings[name] = round(time.perf_counter() - t0, 2)
+
+    # 1. images
+    t0 = time.perf_counter()
+    root, source, sub, pairs = _images(data, out, quick, step, progress)
+    stage("images", t0)
+
+    # 2. scores
+    t0 = time.perf_counter()
+    scores, scorer_name = _scores(pairs, sub, out, device, progress)
     stage("score", t0)
 
     # 3. core-set
@@ -337,20 +383,7 @@ def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, 
 
     # 7. evaluation
     t0 = time.perf_counter()
-    if eval_dir is not None:
-        eval_root = Path(eval_dir)
-        if not eval_root.is_dir():
-            raise FileNotFoundError(f"--eval folder not found: {eval_root}")
-        eval_label = str(eval_root)
-    elif (found := find_eval_set()) is not None:
-        eval_root, eval_label = found, f"Set5 ({found})"
-    else:
-        eval_root = out / "heldout"
-        bundled_photos(HELDOUT_PHOTOS, eval_root)
-        eval_label = f"held-out scikit-image photographs ({', '.join(HELDOUT_PHOTOS)}); Set5 not found"
-    eval_items = _eval_items(eval_root, crop=EVAL_QUICK_CROP if quick else None)
-    if quick:
-        eval_label += f", centre {EVAL_QUICK_CROP}x{EVAL_QUICK_CROP} crops"
+    eval_items, eval_label = _eval_set(eval_dir, out, quick)
     print(f"[7/7] evaluating on {eval_label}", flush=True)
     rows = [("bicubic", "-", evaluate(None, eval_items, SCALE, device=device))]
     for name, model in models.items():
@@ -359,13 +392,7 @@ def _run(data, out, steps, quick, eval_dir, device, seed, progress, batch_size, 
     stage("evaluate", t0)
     total = time.perf_counter() - t_start
 
-    header = f"Y-PSNR / SSIM, x{SCALE}, on {eval_label}: {rows[0][2]['n']} images; each model {steps} steps"
-    table = [header, f"  {'method':<16}{'trained on':<22}{'PSNR (dB)':>10}{'SSIM':>9}"]
-    for method, trained, r in rows:
-        table.append(f"  {method:<16}{trained:<22}{r['psnr']:>10.2f}{r['ssim']:>9.4f}")
-    gain = rows[2][2]["psnr"] - rows[1][2]["psnr"]
-    table.append(f"  core-set - full: {gain:+.2f} dB with {len(core)}/{len(pairs)} sub-images "
-                 f"({100 * len(core) / len(pairs):.0f}%) and the same number of steps")
+    table = _table(rows, eval_label, steps, len(core), len(pairs))
     print("\n" + "\n".join(table))
     if quick:
         print("  (--quick: a smoke test; the numbers mean little)")

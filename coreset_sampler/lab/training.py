@@ -130,6 +130,84 @@ def _resolve_device(device) -> torch.device:
     return torch.device(device)
 
 
+def _check_train_args(dataset, steps, batch_size, patch_size, log_every, loss, lr_schedule, time_budget_s) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise CoresetValueError(f"steps must be a positive integer, got {steps!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise CoresetValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if patch_size is not None and (isinstance(patch_size, bool) or not isinstance(patch_size, int)
+                                   or patch_size < 1):
+        raise CoresetValueError(f"patch_size must be a positive integer or None, got {patch_size!r}")
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+        raise CoresetValueError(f"log_every must be a positive integer, got {log_every!r}")
+    if loss not in ("l1", "mse"):
+        raise CoresetValueError(f"loss must be 'l1' or 'mse', got {loss!r}")
+    _lr_factor(lr_schedule, 0.0)  # validates the name
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise CoresetValueError(f"time_budget_s must be > 0 or None, got {time_budget_s!r}")
+    if len(dataset) == 0:
+        raise CoresetValueError("train got an empty dataset")
+
+
+def _adaptive_of(sampler, dataset, batch_size: int):
+    """``sampler`` if it is an adaptive sampler (checked against ``dataset`` and ``batch_size``), else None."""
+    from ..adaptive import AdaptiveCoreSetSampler  # local: keep `import training` light
+
+    if not isinstance(sampler, AdaptiveCoreSetSampler):
+        return None
+    if sampler.n != len(dataset):
+        raise CoresetValueError(f"the adaptive sampler covers {sampler.n} samples but the dataset has "
+                                f"{len(dataset)}; build it over the full training set that train() gets")
+    if sampler.batch_size != batch_size:
+        raise CoresetValueError(f"the adaptive sampler's batch_size={sampler.batch_size} differs from train's "
+                                f"batch_size={batch_size}; its refresh interval is counted in these steps")
+    return sampler
+
+
+def _batches(loader, sampler, tokened: "_Tokened"):
+    """The loader's batches, epoch after epoch (``set_epoch`` on the sampler between epochs)."""
+    epoch, it = 0, iter(loader)
+    while True:
+        try:
+            yield next(it)
+            continue
+        except StopIteration:
+            pass
+        epoch += 1
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        tokened.epoch = epoch
+        it = iter(loader)
+        try:
+            batch = next(it)
+        except StopIteration:
+            raise CoresetValueError("the sampler yielded no indices") from None
+        yield batch
+
+
+def _record(losses: list[float], step: int, log_every: int, opt, t0: float, adaptive) -> dict:
+    """The log record at ``step``: the mean loss since the previous record."""
+    window = losses[-(log_every if step % log_every == 0 else step % log_every):]
+    rec = {"step": step, "loss": sum(window) / len(window), "lr": opt.param_groups[0]["lr"],
+           "elapsed_s": time.perf_counter() - t0}
+    if adaptive is not None:
+        rec["refreshes"] = len(adaptive.refresh_log)
+    return rec
+
+
+def _history(losses, log, step, steps, wall, samples, opt, adaptive, **settings) -> dict:
+    """What :func:`train` returns: losses, log records (closed at the last step), throughput, settings."""
+    if step and (not log or log[-1]["step"] != step):  # stopped by the time budget between records
+        n = step - (log[-1]["step"] if log else 0)
+        log.append({"step": step, "loss": sum(losses[-n:]) / n, "lr": opt.param_groups[0]["lr"],
+                    "elapsed_s": wall})
+    hist = {"losses": losses, "log": log, "steps": step, "steps_requested": steps, "wall_time_s": wall,
+            "samples_per_s": samples / wall if wall > 0 else float("nan"), **settings}
+    if adaptive is not None:
+        hist["adaptive"] = [dict(r) for r in adaptive.refresh_log]
+    return hist
+
+
 def train(
     model: nn.Module,
     dataset,
@@ -196,32 +274,8 @@ def train(
         >>> from coreset_sampler.models import SRCNN
         >>> hist = train(SRCNN(2), my_dataset, steps=1000, patch_size=64)  # doctest: +SKIP
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise CoresetValueError(f"steps must be a positive integer, got {steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise CoresetValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if patch_size is not None and (isinstance(patch_size, bool) or not isinstance(patch_size, int)
-                                   or patch_size < 1):
-        raise CoresetValueError(f"patch_size must be a positive integer or None, got {patch_size!r}")
-    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
-        raise CoresetValueError(f"log_every must be a positive integer, got {log_every!r}")
-    if loss not in ("l1", "mse"):
-        raise CoresetValueError(f"loss must be 'l1' or 'mse', got {loss!r}")
-    _lr_factor(lr_schedule, 0.0)  # validates the name
-    if time_budget_s is not None and not time_budget_s > 0:
-        raise CoresetValueError(f"time_budget_s must be > 0 or None, got {time_budget_s!r}")
-    if len(dataset) == 0:
-        raise CoresetValueError("train got an empty dataset")
-    from ..adaptive import AdaptiveCoreSetSampler  # local: keep `import training` light
-
-    adaptive = sampler if isinstance(sampler, AdaptiveCoreSetSampler) else None
-    if adaptive is not None:
-        if adaptive.n != len(dataset):
-            raise CoresetValueError(f"the adaptive sampler covers {adaptive.n} samples but the dataset has {len(dataset)}; "
-                             f"build it over the full training set that train() gets")
-        if adaptive.batch_size != batch_size:
-            raise CoresetValueError(f"the adaptive sampler's batch_size={adaptive.batch_size} differs from train's "
-                             f"batch_size={batch_size}; its refresh interval is counted in these steps")
+    _check_train_args(dataset, steps, batch_size, patch_size, log_every, loss, lr_schedule, time_budget_s)
+    adaptive = _adaptive_of(sampler, dataset, batch_size)
     device = _resolve_device(device)
     if y_channel is None:
         y_channel = bool(getattr(model, "trains_on_y", False))
@@ -245,21 +299,10 @@ def train(
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, desc="train", unit="step", dynamic_ncols=True)
     t0 = time.perf_counter()
-    epoch, it, step, samples = 0, iter(loader), 0, 0
+    batches, step, samples = _batches(loader, sampler, tokened), 0, 0
     try:
         while step < steps:
-            try:
-                batch = next(it)
-            except StopIteration:
-                epoch += 1
-                if hasattr(sampler, "set_epoch"):
-                    sampler.set_epoch(epoch)
-                tokened.epoch = epoch
-                it = iter(loader)
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    raise CoresetValueError("the sampler yielded no indices") from None
+            batch = next(batches)
             lq = batch["lq"].to(device, non_blocking=True)
             gt = batch["gt"].to(device, non_blocking=True)
             if y_channel:
@@ -293,11 +336,7 @@ def train(
             if bar is not None:
                 bar.update(1)
             if step % log_every == 0 or step == steps:
-                window = losses[-(log_every if step % log_every == 0 else step % log_every):]
-                rec = {"step": step, "loss": sum(window) / len(window),
-                       "lr": opt.param_groups[0]["lr"], "elapsed_s": time.perf_counter() - t0}
-                if adaptive is not None:
-                    rec["refreshes"] = len(adaptive.refresh_log)
+                rec = _record(losses, step, log_every, opt, t0, adaptive)
                 log.append(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{rec['loss']:.4g}", lr=f"{rec['lr']:.2g}")
@@ -308,17 +347,9 @@ def train(
             bar.close()
     wall = time.perf_counter() - t0
     model.eval()
-    if step and (not log or log[-1]["step"] != step):  # stopped by the time budget between records
-        n = step - (log[-1]["step"] if log else 0)
-        log.append({"step": step, "loss": sum(losses[-n:]) / n, "lr": opt.param_groups[0]["lr"],
-                    "elapsed_s": wall})
-    hist = {"losses": losses, "log": log, "steps": step, "steps_requested": steps, "wall_time_s": wall,
-            "samples_per_s": samples / wall if wall > 0 else float("nan"),
-            "batch_size": batch_size, "patch_size": patch_size, "lr": lr, "lr_schedule": lr_schedule,
-            "loss": loss, "augment": augment, "y_channel": y_channel, "seed": seed}
-    if adaptive is not None:
-        hist["adaptive"] = [dict(r) for r in adaptive.refresh_log]
-    return hist
+    return _history(losses, log, step, steps, wall, samples, opt, adaptive,
+                    batch_size=batch_size, patch_size=patch_size, lr=lr, lr_schedule=lr_schedule, loss=loss,
+                    augment=augment, y_channel=y_channel, seed=seed)
 
 
 # --------------------------------------------------------------------------- evaluation
