@@ -159,9 +159,10 @@ def bundled_photos(names, dst: Path) -> list[Path]:
 
 
 def find_eval_set() -> Path | None:
-    """``../shared/data/Set5`` from the current folder or from the repository root, if present."""
-    here = Path(__file__).resolve().parent
-    for cand in (Path.cwd().parent / "shared" / "data" / "Set5", here.parent.parent / "shared" / "data" / "Set5"):
+    """Set5 in a development tree's data folder (``shared/data/Set5`` beside the working folder or
+    beside the source checkout), if present; None for an installed package used elsewhere."""
+    checkout = Path(__file__).resolve().parents[2]  # coreset_sampler/lab/demo.py -> the checkout
+    for cand in (Path.cwd().parent / "shared" / "data" / "Set5", checkout.parent / "shared" / "data" / "Set5"):
         if cand.is_dir() and any(cand.iterdir()):
             return cand
     return None
@@ -203,7 +204,7 @@ def run_demo(data=None, out="demo_out", steps: int | None = None, quick: bool = 
         out: output folder (images, scores, core-set, figures, results.json / results.md).
         steps: training steps per model (default 1000; 20 with ``quick``).
         quick: two photographs, non-overlapping sub-images, 20 steps: a smoke test.
-        eval_dir: held-out images (default: ``../shared/data/Set5`` when present, else held-out
+        eval_dir: held-out images (default: Set5 when :func:`find_eval_set` finds it, else held-out
             bundled photographs).
         device: torch device (default: CUDA when available).
         seed: model initialisation and training order (the same for both models).

@@ -406,7 +406,7 @@ def evaluate(
         ``{"psnr", "ssim", "n", "per_image": [{"key", "psnr", "ssim"}]}``.
 
     Example:
-        >>> evaluate(None, "../shared/data/Set5", scale=2)["psnr"]  # doctest: +SKIP
+        >>> evaluate(None, "path/to/Set5", scale=2)["psnr"]  # doctest: +SKIP
         33.69
     """
     scale = check_scale(scale)
