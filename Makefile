@@ -17,7 +17,7 @@ EXTRAS := all$(if $(wildcard $(REDUX_ROOT)/train.py),$(comma)redux,)
 install: $(STAMP)
 
 # torch is installed first so basicsr's sdist (which imports torch in setup.py) can build
-# without build isolation: faster and offline-safe (see README). Each step retries once without
+# without build isolation: faster and offline-safe (docs/getting-started.md#why-torch-first). Each step retries once without
 # pip's cache, which a concurrently killed pip can leave half-written.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[$(EXTRAS)]" \
 	  || $(PIP) install -q --no-cache-dir -c constraints.txt --no-build-isolation -e ".[$(EXTRAS)]"
 	# Real-ESRGAN's training code (registrations for the BasicSR-based-project tests); --no-deps:
-	# its facexlib/gfpgan are for face enhancement at inference only (docs/basicsr.md)
+	# its facexlib/gfpgan are for face enhancement at inference only (docs/getting-started.md)
 	$(PIP) install -q --no-deps -c constraints.txt realesrgan \
 	  || $(PIP) install -q --no-deps --no-cache-dir -c constraints.txt realesrgan
 	touch $(STAMP)

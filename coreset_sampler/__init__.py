@@ -1,6 +1,6 @@
 """coreset-sampler: loss-ranked core-set selection and step-matched training for image SR.
 
-Public API (see README):
+Public API (every name with its contract and an example: docs/api.md):
 
 - :func:`select_indices`, :func:`selection_summary` — which samples to keep (pure).
 - :class:`Scores` — per-sample scores and their ``.safetensors`` file.
