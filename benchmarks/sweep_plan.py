@@ -9,12 +9,9 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
-import sys
-from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep_presets import Preset
+from benchmarks.sweep_presets import Preset
 
 SWEEP_VERSION = 1  # bump when the meaning of a config changes: old cache entries stop matching
 

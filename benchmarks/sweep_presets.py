@@ -1,17 +1,16 @@
 """Sweep presets: what each setting trains (pool, models, steps, seeds, threads); data only.
 
-Part of the reproduction sweep (``sweep.py``): presets -> plan (``sweep_plan``) -> run
+Part of the reproduction sweep (``benchmarks.sweep``): presets -> plan (``sweep_plan``) -> run
 (``sweep_run``) -> report (``sweep_report``).
 """
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
+from benchmarks.common import RESULTS
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import RESULTS  # noqa: E402
 
 REPO = HERE.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data"

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import sys
 import math
 import statistics
 from pathlib import Path
@@ -12,11 +11,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sweep_stats
-from common import git_commit, machine_info
-from sweep_plan import Run, _now
-from sweep_presets import REPO, Preset, planned_step_s
+from benchmarks import sweep_stats
+from benchmarks.common import git_commit, machine_info
+from benchmarks.sweep_plan import Run, _now
+from benchmarks.sweep_presets import REPO, Preset, planned_step_s
 
 # --------------------------------------------------------------------------- report
 
@@ -44,8 +42,11 @@ def _fmt_p(c: sweep_stats.Comparison) -> str:
 
 
 def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, eval_sets: list[str],
-                 quick: bool = False, cache_dir: Path | None = None, scoring: list | None = None) -> tuple[dict, str]:
-    """The report's JSON payload and markdown, from the plan and the cached records."""
+                 quick: bool = False, cache=None, scoring: list | None = None) -> tuple[dict, str]:
+    """The report's JSON payload and markdown, from the plan and the cached records.
+
+    ``cache``: the store the records come from (named in the report), a ``Store`` or a path.
+    """
     prim = preset.primary_set if preset.primary_set in eval_sets else eval_sets[-1]
     cells: dict[tuple, list[Run]] = {}
     rank: dict[tuple, int] = {}
@@ -84,7 +85,7 @@ def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, 
     now = _now()
     md.append(f"# Reproduction sweep: preset `{preset.name}`{' (--quick)' if quick else ''}\n")
     md.append(f"{preset.description}. Generated {now} from the run cache "
-              f"(`{_rel(cache_dir)}`); commit `{git_commit()}`.\n")
+              f"(`{_rel(getattr(cache, 'records_path', cache))}`); commit `{git_commit()}`.\n")
     md.append(f"Runs in this plan: **{len(plan)}**; done {status['ok']}, failed {status['failed']}, "
               f"started but unfinished (running now, or interrupted and redone on resume) {status['started']}, "
               f"not yet run {status['pending']}. "

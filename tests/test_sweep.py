@@ -1,9 +1,9 @@
-"""Smoke test of the reproduction sweep's machinery (benchmarks/sweep.py) on tiny synthetic data.
+"""Smoke test of the reproduction sweep's machinery (python -m benchmarks.sweep) on tiny synthetic data.
 
 Never runs the sweep itself: a preset of a few-step, few-kilo-parameter FSRCNN on 32x32 synthetic
 sub-images, so the whole file takes seconds. Covers the plan (dedupe, tiers, epoch-matched steps),
-the cache (one JSON per run named by its config hash, resume, interrupted and failed runs kept on
-record), --max-minutes, the report (every run listed, cells = mean over the cached seeds), the
+the cache (one JSON line per run keyed by its config hash in a store file, resume, interrupted and
+failed runs kept on record, tolerant reads), --max-minutes, the report (every run listed, cells = mean over the cached seeds), the
 statistics and the fast evaluation's agreement with the library's evaluate().
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import sweep  # noqa: E402
-import sweep_archs  # noqa: E402
-import sweep_run  # noqa: E402
-import sweep_stats  # noqa: E402
+from benchmarks import sweep, sweep_archs, sweep_run, sweep_stats
+from benchmarks.sweep_store import Store
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -88,7 +82,7 @@ def _sweep(data_dir, tmp_path, preset=TINY, quick=False):
         written["payload"], written["md"] = payload, md
         return out / f"{name}.json", out / f"{name}.md"
 
-    s = sweep.Sweep(preset, data_dir, cache_dir=tmp_path / "cache", quick=quick, progress=False, write=write)
+    s = sweep.Sweep(preset, data_dir, cache=tmp_path / "cache", quick=quick, progress=False, write=write)
     return s, written
 
 
@@ -192,10 +186,13 @@ def test_sweep_runs_caches_and_reports(finished):
     s, res, written = finished
     plan = s.plan()
     assert res["ran"] == len(plan) and res["failed"] == 0
-    files = sorted(p.stem for p in s.cache_dir.glob("*.json"))
-    assert files == sorted(r.hash for r in plan)
+    records = sweep.load_records(s.store)
+    assert sorted(records) == sorted(r.hash for r in plan)
+    # one store: the records file and the score files' tar, nothing else (locks aside)
+    assert sorted(p.name for p in s.store.stem.parent.glob("cache*") if not p.name.endswith(".lock")) == \
+        ["cache.jsonl", "cache.scores.tar"]
     for r in plan:
-        rec = json.loads((s.cache_dir / f"{r.hash}.json").read_text())
+        rec = records[r.hash]
         assert rec["status"] == "ok" and rec["hash"] == sweep.config_hash(rec["config"])
         assert set(rec["metrics"]) == {"Set5", "Set14", "BSD100"}
         assert rec["wall_s"] >= rec["train_s"] > 0
@@ -211,15 +208,16 @@ def test_sweep_runs_caches_and_reports(finished):
     # scores computed once per scorer and scale, as files under the cache
     # interpolation (the tiny preset's scorer) at x2 and x4, sobel at x2 (Table 2); one final estimate
     # per adaptive run
-    files = list((s.cache_dir / "scores").glob("*.safetensors"))
+    files = s.store.blob_names()
     adaptive = [r for r in plan if r.config["selection"]["mode"] == "adaptive"]
     # the default row and two variants, 2 seeds each
     assert len(adaptive) == 2 * 3 and len(files) == 3 + len(adaptive)
     from coreset_sampler.scores import Scores
     for r in adaptive:
-        rec = json.loads((s.cache_dir / f"{r.hash}.json").read_text())
+        rec = records[r.hash]
         assert rec["adaptive"]["refreshes"] == 2 and rec["adaptive"]["seen"] > 0
-        exported = Scores.load(s.cache_dir / "scores" / rec["adaptive"]["scores_file"])
+        with s.store.blob_file(rec["adaptive"]["scores_file"]) as path:
+            exported = Scores.load(path)
         assert exported.metadata["adaptive"] is True and exported.metadata["adaptive_run"] == r.hash
         assert len(exported) == rec["pool_size"]
         # written by the library's own export (AdaptiveCoreSetSampler.to_scores): the pool's keys, the sampler config
@@ -230,7 +228,7 @@ def test_sweep_runs_caches_and_reports(finished):
     rows = [r for r in plan if r.label == "exported adaptive 50% step"]
     assert len(rows) == len([r for r in adaptive if r.label == "adaptive 50% step"])
     for r in rows:
-        rec = json.loads((s.cache_dir / f"{r.hash}.json").read_text())
+        rec = records[r.hash]
         assert rec["exported"]["from_adaptive"] == r.config["selection"]["exported_from"]
         assert 0.0 <= rec["exported"]["overlap_static_des"] <= 1.0
     assert "Exported adaptive core-set" in written["md"]
@@ -245,7 +243,7 @@ def test_sweep_runs_caches_and_reports(finished):
 def test_report_cells_are_means_of_cached_seeds(finished):
     s, _, written = finished
     cell = next(c for c in written["payload"]["cells"] if c["table"] == "table1" and c["row"] == "DES 50% step")
-    recs = [json.loads(p.read_text()) for p in s.cache_dir.glob("*.json")]
+    recs = list(sweep.load_records(s.store).values())
     vals = [r["metrics"]["BSD100"]["psnr"] for r in recs if r["label"] == "DES 50% step" and r["scale"] == 2]
     assert len(vals) == 2
     got = cell["sets"]["BSD100"]["psnr"]
@@ -255,23 +253,22 @@ def test_report_cells_are_means_of_cached_seeds(finished):
 
 def test_resume_runs_nothing_twice(finished):
     s, _, _ = finished
-    before = {p.name: p.read_text() for p in s.cache_dir.glob("*.json")}
+    before = {p.name: p.read_bytes() for p in (s.store.records_path, s.store.blobs_path)}
     res = s.run()
     assert res["ran"] == 0 and res["failed"] == 0
-    assert {p.name: p.read_text() for p in s.cache_dir.glob("*.json")} == before
+    assert {p.name: p.read_bytes() for p in (s.store.records_path, s.store.blobs_path)} == before
 
 
 def test_interrupted_run_is_redone_and_its_attempt_kept(data_dir, tmp_path):
     s, written = _sweep(data_dir, tmp_path, quick=True)
     first = s.plan()[0]
     s.run(only=lambda r: r.hash == first.hash)
-    path = s.cache_dir / f"{first.hash}.json"
-    rec = json.loads(path.read_text())
+    rec = s.store.get("run", first.hash)
     rec["status"] = "started"  # as a killed process leaves it
-    path.write_text(json.dumps(rec))
+    s.store.put("run", first.hash, rec)
     res = s.run(only=lambda r: r.hash == first.hash)
     assert res["ran"] == 1
-    rec = json.loads(path.read_text())
+    rec = s.store.get("run", first.hash)
     assert rec["status"] == "ok" and [a["status"] for a in rec["attempts"]] == ["started"]
     s.report()
     assert written["payload"]["interrupted_attempts"] == 1
@@ -291,7 +288,7 @@ def test_failed_run_is_recorded_not_retried_unless_asked(data_dir, tmp_path, mon
     only = lambda r: r.hash in (target.hash, s.plan()[0].hash)  # noqa: E731
     res = s.run(only=only)
     assert res["ran"] == 1 and res["failed"] == 1
-    rec = json.loads((s.cache_dir / f"{target.hash}.json").read_text())
+    rec = s.store.get("run", target.hash)
     assert rec["status"] == "failed" and "boom in training" in rec["error"]
     assert s.run(only=only)["failed"] == 0  # kept as a result, not retried
     s.report()
@@ -299,7 +296,7 @@ def test_failed_run_is_recorded_not_retried_unless_asked(data_dir, tmp_path, mon
     assert written["payload"]["status"]["failed"] == 1
     monkeypatch.setattr(sweep_run, "execute", real)
     res = s.run(only=only, retry_failed=True)
-    rec = json.loads((s.cache_dir / f"{target.hash}.json").read_text())
+    rec = s.store.get("run", target.hash)
     assert res["ran"] == 1 and rec["status"] == "ok" and rec["attempts"][0]["status"] == "failed"
 
 
@@ -307,18 +304,18 @@ def test_max_minutes_stops_between_runs(data_dir, tmp_path):
     s, _ = _sweep(data_dir, tmp_path, quick=True)
     res = s.run(max_minutes=1e-9)
     assert res["ran"] == 0 and res["left"] == len(s.plan())
-    assert not list(s.cache_dir.glob("*.json"))
+    assert not sweep.load_records(s.store) and not s.store.records_path.exists()
 
 
 def test_second_sweep_on_the_same_cache_is_refused(tmp_path):
-    with sweep.cache_lock(tmp_path):
+    with sweep.cache_lock(tmp_path / "c"):
         with pytest.raises(RuntimeError, match="another sweep is running"):
-            with sweep.cache_lock(tmp_path):
+            with sweep.cache_lock(Store(tmp_path / "c")):
                 pass
 
 
 def test_missing_data_is_named(tmp_path):
-    s = sweep.Sweep(TINY, tmp_path / "nowhere", cache_dir=tmp_path / "c", progress=False)
+    s = sweep.Sweep(TINY, tmp_path / "nowhere", cache=tmp_path / "c", progress=False)
     with pytest.raises(FileNotFoundError, match="nowhere/T91"):
         s.run()
 
@@ -330,7 +327,7 @@ def test_missing_weights_block_only_the_runs_that_need_scores(data_dir, tmp_path
     s, written = _sweep(data_dir, tmp_path, preset=dataclasses.replace(TINY, scorer="srcnn"), quick=True)
     monkeypatch.setattr(sweep_run, "scorer_id", lambda spec, scale: f"{spec}:missing-weights" if spec == "srcnn" else spec)
     res = s.run()
-    recs = [json.loads(p.read_text()) for p in s.cache_dir.glob("*.json")]
+    recs = list(sweep.load_records(s.store).values())
     assert res["failed"] == 0 and res["blocked"] > 0
     assert recs and {r["config"]["selection"]["mode"] for r in recs} == {"full", "random"}
     assert res["ran"] == len(recs)
@@ -505,16 +502,16 @@ def test_cli_rejects_bad_arguments(capsys):
 
 def test_cli_run_filters_name_unknown_archs_and_rows(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        sweep.main(["--arch", "rdn", "--cache-dir", str(tmp_path)])
+        sweep.main(["--arch", "rdn", "--cache", str(tmp_path)])
     assert e.value.code == 2 and "--arch rdn not in preset 'cpu' (fsrcnn, edsr, swinir)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        sweep.main(["--row", "adaptive 40% step", "--cache-dir", str(tmp_path)])
+        sweep.main(["--row", "adaptive 40% step", "--cache", str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "'adaptive 40% step' is no row of this plan" in err and "adaptive 50% step" in err
 
 
 def test_cli_names_missing_data(tmp_path, capsys):
-    rc = sweep.main(["--preset", "paper", "--data-root", str(tmp_path / "div2k"), "--cache-dir", str(tmp_path / "c")])
+    rc = sweep.main(["--preset", "paper", "--data-root", str(tmp_path / "div2k"), "--cache", str(tmp_path / "c")])
     assert rc == 2 and "div2k/DIV2K_train_HR" in capsys.readouterr().err
 
 
@@ -546,7 +543,7 @@ def test_long_followup_preset_is_the_key_rows_trained_longer(tmp_path, capsys):
     # the cpu quick plan keeps its adaptive table (FSRCNN, quick seeds, with random 25%)
     assert {r.arch for r in short} == {"fsrcnn"} and "random 25% step" in {r.label for r in short}
     # the CLI needs no --quick for it
-    assert sweep.main(["--preset", "cpu_long", "--plan", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert sweep.main(["--preset", "cpu_long", "--plan", "--cache", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     # key rows; DES 25%, adaptive 50 / 25% and the 2 variants at seeds 0-2; all 9 rows at seeds 3-4
     n_fsrcnn = 6 * 3 + 5 * 3 + 9 * 2
@@ -573,8 +570,8 @@ def test_committed_cache_covers_every_planned_run(preset):
     # the committed reports are complete: every run of the plan (static, adaptive, variants, exported) is
     # in the cache, so adding rows never changed the hash (= the cache file) of an existing run, and the
     # default adaptive rows carry no variant key
-    cache = sweep.CACHE_ROOT / preset
-    if not cache.is_dir():
+    cache = Store(sweep.CACHE_ROOT / preset)
+    if not cache.exists():
         pytest.skip("no committed cache")
     p = sweep.PRESETS[preset]
     s = sweep.Sweep(p, sweep.DEFAULT_DATA, quick=p.quick_only, progress=False)
@@ -626,9 +623,10 @@ def test_adaptive_variants_are_their_own_rows_and_leave_the_default_rows_hashes(
     for r in uniform:  # no static scores at all: the training loss alone decides
         sel = r.config["selection"]
         assert sel["adaptive"]["init"] == "uniform" and sel["scorer"] is None and sel["scorer_id"] is None
-        rec = json.loads((s.cache_dir / f"{r.hash}.json").read_text())
+        rec = s.store.get("run", r.hash)
         from coreset_sampler.scores import Scores
-        exported = Scores.load(s.cache_dir / "scores" / rec["adaptive"]["scores_file"])
+        with s.store.blob_file(rec["adaptive"]["scores_file"]) as path:
+            exported = Scores.load(path)
         assert exported.metadata["adaptive_init"] == "uniform"
     for r in tail:
         assert r.config["selection"]["adaptive"]["full_after"] == 2  # 0.5 x 4 steps
@@ -657,16 +655,56 @@ def test_exported_adaptive_scores_are_loaded_from_the_runs_file_and_refused_when
     class FakePool:
         keys = ["a", "b", "c", "d"]
 
-    (tmp_path / "scores").mkdir()
-    Scores(np.arange(4, dtype=np.float32), metadata={"adaptive_run": "abc"}).save(
-        tmp_path / "scores" / "adaptive_abc.safetensors")
-    got = sweep_run.load_adaptive_scores(tmp_path, "abc", FakePool())
+    store = Store(tmp_path / "c")
+    Scores(np.arange(4, dtype=np.float32), metadata={"adaptive_run": "abc"}).save(tmp_path / "adaptive_abc.safetensors")
+    store.put_blob("adaptive_abc.safetensors", (tmp_path / "adaptive_abc.safetensors").read_bytes())
+    got = sweep_run.load_adaptive_scores(store, "abc", FakePool())
     assert got.values.tolist() == [0, 1, 2, 3]
     with pytest.raises(FileNotFoundError, match="adaptive_zzz.safetensors is missing: run the adaptive run zzz"):
-        sweep_run.load_adaptive_scores(tmp_path, "zzz", FakePool())
-    (tmp_path / "scores" / "adaptive_abc.safetensors").rename(tmp_path / "scores" / "adaptive_xyz.safetensors")
+        sweep_run.load_adaptive_scores(store, "zzz", FakePool())
+    # the same file stored under another run's name
+    store.put_blob("adaptive_xyz.safetensors", store.get_blob("adaptive_abc.safetensors"))
     with pytest.raises(ValueError, match="adaptive_run is 'abc', expected 'xyz'"):
-        sweep_run.load_adaptive_scores(tmp_path, "xyz", FakePool())
+        sweep_run.load_adaptive_scores(store, "xyz", FakePool())
     FakePool.keys = ["a", "b"]
     with pytest.raises(ValueError, match="has 4 entries but the dataset has 2"):
-        sweep_run.load_adaptive_scores(tmp_path, "xyz", FakePool())
+        sweep_run.load_adaptive_scores(store, "xyz", FakePool())
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def test_store_keeps_records_and_blobs_in_two_files_and_reads_past_bad_lines(tmp_path, capsys):
+    store = Store(tmp_path / "p")
+    assert not store.exists() and store.entries("run") == {} and store.blob_names() == []
+    store.put("run", "h1", {"hash": "h1", "x": 1.0000000000000002, "nested": {"b": 1, "a": [1, 2]}})
+    store.put("bicubic", "x2_abc", {"scale": 2})
+    store.put("run", "h0", {"hash": "h0", "status": "started"})
+    store.put("run", "h0", {"hash": "h0", "status": "ok"})  # replaces, one line per key
+    lines = store.records_path.read_text().splitlines()
+    assert [(json.loads(l)["kind"], json.loads(l)["key"]) for l in lines] == [("run", "h0"), ("run", "h1"),
+                                                                              ("bicubic", "x2_abc")]
+    assert store.entries("run")["h1"] == {"hash": "h1", "x": 1.0000000000000002, "nested": {"b": 1, "a": [1, 2]}}
+    assert list(store.entries("run")["h1"]["nested"]) == ["b", "a"]  # key order kept
+    assert store.get("run", "h0")["status"] == "ok" and store.get("scoring", "nope") is None
+    with pytest.raises(ValueError, match="cannot be stored under key 'h2'"):
+        store.put("run", "h2", {"hash": "h1"})
+    with pytest.raises(ValueError, match="unknown entry kind"):
+        store.put("runs", "h2", {})
+    # a reader tolerates a torn or foreign line (warned, skipped); the last entry of a key wins
+    with open(store.records_path, "a") as f:
+        f.write(json.dumps({"kind": "run", "key": "h1", "record": {"hash": "h1", "x": 2}}) + "\n")
+        f.write('{"kind": "run", "key": "h9", "rec')
+    assert store.entries("run")["h1"] == {"hash": "h1", "x": 2} and "h9" not in store.entries("run")
+    assert "unreadable cache entry skipped" in capsys.readouterr().err
+    store.put_blob("b.safetensors", b"\x00\x01two")
+    store.put_blob("a.safetensors", b"one")
+    store.put_blob("b.safetensors", b"three")  # replaced, not appended
+    assert store.blob_names() == ["a.safetensors", "b.safetensors"] and store.get_blob("b.safetensors") == b"three"
+    assert store.get_blob("c.safetensors") is None
+    with store.blob_file("a.safetensors") as p:
+        assert p.name == "a.safetensors" and p.read_bytes() == b"one"
+    tar = store.blobs_path.read_bytes()
+    store.put_blobs({})
+    assert store.blobs_path.read_bytes() == tar  # deterministic bytes: an unchanged store is an unchanged file
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
