@@ -12,10 +12,13 @@ finishes, so an interrupted sweep resumes and later sessions continue it. The re
     python -m benchmarks.sweep --report-only        # rebuild the report from the cache
     python -m benchmarks.sweep --plan               # list the runs and the budget, run nothing
     python -m benchmarks.sweep --preset cpu_long    # follow-up: every model 4x longer, key + adaptive rows
+    python -m benchmarks.sweep --preset budget --steps 500 --steps 2000   # budget curve, two FSRCNN budgets
     python -m benchmarks.sweep --preset paper --data-root /data   # DIV2K settings (GPU machine)
 
 Presets: ``cpu`` trains on the sub-images of ../shared/data T91 + BSD200 and evaluates on Set5,
-Set14 and BSD100 (plus Urban100 / Manga109 found under ``--data-root``); ``paper`` is the paper's
+Set14 and BSD100 (plus Urban100 / Manga109 found under ``--data-root``); ``cpu_long`` trains 4x
+longer; ``budget`` is a training-budget curve (its 500 / 2,000-step FSRCNN and 1,200-step EDSR-tiny
+runs are ``cpu`` / ``cpu_long`` runs, cached in those presets' stores); ``paper`` is the paper's
 DIV2K setting (defined for a GPU machine, not run here).
 """
 from __future__ import annotations
@@ -28,8 +31,9 @@ from pathlib import Path
 # The parts, each readable on its own; re-exported here so `benchmarks.sweep` keeps one entry point.
 from benchmarks.sweep_plan import (SWEEP_VERSION, Run, build_plan, config_hash, epoch_steps,  # noqa: F401
                                    make_config, row_label)
-from benchmarks.sweep_presets import (CACHE_ROOT, CPU, CPU_LONG, DEFAULT_DATA, PAPER, PRESETS,  # noqa: F401
-                                      REPO, ArchSpec, Preset, planned_step_s)
+from benchmarks.sweep_presets import (BUDGET, BUDGET_ROWS, CACHE_ROOT, CPU, CPU_LONG, DEFAULT_DATA,  # noqa: F401
+                                      IN_PROGRESS_TABLES, PAPER, PRESETS, REPO, ArchSpec, BudgetPoint, Preset,
+                                      planned_step_s)
 from benchmarks.sweep_report import _budget_table, build_report  # noqa: F401
 from benchmarks.sweep_run import (EvalSet, Pool, Sweep, _scoring_records, cache_lock,  # noqa: F401
                                   check_fast_eval, evaluate_fast, execute, get_scores, load_records,
@@ -60,6 +64,8 @@ def main(argv=None) -> int:
                     help="run only the runs of this architecture (repeatable); the report covers the whole plan")
     ap.add_argument("--row", action="append", default=None,
                     help="run only the runs of this report row, e.g. 'adaptive 50%% step' (repeatable)")
+    ap.add_argument("--steps", type=int, action="append", default=None,
+                    help="run only the runs of this training budget (full-run steps; repeatable)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -82,7 +88,7 @@ def main(argv=None) -> int:
         plan = sweep.plan()
         for i, r in enumerate(plan, 1):
             print(f"{i:4d} tier{r.tier} {r.hash[:8]} {r.describe()}")
-        print(_budget_table(preset, plan, load_records(sweep.store), _scoring_records(sweep.store)))
+        print(_budget_table(preset, plan, sweep.records(plan), sweep.scoring_records(plan)))
         return 0
     if args.report_only:
         md, js = sweep.report()
@@ -100,8 +106,15 @@ def main(argv=None) -> int:
             if unknown:
                 ap.error(f"--row {', '.join(map(repr, unknown))} is no row of this plan; rows: "
                          f"{', '.join(sorted(labels))}")
-        if args.arch or args.row:
-            only = lambda r: (not args.arch or r.arch in args.arch) and (not args.row or r.label in args.row)  # noqa: E731
+        if args.steps:
+            budgets = {r.config["train"]["steps_full"] for r in sweep.plan()}
+            unknown = sorted(set(args.steps) - budgets)
+            if unknown:
+                ap.error(f"--steps {', '.join(map(str, unknown))} is no budget of this plan; budgets: "
+                         f"{', '.join(map(str, sorted(budgets)))}")
+        if args.arch or args.row or args.steps:
+            only = lambda r: ((not args.arch or r.arch in args.arch) and (not args.row or r.label in args.row)  # noqa: E731
+                              and (not args.steps or r.config["train"]["steps_full"] in args.steps))
         res = sweep.run(max_minutes=args.max_minutes, retry_failed=args.retry_failed, only=only)
     except (FileNotFoundError, RuntimeError) as e:  # missing data, a second sweep on the same cache
         print(f"error: {e}", file=sys.stderr)

@@ -429,6 +429,39 @@ class Sweep:
     def plan(self) -> list[Run]:
         return build_plan(self.preset, self.eval_sets, self.scorer_ids(), quick=self.quick)
 
+    # -- stores ----------------------------------------------------------------------------
+    # A run's record lives in the store of the preset its config names (config["preset"]), the
+    # preset's own store for every run of an ordinary plan. A budget curve's plan also holds runs of
+    # other presets (its points at their step counts); those are read from and written to the stores
+    # beside this one (``<dir>/<that preset>.jsonl``), so they are the same runs, cached once.
+    def store_named(self, name: str) -> Store:
+        return self.store if name == self.preset.name else Store(self.store.stem.with_name(name))
+
+    def store_for(self, run: Run) -> Store:
+        return self.store_named(run.config["preset"])
+
+    def stores(self, plan: Sequence[Run] | None = None) -> list[Store]:
+        """This preset's store first, then those of the other presets ``plan`` (default: the plan) has runs of."""
+        names = dict.fromkeys([self.preset.name] + [r.config["preset"] for r in (plan if plan is not None else
+                                                                                  self.plan())])
+        return [self.store_named(n) for n in names]
+
+    def records(self, plan: Sequence[Run] | None = None) -> dict[str, dict]:
+        """The run records of every store the plan touches (hashes name the preset, so they never collide)."""
+        out: dict[str, dict] = {}
+        for st in self.stores(plan):
+            out.update(load_records(st))
+        return out
+
+    def scoring_records(self, plan: Sequence[Run] | None = None) -> list[dict]:
+        out, seen = [], set()
+        for st in self.stores(plan):
+            for key, rec in st.entries("scoring").items():
+                if key not in seen:  # the same file name is the same scorer, scale and pool
+                    seen.add(key)
+                    out.append(rec)
+        return out
+
     def check_data(self) -> None:
         missing = [str(self.data_dir / s) for s in self.preset.train_sets if not (self.data_dir / s).is_dir()]
         missing += [str(p) for p in self.eval_roots.values() if not p.is_dir()]
@@ -458,10 +491,12 @@ class Sweep:
     def scores(self, spec: str, scale: int):
         key = (spec, scale)
         if key not in self._scores and spec.startswith("adaptive:"):  # an exported adaptive estimate
-            self._scores[key] = load_adaptive_scores(self.store, spec.split(":", 1)[1], self.pool(scale))
+            self._scores[key] = load_adaptive_scores(self.store, spec.split(":", 1)[1], self.pool(scale),
+                                                     also=self.stores()[1:])
         if key not in self._scores:
             sid = self.scorer_ids()[(spec, scale)]
-            scores, path, dt = get_scores(spec, scale, self.pool(scale), self.store, sid, self.progress)
+            scores, path, dt = get_scores(spec, scale, self.pool(scale), self.store, sid, self.progress,
+                                          also=self.stores()[1:])
             if dt:
                 self.scoring_log.append({"scorer": spec, "scale": scale, "seconds": dt, "file": str(path)})
                 print(f"scored x{scale} with {spec} in {dt:.0f} s", flush=True)
@@ -504,8 +539,10 @@ class Sweep:
         plan = [r for r in self.plan() if only is None or only(r)]
         t_start = time.perf_counter()
         done = failed = skipped = 0
-        with cache_lock(self.store):
-            records = load_records(self.store)
+        with contextlib.ExitStack() as locks:
+            for st in self.stores():  # every store this plan writes to: one sweep per store
+                locks.enter_context(cache_lock(st))
+            records = self.records()
             todo = []
             for r in plan:
                 rec = records.get(r.hash)
@@ -569,7 +606,8 @@ class Sweep:
                "seed": run.seed, "cells": [list(c) for c in run.cells], "status": "started", "started_at": _now(),
                "attempts": attempts, "machine": _short_machine(), "threads": torch.get_num_threads(),
                "commit": git_commit()}
-        self.store.put("run", run.hash, rec)  # a crash leaves "started": the run is redone and the attempt recorded
+        store = self.store_for(run)
+        store.put("run", run.hash, rec)  # a crash leaves "started": the run is redone and the attempt recorded
         print(f"{tag} {run.describe()} ...", end=" ", flush=True)
         t0 = time.perf_counter()
         try:
@@ -578,7 +616,7 @@ class Sweep:
                           progress=False)
             exported = res.pop("adaptive_scores", None)
             if exported is not None:  # the final adaptive estimate, exportable as a scores file
-                res["adaptive"]["scores_file"] = save_adaptive_scores(self.store, run, exported)
+                res["adaptive"]["scores_file"] = save_adaptive_scores(store, run, exported)
             kept = res.pop("kept_indices", None)
             if kept is not None:  # an exported adaptive row: how much of the static DES set it keeps
                 res["exported"] = self._exported_overlap(run, kept)
@@ -592,7 +630,7 @@ class Sweep:
             rec["traceback"] = traceback.format_exc(limit=8)
         rec["wall_s"] = time.perf_counter() - t0
         rec["finished_at"] = _now()
-        self.store.put("run", run.hash, rec)
+        store.put("run", run.hash, rec)
         if rec["status"] == "ok":
             prim = self.preset.primary_set if self.preset.primary_set in rec["metrics"] else next(iter(rec["metrics"]))
             extra = ", ".join(f"{n} {m['psnr']:.2f}" for n, m in rec["metrics"].items() if n != prim)
@@ -613,9 +651,9 @@ class Sweep:
 
     # -- report --------------------------------------------------------------------------
     def report(self, wall_s: float | None = None) -> tuple[Path, Path]:
-        records = load_records(self.store)
         self._scorer_ids = None  # weights may have appeared (or changed) since the plan was made
         plan = self.plan()
+        records = self.records(plan)
         bicubic = {}
         for scale in sorted({r.scale for r in plan}):
             path_ok = all((self.eval_roots[n]).is_dir() for n in self.eval_sets)
@@ -624,11 +662,22 @@ class Sweep:
                     bicubic[scale] = self.bicubic(scale)
                 except Exception as e:  # the report must still come out
                     bicubic[scale] = {"error": f"{type(e).__name__}: {e}"}
-        payload, md = build_report(self.preset, plan, records, bicubic, self.eval_sets, quick=self.quick,
-                                   cache=self.store, scoring=_scoring_records(self.store))
+        if self.preset.budget_points:
+            from benchmarks.sweep_budget import build_budget_report, draw_budget_figure
+
+            payload, md = build_budget_report(self.preset, plan, records, bicubic, self.eval_sets,
+                                              stores=self.stores(plan), scoring=self.scoring_records(plan),
+                                              figure=f"{self.results_name}.png")
+        else:
+            own = set(load_records(self.store))  # "other runs": this preset's, outside the plan
+            payload, md = build_report(self.preset, plan, records, bicubic, self.eval_sets, quick=self.quick,
+                                       cache=self.store, scoring=_scoring_records(self.store), own=own)
         if wall_s is not None:
             payload["this_invocation_wall_s"] = wall_s
-        return self.write(self.results_name, payload, md)
+        paths = self.write(self.results_name, payload, md)
+        if self.preset.budget_points:  # the figure beside the report, from whatever runs are cached
+            draw_budget_figure(self.preset, plan, records, self.eval_sets, Path(paths[1]).with_suffix(".png"))
+        return paths
 
 
 def save_adaptive_scores(cache, run: Run, scores) -> str:
@@ -638,12 +687,20 @@ def save_adaptive_scores(cache, run: Run, scores) -> str:
     return name
 
 
-def load_adaptive_scores(cache, run_hash: str, pool: Pool):
-    """The final estimate of adaptive run ``run_hash`` (stored by :func:`save_adaptive_scores`)."""
+def load_adaptive_scores(cache, run_hash: str, pool: Pool, also=()):
+    """The final estimate of adaptive run ``run_hash`` (stored by :func:`save_adaptive_scores`).
+
+    ``also``: further stores to look in when ``cache`` has none (the run's own preset's store).
+    """
     store = as_store(cache)
     name = f"adaptive_{run_hash}.safetensors"
     where = f"{store.blobs_path}:{name}"
-    scores = _load_scores_blob(store, name)
+    scores = None
+    for st in (store, *map(as_store, also)):
+        scores = _load_scores_blob(st, name)
+        if scores is not None:
+            where = f"{st.blobs_path}:{name}"
+            break
     if scores is None:
         raise FileNotFoundError(f"{where} is missing: run the adaptive run {run_hash} first (its final estimate "
                                 f"is what this row selects by)")
