@@ -303,8 +303,13 @@ def _short_machine() -> dict:
 
 
 def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], Any], device,
-            progress: bool = False) -> dict:
-    """Train and evaluate one run; returns the result fields (raises on failure)."""
+            progress: bool = False, num_workers: int = 0, keep_model: bool = False) -> dict:
+    """Train and evaluate one run; returns the result fields (raises on failure).
+
+    ``num_workers``: DataLoader workers of the training loop (the CPU sweep uses none; a GPU run may
+    need them to keep the device fed). Not part of the config: the same samples in the same order.
+    ``keep_model``: also return the trained model (``"model"``), e.g. to save its weights.
+    """
     from coreset_sampler.dataset import CoreSetDataset
     from coreset_sampler.sampler import StepMatchedSampler
     from coreset_sampler.lab.training import train
@@ -342,7 +347,7 @@ def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], An
     t0 = time.perf_counter()
     hist = train(model, data, steps, batch_size=tr["batch_size"], patch_size=tr["patch_size"], lr=tr["lr"],
                  lr_schedule=tr["lr_schedule"], sampler=sampler, loss=tr["loss"], augment=tr["augment"],
-                 seed=seed, progress=progress, device=device)
+                 seed=seed, progress=progress, device=device, num_workers=num_workers)
     train_s = time.perf_counter() - t0
     metrics = {}
     t1 = time.perf_counter()
@@ -354,6 +359,8 @@ def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], An
     out = {"steps": steps, "kept": len(data), "pool_size": len(pool), "train_s": train_s, "eval_s": eval_s,
            "final_loss": float(sum(tail) / len(tail)), "metrics": metrics,
            "params": sweep_archs.count_params(model)}
+    if keep_model:
+        out["model"] = model
     if sel.get("exported_from"):
         out["kept_indices"] = data.indices  # popped by Sweep._run_one (overlap with static DES)
     if adaptive is not None:

@@ -943,3 +943,77 @@ def test_store_keeps_records_and_blobs_in_two_files_and_reads_past_bad_lines(tmp
     store.put_blobs({})
     assert store.blobs_path.read_bytes() == tar  # deterministic bytes: an unchanged store is an unchanged file
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- the real-size GPU script
+
+
+def test_edsr_baseline_is_the_papers_size():
+    m = sweep_archs.build_model("edsr_baseline", 2)
+    assert isinstance(m, sweep_archs.EDSRBaseline) and sweep_archs.count_params(m) == 1_369_859
+    assert len(m.body) == 16 + 1 and m.head.out_channels == 64
+    x = torch.rand(1, 3, 9, 11)
+    for scale in (2, 3, 4):
+        small = sweep_archs.build_model("edsr_baseline", scale, num_feat=8, num_block=1)
+        assert small(x).shape == (1, 3, 9 * scale, 11 * scale)
+    with pytest.raises(ValueError, match="supports scales 2, 3, 4, got 5"):
+        sweep_archs.build_model("edsr_baseline", 5)
+
+
+@pytest.mark.skipif(not (sweep.DEFAULT_DATA / "T91").is_dir() or not (sweep.DEFAULT_DATA / "Set5").is_dir(),
+                    reason="needs ../shared/data (T91, Set5)")
+def test_real_size_gpu_script_quick_mode_runs_on_cpu(tmp_path):
+    # the prepared GPU script (benchmarks/gpu/real_size.py) in its tiny CPU mode: same code path (pool,
+    # scores, the four rows through the sweep's execute(), weights out, evaluation of the returned weights)
+    from benchmarks.gpu import real_size
+
+    threads = torch.get_num_threads()
+    res = real_size.main(["--quick", "--data", str(sweep.DEFAULT_DATA), "--out", str(tmp_path)])
+    assert torch.get_num_threads() == threads
+    assert list(res["rows"]) == ["full", "des50", "des25", "random25"] and res["quick"] and not res["notes"]
+    pool = res["data"]["pool"]
+    kept = {k: r["kept"] for k, r in res["rows"].items()}
+    assert kept == {"full": pool, "des50": round(0.5 * pool), "des25": round(0.25 * pool),
+                    "random25": round(0.25 * pool)}
+    cfgs = [r["config"] for r in res["rows"].values()]
+    # one budget, one seed, one model for every row: only the selection differs
+    assert all({k: v for k, v in c.items() if k != "selection"} == {k: v for k, v in cfgs[0].items()
+                                                                    if k != "selection"} for c in cfgs)
+    assert {r["steps"] for r in res["rows"].values()} == {4} and cfgs[0]["arch"] == "edsr_baseline"
+    assert cfgs[2]["selection"]["scorer"] == "srcnn" and cfgs[3]["selection"]["scorer"] is None
+    for name, r in res["rows"].items():
+        assert set(r["metrics"]) == {"Set5"} and (tmp_path / r["weights"]).is_file()
+    assert json.loads((tmp_path / "real_size.json").read_text())["rows"].keys() == res["rows"].keys()
+    assert "| des25 |" in (tmp_path / "real_size.md").read_text()
+    # evaluating the returned weights gives the in-run numbers
+    ev = real_size.main(["--quick", "--evaluate", str(tmp_path), "--out", str(tmp_path),
+                         "--data", str(sweep.DEFAULT_DATA)])
+    for name, r in res["rows"].items():
+        got = ev["eval_here"]["rows"][name]["metrics"]["Set5"]
+        assert got["psnr"] == pytest.approx(r["metrics"]["Set5"]["psnr"], abs=1e-9)
+    assert (tmp_path / "real_size_eval.md").is_file()
+
+
+def test_real_size_data_travels_as_lossless_webp_and_the_script_reads_it(tmp_path):
+    # benchmarks/gpu/real_size_prepare.py: the pool + Set5 as lossless WebP (pixel-checked there), then the
+    # quick run on that folder (the GPU run's data path: WebP decoded back to PNG under the same stems)
+    from PIL import Image
+
+    from benchmarks.gpu import real_size, real_size_prepare
+
+    data_dir = tmp_path / "data"  # sources large enough for the pool's 96-pixel sub-images
+    _write_images(data_dir / "T91", 2, (112, 100), 0)
+    _write_images(data_dir / "BSD200", 1, (96, 120), 1)
+    _write_images(data_dir / "Set5", 2, (36, 40), 2)
+
+    out = tmp_path / "carried"
+    assert real_size_prepare.main(["--data", str(data_dir), "--out", str(out), "--method", "0",
+                                   "--workers", "1"]) == 0
+    for name in real_size_prepare.SETS:
+        src = sorted((data_dir / name).glob("*.png"))
+        got = sorted((out / name).glob("*.webp"))
+        assert [p.stem for p in got] == [p.stem for p in src]
+        for a, b in zip(src, got):
+            assert np.array_equal(np.asarray(Image.open(a).convert("RGB")), np.asarray(Image.open(b).convert("RGB")))
+    res = real_size.main(["--quick", "--data", str(out), "--out", str(tmp_path / "o")])
+    assert res["data"]["pool"] > 0 and set(res["rows"]["full"]["metrics"]) == {"Set5"}
