@@ -42,7 +42,7 @@ demo: $(STAMP)
 	$(VENV)/bin/coreset-sr demo $(if $(DATA),--data $(DATA),)
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_selection.py
+	$(PY) -m benchmarks.bench_selection
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -18,8 +18,8 @@ analytically) against a measured large-convolution roofline, and the Spearman ra
 between the SRCNN, interpolation and Sobel scores of the whole set.
 
 Usage:
-    .venv/bin/python benchmarks/bench_scoring.py            # full set (minutes on a small CPU)
-    .venv/bin/python benchmarks/bench_scoring.py --quick    # a few images, ~1 min
+    .venv/bin/python -m benchmarks.bench_scoring            # full set (minutes on a small CPU)
+    .venv/bin/python -m benchmarks.bench_scoring --quick    # a few images, ~1 min
 
 Writes benchmarks/results/scoring.json and scoring.md (``scoring_quick.*`` with --quick).
 """
@@ -41,7 +41,6 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from coreset_sampler.data import PairedImageFolder, SubImageDataset, extract_subimages  # noqa: E402
 from coreset_sampler.degradation import downsample, modcrop, rgb_to_y  # noqa: E402

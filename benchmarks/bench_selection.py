@@ -3,7 +3,7 @@
 Targets (issue 2): des/asc selection <= 0.5 s at 10^7; a sampler epoch <= 1.5x torch.randperm of the same
 length, measured in the same process. Peak memory is measured per case in a fresh subprocess.
 
-    python benchmarks/bench_selection.py [--n 10000000] [--repeat 5] [--quick]
+    python -m benchmarks.bench_selection [--n 10000000] [--repeat 5] [--quick]
 """
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import machine_info, peak_rss_mib, write_results  # noqa: E402
+from benchmarks.common import machine_info, peak_rss_mib, write_results
+from coreset_sampler import StepMatchedSampler, select_indices
 
-from coreset_sampler import StepMatchedSampler, select_indices  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(fn, repeat):
@@ -54,9 +55,11 @@ CASES = ("select_des", "select_asc", "select_random", "select_stratified", "rand
 
 def peak_memory(case: str, n: int) -> float:
     """Peak RSS (MiB) of one run of ``case`` in a fresh process, minus the process with inputs built."""
-    code = (f"import sys; sys.path[:0]={sys.path[:2]!r}; import bench_selection as b; f=b.make_case({case!r}, {n}); "
-            f"import common; base=common.reset_peak_rss(); f(); print(common.peak_rss_since_reset_mib()-base)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = (f"from benchmarks import bench_selection as b; f=b.make_case({case!r}, {n}); "
+            f"from benchmarks import common; base=common.reset_peak_rss(); f(); "
+            f"print(common.peak_rss_since_reset_mib()-base)")
+    # run from the repository root, so that `benchmarks` (and the library) import as they do here
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return float(out.stdout.strip().splitlines()[-1])
 
 

@@ -3,8 +3,8 @@
 The pool: T91 + BSD200 cut into 96x96 sub-images at stride 48 (``SubImageDataset``), the bundled
 SRCNN of each scale. Whole-image scores: ``LossScorer`` default (model once per source image, crop
 losses off the error map). Per-crop scores: ``LossScorer(whole_image=False)``; with
-``--per-crop-cache DIR`` a per-crop scores file of the same keys and weights (the sweep's cache)
-is used instead of recomputing, after re-scoring ``--verify`` of its samples per crop here and
+``--per-crop-cache CACHE`` a per-crop scores file of the same keys and weights (the sweep's cache:
+a store's path stem such as ``benchmarks/results/sweep_cache/cpu``, or a folder of score files) is used instead of recomputing, after re-scoring ``--verify`` of its samples per crop here and
 checking they are equal.
 
 Reports per scale: Spearman and Pearson correlation, overlap of the kept sets of the paper's
@@ -13,7 +13,7 @@ refined selection (``des``: hardest 50% minus the top 5%) and of the plain top 5
 non-multiple-of-scale image (see ``coreset_sampler.whole_image``).
 
 Usage:
-    python benchmarks/bench_whole_agreement.py [--per-crop-cache benchmarks/results/sweep_cache/cpu/scores]
+    python -m benchmarks.bench_whole_agreement [--per-crop-cache benchmarks/results/sweep_cache/cpu]
 
 Writes benchmarks/results/whole_image_agreement.{json,md}.
 """
@@ -30,10 +30,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_scoring import machine_info, spearman, tune_malloc  # noqa: E402
+from benchmarks.bench_scoring import machine_info, spearman, tune_malloc  # noqa: E402
+from benchmarks.sweep_store import Store  # noqa: E402
 
 from coreset_sampler.data import SubImageDataset  # noqa: E402
 from coreset_sampler.models import load_pretrained, weights_digest  # noqa: E402
@@ -57,17 +56,29 @@ class _Head(torch.utils.data.Dataset):
         return self.ds[i]
 
 
+def _candidates(cache: Path, scale: int):
+    """``(scores, where)`` of every x``scale`` scores file in a folder or in a sweep store."""
+    if cache.is_dir():
+        for p in sorted(cache.glob(f"*_x{scale}_*.safetensors")):
+            if not p.name.endswith(".partial.safetensors"):
+                yield Scores.load(p), str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)
+        return
+    store = Store(Path(str(cache).removesuffix(".scores.tar").removesuffix(".jsonl")))
+    rel = store.blobs_path.relative_to(ROOT) if store.blobs_path.is_relative_to(ROOT) else store.blobs_path
+    for name in store.blob_names():
+        if f"_x{scale}_" in name and not name.startswith("adaptive_"):
+            with store.blob_file(name) as p:
+                yield Scores.load(p), f"{rel}:{name}"
+
+
 def _cached(cache: Path | None, scale: int, keys, digest: str) -> tuple[Scores | None, str | None]:
     if cache is None:
         return None, None
-    for p in sorted(cache.glob(f"*_x{scale}_*.safetensors")):
-        if p.name.endswith(".partial.safetensors"):
-            continue
-        s = Scores.load(p)
+    for s, where in _candidates(cache, scale):
         md = s.metadata
         if md.get("model_digest") == digest and s.keys == keys and md.get("granularity") is None \
                 and md.get("channels") == "y" and md.get("loss") == "mse":
-            return s, str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)
+            return s, where
     return None, None
 
 

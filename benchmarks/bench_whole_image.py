@@ -17,7 +17,7 @@ roofline measured in the same process, and the projected wall time of DIV2K-size
 sources of 2040x1400, crop 480, stride 240) from the measured per-pixel costs.
 
 Usage:
-    python benchmarks/bench_whole_image.py [--quick]
+    python -m benchmarks.bench_whole_image [--quick]
 
 Writes benchmarks/results/scoring_whole_image.{json,md} (``_quick`` with --quick).
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,10 +34,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_scoring import (bench_naive, conv_roofline, machine_info, spearman,  # noqa: E402
+from benchmarks.bench_scoring import (bench_naive, conv_roofline, machine_info, spearman,  # noqa: E402
                            srcnn_flops_per_hr_pixel, tune_malloc)
 
 from coreset_sampler.data import SubImageDataset, extract_subimages, subimage_positions  # noqa: E402

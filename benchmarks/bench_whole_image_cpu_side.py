@@ -10,8 +10,8 @@ For one 2040x1404 RGB source, timed on this CPU with 1 thread (median of ``--rep
 * ``ipc_bytes``: what a worker ships to the main process per source (float HR + LR then, the 8-bit
   source now).
 
-Writes ``benchmarks/results/whole_image_cpu_side.{json,md}``. Run: ``PYTHONPATH=$PWD python
-benchmarks/bench_whole_image_cpu_side.py``.
+Writes ``benchmarks/results/whole_image_cpu_side.{json,md}``. Run (from the repository root):
+``python -m benchmarks.bench_whole_image_cpu_side``.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +28,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from coreset_sampler.data import _to_tensor, subimage_positions  # noqa: E402
 from coreset_sampler.degradation import downsample, modcrop  # noqa: E402

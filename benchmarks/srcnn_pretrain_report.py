@@ -2,7 +2,7 @@
 
 Run from the repository root after ``benchmarks/run_srcnn_pretrain.sh``::
 
-    python benchmarks/srcnn_pretrain_report.py
+    python -m benchmarks.srcnn_pretrain_report
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ Two measurements on the cpu preset's x2 pool (13,889 sub-images) and its SRCNN s
    ``train()`` call, interleaved (static, adaptive, static, ...) so that machine load hits both
    alike; the ratio of median seconds per step.
 
-    python benchmarks/sweep_adaptive_cost.py            # ~4 min on one core
-    python benchmarks/sweep_adaptive_cost.py --arch fsrcnn --steps 50 --reps 2   # quick
+    python -m benchmarks.sweep_adaptive_cost            # ~4 min on one core
+    python -m benchmarks.sweep_adaptive_cost --arch fsrcnn --steps 50 --reps 2   # quick
 
 Results: ``benchmarks/results/sweep_adaptive_cost.{json,md}``.
 """
@@ -19,18 +19,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sweep_archs  # noqa: E402
-from common import git_commit, machine_info, write_results  # noqa: E402
-from sweep_presets import CACHE_ROOT, CPU, DEFAULT_DATA  # noqa: E402
-from sweep_run import Pool, get_scores, scorer_id  # noqa: E402
+from benchmarks import sweep_archs
+from benchmarks.common import git_commit, machine_info, write_results
+from benchmarks.sweep_presets import CACHE_ROOT, CPU, DEFAULT_DATA
+from benchmarks.sweep_run import Pool, get_scores, scorer_id
 
 
 def sampler_only(pool_size: int, scores, steps: int, batch: int, refresh: int) -> float:

@@ -8,6 +8,9 @@ Every builder returns an ``nn.Module`` mapping an RGB LR batch ``[B, 3, h, w]`` 
 - ``swinir``: BasicSR's ``SwinIR`` (transformer) with small dims, wrapped in :class:`PadToWindow`
   because BasicSR 1.4.2's SwinIR needs inputs whose sides are multiples of its window (the SwinIR
   test script pads the same way: reflect-pad, run, crop).
+- ``edsr_baseline``: :class:`EDSRBaseline`, our own EDSR (Lim et al. 2017) at the paper's baseline
+  size by default (16 residual blocks, 64 features, no residual scaling; 1.37 M parameters at x2), for
+  the real-size check on a GPU (``benchmarks/gpu/real_size.py``).
 
 Example:
     >>> model = build_model("edsr", scale=2, num_feat=16, num_block=2)   # doctest: +SKIP
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ARCHS", "BicubicSkip", "PadToWindow", "build_model", "count_params"]
+__all__ = ["ARCHS", "BicubicSkip", "EDSRBaseline", "PadToWindow", "build_model", "count_params"]
 
 
 def _basicsr_archs():
@@ -119,7 +122,55 @@ def _rdn(scale: int, num_feat: int = 16, num_block: int = 3, num_layer: int = 3,
                num_grow_ch=num_grow_ch, upscale=scale)
 
 
-ARCHS = {"fsrcnn": _fsrcnn, "edsr": _edsr, "swinir": _swinir, "rdn": _rdn}
+class _ResBlock(nn.Module):
+    def __init__(self, num_feat: int, res_scale: float):
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_feat, num_feat, 3, padding=1)
+        self.conv2 = nn.Conv2d(num_feat, num_feat, 3, padding=1)
+        self.res_scale = res_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x))) * self.res_scale
+
+
+class EDSRBaseline(nn.Module):
+    """EDSR (Lim et al., CVPR-W 2017) written here: head conv, residual blocks (conv-ReLU-conv, no batch
+    norm) with a long skip, sub-pixel upsampler, tail conv; RGB mean shift on a 0..255 range.
+
+    The defaults are the paper's EDSR-baseline (64 features, 16 blocks, residual scaling 1; 1,369,859
+    parameters at x2). Upsampler: one conv + ``PixelShuffle(scale)`` for x2 / x3, two x2 stages for x4.
+    Default PyTorch initialisation (seeded by the caller).
+    """
+
+    def __init__(self, scale: int, num_feat: int = 64, num_block: int = 16, res_scale: float = 1.0,
+                 rgb_mean=(0.4488, 0.4371, 0.4040), img_range: float = 255.0):
+        super().__init__()
+        if scale not in (2, 3, 4):
+            raise ValueError(f"EDSRBaseline supports scales 2, 3, 4, got {scale}")
+        self.scale, self.img_range = int(scale), float(img_range)
+        self.register_buffer("mean", torch.tensor(rgb_mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.head = nn.Conv2d(3, num_feat, 3, padding=1)
+        self.body = nn.Sequential(*[_ResBlock(num_feat, res_scale) for _ in range(num_block)],
+                                  nn.Conv2d(num_feat, num_feat, 3, padding=1))
+        stages = [(2, 2)] * 2 if scale == 4 else [(scale, scale)]
+        up: list[nn.Module] = []
+        for s, _ in stages:
+            up += [nn.Conv2d(num_feat, num_feat * s * s, 3, padding=1), nn.PixelShuffle(s)]
+        self.upsample = nn.Sequential(*up)
+        self.tail = nn.Conv2d(num_feat, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) * self.img_range
+        h = self.head(x)
+        h = self.body(h) + h
+        return self.tail(self.upsample(h)) / self.img_range + self.mean
+
+
+def _edsr_baseline(scale: int, num_feat: int = 64, num_block: int = 16, res_scale: float = 1.0) -> nn.Module:
+    return EDSRBaseline(scale, num_feat=num_feat, num_block=num_block, res_scale=res_scale)
+
+
+ARCHS = {"fsrcnn": _fsrcnn, "edsr": _edsr, "swinir": _swinir, "rdn": _rdn, "edsr_baseline": _edsr_baseline}
 
 
 def build_model(name: str, scale: int, **kwargs) -> nn.Module:

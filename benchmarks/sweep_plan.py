@@ -9,12 +9,9 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
-import sys
-from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep_presets import Preset
+from benchmarks.sweep_presets import BUDGET_ROWS, BudgetPoint, Preset
 
 SWEEP_VERSION = 1  # bump when the meaning of a config changes: old cache entries stop matching
 
@@ -136,9 +133,14 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
     Execution order makes a partial sweep useful: tier 0 the quick rows; tier 1 the key rows of
     the other architectures; tier 2 the rest of Table 1; tier 3 Table 2; tier 4 Table 3 at x3 / x4;
     tier 5 seeds beyond the first three (architectures whose spec lists more, i.e. the cheap ones),
-    in every table. Within a tier: scale, architecture, seed, row (seed-major,
+    in every table; tiers 6+ the adaptive table; then the controls table (issue 21), one tier per
+    architecture. Within a tier: scale, architecture, seed, row (seed-major,
     so a partial sweep has all rows at the same number of seeds).
+
+    A preset with ``budget_points`` is a training-budget curve: :func:`build_budget_plan`.
     """
+    if preset.budget_points:
+        return build_budget_plan(preset, eval_sets, scorer_ids)
     runs: dict[str, Run] = {}
     cell_order: dict[tuple, int] = {}
     ratios = preset.ratios
@@ -199,12 +201,22 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
                 add("adaptive", arch, 2, "adaptive", 0.5, "step", tier=6 + len(preset.adaptive_archs), seeds=seeds,
                     keep_tier=True, variant=variant)
 
+    def add_controls(archs):
+        # issue 21: the DES 25% result against random at the same ratio and against a smaller core-set, at
+        # every seed of the arch (the seeds DES 25% has); after everything else, one tier per arch
+        first = 7 + len(preset.adaptive_archs)
+        for k, arch in enumerate(a for a in preset.control_archs if a in archs):
+            rows = [("full", 1.0)] + [(mode, r) for r in preset.control_ratios for mode in ("des", "random")]
+            for mode, r in rows:
+                add("controls", arch, 2, mode, r, "step", tier=first + k, keep_tier=True)
+
     if quick:
         arch = preset.quick_arch
         for mode, ratio, matching, scorer, skip in key_rows:
             add("quick", arch, 2, mode, ratio, matching, scorer, skip, tier=0, seeds=preset.quick_seeds)
         if preset.quick_only:  # a follow-up preset: the adaptive table of every arch, at its own seeds
             add_adaptive(list(preset.archs), lambda a: preset.archs[a].seeds)
+            add_controls(list(preset.archs))
         elif arch in preset.adaptive_archs:
             add_adaptive([arch], lambda a: preset.quick_seeds)
         return sorted(runs.values(), key=lambda r: _order_key(preset, r))
@@ -231,6 +243,60 @@ def build_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict, quick
             add("table3", arch, scale, "des", 0.5, "step", tier=tier)
             add("table3", arch, scale, "des", 0.5, "step", skip_top=0.05, tier=tier)
     add_adaptive(list(preset.archs), lambda a: None)
+    add_controls(list(preset.archs))
+    return sorted(runs.values(), key=lambda r: _order_key(preset, r))
+
+
+_PROTOCOL = ("train_sets", "crop", "step", "patch", "batch_size", "lr_schedule", "loss", "augment", "scorer",
+             "adaptive_refresh", "adaptive_momentum")
+
+
+def budget_source(preset: Preset, point: BudgetPoint) -> Preset:
+    """The preset a budget point's configs are built from.
+
+    Another preset (not a budget curve) whose ``point.arch`` trains exactly ``point.steps`` steps with the
+    same dims, learning rate and protocol (pool, patch, batch, schedule, loss, scorer, adaptive settings):
+    its runs ARE this point's runs (same config, same hash, cached in that preset's store). Else ``preset``
+    itself with the arch's steps set to ``point.steps``.
+    """
+    from benchmarks.sweep_presets import PRESETS
+
+    mine = preset.archs[point.arch]
+    for src in PRESETS.values():
+        spec = src.archs.get(point.arch)
+        if src.budget_points or src.name == preset.name or spec is None:
+            continue
+        if (spec.steps, spec.name, spec.kwargs, spec.lr) == (point.steps, mine.name, mine.kwargs, mine.lr) and \
+                all(getattr(src, f) == getattr(preset, f) for f in _PROTOCOL):
+            return src
+    return dataclasses.replace(preset, archs={**preset.archs, point.arch: dataclasses.replace(mine, steps=point.steps)})
+
+
+def build_budget_plan(preset: Preset, eval_sets: Sequence[str], scorer_ids: dict) -> list[Run]:
+    """The runs of a training-budget curve: every point's rows at its seeds, x2, step-matched.
+
+    Tier = the point's position in ``preset.budget_points`` (the cheap budgets first); seed-major within.
+    Cells: ``("budget", arch, 2, row)`` with ``row`` a key of :data:`BUDGET_ROWS`; the budget is the run's
+    ``config["train"]["steps_full"]``.
+    """
+    runs: dict[str, Run] = {}
+    rows_order = {k: i for i, k in enumerate(BUDGET_ROWS)}
+    for tier, point in enumerate(preset.budget_points):
+        unknown = [k for k in point.rows if k not in BUDGET_ROWS]
+        if unknown:
+            raise ValueError(f"budget rows {unknown} unknown; expected some of {list(BUDGET_ROWS)}")
+        src = budget_source(preset, point)
+        for seed in point.seeds:
+            for key in point.rows:
+                mode, ratio, variant = BUDGET_ROWS[key]
+                cfg = make_config(src, point.arch, 2, mode, ratio, "step", seed, scorer_ids, eval_sets,
+                                  variant=variant[1] if variant else None)
+                h = config_hash(cfg)
+                if h in runs:
+                    raise ValueError(f"budget points repeat a run: {point.arch} {point.steps} {key} seed {seed}")
+                cell = ("budget", point.arch, 2, key)
+                runs[h] = Run(cfg, key, point.arch, 2, seed, tier, order=len(runs), default_scorer=src.scorer,
+                              cells=[cell], cell_rank={cell: rows_order[key]})
     return sorted(runs.values(), key=lambda r: _order_key(preset, r))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import sys
 import math
 import statistics
 from pathlib import Path
@@ -12,11 +11,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sweep_stats
-from common import git_commit, machine_info
-from sweep_plan import Run, _now
-from sweep_presets import REPO, Preset, planned_step_s
+from benchmarks import sweep_stats
+from benchmarks.common import git_commit, machine_info
+from benchmarks.sweep_plan import Run, _now
+from benchmarks.sweep_presets import REPO, Preset, planned_step_s
 
 # --------------------------------------------------------------------------- report
 
@@ -44,8 +42,13 @@ def _fmt_p(c: sweep_stats.Comparison) -> str:
 
 
 def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, eval_sets: list[str],
-                 quick: bool = False, cache_dir: Path | None = None, scoring: list | None = None) -> tuple[dict, str]:
-    """The report's JSON payload and markdown, from the plan and the cached records."""
+                 quick: bool = False, cache=None, scoring: list | None = None,
+                 own: set | None = None) -> tuple[dict, str]:
+    """The report's JSON payload and markdown, from the plan and the cached records.
+
+    ``cache``: the store the records come from (named in the report), a ``Store`` or a path.
+    ``own``: the hashes whose records, when outside the plan, are listed as "other runs" (default: all).
+    """
     prim = preset.primary_set if preset.primary_set in eval_sets else eval_sets[-1]
     cells: dict[tuple, list[Run]] = {}
     rank: dict[tuple, int] = {}
@@ -71,7 +74,7 @@ def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, 
         # every run of the row, whichever tables list it (cpu_long: the quick table has FSRCNN's 3 quick
         # seeds, the adaptive table all 5 of the same row)
         runs: dict[str, Run] = {}
-        for t in ("table1", "table2", "table3", "quick", "adaptive"):
+        for t in ("table1", "table2", "table3", "quick", "adaptive", "controls"):
             for r in cells.get((t, arch, scale, label), []):
                 runs.setdefault(r.hash, r)
         return list(runs.values())
@@ -84,7 +87,7 @@ def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, 
     now = _now()
     md.append(f"# Reproduction sweep: preset `{preset.name}`{' (--quick)' if quick else ''}\n")
     md.append(f"{preset.description}. Generated {now} from the run cache "
-              f"(`{_rel(cache_dir)}`); commit `{git_commit()}`.\n")
+              f"(`{_rel(getattr(cache, 'records_path', cache))}`); commit `{git_commit()}`.\n")
     md.append(f"Runs in this plan: **{len(plan)}**; done {status['ok']}, failed {status['failed']}, "
               f"started but unfinished (running now, or interrupted and redone on resume) {status['started']}, "
               f"not yet run {status['pending']}. "
@@ -135,7 +138,9 @@ def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, 
               ("table3", "Table 3 analog: full vs 50% DES vs refined 50% (skip top 5%), x2 / x3 / x4"),
               ("quick", "Quick rows (x2)"),
               ("adaptive", f"Adaptive core-set (x2, step-matched): re-selected every {preset.adaptive_refresh} steps "
-                           f"from the training loss, initialised from the static scores (variants: as labelled)")]
+                           f"from the training loss, initialised from the static scores (variants: as labelled)"),
+              ("controls", "Controls for the DES 25% result (x2, step-matched): random at the same ratio, a smaller "
+                           "core-set")]
     for table, title in tables:
         keys = [k for k in cells if k[0] == table]
         if not keys:
@@ -193,6 +198,10 @@ def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, 
                 md.append("")
     if any(k[0] == "adaptive" for k in cells):
         md.append(_adaptive_section(preset, cells, records, prim))
+    controls_pooled = []
+    if any(k[0] == "controls" for k in cells):
+        text, controls_pooled = _controls_pooled(preset, cells, records, prim, eval_sets)
+        md.append(text)
     # ---- every run ------------------------------------------------------------------------
     md.append("## Every run\n")
     md.append("All planned runs, in execution order, with their status (no run is left out; failed and "
@@ -217,7 +226,7 @@ def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, 
             md.append(f"| {i} | `{r.hash[:8]}` | {r.describe()} | {st} | | | | | | | | {att} |")
         runs_json.append({"index": i, "hash": r.hash, "describe": r.describe(), "label": r.label, "tier": r.tier,
                           "cells": r.cells, "record": rec})
-    extra = sorted(set(records) - plan_hashes)
+    extra = sorted((set(records) if own is None else set(own) & set(records)) - plan_hashes)
     if extra:
         md.append(f"\n{len(extra)} cached run(s) belong to no table of this plan (other settings or an older "
                   f"config); they are kept in the cache and in the JSON under `other_runs`.")
@@ -226,6 +235,7 @@ def build_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, 
                "commit": git_commit(), "status": status, "interrupted_attempts": interrupted,
                "failed_attempts": failed_attempts, "eval_sets": eval_sets, "primary_set": prim,
                "bicubic": bicubic, "scoring": scoring or [], "claims": claims, "claims_pooled": pooled, "cells": payload_cells,
+               **({"controls_pooled": controls_pooled} if controls_pooled else {}),
                "runs": runs_json, "other_runs": [records[h] for h in extra]}
     return json.loads(json.dumps(payload, default=_json_default)), "\n".join(md)
 
@@ -256,23 +266,24 @@ def _random_label(label: str) -> str | None:
 
 def _budget_table(preset: Preset, plan: list[Run], records: dict, scoring: list) -> str:
     groups: dict[tuple, list[Run]] = {}
-    for r in plan:
-        groups.setdefault((r.arch, r.scale), []).append(r)
+    for r in plan:  # one group per arch, scale and step budget (a budget curve has several per arch)
+        groups.setdefault((r.arch, r.scale, r.config["train"]["steps_full"]), []).append(r)
     lines = ["| arch | scale | runs | full-step equiv. | planned s/run (full steps) | planned total s | "
              "measured runs | measured median s/run | measured total s |", "|---|---|---|---|---|---|---|---|---|"]
     tot_plan = tot_meas = 0.0
-    for (arch, scale), runs in groups.items():
+    for (arch, scale, steps), runs in groups.items():
         spec = preset.archs[arch]
         equiv = sum(r.config["selection"]["ratio"] if r.config["matching"] == "epoch" else 1.0 for r in runs)
         step_s = planned_step_s(preset, arch, scale)
-        per = step_s * spec.steps + spec.est_eval_s
-        planned = step_s * spec.steps * equiv + spec.est_eval_s * len(runs)
+        per = step_s * steps + spec.est_eval_s
+        planned = step_s * steps * equiv + spec.est_eval_s * len(runs)
         oks = [records[r.hash] for r in runs if records.get(r.hash, {}).get("status") == "ok"]
         meas = sum(x["wall_s"] for x in oks)
         med = statistics.median(x["wall_s"] for x in oks) if oks else float("nan")
         tot_plan += planned if math.isfinite(planned) else 0
         tot_meas += meas
-        lines.append(f"| {arch} | x{scale} | {len(runs)} | {equiv:.2f} | {per:.0f} | {planned:.0f} | {len(oks)} | "
+        name = f"{arch} {steps} steps" if preset.budget_points else arch
+        lines.append(f"| {name} | x{scale} | {len(runs)} | {equiv:.2f} | {per:.0f} | {planned:.0f} | {len(oks)} | "
                      f"{med:.0f} | {meas:.0f} |")
     # exported adaptive rows rank a run's own final estimate: no scoring pass
     needed = sorted({(r.config["selection"]["scorer"], r.scale) for r in plan if r.config["selection"]["scorer"]
@@ -441,6 +452,13 @@ def _claims(preset, cells, records, prim, eval_sets, find, any_table, values, qu
             add(f"(new) adaptive ({name}) beats static DES", arch, 2, v, "DES 50% step", "better")
             add(f"(new) adaptive ({name}) beats default adaptive", arch, 2, v, "adaptive 50% step", "better")
             add(f"(new) adaptive ({name}) beats full", arch, 2, v, "full", "better")
+    if len(preset.control_ratios) >= 2 and any(k[0] == "controls" for k in cells):  # issue 21: controls for DES 25%
+        hi, lo = (f"{100 * r:g}%" for r in preset.control_ratios[:2])
+        for arch in (a for a in preset.control_archs if a in preset.archs):
+            add(f"(control) DES {hi} beats random {hi}", arch, 2, f"DES {hi} step", f"random {hi} step", "better")
+            add(f"(control) DES {lo} matches DES {hi}", arch, 2, f"DES {lo} step", f"DES {hi} step", "matches")
+            add(f"(control) random {hi} matches full", arch, 2, f"random {hi} step", "full", "matches")
+            add(f"(control) DES {lo} matches full", arch, 2, f"DES {lo} step", "full", "matches")
     for arch in preset.exported_adaptive_archs:  # issue 13 item 4: does the exported final set train as well?
         ex = "exported adaptive 50% step"
         add("(new) exported adaptive set trains as well as static DES", arch, 2, ex, "DES 50% step", "matches")
@@ -556,3 +574,54 @@ def _adaptive_pooled(preset: Preset, cells: dict, records: dict, prim: str) -> l
                          f"{c.p:.3f}{'*' if c.significant else ''} | {hit} |")
     lines.append("")
     return lines
+
+
+def controls_comparisons(preset: Preset) -> list[tuple[str, str]]:
+    """The pooled comparisons of the controls table (issue 21): (row, reference row), Δ = row - reference."""
+    if len(preset.control_ratios) < 2:
+        return []
+    hi, lo = (f"{100 * r:g}%" for r in preset.control_ratios[:2])
+    return [(f"DES {hi} step", f"random {hi} step"), (f"DES {lo} step", f"DES {hi} step"),
+            (f"random {hi} step", "full"), (f"DES {lo} step", "full"),
+            (f"DES {hi} step", "full"), (f"random {lo} step", f"random {hi} step")]
+
+
+def _controls_pooled(preset: Preset, cells: dict, records: dict, prim: str, eval_sets: list[str]) -> tuple[str, list]:
+    """The controls' comparisons pooled over architectures: one paired t-test over (arch, seed) pairs per set."""
+    lines = ["### Controls pooled over architectures\n",
+             "Each (architecture, seed) pair is one paired difference (row minus reference, Y-PSNR dB); a paired "
+             f"t-test over all of them (two-sided, alpha {sweep_stats.ALPHA}, no correction for multiple comparisons; "
+             "`*` marks p < alpha). Architectures differ in spread, so this reads the average effect; the per-arch "
+             "verdicts are in the claim table above (\"(control) ...\"). The last two rows are context (the DES 25% "
+             "result itself, and random 10% vs random 25%).\n",
+             "| comparison | archs (pairs) | pairs | " + " | ".join(f"Δ {s} (p)" for s in [prim] + [x for x in eval_sets
+                                                                                    if x != prim]) + " |",
+             "|---|---|---|" + "---|" * len(eval_sets)]
+    out = []
+    sets = [prim] + [x for x in eval_sets if x != prim]
+    for mine, other in controls_comparisons(preset):
+        per_set, archs, n = {}, [], 0
+        for s in sets:
+            a, b = {}, {}
+            for arch in (x for x in preset.control_archs if x in preset.archs):
+                va = _per_seed(records, cells.get(("controls", arch, 2, mine), []), _m(s, "psnr"))
+                vb = _per_seed(records, cells.get(("controls", arch, 2, other), []), _m(s, "psnr"))
+                common = set(va) & set(vb)
+                if s == prim and common:
+                    archs.append(f"{arch} ({len(common)})")
+                a.update({(arch, k): va[k] for k in common})
+                b.update({(arch, k): vb[k] for k in common})
+            c = sweep_stats.compare(a, b)
+            per_set[s] = {"n_pairs": c.n_pairs, "mean_diff": c.diff if c.n_pairs else None,
+                          "p": c.p if c.n_pairs >= 2 else None, "significant": bool(c.significant)}
+            if s == prim:
+                n = c.n_pairs
+        out.append({"comparison": f"{mine} vs {other}", "archs": archs, "sets": per_set})
+        cells_txt = ["-" if per_set[s]["n_pairs"] == 0 else
+                     f"{per_set[s]['mean_diff']:+.3f} " + (f"(p={per_set[s]['p']:.3f}{'*' if per_set[s]['significant'] else ''})"
+                                                         if per_set[s]["p"] is not None else "(n/a)")
+                     for s in sets]
+        lines.append(f"| {mine.replace(' step', '')} vs {other.replace(' step', '')} | {', '.join(archs) or '-'} | "
+                     f"{n} | " + " | ".join(cells_txt) + " |")
+    lines.append("")
+    return "\n".join(lines), out

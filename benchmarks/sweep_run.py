@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import sys
 import math
 import os
 import statistics
@@ -15,12 +13,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sweep_archs
-from common import git_commit, machine_info, write_results
-from sweep_plan import Run, _now, build_plan, config_hash, epoch_steps
-from sweep_presets import CACHE_ROOT, Preset, planned_step_s
-from sweep_report import build_report
+from benchmarks import sweep_archs
+from benchmarks.common import git_commit, machine_info, write_results
+from benchmarks.sweep_plan import Run, _now, build_plan, config_hash, epoch_steps
+from benchmarks.sweep_presets import CACHE_ROOT, Preset, planned_step_s
+from benchmarks.sweep_report import build_report
+from benchmarks.sweep_store import Store, as_store
 
 # --------------------------------------------------------------------------- data
 
@@ -182,38 +180,42 @@ def check_fast_eval(images, scale: int, tol: float = 1e-9) -> dict:
 # --------------------------------------------------------------------------- cache
 
 
-def atomic_write_json(path: Path, obj) -> None:
-    from coreset_sampler.scores import atomic_write_bytes
+def _scores_bytes(scores) -> bytes:
+    """The bytes :meth:`Scores.save` writes (it also fills the created-at / fingerprint / version metadata)."""
+    import tempfile
 
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
+    with tempfile.TemporaryDirectory(prefix="sweep_scores_") as d:
+        return scores.save(Path(d) / "s.safetensors").read_bytes()
 
 
-def load_records(cache_dir: Path) -> dict[str, dict]:
-    out = {}
-    if cache_dir.is_dir():
-        for p in sorted(cache_dir.glob("*.json")):
-            try:
-                rec = json.loads(p.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                print(f"warning: unreadable cache entry {p}: {e}", file=sys.stderr)
-                continue
-            if isinstance(rec, dict) and rec.get("hash") == p.stem:
-                out[p.stem] = rec
-    return out
+def _load_scores_blob(store: Store, name: str):
+    """The scores file ``name`` of ``store`` (None when the store has none of that name)."""
+    from coreset_sampler.scores import Scores
+
+    with store.blob_file(name) as path:
+        return None if path is None else Scores.load(path)
+
+
+def load_records(cache) -> dict[str, dict]:
+    """The run records of a store (or its path stem), ``{hash: record}``."""
+    return as_store(cache).entries("run")
 
 
 @contextlib.contextmanager
-def cache_lock(cache_dir: Path):
-    """One sweep process per cache directory (flock; released when the process ends)."""
+def cache_lock(cache):
+    """One sweep process per store (flock on ``<stem>.lock``; released when the process ends)."""
     import fcntl
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    f = open(cache_dir / ".lock", "a+")
+    store = as_store(cache)
+    store.stem.parent.mkdir(parents=True, exist_ok=True)
+    f = open(store.lock_path, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
-        raise RuntimeError(f"another sweep is running on {cache_dir} (lock held by pid {f.read().strip() or '?'})")
+        pid = f.read().strip() or "?"
+        f.close()
+        raise RuntimeError(f"another sweep is running on {store.stem} (lock held by pid {pid})")
     f.seek(0)
     f.truncate()
     f.write(str(os.getpid()))
@@ -244,37 +246,47 @@ def scorer_id(spec: str, scale: int) -> str:
     return low
 
 
-def get_scores(spec: str, scale: int, pool: Pool, cache_dir: Path, sid: str, progress: bool = True):
-    """Scores of ``pool`` by scorer ``spec``, computed once and kept under ``cache_dir/scores``."""
-    from coreset_sampler.scorers import make_scorer
-    from coreset_sampler.scores import Scores, dataset_fingerprint
+def get_scores(spec: str, scale: int, pool: Pool, cache, sid: str, progress: bool = True, also=()):
+    """Scores of ``pool`` by scorer ``spec``, computed once and kept in the store ``cache``.
 
+    ``also``: further stores to look in first (read only): the same file name there is the same
+    scorer, scale and pool, so presets on the same pool share one scoring.
+    Returns ``(scores, where, seconds spent scoring here)``.
+    """
+    from coreset_sampler.scorers import make_scorer
+    from coreset_sampler.scores import dataset_fingerprint
+
+    store = as_store(cache)
     if sid.endswith("missing-weights"):
         raise FileNotFoundError(f"no bundled {spec} weights for x{scale} (coreset_sampler/weights/"
                                 f"{spec}_x{scale}.safetensors); loss-based runs at x{scale} cannot start")
     fp = dataset_fingerprint(pool.keys).split(":")[1][:12]
     tag = sid.replace(":", "-").replace("/", "_")
-    path = cache_dir / "scores" / f"{tag}_x{scale}_{fp}.safetensors"
-    if path.exists():
-        scores = Scores.load(path)
-        scores.check(keys=pool.keys, source=f"scores file {path}")
-        return scores, path, 0.0
+    name = f"{tag}_x{scale}_{fp}.safetensors"
+    for st in (store, *map(as_store, also)):
+        scores = _load_scores_blob(st, name)
+        if scores is not None:
+            where = f"{st.blobs_path}:{name}"
+            scores.check(keys=pool.keys, source=f"scores file {where}")
+            return scores, where, 0.0
     t0 = time.perf_counter()
-    print(f"scoring {len(pool)} sub-images at x{scale} with {spec} (once; cached in {path.name})", flush=True)
-    scorer = make_scorer(spec, scale, num_workers=0, progress=progress,
-                         checkpoint=path.with_suffix(".partial.safetensors"))
+    print(f"scoring {len(pool)} sub-images at x{scale} with {spec} (once; cached in {store.blobs_path.name} "
+          f"as {name})", flush=True)
+    store.scratch_dir.mkdir(parents=True, exist_ok=True)
+    partial = store.scratch_dir / name.replace(".safetensors", ".partial.safetensors")
+    scorer = make_scorer(spec, scale, num_workers=0, progress=progress, checkpoint=partial)
     scores = scorer.score(pool)
     scores.metadata.update({"scorer_spec": spec, "scorer_id": sid, "pool": f"{pool.ref!r}"})
-    scores.save(path)
-    partial = path.with_suffix(".partial.safetensors")
+    store.put_blob(name, _scores_bytes(scores))
     if partial.exists():
         partial.unlink()
+    with contextlib.suppress(OSError):  # only when empty: another scoring may be in progress there
+        store.scratch_dir.rmdir()
     dt = time.perf_counter() - t0
-    atomic_write_json(path.with_suffix(".json"), {"scorer": spec, "scorer_id": sid, "scale": scale,
-                                                  "n": len(pool), "seconds": dt, "failed": len(scores.failed),
-                                                  "threads": torch.get_num_threads(),
-                                                  "date": _now()})
-    return scores, path, dt
+    store.put("scoring", name[: -len(".safetensors")],
+              {"scorer": spec, "scorer_id": sid, "scale": scale, "n": len(pool), "seconds": dt,
+               "failed": len(scores.failed), "threads": torch.get_num_threads(), "date": _now()})
+    return scores, f"{store.blobs_path}:{name}", dt
 
 
 # --------------------------------------------------------------------------- one run
@@ -291,8 +303,13 @@ def _short_machine() -> dict:
 
 
 def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], Any], device,
-            progress: bool = False) -> dict:
-    """Train and evaluate one run; returns the result fields (raises on failure)."""
+            progress: bool = False, num_workers: int = 0, keep_model: bool = False) -> dict:
+    """Train and evaluate one run; returns the result fields (raises on failure).
+
+    ``num_workers``: DataLoader workers of the training loop (the CPU sweep uses none; a GPU run may
+    need them to keep the device fed). Not part of the config: the same samples in the same order.
+    ``keep_model``: also return the trained model (``"model"``), e.g. to save its weights.
+    """
     from coreset_sampler.dataset import CoreSetDataset
     from coreset_sampler.sampler import StepMatchedSampler
     from coreset_sampler.lab.training import train
@@ -330,7 +347,7 @@ def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], An
     t0 = time.perf_counter()
     hist = train(model, data, steps, batch_size=tr["batch_size"], patch_size=tr["patch_size"], lr=tr["lr"],
                  lr_schedule=tr["lr_schedule"], sampler=sampler, loss=tr["loss"], augment=tr["augment"],
-                 seed=seed, progress=progress, device=device)
+                 seed=seed, progress=progress, device=device, num_workers=num_workers)
     train_s = time.perf_counter() - t0
     metrics = {}
     t1 = time.perf_counter()
@@ -342,6 +359,8 @@ def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], An
     out = {"steps": steps, "kept": len(data), "pool_size": len(pool), "train_s": train_s, "eval_s": eval_s,
            "final_loss": float(sum(tail) / len(tail)), "metrics": metrics,
            "params": sweep_archs.count_params(model)}
+    if keep_model:
+        out["model"] = model
     if sel.get("exported_from"):
         out["kept_indices"] = data.indices  # popped by Sweep._run_one (overlap with static DES)
     if adaptive is not None:
@@ -374,17 +393,19 @@ class Sweep:
         preset: a :class:`Preset`.
         data_dir: folder holding the preset's train and eval sets.
         extra_roots: folders searched for ``preset.optional_eval_sets`` (``--data-root``).
-        cache_dir: where run records and scores live.
+        cache: the store of run records and scores (:class:`~benchmarks.sweep_store.Store` or its path
+            stem; default ``benchmarks/results/sweep_cache/<preset>``, i.e. ``<preset>.jsonl`` and
+            ``<preset>.scores.tar`` there).
         quick: only the quick rows.
         results_name: base name of the report files (default ``sweep_<preset>``).
     """
 
-    def __init__(self, preset: Preset, data_dir: Path, extra_roots: Sequence[Path] = (), cache_dir: Path | None = None,
+    def __init__(self, preset: Preset, data_dir: Path, extra_roots: Sequence[Path] = (), cache=None,
                  quick: bool = False, results_name: str | None = None, progress: bool = True,
                  write: Callable[[str, dict, str], Any] = write_results):
         self.preset, self.quick, self.progress, self.write = preset, quick, progress, write
         self.data_dir = Path(data_dir)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else CACHE_ROOT / preset.name
+        self.store = as_store(cache if cache is not None else CACHE_ROOT / preset.name)
         self.results_name = results_name or f"sweep_{preset.name}"
         self.eval_roots = {}
         for name in preset.eval_sets:
@@ -415,6 +436,39 @@ class Sweep:
     def plan(self) -> list[Run]:
         return build_plan(self.preset, self.eval_sets, self.scorer_ids(), quick=self.quick)
 
+    # -- stores ----------------------------------------------------------------------------
+    # A run's record lives in the store of the preset its config names (config["preset"]), the
+    # preset's own store for every run of an ordinary plan. A budget curve's plan also holds runs of
+    # other presets (its points at their step counts); those are read from and written to the stores
+    # beside this one (``<dir>/<that preset>.jsonl``), so they are the same runs, cached once.
+    def store_named(self, name: str) -> Store:
+        return self.store if name == self.preset.name else Store(self.store.stem.with_name(name))
+
+    def store_for(self, run: Run) -> Store:
+        return self.store_named(run.config["preset"])
+
+    def stores(self, plan: Sequence[Run] | None = None) -> list[Store]:
+        """This preset's store first, then those of the other presets ``plan`` (default: the plan) has runs of."""
+        names = dict.fromkeys([self.preset.name] + [r.config["preset"] for r in (plan if plan is not None else
+                                                                                  self.plan())])
+        return [self.store_named(n) for n in names]
+
+    def records(self, plan: Sequence[Run] | None = None) -> dict[str, dict]:
+        """The run records of every store the plan touches (hashes name the preset, so they never collide)."""
+        out: dict[str, dict] = {}
+        for st in self.stores(plan):
+            out.update(load_records(st))
+        return out
+
+    def scoring_records(self, plan: Sequence[Run] | None = None) -> list[dict]:
+        out, seen = [], set()
+        for st in self.stores(plan):
+            for key, rec in st.entries("scoring").items():
+                if key not in seen:  # the same file name is the same scorer, scale and pool
+                    seen.add(key)
+                    out.append(rec)
+        return out
+
     def check_data(self) -> None:
         missing = [str(self.data_dir / s) for s in self.preset.train_sets if not (self.data_dir / s).is_dir()]
         missing += [str(p) for p in self.eval_roots.values() if not p.is_dir()]
@@ -444,10 +498,12 @@ class Sweep:
     def scores(self, spec: str, scale: int):
         key = (spec, scale)
         if key not in self._scores and spec.startswith("adaptive:"):  # an exported adaptive estimate
-            self._scores[key] = load_adaptive_scores(self.cache_dir, spec.split(":", 1)[1], self.pool(scale))
+            self._scores[key] = load_adaptive_scores(self.store, spec.split(":", 1)[1], self.pool(scale),
+                                                     also=self.stores()[1:])
         if key not in self._scores:
             sid = self.scorer_ids()[(spec, scale)]
-            scores, path, dt = get_scores(spec, scale, self.pool(scale), self.cache_dir, sid, self.progress)
+            scores, path, dt = get_scores(spec, scale, self.pool(scale), self.store, sid, self.progress,
+                                          also=self.stores()[1:])
             if dt:
                 self.scoring_log.append({"scorer": spec, "scale": scale, "seconds": dt, "file": str(path)})
                 print(f"scored x{scale} with {spec} in {dt:.0f} s", flush=True)
@@ -456,14 +512,15 @@ class Sweep:
 
     def bicubic(self, scale: int) -> dict:
         """Bicubic baseline on the eval sets (cached as a run-like record)."""
-        path = self.cache_dir / "bicubic" / f"x{scale}_{config_hash({'sets': self.eval_sets, 'scale': scale})}.json"
-        if path.exists():
-            return json.loads(path.read_text())
+        key = f"x{scale}_{config_hash({'sets': self.eval_sets, 'scale': scale})}"
+        rec = self.store.get("bicubic", key)
+        if rec is not None:
+            return rec
         evs = self.evalsets(scale)
         t0 = time.perf_counter()
         m = {n: evaluate_fast(None, evs[n], scale) for n in self.eval_sets}
         rec = {"scale": scale, "metrics": m, "seconds": time.perf_counter() - t0, "date": _now()}
-        atomic_write_json(path, rec)
+        self.store.put("bicubic", key, rec)
         return rec
 
     # -- run -----------------------------------------------------------------------------
@@ -489,8 +546,10 @@ class Sweep:
         plan = [r for r in self.plan() if only is None or only(r)]
         t_start = time.perf_counter()
         done = failed = skipped = 0
-        with cache_lock(self.cache_dir):
-            records = load_records(self.cache_dir)
+        with contextlib.ExitStack() as locks:
+            for st in self.stores():  # every store this plan writes to: one sweep per store
+                locks.enter_context(cache_lock(st))
+            records = self.records()
             todo = []
             for r in plan:
                 rec = records.get(r.hash)
@@ -498,7 +557,7 @@ class Sweep:
                     todo.append(r)
             print(f"preset {self.preset.name}{' (quick)' if self.quick else ''}: {len(plan)} runs planned, "
                   f"{len(plan) - len(todo)} cached, {len(todo)} to run; threads {torch.get_num_threads()}; "
-                  f"cache {self.cache_dir}", flush=True)
+                  f"cache {self.store.records_path}", flush=True)
             if dry:
                 return {"planned": len(plan), "todo": len(todo)}
             if todo and self.check_eval:
@@ -546,7 +605,6 @@ class Sweep:
         return None
 
     def _run_one(self, run: Run, previous: dict | None, device, tag: str) -> dict:
-        path = self.cache_dir / f"{run.hash}.json"
         attempts = list(previous.get("attempts", [])) if previous else []
         if previous is not None:  # an interrupted ("started") or failed attempt stays on record
             attempts.append({k: previous.get(k) for k in ("status", "started_at", "finished_at", "error",
@@ -555,7 +613,8 @@ class Sweep:
                "seed": run.seed, "cells": [list(c) for c in run.cells], "status": "started", "started_at": _now(),
                "attempts": attempts, "machine": _short_machine(), "threads": torch.get_num_threads(),
                "commit": git_commit()}
-        atomic_write_json(path, rec)  # a crash leaves "started": the run is redone and the attempt recorded
+        store = self.store_for(run)
+        store.put("run", run.hash, rec)  # a crash leaves "started": the run is redone and the attempt recorded
         print(f"{tag} {run.describe()} ...", end=" ", flush=True)
         t0 = time.perf_counter()
         try:
@@ -564,7 +623,7 @@ class Sweep:
                           progress=False)
             exported = res.pop("adaptive_scores", None)
             if exported is not None:  # the final adaptive estimate, exportable as a scores file
-                res["adaptive"]["scores_file"] = save_adaptive_scores(self.cache_dir, run, exported)
+                res["adaptive"]["scores_file"] = save_adaptive_scores(store, run, exported)
             kept = res.pop("kept_indices", None)
             if kept is not None:  # an exported adaptive row: how much of the static DES set it keeps
                 res["exported"] = self._exported_overlap(run, kept)
@@ -578,7 +637,7 @@ class Sweep:
             rec["traceback"] = traceback.format_exc(limit=8)
         rec["wall_s"] = time.perf_counter() - t0
         rec["finished_at"] = _now()
-        atomic_write_json(path, rec)
+        store.put("run", run.hash, rec)
         if rec["status"] == "ok":
             prim = self.preset.primary_set if self.preset.primary_set in rec["metrics"] else next(iter(rec["metrics"]))
             extra = ", ".join(f"{n} {m['psnr']:.2f}" for n, m in rec["metrics"].items() if n != prim)
@@ -599,9 +658,9 @@ class Sweep:
 
     # -- report --------------------------------------------------------------------------
     def report(self, wall_s: float | None = None) -> tuple[Path, Path]:
-        records = load_records(self.cache_dir)
         self._scorer_ids = None  # weights may have appeared (or changed) since the plan was made
         plan = self.plan()
+        records = self.records(plan)
         bicubic = {}
         for scale in sorted({r.scale for r in plan}):
             path_ok = all((self.eval_roots[n]).is_dir() for n in self.eval_sets)
@@ -610,39 +669,55 @@ class Sweep:
                     bicubic[scale] = self.bicubic(scale)
                 except Exception as e:  # the report must still come out
                     bicubic[scale] = {"error": f"{type(e).__name__}: {e}"}
-        payload, md = build_report(self.preset, plan, records, bicubic, self.eval_sets, quick=self.quick,
-                                   cache_dir=self.cache_dir, scoring=_scoring_records(self.cache_dir))
+        if self.preset.budget_points:
+            from benchmarks.sweep_budget import build_budget_report, draw_budget_figure
+
+            payload, md = build_budget_report(self.preset, plan, records, bicubic, self.eval_sets,
+                                              stores=self.stores(plan), scoring=self.scoring_records(plan),
+                                              figure=f"{self.results_name}.png")
+        else:
+            own = set(load_records(self.store))  # "other runs": this preset's, outside the plan
+            payload, md = build_report(self.preset, plan, records, bicubic, self.eval_sets, quick=self.quick,
+                                       cache=self.store, scoring=_scoring_records(self.store), own=own)
         if wall_s is not None:
             payload["this_invocation_wall_s"] = wall_s
-        return self.write(self.results_name, payload, md)
+        paths = self.write(self.results_name, payload, md)
+        if self.preset.budget_points:  # the figure beside the report, from whatever runs are cached
+            draw_budget_figure(self.preset, plan, records, self.eval_sets, Path(paths[1]).with_suffix(".png"))
+        return paths
 
 
-def save_adaptive_scores(cache_dir: Path, run: Run, scores) -> str:
-    """Write a run's final adaptive estimate (``AdaptiveCoreSetSampler.to_scores``) beside the static scores."""
-    path = cache_dir / "scores" / f"adaptive_{run.hash}.safetensors"
-    scores.save(path)
-    return path.name
+def save_adaptive_scores(cache, run: Run, scores) -> str:
+    """Store a run's final adaptive estimate (``AdaptiveCoreSetSampler.to_scores``) beside the static scores."""
+    name = f"adaptive_{run.hash}.safetensors"
+    as_store(cache).put_blob(name, _scores_bytes(scores))
+    return name
 
 
-def load_adaptive_scores(cache_dir: Path, run_hash: str, pool: Pool):
-    """The final estimate of adaptive run ``run_hash`` (written by :func:`save_adaptive_scores`)."""
-    from coreset_sampler.scores import Scores
+def load_adaptive_scores(cache, run_hash: str, pool: Pool, also=()):
+    """The final estimate of adaptive run ``run_hash`` (stored by :func:`save_adaptive_scores`).
 
-    path = cache_dir / "scores" / f"adaptive_{run_hash}.safetensors"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run the adaptive run {run_hash} first (its final estimate "
+    ``also``: further stores to look in when ``cache`` has none (the run's own preset's store).
+    """
+    store = as_store(cache)
+    name = f"adaptive_{run_hash}.safetensors"
+    where = f"{store.blobs_path}:{name}"
+    scores = None
+    for st in (store, *map(as_store, also)):
+        scores = _load_scores_blob(st, name)
+        if scores is not None:
+            where = f"{st.blobs_path}:{name}"
+            break
+    if scores is None:
+        raise FileNotFoundError(f"{where} is missing: run the adaptive run {run_hash} first (its final estimate "
                                 f"is what this row selects by)")
-    scores = Scores.load(path)
-    scores.check(keys=pool.keys, source=f"scores file {path}")
+    scores.check(keys=pool.keys, source=f"scores file {where}")
     if scores.metadata.get("adaptive_run") != run_hash:
-        raise ValueError(f"{path}: metadata adaptive_run is {scores.metadata.get('adaptive_run')!r}, expected "
-                         f"{run_hash!r}; delete the file and rerun that adaptive run")
+        raise ValueError(f"{where}: metadata adaptive_run is {scores.metadata.get('adaptive_run')!r}, expected "
+                         f"{run_hash!r}; delete that member and rerun that adaptive run")
     return scores
 
 
-def _scoring_records(cache_dir: Path) -> list[dict]:
-    out = []
-    for p in sorted((cache_dir / "scores").glob("*.json")) if (cache_dir / "scores").is_dir() else []:
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            out.append(json.loads(p.read_text()))
-    return out
+def _scoring_records(cache) -> list[dict]:
+    """How each stored scores file was computed (scorer, scale, seconds), by file name."""
+    return list(as_store(cache).entries("scoring").values())

@@ -7,8 +7,8 @@ beside MATLAB bicubic's.
 
 Run from the repository root, e.g.::
 
-    python benchmarks/train_srcnn.py --scale 2 --steps 4000 --lr 3e-4
-    python benchmarks/train_srcnn.py --scale 3 --steps 1500 --lr 1.5e-4 \\
+    python -m benchmarks.train_srcnn --scale 2 --steps 4000 --lr 3e-4
+    python -m benchmarks.train_srcnn --scale 3 --steps 1500 --lr 1.5e-4 \\
         --init coreset_sampler/weights/srcnn_x2.safetensors
 """
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from coreset_sampler.data import SubImageDataset  # noqa: E402
 from coreset_sampler.models import SRCNN, load_weights, save_weights  # noqa: E402
@@ -90,7 +89,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     out = args.out or REPO / "coreset_sampler" / "weights" / f"srcnn_x{args.scale}.safetensors"
     results_path = args.results or REPO / "benchmarks" / "results" / f"srcnn_pretrain_x{args.scale}.json"
-    command = "python benchmarks/train_srcnn.py " + shlex.join(argv)
+    command = "python -m benchmarks.train_srcnn " + shlex.join(argv)
     for name in args.train_sets + args.eval_sets:
         if not (args.data / name).is_dir():
             raise SystemExit(f"data folder not found: {args.data / name}")

@@ -1,9 +1,9 @@
-"""Smoke test of the reproduction sweep's machinery (benchmarks/sweep.py) on tiny synthetic data.
+"""Smoke test of the reproduction sweep's machinery (python -m benchmarks.sweep) on tiny synthetic data.
 
 Never runs the sweep itself: a preset of a few-step, few-kilo-parameter FSRCNN on 32x32 synthetic
 sub-images, so the whole file takes seconds. Covers the plan (dedupe, tiers, epoch-matched steps),
-the cache (one JSON per run named by its config hash, resume, interrupted and failed runs kept on
-record), --max-minutes, the report (every run listed, cells = mean over the cached seeds), the
+the cache (one JSON line per run keyed by its config hash in a store file, resume, interrupted and
+failed runs kept on record, tolerant reads), --max-minutes, the report (every run listed, cells = mean over the cached seeds), the
 statistics and the fast evaluation's agreement with the library's evaluate().
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import sweep  # noqa: E402
-import sweep_archs  # noqa: E402
-import sweep_run  # noqa: E402
-import sweep_stats  # noqa: E402
+from benchmarks import sweep, sweep_archs, sweep_run, sweep_stats
+from benchmarks.sweep_store import Store
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -88,7 +82,7 @@ def _sweep(data_dir, tmp_path, preset=TINY, quick=False):
         written["payload"], written["md"] = payload, md
         return out / f"{name}.json", out / f"{name}.md"
 
-    s = sweep.Sweep(preset, data_dir, cache_dir=tmp_path / "cache", quick=quick, progress=False, write=write)
+    s = sweep.Sweep(preset, data_dir, cache=tmp_path / "cache", quick=quick, progress=False, write=write)
     return s, written
 
 
@@ -121,7 +115,8 @@ def test_plan_dedupes_shared_runs_and_orders_tiers(data_dir, tmp_path):
     # full x2 belongs to Tables 1, 2 and 3 but is one run per seed
     full = [r for r in plan if r.label == "full" and r.scale == 2]
     assert len(full) == len(TINY.archs["fsrcnn"].seeds)
-    assert {c[0] for c in full[0].cells} == {"table1", "table2", "table3", "adaptive"}
+    # (and the controls table of issue 21: TINY inherits the cpu preset's control_archs, FSRCNN here)
+    assert {c[0] for c in full[0].cells} == {"table1", "table2", "table3", "adaptive", "controls"}
     # table 1 rows: full + ASC/DES x ratios x (step, epoch) + random/stratified x ratios
     t1 = {c[3] for r in plan for c in r.cells if c[0] == "table1"}
     assert len(t1) == 1 + 2 * 2 * len(TINY.ratios) + 2 * len(TINY.ratios)
@@ -163,9 +158,13 @@ def test_every_cell_has_all_seeds_of_its_arch():
     assert max(len(preset.archs[a].seeds) for a in preset.archs) >= 5
     # seeds beyond the third run last (tier 5), except the adaptive (and exported adaptive) rows: they came
     # later and run after everything, seed-major per arch (tiers 6+)
-    later = lambda r: r.config["selection"]["mode"] == "adaptive" or "exported_from" in r.config["selection"]  # noqa: E731
+    # (and the controls of issue 21 that no other table has, after those: one tier per arch)
+    controls_only = lambda r: {c[0] for c in r.cells} == {"controls"}  # noqa: E731
+    later = lambda r: (r.config["selection"]["mode"] == "adaptive" or "exported_from" in r.config["selection"]  # noqa: E731
+                       or controls_only(r))
     assert all(r.tier == 5 for r in plan if list(preset.archs[r.arch].seeds).index(r.seed) >= 3 and not later(r))
     assert all(r.tier >= 6 for r in plan if later(r))
+    assert all(r.tier > max(x.tier for x in plan if not controls_only(x)) for r in plan if controls_only(r))
 
 
 def test_planned_step_time_follows_the_lr_patch_area():
@@ -192,10 +191,13 @@ def test_sweep_runs_caches_and_reports(finished):
     s, res, written = finished
     plan = s.plan()
     assert res["ran"] == len(plan) and res["failed"] == 0
-    files = sorted(p.stem for p in s.cache_dir.glob("*.json"))
-    assert files == sorted(r.hash for r in plan)
+    records = sweep.load_records(s.store)
+    assert sorted(records) == sorted(r.hash for r in plan)
+    # one store: the records file and the score files' tar, nothing else (locks aside)
+    assert sorted(p.name for p in s.store.stem.parent.glob("cache*") if not p.name.endswith(".lock")) == \
+        ["cache.jsonl", "cache.scores.tar"]
     for r in plan:
-        rec = json.loads((s.cache_dir / f"{r.hash}.json").read_text())
+        rec = records[r.hash]
         assert rec["status"] == "ok" and rec["hash"] == sweep.config_hash(rec["config"])
         assert set(rec["metrics"]) == {"Set5", "Set14", "BSD100"}
         assert rec["wall_s"] >= rec["train_s"] > 0
@@ -211,15 +213,16 @@ def test_sweep_runs_caches_and_reports(finished):
     # scores computed once per scorer and scale, as files under the cache
     # interpolation (the tiny preset's scorer) at x2 and x4, sobel at x2 (Table 2); one final estimate
     # per adaptive run
-    files = list((s.cache_dir / "scores").glob("*.safetensors"))
+    files = s.store.blob_names()
     adaptive = [r for r in plan if r.config["selection"]["mode"] == "adaptive"]
     # the default row and two variants, 2 seeds each
     assert len(adaptive) == 2 * 3 and len(files) == 3 + len(adaptive)
     from coreset_sampler.scores import Scores
     for r in adaptive:
-        rec = json.loads((s.cache_dir / f"{r.hash}.json").read_text())
+        rec = records[r.hash]
         assert rec["adaptive"]["refreshes"] == 2 and rec["adaptive"]["seen"] > 0
-        exported = Scores.load(s.cache_dir / "scores" / rec["adaptive"]["scores_file"])
+        with s.store.blob_file(rec["adaptive"]["scores_file"]) as path:
+            exported = Scores.load(path)
         assert exported.metadata["adaptive"] is True and exported.metadata["adaptive_run"] == r.hash
         assert len(exported) == rec["pool_size"]
         # written by the library's own export (AdaptiveCoreSetSampler.to_scores): the pool's keys, the sampler config
@@ -230,7 +233,7 @@ def test_sweep_runs_caches_and_reports(finished):
     rows = [r for r in plan if r.label == "exported adaptive 50% step"]
     assert len(rows) == len([r for r in adaptive if r.label == "adaptive 50% step"])
     for r in rows:
-        rec = json.loads((s.cache_dir / f"{r.hash}.json").read_text())
+        rec = records[r.hash]
         assert rec["exported"]["from_adaptive"] == r.config["selection"]["exported_from"]
         assert 0.0 <= rec["exported"]["overlap_static_des"] <= 1.0
     assert "Exported adaptive core-set" in written["md"]
@@ -245,7 +248,7 @@ def test_sweep_runs_caches_and_reports(finished):
 def test_report_cells_are_means_of_cached_seeds(finished):
     s, _, written = finished
     cell = next(c for c in written["payload"]["cells"] if c["table"] == "table1" and c["row"] == "DES 50% step")
-    recs = [json.loads(p.read_text()) for p in s.cache_dir.glob("*.json")]
+    recs = list(sweep.load_records(s.store).values())
     vals = [r["metrics"]["BSD100"]["psnr"] for r in recs if r["label"] == "DES 50% step" and r["scale"] == 2]
     assert len(vals) == 2
     got = cell["sets"]["BSD100"]["psnr"]
@@ -255,23 +258,22 @@ def test_report_cells_are_means_of_cached_seeds(finished):
 
 def test_resume_runs_nothing_twice(finished):
     s, _, _ = finished
-    before = {p.name: p.read_text() for p in s.cache_dir.glob("*.json")}
+    before = {p.name: p.read_bytes() for p in (s.store.records_path, s.store.blobs_path)}
     res = s.run()
     assert res["ran"] == 0 and res["failed"] == 0
-    assert {p.name: p.read_text() for p in s.cache_dir.glob("*.json")} == before
+    assert {p.name: p.read_bytes() for p in (s.store.records_path, s.store.blobs_path)} == before
 
 
 def test_interrupted_run_is_redone_and_its_attempt_kept(data_dir, tmp_path):
     s, written = _sweep(data_dir, tmp_path, quick=True)
     first = s.plan()[0]
     s.run(only=lambda r: r.hash == first.hash)
-    path = s.cache_dir / f"{first.hash}.json"
-    rec = json.loads(path.read_text())
+    rec = s.store.get("run", first.hash)
     rec["status"] = "started"  # as a killed process leaves it
-    path.write_text(json.dumps(rec))
+    s.store.put("run", first.hash, rec)
     res = s.run(only=lambda r: r.hash == first.hash)
     assert res["ran"] == 1
-    rec = json.loads(path.read_text())
+    rec = s.store.get("run", first.hash)
     assert rec["status"] == "ok" and [a["status"] for a in rec["attempts"]] == ["started"]
     s.report()
     assert written["payload"]["interrupted_attempts"] == 1
@@ -291,7 +293,7 @@ def test_failed_run_is_recorded_not_retried_unless_asked(data_dir, tmp_path, mon
     only = lambda r: r.hash in (target.hash, s.plan()[0].hash)  # noqa: E731
     res = s.run(only=only)
     assert res["ran"] == 1 and res["failed"] == 1
-    rec = json.loads((s.cache_dir / f"{target.hash}.json").read_text())
+    rec = s.store.get("run", target.hash)
     assert rec["status"] == "failed" and "boom in training" in rec["error"]
     assert s.run(only=only)["failed"] == 0  # kept as a result, not retried
     s.report()
@@ -299,7 +301,7 @@ def test_failed_run_is_recorded_not_retried_unless_asked(data_dir, tmp_path, mon
     assert written["payload"]["status"]["failed"] == 1
     monkeypatch.setattr(sweep_run, "execute", real)
     res = s.run(only=only, retry_failed=True)
-    rec = json.loads((s.cache_dir / f"{target.hash}.json").read_text())
+    rec = s.store.get("run", target.hash)
     assert res["ran"] == 1 and rec["status"] == "ok" and rec["attempts"][0]["status"] == "failed"
 
 
@@ -307,18 +309,18 @@ def test_max_minutes_stops_between_runs(data_dir, tmp_path):
     s, _ = _sweep(data_dir, tmp_path, quick=True)
     res = s.run(max_minutes=1e-9)
     assert res["ran"] == 0 and res["left"] == len(s.plan())
-    assert not list(s.cache_dir.glob("*.json"))
+    assert not sweep.load_records(s.store) and not s.store.records_path.exists()
 
 
 def test_second_sweep_on_the_same_cache_is_refused(tmp_path):
-    with sweep.cache_lock(tmp_path):
+    with sweep.cache_lock(tmp_path / "c"):
         with pytest.raises(RuntimeError, match="another sweep is running"):
-            with sweep.cache_lock(tmp_path):
+            with sweep.cache_lock(Store(tmp_path / "c")):
                 pass
 
 
 def test_missing_data_is_named(tmp_path):
-    s = sweep.Sweep(TINY, tmp_path / "nowhere", cache_dir=tmp_path / "c", progress=False)
+    s = sweep.Sweep(TINY, tmp_path / "nowhere", cache=tmp_path / "c", progress=False)
     with pytest.raises(FileNotFoundError, match="nowhere/T91"):
         s.run()
 
@@ -330,7 +332,7 @@ def test_missing_weights_block_only_the_runs_that_need_scores(data_dir, tmp_path
     s, written = _sweep(data_dir, tmp_path, preset=dataclasses.replace(TINY, scorer="srcnn"), quick=True)
     monkeypatch.setattr(sweep_run, "scorer_id", lambda spec, scale: f"{spec}:missing-weights" if spec == "srcnn" else spec)
     res = s.run()
-    recs = [json.loads(p.read_text()) for p in s.cache_dir.glob("*.json")]
+    recs = list(sweep.load_records(s.store).values())
     assert res["failed"] == 0 and res["blocked"] > 0
     assert recs and {r["config"]["selection"]["mode"] for r in recs} == {"full", "random"}
     assert res["ran"] == len(recs)
@@ -505,16 +507,16 @@ def test_cli_rejects_bad_arguments(capsys):
 
 def test_cli_run_filters_name_unknown_archs_and_rows(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        sweep.main(["--arch", "rdn", "--cache-dir", str(tmp_path)])
+        sweep.main(["--arch", "rdn", "--cache", str(tmp_path)])
     assert e.value.code == 2 and "--arch rdn not in preset 'cpu' (fsrcnn, edsr, swinir)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        sweep.main(["--row", "adaptive 40% step", "--cache-dir", str(tmp_path)])
+        sweep.main(["--row", "adaptive 40% step", "--cache", str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "'adaptive 40% step' is no row of this plan" in err and "adaptive 50% step" in err
 
 
 def test_cli_names_missing_data(tmp_path, capsys):
-    rc = sweep.main(["--preset", "paper", "--data-root", str(tmp_path / "div2k"), "--cache-dir", str(tmp_path / "c")])
+    rc = sweep.main(["--preset", "paper", "--data-root", str(tmp_path / "div2k"), "--cache", str(tmp_path / "c")])
     assert rc == 2 and "div2k/DIV2K_train_HR" in capsys.readouterr().err
 
 
@@ -546,11 +548,12 @@ def test_long_followup_preset_is_the_key_rows_trained_longer(tmp_path, capsys):
     # the cpu quick plan keeps its adaptive table (FSRCNN, quick seeds, with random 25%)
     assert {r.arch for r in short} == {"fsrcnn"} and "random 25% step" in {r.label for r in short}
     # the CLI needs no --quick for it
-    assert sweep.main(["--preset", "cpu_long", "--plan", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert sweep.main(["--preset", "cpu_long", "--plan", "--cache", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     # key rows; DES 25%, adaptive 50 / 25% and the 2 variants at seeds 0-2; all 9 rows at seeds 3-4
-    n_fsrcnn = 6 * 3 + 5 * 3 + 9 * 2
-    assert out.count("fsrcnn x2") == n_fsrcnn and out.count("edsr x2") == out.count("swinir x2") == 9 * 3
+    # plus the controls of issue 21 (random 25%, DES 10%, random 10%) at every seed: 5 for FSRCNN, 3 for the others
+    n_fsrcnn = 6 * 3 + 5 * 3 + 9 * 2 + 3 * 5
+    assert out.count("fsrcnn x2") == n_fsrcnn and out.count("edsr x2") == out.count("swinir x2") == 9 * 3 + 3 * 3
     # the full phase starts at 80% of each model's steps
     tails = {r.arch: r.config["selection"]["adaptive"]["full_after"] for r in plan if r.label.endswith("steps)")}
     assert tails == {"fsrcnn": 1600, "edsr": 960, "swinir": 960}
@@ -568,24 +571,253 @@ def test_budget_counts_only_the_scoring_this_plan_needs():
     assert cols[1] == "interpolation x2" and cols[-1] == "10" and cols[-3] == "1"
 
 
-@pytest.mark.parametrize("preset", ["cpu", "cpu_long"])
+@pytest.mark.parametrize("preset", ["cpu", "cpu_long", "budget"])
 def test_committed_cache_covers_every_planned_run(preset):
     # the committed reports are complete: every run of the plan (static, adaptive, variants, exported) is
-    # in the cache, so adding rows never changed the hash (= the cache file) of an existing run, and the
-    # default adaptive rows carry no variant key
-    cache = sweep.CACHE_ROOT / preset
-    if not cache.is_dir():
-        pytest.skip("no committed cache")
+    # in the cache, so adding rows never changed the hash (= the cache entry) of an existing run, and the
+    # default adaptive rows carry no variant key.
+    # Issue 21's rows (the controls table, the budget curve: sweep_presets.IN_PROGRESS_TABLES) are run by
+    # background sweeps that span sessions: their missing runs are reported (a warning), not failed; a run
+    # that is also in an older table (e.g. the controls' full and DES 25% rows) must be cached. Once every
+    # run is in, IN_PROGRESS_TABLES is emptied and this test covers those rows like the rest.
     p = sweep.PRESETS[preset]
     s = sweep.Sweep(p, sweep.DEFAULT_DATA, quick=p.quick_only, progress=False)
-    records = sweep.load_records(cache)
+    if not any(st.exists() for st in s.stores()):
+        pytest.skip("no committed cache")
+    records = s.records()
     plan = s.plan()
-    missing = [r.describe() for r in plan if records.get(r.hash, {}).get("status") != "ok"]
+    pending_ok = lambda r: all(c[0] in sweep.IN_PROGRESS_TABLES for c in r.cells)  # noqa: E731
+    missing = [r.describe() for r in plan if records.get(r.hash, {}).get("status") != "ok" and not pending_ok(r)]
     assert plan and not missing, missing
+    pending = [r for r in plan if records.get(r.hash, {}).get("status") != "ok" and pending_ok(r)]
+    if pending:
+        import warnings
+
+        tables = sorted({c[0] for r in pending for c in r.cells})
+        warnings.warn(f"{preset}: {len(pending)} of {len(plan)} planned runs of the in-progress tables "
+                      f"{tables} are not cached yet (issue 21; background sweeps)", stacklevel=1)
+    if preset == "budget":  # every budget run sits in the store its config names (shared runs included)
+        assert {r.config["preset"] for r in plan} == {"cpu", "cpu_long", "budget"}
+        return
     adaptive = [r for r in plan if r.config["selection"]["mode"] == "adaptive"]
     assert adaptive and all("adaptive" in r.config["selection"] for r in adaptive)
     assert {a for r in adaptive if r.label.startswith("adaptive") and r.label.endswith("step")
             for a in r.config["selection"]["adaptive"]} == {"select", "refresh", "momentum", "warmup", "full_after"}
+
+
+def test_every_committed_run_is_a_planned_run():
+    # no orphan in the committed stores: each cached run is a run of some preset's plan (a store holds the
+    # runs whose config names its preset, whichever plan ran them: the budget curve's 500-step runs are cpu's)
+    plans = {}
+    for name, p in sweep.PRESETS.items():
+        if name == "paper":
+            continue
+        s = sweep.Sweep(p, sweep.DEFAULT_DATA, quick=p.quick_only, progress=False)
+        for r in s.plan():
+            plans.setdefault(r.config["preset"], set()).add(r.hash)
+    seen = 0
+    for name in ("cpu", "cpu_long", "budget"):
+        store = Store(sweep.CACHE_ROOT / name)
+        for h, rec in sweep.load_records(store).items():
+            assert rec["config"]["preset"] == name and sweep.config_hash(rec["config"]) == h
+            assert h in plans.get(name, set()), (name, h, rec.get("label"))
+            seen += 1
+    if not seen:
+        pytest.skip("no committed cache")
+
+
+def test_controls_cover_every_seed_of_des_25_and_reuse_the_cached_rows():
+    for preset in (sweep.CPU, sweep.CPU_LONG):
+        ids = {(s, sc): f"{s}:x" for s in (preset.scorer, "sobel", "interpolation") for sc in (2, 3, 4)}
+        plan = sweep.build_plan(preset, list(preset.eval_sets), ids, quick=preset.quick_only)
+        assert set(preset.control_archs) == {"fsrcnn", "edsr", "swinir"}
+        for arch in preset.control_archs:
+            des25 = {r.seed for r in plan if r.arch == arch and r.label == "DES 25% step"}
+            assert des25 == set(preset.archs[arch].seeds)
+            ctl = {}
+            for r in plan:
+                for c in r.cells:
+                    if c[0] == "controls" and c[1] == arch:
+                        ctl.setdefault(c[3], set()).add(r.seed)
+            assert ctl == {row: des25 for row in ("full", "DES 25% step", "random 25% step", "DES 10% step",
+                                                  "random 10% step")}, (preset.name, arch)
+            # the full and DES 25% rows are the runs the other tables already have (one run, several cells)
+            for r in plan:
+                if r.arch == arch and r.scale == 2 and r.label in ("full", "DES 25% step"):
+                    assert len({c[0] for c in r.cells}) >= 2
+    # not in the cpu --quick subset (its plan is unchanged)
+    quick = sweep.build_plan(sweep.CPU, ["Set5"], {("srcnn", 2): "s"}, quick=True)
+    assert not [r for r in quick if any(c[0] == "controls" for c in r.cells)]
+
+
+def test_control_claims_and_pooled_tests():
+    preset = TINY
+    sets = ["Set5", "Set14", "BSD100"]
+    plan = sweep.build_plan(preset, sets, {("interpolation", 2): "interpolation"})
+    records = {}
+    for r in plan:  # DES 25% = random 25% + 0.5 (+-0.05), DES 10% = DES 25%, random 25% = full
+        base = {"DES 25% step": 30.5, "DES 10% step": 30.5, "random 25% step": 30.0}.get(r.label, 30.0)
+        v = base + (0.0, 0.3)[r.seed] + (0.05 * r.seed if r.label == "DES 25% step" else 0.0)
+        m = {s: {"psnr": v, "ssim": 0.9, "n": 2} for s in sets}
+        records[r.hash] = {"hash": r.hash, "status": "ok", "metrics": m, "steps": 4, "train_s": 1, "eval_s": 1,
+                           "wall_s": 2, "config": r.config}
+    payload, md = sweep.build_report(preset, plan, records, {}, sets)
+    by = {c["claim"]: c for c in payload["claims"] if c["claim"].startswith("(control)")}
+    assert set(by) == {"(control) DES 25% beats random 25%", "(control) DES 10% matches DES 25%",
+                       "(control) random 25% matches full", "(control) DES 10% matches full"}
+    assert by["(control) DES 25% beats random 25%"]["verdict"] == "holds"
+    assert by["(control) DES 25% beats random 25%"]["diff"] == pytest.approx(0.525)
+    assert by["(control) random 25% matches full"]["verdict"] == "holds (no significant difference)"
+    assert "Controls for the DES 25% result" in md and "### Controls pooled over architectures" in md
+    pooled = {c["comparison"]: c for c in payload["controls_pooled"]}
+    c = pooled["DES 25% step vs random 25% step"]
+    assert c["archs"] == ["fsrcnn (2)"] and c["sets"]["BSD100"]["n_pairs"] == 2
+    assert c["sets"]["BSD100"]["mean_diff"] == pytest.approx(0.525)
+    assert pooled["DES 10% step vs DES 25% step"]["sets"]["Set5"]["mean_diff"] == pytest.approx(-0.025)
+
+
+# --------------------------------------------------------------------------- the budget curve
+
+
+def test_budget_plan_is_the_issue_21_grid_and_reuses_cpu_and_cpu_long_runs():
+    budget, cpu, long = sweep.BUDGET, sweep.CPU, sweep.CPU_LONG
+    ids = {(s, sc): f"{s}:x" for s in (cpu.scorer, "sobel", "interpolation") for sc in (2, 3, 4)}
+    sets = list(cpu.eval_sets)
+    plan = sweep.build_plan(budget, sets, ids, quick=True)
+    grid = {}
+    for r in plan:
+        grid.setdefault((r.arch, r.config["train"]["steps_full"]), {}).setdefault(r.label, set()).add(r.seed)
+    fs = ("full", "DES 50%", "DES 25%", "DES 10%", "random 25%", "DES 25% then full (last 20%)")
+    for steps in (500, 2000, 8000):
+        assert grid[("fsrcnn", steps)] == {row: {0, 1, 2} for row in fs}
+    assert grid[("fsrcnn", 16000)] == {row: {0, 1} for row in ("full", "DES 25%", "random 25%",
+                                                              "DES 25% then full (last 20%)")}
+    for steps in (1200, 4800):
+        assert grid[("edsr", steps)] == {row: {0, 1, 2} for row in ("full", "DES 25%", "DES 10%", "random 25%")}
+    assert len(plan) == 3 * 18 + 8 + 2 * 12  # FSRCNN: 3 budgets x 6 rows x 3 seeds + 16,000; EDSR: 2 x 4 x 3
+    assert budget.budget_reference == {"fsrcnn": 8000, "edsr": 4800}
+    # the 500-step FSRCNN runs ARE cpu runs and the 2,000-step FSRCNN / 1,200-step EDSR-tiny runs cpu_long runs
+    # (same config, same hash): the cached ones are reused, the controls (DES 10%, random 25% at 2,000) shared
+    cpu_plan = {r.hash for r in sweep.build_plan(cpu, sets, ids)}
+    long_plan = {r.hash for r in sweep.build_plan(long, sets, ids, quick=True)}
+    for r in plan:
+        steps, arch = r.config["train"]["steps_full"], r.arch
+        src = {("fsrcnn", 500): "cpu", ("fsrcnn", 2000): "cpu_long", ("edsr", 1200): "cpu_long"}.get((arch, steps),
+                                                                                                  "budget")
+        assert r.config["preset"] == src, (arch, steps, r.label)
+        if r.label != "DES 25% then full (last 20%)" and src != "budget":
+            assert r.hash in (cpu_plan if src == "cpu" else long_plan), (arch, steps, r.label)
+        if r.config["selection"]["mode"] == "adaptive":  # the existing variant, at 25%: full from 80% of the steps
+            sel = r.config["selection"]
+            assert sel["ratio"] == 0.25 and sel["adaptive"]["full_after"] == int(0.8 * steps)
+            assert sel["scorer"] == cpu.scorer and "init" not in sel["adaptive"]
+        assert r.config["matching"] == "step" and r.config["train"]["steps_full"] == steps
+    # the 8,000 / 16,000 / 4,800-step runs differ from the cpu runs in steps only
+    a = next(r for r in plan if r.arch == "fsrcnn" and r.config["train"]["steps_full"] == 8000 and r.label == "full")
+    b = sweep.make_config(cpu, "fsrcnn", 2, "full", 1.0, "step", a.seed, ids, sets)
+    b["preset"], b["train"]["steps_full"] = "budget", 8000
+    assert a.config == b
+    # cheap budgets first
+    assert [r.config["train"]["steps_full"] for r in plan][:18] == [500] * 18
+
+
+TINY_SHORT = dataclasses.replace(TINY, name="tinyshort", archs={"fsrcnn": dataclasses.replace(
+    TINY.archs["fsrcnn"], steps=2)})
+TINY_BUDGET = dataclasses.replace(
+    TINY, name="tinybudget", table1_archs=(), table2_archs=(), table3={}, adaptive_archs=(), adaptive_variants=(),
+    exported_adaptive_archs=(), control_archs=(), quick_only=True,
+    budget_points=(sweep.BudgetPoint("fsrcnn", 2, (0, 1), ("full", "DES 25%", "random 25%",
+                                                           "DES 25% then full (last 20%)")),
+                   sweep.BudgetPoint("fsrcnn", 4, (0, 1), ("full", "DES 25%", "random 25%",
+                                                           "DES 25% then full (last 20%)"))),
+    budget_reference={"fsrcnn": 4})
+
+
+def test_budget_sweep_shares_runs_across_stores_and_reports(data_dir, tmp_path, monkeypatch):
+    from benchmarks import sweep_presets
+
+    # a preset whose FSRCNN trains 2 steps under the same protocol: the 2-step budget point is its runs
+    monkeypatch.setitem(sweep_presets.PRESETS, "tinyshort", TINY_SHORT)
+    s, written = _sweep(data_dir, tmp_path, preset=TINY_BUDGET, quick=True)
+    plan = s.plan()
+    assert {r.config["preset"] for r in plan} == {"tinyshort", "tinybudget"}
+    assert [st.name for st in s.stores()] == ["cache", "tinyshort"]
+    short = sweep.Sweep(TINY_SHORT, data_dir, cache=tmp_path / "tinyshort", progress=False)
+    # the 2-step DES 25% run is also in tinyshort's own plan (its controls table): run by that sweep first,
+    # into its store, the budget sweep finds it there and does not run it again
+    first = next(r for r in plan if r.config["preset"] == "tinyshort" and r.label == "DES 25%" and r.seed == 0)
+    assert first.hash in {r.hash for r in short.plan()}
+    assert short.run(only=lambda r: r.hash == first.hash)["ran"] == 1
+    assert first.hash in sweep.load_records(tmp_path / "tinyshort") and not sweep.load_records(s.store)
+    res = s.run()
+    assert res["ran"] == len(plan) - 1 and res["failed"] == 0
+    home, other = sweep.load_records(s.store), sweep.load_records(tmp_path / "tinyshort")
+    assert set(home) == {r.hash for r in plan if r.config["preset"] == "tinybudget"}
+    assert set(other) == {r.hash for r in plan if r.config["preset"] == "tinyshort"}
+    # the schedule rows' final estimates sit beside their records
+    for st, recs in ((s.store, home), (Store(tmp_path / "tinyshort"), other)):
+        ad = [r for r in recs.values() if r["config"]["selection"]["mode"] == "adaptive"]
+        assert len(ad) == 2 and {f"adaptive_{r['hash']}.safetensors" for r in ad} <= set(st.blob_names())
+        for r in ad:  # the full phase: from step round(0.8 x steps)
+            assert r["config"]["selection"]["adaptive"]["full_after"] == round(0.8 * r["config"]["train"]["steps_full"])
+    # scores of the pool: computed once (interpolation, x2, by the tinyshort sweep), found there by the budget's
+    assert sum(n.startswith("interpolation_x2_") for n in s.store.blob_names() + Store(tmp_path / "tinyshort").blob_names()) == 1
+    assert s.run()["ran"] == 0  # resumes from both stores
+    paths = s.report()
+    md, payload = written["md"], written["payload"]
+    for needle in ("# Training-budget curve", "Lead over the full set by budget", "## Time to quality",
+                   "## Pipeline cost at each budget", "## Every run", "tinyshort", "DES 25% then full (last 20%)",
+                   "![BSD100 / Set14 / Set5 Y-PSNR vs training steps"):
+        assert needle in md, needle
+    assert payload["status"]["ok"] == len(plan) and len(payload["runs"]) == len(plan)
+    cells = {(c["row"], c["steps"]): c for c in payload["cells"]}
+    assert len(cells) == 8 and all(c["n_ok"] == 2 for c in cells.values())
+    pool = payload["pool_size"]
+    assert cells[("DES 25%", 4)]["passes"] == [pytest.approx(4 * 4 / round(0.25 * pool)), 0.0]
+    assert cells[("full", 2)]["passes"] == [0.0, pytest.approx(2 * 4 / pool)]
+    ttq = {e["row"]: e for e in payload["time_to_quality"]}
+    assert ttq["full"]["reached_at"] in (2, 4) and ttq["full"]["reference_steps"] == 4
+    ref = ttq["full"]["reference_psnr"]
+    for row, e in ttq.items():
+        means = {b: cells[(row, b)]["sets"]["BSD100"]["mean"] for b in (2, 4)}
+        want = next((b for b in (2, 4) if means[b] >= ref), None)
+        assert e["reached_at"] == want, row
+        if want is not None:
+            assert e["fraction"] == want / 4
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    png = Path(paths[1]).with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_budget_report_and_figure_show_missing_runs(data_dir, tmp_path, monkeypatch):
+    s, written = _sweep(data_dir, tmp_path, preset=TINY_BUDGET, quick=True)
+    paths = s.report()  # nothing cached: every cell pending, the figure still drawn
+    assert written["payload"]["status"]["pending"] == len(s.plan())
+    assert "| fsrcnn | 4 | pending |" in written["md"]
+    if Path(paths[1]).with_suffix(".png").exists():
+        assert Path(paths[1]).with_suffix(".png").stat().st_size > 0
+
+
+def test_lead_trend_readings():
+    C = sweep_stats.Comparison
+    sig = lambda d: C(d, 0.01, 3, 3, 3, True, "paired t")  # noqa: E731
+    ns = lambda d: C(d, 0.5, 3, 3, 3, True, "paired t")  # noqa: E731
+    from benchmarks.sweep_budget import lead_trend
+    assert lead_trend([]) == "pending"
+    assert lead_trend([(500, sig(0.3)), (2000, sig(0.1))]).startswith("lead holds but shrinks")
+    assert lead_trend([(500, sig(0.3)), (2000, ns(0.05))]) == "lead at 500 steps vanishes at 2000 (n.s.)"
+    assert lead_trend([(500, sig(0.3)), (2000, sig(-0.2))]).startswith("lead at 500 steps reverses")
+    assert lead_trend([(500, ns(0.1)), (2000, ns(0.0))]) == "no significant lead at any budget"
+    assert lead_trend([(500, sig(0.1)), (2000, sig(0.2))]) == "lead holds at every budget with data"
+
+
+def test_cli_rejects_unknown_budgets(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--preset", "budget", "--steps", "123", "--cache", str(tmp_path / "c")])
+    assert e.value.code == 2 and "--steps 123 is no budget of this plan" in capsys.readouterr().err
 
 
 def test_exported_adaptive_row_selects_by_the_matching_adaptive_runs_final_estimate():
@@ -626,9 +858,10 @@ def test_adaptive_variants_are_their_own_rows_and_leave_the_default_rows_hashes(
     for r in uniform:  # no static scores at all: the training loss alone decides
         sel = r.config["selection"]
         assert sel["adaptive"]["init"] == "uniform" and sel["scorer"] is None and sel["scorer_id"] is None
-        rec = json.loads((s.cache_dir / f"{r.hash}.json").read_text())
+        rec = s.store.get("run", r.hash)
         from coreset_sampler.scores import Scores
-        exported = Scores.load(s.cache_dir / "scores" / rec["adaptive"]["scores_file"])
+        with s.store.blob_file(rec["adaptive"]["scores_file"]) as path:
+            exported = Scores.load(path)
         assert exported.metadata["adaptive_init"] == "uniform"
     for r in tail:
         assert r.config["selection"]["adaptive"]["full_after"] == 2  # 0.5 x 4 steps
@@ -657,16 +890,130 @@ def test_exported_adaptive_scores_are_loaded_from_the_runs_file_and_refused_when
     class FakePool:
         keys = ["a", "b", "c", "d"]
 
-    (tmp_path / "scores").mkdir()
-    Scores(np.arange(4, dtype=np.float32), metadata={"adaptive_run": "abc"}).save(
-        tmp_path / "scores" / "adaptive_abc.safetensors")
-    got = sweep_run.load_adaptive_scores(tmp_path, "abc", FakePool())
+    store = Store(tmp_path / "c")
+    Scores(np.arange(4, dtype=np.float32), metadata={"adaptive_run": "abc"}).save(tmp_path / "adaptive_abc.safetensors")
+    store.put_blob("adaptive_abc.safetensors", (tmp_path / "adaptive_abc.safetensors").read_bytes())
+    got = sweep_run.load_adaptive_scores(store, "abc", FakePool())
     assert got.values.tolist() == [0, 1, 2, 3]
     with pytest.raises(FileNotFoundError, match="adaptive_zzz.safetensors is missing: run the adaptive run zzz"):
-        sweep_run.load_adaptive_scores(tmp_path, "zzz", FakePool())
-    (tmp_path / "scores" / "adaptive_abc.safetensors").rename(tmp_path / "scores" / "adaptive_xyz.safetensors")
+        sweep_run.load_adaptive_scores(store, "zzz", FakePool())
+    # the same file stored under another run's name
+    store.put_blob("adaptive_xyz.safetensors", store.get_blob("adaptive_abc.safetensors"))
     with pytest.raises(ValueError, match="adaptive_run is 'abc', expected 'xyz'"):
-        sweep_run.load_adaptive_scores(tmp_path, "xyz", FakePool())
+        sweep_run.load_adaptive_scores(store, "xyz", FakePool())
     FakePool.keys = ["a", "b"]
     with pytest.raises(ValueError, match="has 4 entries but the dataset has 2"):
-        sweep_run.load_adaptive_scores(tmp_path, "xyz", FakePool())
+        sweep_run.load_adaptive_scores(store, "xyz", FakePool())
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def test_store_keeps_records_and_blobs_in_two_files_and_reads_past_bad_lines(tmp_path, capsys):
+    store = Store(tmp_path / "p")
+    assert not store.exists() and store.entries("run") == {} and store.blob_names() == []
+    store.put("run", "h1", {"hash": "h1", "x": 1.0000000000000002, "nested": {"b": 1, "a": [1, 2]}})
+    store.put("bicubic", "x2_abc", {"scale": 2})
+    store.put("run", "h0", {"hash": "h0", "status": "started"})
+    store.put("run", "h0", {"hash": "h0", "status": "ok"})  # replaces, one line per key
+    lines = store.records_path.read_text().splitlines()
+    assert [(json.loads(l)["kind"], json.loads(l)["key"]) for l in lines] == [("run", "h0"), ("run", "h1"),
+                                                                              ("bicubic", "x2_abc")]
+    assert store.entries("run")["h1"] == {"hash": "h1", "x": 1.0000000000000002, "nested": {"b": 1, "a": [1, 2]}}
+    assert list(store.entries("run")["h1"]["nested"]) == ["b", "a"]  # key order kept
+    assert store.get("run", "h0")["status"] == "ok" and store.get("scoring", "nope") is None
+    with pytest.raises(ValueError, match="cannot be stored under key 'h2'"):
+        store.put("run", "h2", {"hash": "h1"})
+    with pytest.raises(ValueError, match="unknown entry kind"):
+        store.put("runs", "h2", {})
+    # a reader tolerates a torn or foreign line (warned, skipped); the last entry of a key wins
+    with open(store.records_path, "a") as f:
+        f.write(json.dumps({"kind": "run", "key": "h1", "record": {"hash": "h1", "x": 2}}) + "\n")
+        f.write('{"kind": "run", "key": "h9", "rec')
+    assert store.entries("run")["h1"] == {"hash": "h1", "x": 2} and "h9" not in store.entries("run")
+    assert "unreadable cache entry skipped" in capsys.readouterr().err
+    store.put_blob("b.safetensors", b"\x00\x01two")
+    store.put_blob("a.safetensors", b"one")
+    store.put_blob("b.safetensors", b"three")  # replaced, not appended
+    assert store.blob_names() == ["a.safetensors", "b.safetensors"] and store.get_blob("b.safetensors") == b"three"
+    assert store.get_blob("c.safetensors") is None
+    with store.blob_file("a.safetensors") as p:
+        assert p.name == "a.safetensors" and p.read_bytes() == b"one"
+    tar = store.blobs_path.read_bytes()
+    store.put_blobs({})
+    assert store.blobs_path.read_bytes() == tar  # deterministic bytes: an unchanged store is an unchanged file
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- the real-size GPU script
+
+
+def test_edsr_baseline_is_the_papers_size():
+    m = sweep_archs.build_model("edsr_baseline", 2)
+    assert isinstance(m, sweep_archs.EDSRBaseline) and sweep_archs.count_params(m) == 1_369_859
+    assert len(m.body) == 16 + 1 and m.head.out_channels == 64
+    x = torch.rand(1, 3, 9, 11)
+    for scale in (2, 3, 4):
+        small = sweep_archs.build_model("edsr_baseline", scale, num_feat=8, num_block=1)
+        assert small(x).shape == (1, 3, 9 * scale, 11 * scale)
+    with pytest.raises(ValueError, match="supports scales 2, 3, 4, got 5"):
+        sweep_archs.build_model("edsr_baseline", 5)
+
+
+@pytest.mark.skipif(not (sweep.DEFAULT_DATA / "T91").is_dir() or not (sweep.DEFAULT_DATA / "Set5").is_dir(),
+                    reason="needs ../shared/data (T91, Set5)")
+def test_real_size_gpu_script_quick_mode_runs_on_cpu(tmp_path):
+    # the prepared GPU script (benchmarks/gpu/real_size.py) in its tiny CPU mode: same code path (pool,
+    # scores, the four rows through the sweep's execute(), weights out, evaluation of the returned weights)
+    from benchmarks.gpu import real_size
+
+    threads = torch.get_num_threads()
+    res = real_size.main(["--quick", "--data", str(sweep.DEFAULT_DATA), "--out", str(tmp_path)])
+    assert torch.get_num_threads() == threads
+    assert list(res["rows"]) == ["full", "des50", "des25", "random25"] and res["quick"] and not res["notes"]
+    pool = res["data"]["pool"]
+    kept = {k: r["kept"] for k, r in res["rows"].items()}
+    assert kept == {"full": pool, "des50": round(0.5 * pool), "des25": round(0.25 * pool),
+                    "random25": round(0.25 * pool)}
+    cfgs = [r["config"] for r in res["rows"].values()]
+    # one budget, one seed, one model for every row: only the selection differs
+    assert all({k: v for k, v in c.items() if k != "selection"} == {k: v for k, v in cfgs[0].items()
+                                                                    if k != "selection"} for c in cfgs)
+    assert {r["steps"] for r in res["rows"].values()} == {4} and cfgs[0]["arch"] == "edsr_baseline"
+    assert cfgs[2]["selection"]["scorer"] == "srcnn" and cfgs[3]["selection"]["scorer"] is None
+    for name, r in res["rows"].items():
+        assert set(r["metrics"]) == {"Set5"} and (tmp_path / r["weights"]).is_file()
+    assert json.loads((tmp_path / "real_size.json").read_text())["rows"].keys() == res["rows"].keys()
+    assert "| des25 |" in (tmp_path / "real_size.md").read_text()
+    # evaluating the returned weights gives the in-run numbers
+    ev = real_size.main(["--quick", "--evaluate", str(tmp_path), "--out", str(tmp_path),
+                         "--data", str(sweep.DEFAULT_DATA)])
+    for name, r in res["rows"].items():
+        got = ev["eval_here"]["rows"][name]["metrics"]["Set5"]
+        assert got["psnr"] == pytest.approx(r["metrics"]["Set5"]["psnr"], abs=1e-9)
+    assert (tmp_path / "real_size_eval.md").is_file()
+
+
+def test_real_size_data_travels_as_lossless_webp_and_the_script_reads_it(tmp_path):
+    # benchmarks/gpu/real_size_prepare.py: the pool + Set5 as lossless WebP (pixel-checked there), then the
+    # quick run on that folder (the GPU run's data path: WebP decoded back to PNG under the same stems)
+    from PIL import Image
+
+    from benchmarks.gpu import real_size, real_size_prepare
+
+    data_dir = tmp_path / "data"  # sources large enough for the pool's 96-pixel sub-images
+    _write_images(data_dir / "T91", 2, (112, 100), 0)
+    _write_images(data_dir / "BSD200", 1, (96, 120), 1)
+    _write_images(data_dir / "Set5", 2, (36, 40), 2)
+
+    out = tmp_path / "carried"
+    assert real_size_prepare.main(["--data", str(data_dir), "--out", str(out), "--method", "0",
+                                   "--workers", "1"]) == 0
+    for name in real_size_prepare.SETS:
+        src = sorted((data_dir / name).glob("*.png"))
+        got = sorted((out / name).glob("*.webp"))
+        assert [p.stem for p in got] == [p.stem for p in src]
+        for a, b in zip(src, got):
+            assert np.array_equal(np.asarray(Image.open(a).convert("RGB")), np.asarray(Image.open(b).convert("RGB")))
+    res = real_size.main(["--quick", "--data", str(out), "--out", str(tmp_path / "o")])
+    assert res["data"]["pool"] > 0 and set(res["rows"]["full"]["metrics"]) == {"Set5"}

@@ -268,17 +268,13 @@ def test_evaluate_bad_inputs(tmp_path):
 
 
 def _load_script(name):
-    import importlib.util
+    import importlib
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def test_train_srcnn_script_writes_weights_and_results(tmp_path):
-    """benchmarks/train_srcnn.py end to end on a tiny synthetic image folder (no shared data needed)."""
+    """python -m benchmarks.train_srcnn end to end on a tiny synthetic image folder (no shared data needed)."""
     import json
 
     import numpy as np
@@ -299,7 +295,7 @@ def test_train_srcnn_script_writes_weights_and_results(tmp_path):
     script = _load_script("train_srcnn")
     script.main(argv)
     result = json.loads(res.read_text())
-    assert result["steps"] == 3 and result["command"] == "python benchmarks/train_srcnn.py " + " ".join(argv)
+    assert result["steps"] == 3 and result["command"] == "python -m benchmarks.train_srcnn " + " ".join(argv)
     assert set(result["eval"]["val"]) >= {"srcnn_psnr", "srcnn_ssim", "bicubic_psnr", "bicubic_ssim"}
     assert result["machine"]["cpu_count"] and "torch" in result["machine"]
     model = load_weights(out)

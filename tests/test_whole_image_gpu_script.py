@@ -1,4 +1,4 @@
-"""The GPU scoring script (benchmarks/gpu/scoring_gpu.py) runs its CPU fallback end to end."""
+"""The GPU scoring script (python -m benchmarks.gpu.scoring_gpu) runs its CPU fallback end to end."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the CUDA path is the lead's device run")
 def test_gpu_script_cpu_fallback_writes_results(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "benchmarks/gpu/scoring_gpu.py", "--out", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu.scoring_gpu", "--out", str(tmp_path),
                            "--min-seconds", "0.2"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

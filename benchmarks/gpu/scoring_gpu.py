@@ -1,6 +1,6 @@
 """GPU scoring throughput: model-only, per-crop and whole-image, fp32 and bf16 (issue 14 item 4).
 
-Runs from the repository root with ``PYTHONPATH=$PWD`` (``benchmarks/gpu/scoring_gpu.sh``). Input:
+Runs from the repository root as ``python -m benchmarks.gpu.scoring_gpu`` (``benchmarks/gpu/scoring_gpu.sh``). Input:
 ``--sources`` DIV2K-sized synthetic images (2040x1404, seeded texture + edges, written as PNG to a
 temp folder) or, when ``.gpu/data`` holds images, the first ``--sources`` of those. Sub-images:
 crop 480, stride 240 (DIV2K preparation), bundled SRCNN x``--scale``, MSE on Y.
@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +42,6 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 from coreset_sampler.data import IMAGE_EXTS, SubImageDataset  # noqa: E402
 from coreset_sampler.models import load_pretrained  # noqa: E402
@@ -51,8 +49,7 @@ from coreset_sampler.scorers import LossScorer  # noqa: E402
 from coreset_sampler.selection import select_indices  # noqa: E402
 from coreset_sampler.whole_image import WholeImageScorer  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_scoring import model_rate, sync  # noqa: E402
+from benchmarks.bench_scoring import model_rate, sync  # noqa: E402
 
 T_START = time.perf_counter()
 

@@ -13,7 +13,7 @@ mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"; } \
   > "$OUT/scoring_gpu.log"
-timeout 230 "$PY" benchmarks/gpu/scoring_gpu.py --out "$OUT" "$@" >> "$OUT/scoring_gpu.log" 2>&1
+timeout 230 "$PY" -m benchmarks.gpu.scoring_gpu --out "$OUT" "$@" >> "$OUT/scoring_gpu.log" 2>&1
 rc=$?
 tail -n 40 "$OUT/scoring_gpu.log"
 exit $rc
