@@ -61,8 +61,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .data import (IMAGE_EXTS, ImageReadError, PairedImageFolder, SubImageDataset, _header_size, _list_images, _read_array,
-                   _subimage_stem, _to_tensor, subimage_positions)
+from .data import (IMAGE_EXTS, ImageReadError, PairedImageFolder, SubImageDataset, header_size, list_images,
+                   read_array, subimage_positions, subimage_stem, to_tensor)
 from .degradation import check_scale, downsample, modcrop, rgb_to_y
 from .scores import Scores, dataset_fingerprint
 from .dist import rank_and_world, rank_path
@@ -120,7 +120,7 @@ class _CacheLoader:
         bad = self.unreadable.get(self.files[j])
         if bad is not None:
             raise ImageReadError(bad)
-        return self.cache[j] if self.cache is not None else _read_array(self.files[j])
+        return self.cache[j] if self.cache is not None else read_array(self.files[j])
 
 
 def plan_of(dataset) -> WholeImagePlan | None:
@@ -188,8 +188,8 @@ class SubImageFolder(PairedImageFolder):
         self.source_roots = [Path(r) for r in roots]
         by_stem: dict[str, Path] = {}
         for r in self.source_roots:
-            for p in _list_images(r, self.exts):
-                s = _subimage_stem(p)
+            for p in list_images(r, self.exts):
+                s = subimage_stem(p)
                 if s in by_stem:
                     raise CoresetValueError(f"duplicate source stem {s!r}: {by_stem[s]} and {p} (sub-images "
                                      f"{s}_sNNN would trace to either); rename or remove one of them")
@@ -209,7 +209,7 @@ class SubImageFolder(PairedImageFolder):
                     f"sub-image key {key!r} ({path}): no source image {stem!r} ({'/'.join(self.exts)}) in "
                     f"{', '.join(map(str, self.source_roots))}; give the folder(s) it was cut from")
             if src not in grids:
-                h, w = _header_size(src)
+                h, w = header_size(src)
                 grids[src] = (h, w, subimage_positions(h, w, self.crop, self.step, self.thresh))
                 used[src] = len(used)
             h, w, pos = grids[src]
@@ -219,7 +219,7 @@ class SubImageFolder(PairedImageFolder):
                     f"{self.crop}, step {self.step}, thresh {self.thresh}) has {len(pos)} crops, so crop "
                     f"{n} is not inside it; the source's size does not match the grid the sub-images "
                     f"were cut with (other crop/step/thresh, or another source file)")
-            sh, sw = _header_size(path)
+            sh, sw = header_size(path)
             if (sh, sw) != (self.crop, self.crop):
                 raise CoresetValueError(f"sub-image key {key!r} ({path}) is {sh}x{sw}, not {self.crop}x{self.crop}; "
                                  f"it was not cut with crop {self.crop} from {src}")
@@ -232,10 +232,10 @@ class SubImageFolder(PairedImageFolder):
 
     def _verify_pixels(self) -> None:
         for j, src in enumerate(self.sources):
-            arr = _read_array(src)
+            arr = read_array(src)
             for i in np.flatnonzero(self._plan_index[:, 0] == j):
                 _, top, left = (int(v) for v in self._plan_index[i])
-                sub = _read_array(self.hr_paths[i])
+                sub = read_array(self.hr_paths[i])
                 if not np.array_equal(sub, arr[top:top + self.crop, left:left + self.crop]):
                     raise CoresetValueError(f"sub-image key {self.keys[i]!r} ({self.hr_paths[i]}) is not the crop at "
                                      f"(top {top}, left {left}) of its source {src}; the sub-images were cut "
@@ -465,13 +465,13 @@ class _SourceItems(Dataset):
                 if not (raw.flags.writeable and raw.flags.c_contiguous):  # a read-only cache array
                     raw = np.array(raw, order="C")
                 return j, {"raw": torch.from_numpy(raw)}
-            return j, _degrade(_to_tensor(arr), idx, p, self.exact)
+            return j, _degrade(to_tensor(arr), idx, p, self.exact)
         except Exception as e:  # noqa: BLE001 - reported by the main process, per on_error
             return j, _LoadFailure(j, e)
 
 
 def _raw_to_tensor(raw: torch.Tensor) -> torch.Tensor:
-    """HWC uint8/uint16 tensor (any device) -> CHW float32 in [0, 1]; same values as ``data._to_tensor``."""
+    """HWC uint8/uint16 tensor (any device) -> CHW float32 in [0, 1]; same values as ``data.to_tensor``."""
     peak = 255.0 if raw.dtype == torch.uint8 else 65535.0  # int32 carries 16-bit sources
     return raw.permute(2, 0, 1).to(torch.float32).contiguous().div_(peak)
 
