@@ -56,7 +56,7 @@ _EXPORTS = {
     "ExportReport": "export",
     "check_writable_outside": "export",
     "WholeImageScorer": "whole_image",
-    "SubImageFolder": "whole_image",
+    "SubImageFolder": "subimages",
 }
 
 __all__ = list(_EXPORTS)

@@ -29,16 +29,9 @@ from .degradation import check_scale, check_lr_size, downsample, modcrop
 from .provenance import sources_digest
 from .errors import CoresetOSError, CoresetValueError
 
-__all__ = [
-    "ImageReadError",
-    "PairSizeError",
-    "load_image",
-    "PairedImageFolder",
-    "extract_subimages",
-    "subimage_positions",
-    "SubImageDataset",
-    "IMAGE_EXTS",
-]
+__all__ = ["ImageReadError", "PairSizeError", "load_image", "PairedImageFolder", "extract_subimages",
+           "subimage_positions", "SubImageDataset", "IMAGE_EXTS", "read_array", "to_tensor", "list_images",
+           "header_size", "subimage_stem"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -95,16 +88,20 @@ def _to_rgb_array(im: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(im)
 
 
-def _read_array(path: Path) -> np.ndarray:
+def read_array(path: Path) -> np.ndarray:
+    """An image file decoded to an HWC RGB array, uint8 (uint16 for 16-bit greyscale); ImageReadError names it."""
     path = Path(path)
     return _to_rgb_array(_open_image(path), path)
 
 
-def _to_tensor(arr: np.ndarray) -> torch.Tensor:
+def to_tensor(arr: np.ndarray) -> torch.Tensor:
     """HWC uint8/uint16 array -> CHW float32 in [0, 1]."""
     peak = 65535.0 if arr.dtype == np.uint16 else 255.0
     t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)).astype(np.float32))
     return t.div_(peak)
+
+
+_to_tensor = to_tensor  # the old private name, still imported by benchmarks/bench_whole_image_cpu_side.py
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
@@ -120,11 +117,11 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
         ImageReadError: the file is not a readable image or is truncated (message names the file).
 
     Example:
-        >>> img = load_image("../shared/data/Set5/baby.png")  # doctest: +SKIP
+        >>> img = load_image("path/to/Set5/baby.png")  # doctest: +SKIP
         >>> img.shape, img.dtype  # doctest: +SKIP
         (torch.Size([3, 512, 512]), torch.float32)
     """
-    return _to_tensor(_read_array(Path(path)))
+    return to_tensor(read_array(Path(path)))
 
 
 # --------------------------------------------------------------------------- folders
@@ -139,7 +136,7 @@ def _norm_exts(exts: Iterable[str]) -> tuple[str, ...]:
     return out
 
 
-def _list_images(root: str | os.PathLike, exts: Sequence[str] = IMAGE_EXTS) -> list[Path]:
+def list_images(root: str | os.PathLike, exts: Sequence[str] = IMAGE_EXTS) -> list[Path]:
     """Image files directly in ``root`` (not recursive, hidden files ignored), sorted by name."""
     root = Path(root)
     if not root.exists():
@@ -211,7 +208,7 @@ class PairedImageFolder(torch.utils.data.Dataset):
         hr_paths, lr_paths: the files per index (``lr_paths`` is None without ``lr_root``).
 
     Example:
-        >>> ds = PairedImageFolder("../shared/data/Set5", scale=2)  # doctest: +SKIP
+        >>> ds = PairedImageFolder("path/to/Set5", scale=2)  # doctest: +SKIP
         >>> item = ds[0]; item["key"], item["lq"].shape, item["gt"].shape  # doctest: +SKIP
         ('baby', torch.Size([3, 256, 256]), torch.Size([3, 512, 512]))
     """
@@ -229,13 +226,13 @@ class PairedImageFolder(torch.utils.data.Dataset):
         self.hr_root = Path(hr_root)
         self.lr_root = None if lr_root is None else Path(lr_root)
         self.transform = transform
-        self.hr_paths = _list_images(self.hr_root, self.exts)
+        self.hr_paths = list_images(self.hr_root, self.exts)
         self.keys = [p.stem for p in self.hr_paths]
         _check_unique(self.keys, self.hr_paths, f"image stem in {self.hr_root}")
         self.lr_paths = None if self.lr_root is None else self._match_lr()
 
     def _match_lr(self) -> list[Path]:
-        lr_files = _list_images(self.lr_root, self.exts)
+        lr_files = list_images(self.lr_root, self.exts)
         by_stem: dict[str, list[Path]] = {}
         for p in lr_files:
             by_stem.setdefault(p.stem, []).append(p)
@@ -297,8 +294,8 @@ class PairedImageFolder(torch.utils.data.Dataset):
             return
         for i, key in enumerate(self.keys):
             try:
-                H, W = _header_size(self.hr_paths[i])
-                h, w = _header_size(self.lr_paths[i])
+                H, W = header_size(self.hr_paths[i])
+                h, w = header_size(self.lr_paths[i])
             except OSError:
                 continue
             yield key, (3, h, w), (3, H - H % s, W - W % s)
@@ -361,10 +358,10 @@ def subimage_positions(h: int, w: int, crop: int, step: int, thresh: int = 0) ->
 _SCALE_SUFFIX = re.compile(r"x[2348]$")
 
 
-def _subimage_stem(path: Path) -> str:
-    # BasicSR drops "x2"/"x3"/"x4"/"x8" from DIV2K LR names (0001x2 -> 0001) so HR and LR
-    # sub-images share names. It removes them anywhere in the name; only a trailing one is
-    # removed here, so a stem such as "box2b" is kept intact.
+def subimage_stem(path: Path) -> str:
+    """The stem of ``path``'s sub-images (``{stem}_sNNN``): BasicSR drops "x2"/"x3"/"x4"/"x8" from DIV2K
+    LR names (0001x2 -> 0001) so HR and LR sub-images share names. It removes them anywhere in the
+    name; only a trailing one is removed here, so a stem such as "box2b" is kept intact."""
     return _SCALE_SUFFIX.sub("", path.stem)
 
 
@@ -379,7 +376,7 @@ def _check_crop_args(crop: int, step: int, thresh: int) -> None:
     subimage_positions(0, 0, crop, step, thresh)  # validates the arguments
 
 
-def _header_size(path: Path) -> tuple[int, int]:
+def header_size(path: Path) -> tuple[int, int]:
     """(H, W) from the header only (cheap); decoding errors surface when pixels are read."""
     try:
         with Image.open(path) as im:
@@ -452,7 +449,7 @@ def extract_subimages(
     """
     _check_crop_args(crop, step, thresh)
     src, dst = Path(src), Path(dst)
-    files = _list_images(src)
+    files = list_images(src)
     src_r, dst_r = src.resolve(), dst.resolve()
     if dst_r == src_r or src_r in dst_r.parents:
         raise CoresetValueError(f"dst {dst} must not be the source folder {src} or inside it")
@@ -462,14 +459,14 @@ def extract_subimages(
         if not overwrite and any(dst.iterdir()):
             raise FileExistsError(f"dst folder {dst} is not empty (pass overwrite=True to write into it)")
 
-    stems = [_subimage_stem(p) for p in files]
+    stems = [subimage_stem(p) for p in files]
     _check_unique(stems, files, f"sub-image name stem in {src}", _SUB_WHY)
     dst.mkdir(parents=True, exist_ok=True)
 
     written: list[Path] = []
     skipped: list[tuple[Path, tuple[int, int]]] = []
     for path, stem in zip(tqdm(files, desc="extract", unit="img", disable=not progress), stems):
-        h, w = _header_size(path)
+        h, w = header_size(path)
         positions = subimage_positions(h, w, crop, step, thresh)
         if not positions:
             skipped.append((path, (h, w)))
@@ -516,7 +513,7 @@ class SubImageDataset(torch.utils.data.Dataset):
         progress: show a tqdm bar while caching.
 
     Example:
-        >>> ds = SubImageDataset(["../shared/data/T91", "../shared/data/BSD200"], crop=96, step=48, scale=2)  # doctest: +SKIP
+        >>> ds = SubImageDataset(["path/to/T91", "path/to/BSD200"], crop=96, step=48, scale=2)  # doctest: +SKIP
         >>> item = ds[0]; item["key"], item["gt"].shape, item["lq"].shape  # doctest: +SKIP
         ('t1_s001', torch.Size([3, 96, 96]), torch.Size([3, 48, 48]))
     """
@@ -542,9 +539,9 @@ class SubImageDataset(torch.utils.data.Dataset):
             raise CoresetValueError("root must be a folder or a non-empty list of folders")
         self.roots = [Path(r) for r in roots]
 
-        listed = [(ri, p) for ri, r in enumerate(self.roots) for p in _list_images(r)]
+        listed = [(ri, p) for ri, r in enumerate(self.roots) for p in list_images(r)]
         files = [p for _, p in listed]
-        stems = [_subimage_stem(p) for p in files]
+        stems = [subimage_stem(p) for p in files]
         _check_unique(stems, files, "sub-image name stem", _SUB_WHY)
 
         self.files: list[Path] = []
@@ -556,7 +553,7 @@ class SubImageDataset(torch.utils.data.Dataset):
         index: list[tuple[int, int, int]] = []
         for (ri, path), stem in zip(listed, stems):
             try:
-                h, w = _header_size(path)
+                h, w = header_size(path)
             except ImageReadError as e:
                 # Size unknown, so its crops are unknown: one placeholder item "{stem}_s000" (crop
                 # numbers start at 1) stands for the whole image and raises when read.
@@ -591,7 +588,7 @@ class SubImageDataset(torch.utils.data.Dataset):
                 arr = None
                 if p not in self.unreadable:
                     try:
-                        arr = _read_array(p)
+                        arr = read_array(p)
                     except ImageReadError as e:  # truncated pixels: its crops raise when read
                         self.unreadable[p] = str(e)
                 self._cache.append(arr)
@@ -639,11 +636,11 @@ class SubImageDataset(torch.utils.data.Dataset):
         bad = self.unreadable.get(self.files[f])
         if bad is not None:
             raise ImageReadError(bad)
-        arr = self._cache[f] if self._cache is not None else _read_array(self.files[f])
+        arr = self._cache[f] if self._cache is not None else read_array(self.files[f])
         if arr.shape[0] < top + self.crop or arr.shape[1] < left + self.crop:
             raise ImageReadError(f"cannot read image {self.files[f]}: it no longer holds crop "
                                  f"{self.keys[i]!r} (file changed since the dataset was built)")
-        gt = _to_tensor(arr[top: top + self.crop, left: left + self.crop])
+        gt = to_tensor(arr[top: top + self.crop, left: left + self.crop])
         return {"lq": downsample(gt, self.scale), "gt": gt, "key": self.keys[i]}
 
     def __repr__(self) -> str:

@@ -1,7 +1,8 @@
 """Per-sample scores from data: an SR model's loss, Sobel texture, bicubic interpolation error.
 
-Three thin scorers share one private engine (:class:`_BatchScorer`) that does the work common
-to all of them:
+Three thin scorers share one private base (:class:`_BatchScorer`, on the shared scoring engine
+:mod:`coreset_sampler.engine` and the window batching of :mod:`coreset_sampler.batching`) that does
+the work common to all of them:
 
 * **batching** by fixed position windows: indices ``[k*B, (k+1)*B)`` form window ``k``; the items
   of a window are grouped by ``(lq shape, gt shape)`` and each group is one forward pass (on
@@ -32,244 +33,46 @@ which otherwise slows small passes by an order of magnitude.
 
 Example:
     >>> from coreset_sampler.data import SubImageDataset
-    >>> ds = SubImageDataset(["../shared/data/T91", "../shared/data/BSD200"], crop=96, step=48)  # doctest: +SKIP
+    >>> ds = SubImageDataset(["path/to/T91", "path/to/BSD200"], crop=96, step=48)  # doctest: +SKIP
     >>> scores = LossScorer.pretrained("srcnn", scale=2).score(ds)   # doctest: +SKIP
     >>> scores.save("srcnn_x2.safetensors")                           # doctest: +SKIP
 """
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
-import hashlib
-import json
 import math
 import os
-import random
-import sys
 import time
-import traceback
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
+from .batching import EXPECTED_ITEM, Window, load_windows
 from .data import ImageReadError, PairSizeError
 from .dataset import dataset_keys
-from .degradation import check_scale, check_lr_size, downsample, imresize, modcrop, rgb_to_y
-from .provenance import provenance_of
-from .scores import Scores, atomic_write_bytes, dataset_fingerprint
-from ._version import __version__
-from .dist import rank_and_world, rank_path
+from .degradation import check_scale, imresize, rgb_to_y
+from .dist import rank_and_world
+from .engine import (PLAUSIBLE_MAX, Checkpointer, ScoringState, check_int_args, check_on_error, check_unique_keys,
+                     default_device, gather_state, progress_bar, provenance_record, resume_state, rng_preserved,
+                     run_stamp, sources_fingerprint)
 from .errors import CoresetTypeError, CoresetValueError
+from .provenance import provenance_of
+from .scores import Scores, dataset_fingerprint
+from .subimages import plan_of
+from .whole_image import WholeImageScorer
 
 __all__ = ["LossScorer", "SobelScorer", "InterpolationScorer", "make_scorer", "EXPECTED_ITEM"]
-
-#: the item form every scorer reads (BasicSR's naming); stated in every TypeError about items
-EXPECTED_ITEM = '{"lq": CHW float tensor, "gt": CHW float tensor, "key": str}'
 
 # On CPU a forward pass over ~32k HR pixels keeps a 64-channel activation (~8 MB) in cache;
 # bigger batches run slower per sample there (measured: benchmarks/results/scoring.md).
 _CPU_FORWARD_PIXELS = 32768
 
-_CKPT_FORMAT = "coreset-sampler/scoring-checkpoint"
-_CKPT_VERSION = "1"
-
-#: a per-sample loss or texture of images in [0, 1] is far below this; above it a value is
-#: refused (when computed, and in a checkpoint, where it means the file was tampered with)
-PLAUSIBLE_MAX = 1e12
-
-
-@contextlib.contextmanager
-def _rng_preserved():
-    """Restore the caller's torch (CPU and initialised CUDA), numpy and ``random`` states."""
-    cpu, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-
-
-# --------------------------------------------------------------------------- worker side
-# Everything here runs inside DataLoader workers (or in-process with num_workers=0) and must
-# be picklable. Failures travel back as data so the main process can raise a clean error.
-
-
-class _LoadFailure:
-    """A sample whose ``dataset[i]`` raised: type, message and the worker's traceback."""
-
-    __slots__ = ("index", "exc", "exc_type", "type_name", "message", "tb")
-
-    def __init__(self, index: int, exc: BaseException):
-        self.index = index
-        self.exc: BaseException | None = exc  # the original, kept only in-process (num_workers=0)
-        t = type(exc)
-        # Send the class only when the main process can import it by name (not a local class).
-        mod = sys.modules.get(t.__module__)
-        self.exc_type = t if mod is not None and getattr(mod, t.__qualname__, None) is t else None
-        self.type_name = t.__name__
-        self.message = str(exc)
-        self.tb = traceback.format_exc()
-
-    def __getstate__(self):  # crossing from a worker: drop the exception object (may not unpickle)
-        return {k: getattr(self, k) for k in self.__slots__ if k != "exc"}
-
-    def __setstate__(self, state):
-        self.exc = None
-        for k, v in state.items():
-            setattr(self, k, v)
-
-    def rebuild(self) -> BaseException:
-        if self.exc is not None:
-            return self.exc
-        if self.exc_type is not None:
-            try:
-                return self.exc_type(self.message)
-            except Exception:  # a class whose constructor needs other arguments
-                pass
-        return RuntimeError(f"{self.type_name}: {self.message}")
-
-
-class _Guarded(Dataset):
-    """Wraps the user's dataset: ``(index, item)`` or ``(index, _LoadFailure)``, never raises."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        try:
-            return i, self.dataset[i]
-        except Exception as e:  # noqa: BLE001 - any loading error is reported, not swallowed
-            return i, _LoadFailure(i, e)
-
-
-class _Group:
-    """Consecutive-in-window samples of one shape pair, stacked: one forward pass."""
-
-    __slots__ = ("indices", "keys", "lq", "gt")
-
-    def __init__(self, indices, keys, lq, gt):
-        self.indices, self.keys, self.lq, self.gt = indices, keys, lq, gt
-
-
-class _Window:
-    """What a worker hands back for one window: groups, load failures, or a form error."""
-
-    __slots__ = ("wid", "size", "groups", "failures", "error")
-
-    def __init__(self, wid: int, size: int):
-        self.wid, self.size = wid, size
-        self.groups: list[_Group] = []
-        self.failures: list[_LoadFailure] = []
-        self.error: tuple[type, str] | None = None
-
-    def pin_memory(self):  # called by DataLoader(pin_memory=True) in its pinning thread
-        for g in self.groups:
-            g.gt = g.gt.pin_memory()
-            g.lq = None if g.lq is None else g.lq.pin_memory()
-        return self
-
-
-def _describe(x) -> str:
-    if torch.is_tensor(x):
-        return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
-    return type(x).__name__
-
-
-def _lq_from_gt(gt: torch.Tensor, scale: int | None, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """HR-only item: ``(lq, gt)`` as :class:`~coreset_sampler.data.PairedImageFolder` makes them
-    without an LR folder (modcrop, MATLAB bicubic x1/scale, 8-bit quantized): deterministic."""
-    if scale is None:
-        raise CoresetTypeError(f"{where} has only 'gt'; LR is made from it by bicubic at the scorer's scale, but this "
-                        f"scorer has none: pass scale= (or give items an 'lq')")
-    check_lr_size(*gt.shape[-2:], scale, where)
-    gt = modcrop(gt, scale)
-    return downsample(gt, scale), gt
-
-
-def _check_item(item, index: int, needs_lq: bool,
-                scale: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor, str | None]:
-    """Validate one item's form; returns ``(lq, gt, key)`` as float32 CHW (lq None if unused).
-
-    An item with ``gt`` but no ``lq`` for a scorer that needs LR gets its LR from ``gt``
-    (:func:`_lq_from_gt` at ``scale``).
-    """
-    where = f"dataset item {index}"
-    if not isinstance(item, dict):
-        raise CoresetTypeError(f"{where} is a {type(item).__name__}; scorers expect items of the form {EXPECTED_ITEM}")
-    key = item.get("key")
-    if key is not None and not isinstance(key, str):
-        raise CoresetTypeError(f"{where} has a 'key' of type {type(key).__name__}; expected the form {EXPECTED_ITEM}")
-    if key is not None:
-        where += f" (key {key!r})"
-    hr_only = needs_lq and isinstance(item.get("gt"), torch.Tensor) and "lq" not in item
-    names = ("lq", "gt") if needs_lq and not hr_only else ("gt",)
-    out = {}
-    for name in names:
-        if name not in item:
-            raise CoresetTypeError(f"{where} has no {name!r} entry (entries: {sorted(map(str, item))}); "
-                            f"expected the form {EXPECTED_ITEM}")
-        x = item[name]
-        if not (torch.is_tensor(x) and x.is_floating_point() and x.dim() == 3):
-            raise CoresetTypeError(f"{where}: {name!r} is a {_describe(x)}; expected the form {EXPECTED_ITEM}")
-        if min(x.shape) < 1:
-            raise CoresetValueError(f"{where}: {name!r} is empty, shape {tuple(x.shape)}")
-        out[name] = x if x.dtype == torch.float32 else x.float()
-    if hr_only:
-        out["lq"], out["gt"] = _lq_from_gt(out["gt"], scale, where)
-    lq = out.get("lq")
-    if lq is not None and lq.shape[0] != out["gt"].shape[0]:
-        raise CoresetValueError(f"{where}: 'lq' has {lq.shape[0]} channels but 'gt' has {out['gt'].shape[0]}")
-    return lq, out["gt"], key
-
-
-class _Collate:
-    """Turn one window's ``(index, item)`` list into shape groups (runs in the worker)."""
-
-    def __init__(self, batch_size: int, needs_lq: bool, scale: int | None = None):
-        self.batch_size, self.needs_lq, self.scale = batch_size, needs_lq, scale
-
-    def __call__(self, batch) -> _Window:
-        win = _Window(batch[0][0] // self.batch_size, len(batch))
-        buckets: dict[tuple, tuple[list, list, list, list]] = {}
-        try:
-            for i, item in batch:
-                if isinstance(item, _LoadFailure):
-                    win.failures.append(item)
-                    continue
-                lq, gt, key = _check_item(item, i, self.needs_lq, self.scale)
-                shape = (None if lq is None else tuple(lq.shape), tuple(gt.shape))
-                b = buckets.setdefault(shape, ([], [], [], []))
-                b[0].append(i), b[1].append(key), b[2].append(lq), b[3].append(gt)
-        except (TypeError, ValueError) as e:
-            win.error = (type(e), str(e))
-            return win
-        for idx, keys, lqs, gts in buckets.values():
-            lq = None if lqs[0] is None else torch.stack(lqs)
-            win.groups.append(_Group(idx, keys, lq, torch.stack(gts)))
-        return win
-
-
-# --------------------------------------------------------------------------- engine
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
 
 class _BatchScorer:
-    """The engine shared by all scorers: batching, workers, progress, resume, distributed.
+    """The per-sample path shared by all scorers: windows, workers, progress, resume, distributed
+    (on :mod:`coreset_sampler.engine` and :mod:`coreset_sampler.batching`).
 
     Subclasses set ``name`` and ``needs_lq`` and implement :meth:`_compute` (a batch -> per-sample
     float64 scores) and :meth:`_config` (what determines the scores; it goes into the metadata
@@ -284,16 +87,13 @@ class _BatchScorer:
     def __init__(self, *, batch_size: int = 64, device=None, num_workers: int = 2,
                  checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 20,
                  on_error: str = "raise", progress: bool = True, max_forward_pixels: int | None = None):
-        for arg, v, lo in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
-                           ("checkpoint_every", checkpoint_every, 1),
-                           ("max_forward_pixels", 0 if max_forward_pixels is None else max_forward_pixels, 0)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise CoresetValueError(f"{arg} must be an integer >= {lo}, got {v!r}")
+        check_int_args(("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                       ("checkpoint_every", checkpoint_every, 1),
+                       ("max_forward_pixels", 0 if max_forward_pixels is None else max_forward_pixels, 0))
         self.max_forward_pixels = max_forward_pixels
-        if on_error not in ("raise", "skip"):
-            raise CoresetValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        check_on_error(on_error)
         self.batch_size = batch_size
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = torch.device(device) if device is not None else default_device()
         self.num_workers = num_workers
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.checkpoint_every = checkpoint_every
@@ -337,7 +137,7 @@ class _BatchScorer:
         """
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
             raise CoresetTypeError(f"dataset must be map-style (__len__ and __getitem__), got {type(dataset).__name__}")
-        with _rng_preserved():  # scoring must not change how the caller's training is seeded
+        with rng_preserved():  # scoring must not change how the caller's training is seeded
             return self._score(dataset)
 
     __call__ = score
@@ -378,7 +178,7 @@ class _BatchScorer:
         if ds_keys is not None and len(ds_keys) != n:
             raise CoresetValueError(f"dataset has {n} items but {len(ds_keys)} keys")
         if ds_keys is not None:
-            _check_unique_keys(ds_keys, type(dataset).__name__)
+            check_unique_keys(ds_keys, type(dataset).__name__)
         rank, world = rank_and_world()
         n_windows = math.ceil(n / B)
         mine = list(range(rank, n_windows, world))  # this rank's windows: r, r + W, r + 2W, ...
@@ -392,64 +192,42 @@ class _BatchScorer:
                            "rank": rank, "world_size": world}
             if ds_provenance is not None:  # a source changed between runs: its old scores are not reused
                 fingerprint["sources"] = sources_fingerprint(ds_provenance)
-            state = _State(n, n_windows)
-            ckpt = None if self.checkpoint is None else rank_path(self.checkpoint, rank, world)
-            if ckpt is not None and ckpt.exists():
-                state = _State.load(ckpt, fingerprint, n, n_windows)
+            state, ckpt = resume_state(self.checkpoint, rank, world, fingerprint, n, n_windows)
             todo = [w for w in mine if not state.done[w]]
             resumed = sum(min(B, n - w * B) for w in mine if state.done[w])
             computed = 0
-            since_ckpt = 0
-            bar = tqdm(total=sum(min(B, n - w * B) for w in mine), initial=resumed, unit="sample",
-                       desc=f"scoring ({self.name})", disable=not self.progress or rank != 0,
-                       dynamic_ncols=True)
+            saver = Checkpointer(ckpt, fingerprint, self.checkpoint_every)
+            bar = progress_bar(sum(min(B, n - w * B) for w in mine), resumed, f"scoring ({self.name})",
+                               self.progress and rank == 0)
             try:
-                for win in self._windows(dataset, todo, n):
+                for win in load_windows(dataset, todo, n, B, num_workers=self.num_workers, needs_lq=self.needs_lq,
+                                        scale=getattr(self, "scale", None), pin_memory=self.device.type == "cuda"):
                     computed += self._consume(win, state, ds_keys)
                     bar.update(win.size)
-                    since_ckpt += 1
-                    if ckpt is not None and since_ckpt >= self.checkpoint_every:
-                        state.save(ckpt, fingerprint)
-                        since_ckpt = 0
+                    saver.step(state)
             finally:
                 bar.close()
-                # Keep what was done even when the run stops on an error or Ctrl-C.
-                if ckpt is not None and since_ckpt:
-                    state.save(ckpt, fingerprint)
+                saver.flush(state)  # keep what was done even when the run stops on an error or Ctrl-C
         finally:
             self._finish()
 
         if world > 1:
-            state = _gather(state, mine, B, n, world)
+            pos = np.concatenate([np.arange(w * B, min(n, (w + 1) * B)) for w in mine]) if len(mine) else \
+                np.zeros(0, dtype=np.int64)
+            state = gather_state(state, pos, n, n_windows, world)
         keys = self._final_keys(ds_keys, state, n)
         if "scale" in config:  # a LossScorer may have inferred it from the data
             config = {**config, "scale": self.scale}
-        provenance = {"scorer": self.spec, "model_digest": config.get("model_digest"),
-                      "loss": config.get("loss"),
-                      "scale": getattr(self, "scale", None) or getattr(dataset, "scale", None),
-                      **(ds_provenance or {})}
+        scale = getattr(self, "scale", None) or getattr(dataset, "scale", None)
+        provenance = provenance_record(self.spec, config, scale, ds_provenance)
         meta = {"scorer": self.name, **config, "provenance": provenance,
-                "dataset_fingerprint": dataset_fingerprint(keys, n),
-                "num_samples": n, "batch_size": B, "library_version": _version(),
-                "torch_version": torch.__version__,
-                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+                "dataset_fingerprint": dataset_fingerprint(keys, n), "num_samples": n, "batch_size": B, **run_stamp()}
         failed = dict(state.failed)
         self.last_stats = {"computed": computed, "resumed": resumed, "failed": len(failed),
                            "seconds": time.perf_counter() - t0, "rank": rank, "world_size": world}
         return Scores(state.values, keys=keys, metadata=meta, failed=failed)
 
-    def _windows(self, dataset, todo: Sequence[int], n: int):
-        """Yield :class:`_Window` for each window id in ``todo`` (decoded by workers)."""
-        if not todo:
-            return
-        B = self.batch_size
-        windows = [list(range(w * B, min(n, (w + 1) * B))) for w in todo]
-        loader = DataLoader(_Guarded(dataset), batch_sampler=windows, num_workers=self.num_workers,
-                            collate_fn=_Collate(B, self.needs_lq, getattr(self, "scale", None)),
-                            pin_memory=self.device.type == "cuda")
-        yield from loader
-
-    def _consume(self, win: _Window, state: "_State", ds_keys) -> int:
+    def _consume(self, win: Window, state: ScoringState, ds_keys) -> int:
         """Score one window and commit it to ``state`` (all or nothing); returns samples computed."""
         if win.error is not None:
             raise win.error[0](win.error[1])
@@ -458,12 +236,8 @@ class _BatchScorer:
             key = f" (key {ds_keys[f.index]!r})" if ds_keys is not None else ""
             strict = f.exc_type is not None and issubclass(f.exc_type, PairSizeError)
             if self.on_error == "raise" or strict:  # a pair of wrong sizes is a wrong dataset: never skipped
-                exc = f.rebuild()
-                note = (f"while loading dataset item {f.index}{key}; pass on_error='skip' to record unreadable "
-                        f"samples in Scores.failed instead. Loader traceback:\n{f.tb}")
-                if hasattr(exc, "add_note"):  # Python >= 3.11
-                    exc.add_note(note)
-                raise exc
+                raise f.with_note(f"while loading dataset item {f.index}{key}; pass on_error='skip' to record "
+                                  f"unreadable samples in Scores.failed instead. Loader traceback:\n{f.tb}")
             failed[f.index] = f"{f.type_name}: {f.message}"
         results = []
         for g in win.groups:
@@ -511,7 +285,7 @@ class _BatchScorer:
         return max(1, min(self.batch_size, cap // (gt_shape[-2] * gt_shape[-1])))
 
     @staticmethod
-    def _final_keys(ds_keys, state: "_State", n: int) -> list[str] | None:
+    def _final_keys(ds_keys, state: ScoringState, n: int) -> list[str] | None:
         if ds_keys is not None:
             return ds_keys
         scored = [i for i in range(n) if i not in state.failed]
@@ -524,170 +298,6 @@ class _BatchScorer:
         return f"{type(self).__name__}({self._config()}, batch_size={self.batch_size}, device={self.device})"
 
 
-def _check_unique_keys(keys, name: str) -> None:
-    """Refuse a dataset whose ``.keys`` name one sample twice, before anything is scored: scores are
-    matched to samples by key, and a scores file cannot hold the same key twice."""
-    first: dict[str, int] = {}
-    for i, k in enumerate(keys):
-        j = first.setdefault(k, i)
-        if j != i:
-            raise CoresetValueError(f"{name}.keys has key {k!r} twice (items {j} and {i}); scores are matched to "
-                             f"samples by key, so keys must be unique: give the two items distinct keys")
-
-
-class _State:
-    """Scoring progress: values, finished windows, item keys, failures. Saved as .safetensors."""
-
-    def __init__(self, n: int, n_windows: int):
-        self.values = np.full(n, np.nan, dtype=np.float32)
-        self.done = np.zeros(n_windows, dtype=bool)
-        self.keys: list[str | None] = [None] * n
-        self.failed: dict[int, str] = {}
-
-    def save(self, path: Path, fingerprint: dict) -> None:
-        from safetensors.numpy import save
-
-        has_key = np.array([k is not None for k in self.keys], dtype=np.uint8)
-        text = "\n".join(k if k is not None else "" for k in self.keys).encode("utf-8")
-        tensors = {"values": self.values, "done": self.done.astype(np.uint8), "has_key": has_key,
-                   "keys": np.frombuffer(text, dtype=np.uint8).copy() if text else np.zeros(0, np.uint8),
-                   "failed": np.array(sorted(self.failed), dtype=np.int64)}
-        meta = {"format": _CKPT_FORMAT, "format_version": _CKPT_VERSION,
-                "fingerprint": json.dumps(fingerprint, sort_keys=True),
-                "failed_errors": json.dumps([self.failed[i] for i in sorted(self.failed)]),
-                "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        atomic_write_bytes(path, save(tensors, metadata=meta))
-
-    @classmethod
-    def load(cls, path: Path, fingerprint: dict, n: int, n_windows: int) -> "_State":
-        """Read a checkpoint of this run; refuse one of another run, or with implausible content."""
-        import stat as _stat
-
-        from safetensors import safe_open
-
-        if not _stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO or a device (would block)
-            raise CoresetValueError(f"checkpoint {path} is not a regular file; pass another checkpoint path")
-        spec = {"values": ("F32", (n,)), "done": ("U8", (n_windows,)), "has_key": ("U8", (n,)),
-                "keys": ("U8", None), "failed": ("I64", None)}
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != _CKPT_FORMAT:
-                    raise CoresetValueError(f"{path} is not a scoring checkpoint (format={meta.get('format')!r}); "
-                                     f"pass another checkpoint path")
-                try:
-                    theirs = json.loads(meta.get("fingerprint", "{}"))
-                except json.JSONDecodeError:
-                    theirs = {"fingerprint": "<unreadable>"}
-                ours = json.loads(json.dumps(fingerprint, sort_keys=True))  # same JSON round trip
-                if theirs != ours:
-                    diff = _first_difference(theirs, ours) if isinstance(theirs, dict) else "unreadable fingerprint"
-                    raise CoresetValueError(f"checkpoint {path} belongs to another scoring run ({diff}); "
-                                     f"delete it or pass another checkpoint path to start afresh")
-                names = set(f.keys())
-                for name, (dtype, shape) in spec.items():  # from the header, before reading any tensor
-                    if name not in names:
-                        raise CoresetValueError(f"checkpoint {path} has no tensor {name!r}; delete it to rescore")
-                    sl = f.get_slice(name)
-                    got_dtype, got_shape = sl.get_dtype(), tuple(sl.get_shape())
-                    if got_dtype != dtype or len(got_shape) != 1 or (shape is not None and got_shape != shape):
-                        want = f"[{shape[0]}]" if shape else "1-D"
-                        raise CoresetValueError(f"checkpoint {path}: tensor {name!r} is {got_dtype} {list(got_shape)}, "
-                                         f"expected {dtype} {want}; delete it to rescore")
-                extra = names - set(spec)
-                if extra:
-                    raise CoresetValueError(f"checkpoint {path} has unexpected tensor(s) {sorted(extra)}; delete it to rescore")
-                t = {k: f.get_tensor(k) for k in spec}
-        except ValueError:
-            raise
-        except Exception as e:  # safetensors raises its own error types
-            raise CoresetValueError(f"checkpoint {path} is not a readable .safetensors file: {e}") from None
-        bad = f"checkpoint {path}"
-        fix = "the file was altered or is corrupt: delete it to rescore"
-        if not np.isin(t["done"], (0, 1)).all():
-            raise CoresetValueError(f"{bad}: tensor 'done' holds values other than 0/1; {fix}")
-        s = cls(n, n_windows)
-        s.done = t["done"].astype(bool)
-        try:
-            errors = json.loads(meta.get("failed_errors", "[]"))
-            text = t["keys"].tobytes().decode("utf-8")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CoresetValueError(f"{bad}: unreadable keys or failed_errors ({e}); {fix}") from None
-        failed = t["failed"].tolist()
-        B = int(fingerprint["batch_size"])
-        seen: set[int] = set()
-        for j, i in enumerate(failed):
-            if not 0 <= i < n or not s.done[i // B] or i in seen or seen.add(i):
-                raise CoresetValueError(f"{bad}: failed index {i} (entry {j}) is out of range, repeated, or in an "
-                                 f"unfinished window; {fix}")
-        if not isinstance(errors, list) or len(errors) != len(failed):
-            raise CoresetValueError(f"{bad}: {len(failed)} failed indices but failed_errors does not list as many; {fix}")
-        parts = text.split("\n") if n else []
-        if len(parts) != n:
-            raise CoresetValueError(f"{bad}: {len(parts)} keys for {n} items; {fix}")
-        vals = t["values"].astype(np.float32)
-        done_item = np.repeat(s.done, B)[:n]
-        check = done_item.copy()
-        check[failed] = False
-        v = vals[check]
-        with np.errstate(invalid="ignore"):
-            wrong = ~np.isfinite(v) | (v < 0) | (v > PLAUSIBLE_MAX)
-        if wrong.any():
-            i = int(np.flatnonzero(check)[np.flatnonzero(wrong)[0]])
-            what = ("not finite" if not np.isfinite(vals[i]) else "negative" if vals[i] < 0
-                    else f"implausibly large (a loss of images in [0, 1] is far below {PLAUSIBLE_MAX:g})")
-            key = f" (key {parts[i]!r})" if t["has_key"][i] else ""
-            raise CoresetValueError(f"{bad}: value {float(vals[i])!r} at index {i}{key} is {what}; {fix}")
-        s.values = np.where(done_item, vals, np.nan).astype(np.float32)
-        s.values[failed] = np.nan
-        s.keys = [k if h else None for k, h in zip(parts, t["has_key"].tolist())]
-        s.failed = dict(zip(failed, errors))
-        return s
-
-
-def sources_fingerprint(ds_provenance: dict) -> str:
-    """A checkpoint's digest of the dataset's content (file digests, grid, degradation; not where the
-    folders are), so a checkpoint is never resumed over images that changed since it was written."""
-    content = {k: v for k, v in ds_provenance.items() if k not in ("hr_root", "lr_root", "roots")}
-    return hashlib.blake2b(json.dumps(content, sort_keys=True).encode(), digest_size=16).hexdigest()
-
-
-def _first_difference(theirs: dict, ours: dict, prefix: str = "") -> str:
-    # plain fields first ("scorer", "dataset"...), nested config after: the most telling difference
-    for k in sorted(set(theirs) | set(ours), key=lambda k: (isinstance(ours.get(k), dict), k)):
-        a, b = theirs.get(k, "<missing>"), ours.get(k, "<missing>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            if a != b:
-                return _first_difference(a, b, f"{prefix}{k}.")
-        elif a != b:
-            return f"{prefix}{k}: checkpoint has {a!r}, this run has {b!r}"
-    return "fingerprints differ"
-
-
-def _gather(state: _State, mine: list[int], B: int, n: int, world: int) -> _State:
-    """Every rank sends its windows' results; every rank returns the merged full state."""
-    pos = np.concatenate([np.arange(w * B, min(n, (w + 1) * B)) for w in mine]) if len(mine) else \
-        np.zeros(0, dtype=np.int64)
-    payload = {"pos": pos.astype(np.int64), "values": state.values[pos],
-               "keys": [state.keys[i] for i in pos.tolist()],
-               "failed": {i: m for i, m in state.failed.items()}}
-    parts: list = [None] * world
-    torch.distributed.all_gather_object(parts, payload)
-    full = _State(n, math.ceil(n / B))
-    for p in parts:
-        full.values[p["pos"]] = p["values"]
-        for i, k in zip(p["pos"].tolist(), p["keys"]):
-            full.keys[i] = k
-        full.failed.update(p["failed"])
-    full.done[:] = True
-    return full
-
-
-def _version() -> str:
-    return __version__
-
-
-# --------------------------------------------------------------------------- scorers
 
 
 _LOSSES = ("mse", "l1")
@@ -739,7 +349,7 @@ class LossScorer(_BatchScorer):
 
     Example:
         >>> scorer = LossScorer.pretrained("srcnn", scale=2, batch_size=32)   # doctest: +SKIP
-        >>> scores = scorer.score(PairedImageFolder("../shared/data/T91", scale=2))  # doctest: +SKIP
+        >>> scores = scorer.score(PairedImageFolder("path/to/T91", scale=2))  # doctest: +SKIP
         >>> scores.metadata["model_digest"][:12]                                     # doctest: +SKIP
     """
 
@@ -793,8 +403,6 @@ class LossScorer(_BatchScorer):
         """Score ``dataset``: whole-image on sub-image sets with known sources (``whole_image``),
         else per sample (see :meth:`_BatchScorer.score`)."""
         if self.whole_image is not False:
-            from .whole_image import WholeImageScorer, plan_of
-
             plan = plan_of(dataset)
             if plan is not None:
                 self._precheck(dataset, len(dataset))  # empty, scale, unreadable sources, pair sizes
@@ -804,7 +412,7 @@ class LossScorer(_BatchScorer):
                                       checkpoint_every=self.checkpoint_every, on_error=self.on_error,
                                       progress=self.progress, **self.whole_image_options)
                 ws.spec = self.spec
-                with _rng_preserved():
+                with rng_preserved():
                     scores = ws.score(dataset, plan)
                 self.last_stats = ws.last_stats
                 return scores

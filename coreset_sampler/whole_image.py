@@ -2,10 +2,11 @@
 
 A sub-image set (BasicSR's DIV2K preparation: 480x480 crops at stride 240; :class:`SubImageDataset`,
 or a folder cut by :func:`~coreset_sampler.data.extract_subimages` whose sources are known, see
-:class:`SubImageFolder`) covers every pixel about four times. Scoring each crop on its own runs the
-model four times per pixel and decodes every sub-image. Here each source image is decoded once,
-its LR made once, ``model(LR(image))`` computed once (tiled, see below), and every crop's loss is
-read off a summed-area table of the per-pixel error map.
+:class:`~coreset_sampler.subimages.SubImageFolder`; :func:`~coreset_sampler.subimages.plan_of` says
+which crop of which source each sample is) covers every pixel about four times. Scoring each crop on
+its own runs the model four times per pixel and decodes every sub-image. Here each source image is
+decoded once, its LR made once, ``model(LR(image))`` computed once (tiled, see below), and every
+crop's loss is read off a summed-area table of the per-pixel error map.
 
 **What is scored.** For a source image ``I`` (modcropped to a multiple of ``scale``), let
 ``E = err(model(LR(I)), I)`` be the per-pixel error (squared or absolute difference, averaged over
@@ -40,33 +41,31 @@ sums the crops, as the CPU benchmarks measured.
 Example:
     >>> from coreset_sampler.data import SubImageDataset
     >>> from coreset_sampler.scorers import LossScorer
-    >>> ds = SubImageDataset(["../shared/data/T91"], crop=96, step=48, scale=2)  # doctest: +SKIP
+    >>> ds = SubImageDataset(["path/to/T91"], crop=96, step=48, scale=2)  # doctest: +SKIP
     >>> s = LossScorer.pretrained("srcnn", scale=2).score(ds)    # whole-image by default  # doctest: +SKIP
     >>> s.metadata["granularity"]                                                           # doctest: +SKIP
     'whole_image'
 """
 from __future__ import annotations
 
-import datetime as _dt
 import math
-import os
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
-from .data import (IMAGE_EXTS, ImageReadError, PairedImageFolder, SubImageDataset, _header_size, _list_images, _read_array,
-                   _subimage_stem, _to_tensor, subimage_positions)
+from .data import ImageReadError, to_tensor
 from .degradation import check_scale, downsample, modcrop, rgb_to_y
-from .scores import Scores, dataset_fingerprint
-from .dist import rank_and_world, rank_path
+from .dist import rank_and_world
+from .engine import (Checkpointer, LoadFailure, check_int_args, check_on_error, check_unique_keys, default_device,
+                     gather_state, progress_bar, provenance_record, resume_state, run_stamp, sources_fingerprint)
 from .errors import CoresetTypeError, CoresetValueError
+from .models import FSRCNN, SRCNN, weights_digest
+from .provenance import provenance_of
+from .scores import Scores, dataset_fingerprint
+from .subimages import SubImageFolder, WholeImagePlan, plan_of
 
 __all__ = ["WholeImagePlan", "WholeImageScorer", "SubImageFolder", "plan_of", "receptive_halo",
            "crop_sums", "error_map"]
@@ -78,195 +77,6 @@ _CPU_TILE = 192
 _CUDA_TILE = 2048
 _AMP = {None: None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
         "float16": torch.float16}
-
-
-# --------------------------------------------------------------------------- the plan
-
-
-@dataclass
-class WholeImagePlan:
-    """Which crop of which source image each sample is.
-
-    Attributes:
-        sources: source image files (the unit of work).
-        index: ``int64 [n, 3]``: ``(source, top, left)`` of sample ``i`` in HR pixels.
-        keys: sample keys (``name_sNNN``) in dataset order.
-        crop: crop size (HR pixels, square).
-        scale: SR scale.
-        load: ``load(j)`` returns source ``j`` as an HWC uint8/uint16 RGB array.
-    """
-
-    sources: list
-    index: np.ndarray
-    keys: list
-    crop: int
-    scale: int
-    load: Callable[[int], np.ndarray]
-
-    def crops_of(self) -> list[np.ndarray]:
-        """Sample indices of each source, ascending."""
-        order = np.argsort(self.index[:, 0], kind="stable")
-        bounds = np.searchsorted(self.index[order, 0], np.arange(len(self.sources) + 1))
-        return [order[bounds[j]:bounds[j + 1]] for j in range(len(self.sources))]
-
-
-class _CacheLoader:
-    """Picklable ``load(j)`` over a SubImageDataset: its cache, else the file."""
-
-    def __init__(self, files, cache, unreadable=None):
-        self.files, self.cache, self.unreadable = files, cache, dict(unreadable or {})
-
-    def __call__(self, j: int) -> np.ndarray:
-        bad = self.unreadable.get(self.files[j])
-        if bad is not None:
-            raise ImageReadError(bad)
-        return self.cache[j] if self.cache is not None else _read_array(self.files[j])
-
-
-def plan_of(dataset) -> WholeImagePlan | None:
-    """The :class:`WholeImagePlan` of ``dataset``, or None when its samples are not known crops.
-
-    Datasets opt in with a ``whole_image_plan()`` method (:class:`SubImageFolder`);
-    :class:`~coreset_sampler.data.SubImageDataset` is read directly.
-
-    Example:
-        >>> plan_of([{"lq": 0}]) is None
-        True
-    """
-    if hasattr(dataset, "whole_image_plan"):
-        return dataset.whole_image_plan()
-    if isinstance(dataset, SubImageDataset):
-        return WholeImagePlan(sources=list(dataset.files), index=dataset._index.astype(np.int64),
-                              keys=list(dataset.keys), crop=dataset.crop, scale=dataset.scale,
-                              load=_CacheLoader(dataset.files, dataset._cache,
-                                                getattr(dataset, "unreadable", None)))
-    return None
-
-
-# --------------------------------------------------------------------------- sub-image folders
-
-
-_SUB_NAME = re.compile(r"^(?P<stem>.+)_s(?P<n>\d{3,})$")
-
-
-class SubImageFolder(PairedImageFolder):
-    """A folder of sub-images cut by ``extract_subimages`` (or BasicSR), traced to its source images.
-
-    Items, keys and order are those of ``PairedImageFolder(sub_root, scale=scale)`` (per-crop
-    scoring reads the sub-image files); :meth:`whole_image_plan` maps each ``{stem}_s{NNN}`` file
-    to its source image and position, so :class:`WholeImageScorer` (and ``LossScorer``) score the
-    sources instead. Checked at construction, from file headers: every name has the
-    ``{stem}_s{NNN}`` form, a source exists for every stem, ``NNN`` exists in the source's crop
-    grid (:func:`~coreset_sampler.data.subimage_positions`), and each sub-image is
-    ``crop`` x ``crop``; ``verify="pixels"`` also compares every sub-image with its crop of the
-    source (decodes all of them once).
-
-    Args:
-        sub_root: the sub-image folder.
-        sources: folder(s) of the source images (sorted by name, like ``extract_subimages``).
-        crop, step, thresh: the values the sub-images were cut with.
-        scale: SR scale (``crop`` must be divisible by it).
-        verify: ``"size"`` (headers only) or ``"pixels"``.
-
-    Raises:
-        ValueError / FileNotFoundError: one message naming the key, its file and the source.
-
-    Example:
-        >>> ds = SubImageFolder("DIV2K_sub", "DIV2K_train_HR", crop=480, step=240, scale=2)  # doctest: +SKIP
-    """
-
-    def __init__(self, sub_root, sources, *, crop: int, step: int, scale: int = 2, thresh: int = 0,
-                 verify: str = "size", exts: Sequence[str] = IMAGE_EXTS):
-        super().__init__(sub_root, scale=scale, exts=exts)
-        if verify not in ("size", "pixels"):
-            raise CoresetValueError(f"verify must be 'size' or 'pixels', got {verify!r}")
-        if crop % self.scale:
-            raise CoresetValueError(f"crop {crop} must be divisible by scale {self.scale}")
-        subimage_positions(0, 0, crop, step, thresh)  # validates the arguments
-        self.crop, self.step, self.thresh = int(crop), int(step), int(thresh)
-        roots = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
-        self.source_roots = [Path(r) for r in roots]
-        by_stem: dict[str, Path] = {}
-        for r in self.source_roots:
-            for p in _list_images(r, self.exts):
-                s = _subimage_stem(p)
-                if s in by_stem:
-                    raise CoresetValueError(f"duplicate source stem {s!r}: {by_stem[s]} and {p} (sub-images "
-                                     f"{s}_sNNN would trace to either); rename or remove one of them")
-                by_stem[s] = p
-        used: dict[Path, int] = {}
-        grids: dict[Path, list] = {}
-        index = []
-        for key, path in zip(self.keys, self.hr_paths):
-            m = _SUB_NAME.match(key)
-            if m is None:
-                raise CoresetValueError(f"sub-image {path} (key {key!r}) is not named {{stem}}_s{{NNN}}; "
-                                 f"cannot trace it to a source image")
-            stem, n = m["stem"], int(m["n"])
-            src = by_stem.get(stem)
-            if src is None:
-                raise FileNotFoundError(
-                    f"sub-image key {key!r} ({path}): no source image {stem!r} ({'/'.join(self.exts)}) in "
-                    f"{', '.join(map(str, self.source_roots))}; give the folder(s) it was cut from")
-            if src not in grids:
-                h, w = _header_size(src)
-                grids[src] = (h, w, subimage_positions(h, w, self.crop, self.step, self.thresh))
-                used[src] = len(used)
-            h, w, pos = grids[src]
-            if not 1 <= n <= len(pos):
-                raise CoresetValueError(
-                    f"sub-image key {key!r} ({path}): source {src} is {h}x{w}, whose crop grid (crop "
-                    f"{self.crop}, step {self.step}, thresh {self.thresh}) has {len(pos)} crops, so crop "
-                    f"{n} is not inside it; the source's size does not match the grid the sub-images "
-                    f"were cut with (other crop/step/thresh, or another source file)")
-            sh, sw = _header_size(path)
-            if (sh, sw) != (self.crop, self.crop):
-                raise CoresetValueError(f"sub-image key {key!r} ({path}) is {sh}x{sw}, not {self.crop}x{self.crop}; "
-                                 f"it was not cut with crop {self.crop} from {src}")
-            top, left = pos[n - 1]
-            index.append((used[src], top, left))
-        self.sources = list(used)
-        self._plan_index = np.asarray(index, dtype=np.int64).reshape(-1, 3)
-        if verify == "pixels":
-            self._verify_pixels()
-
-    def _verify_pixels(self) -> None:
-        for j, src in enumerate(self.sources):
-            arr = _read_array(src)
-            for i in np.flatnonzero(self._plan_index[:, 0] == j):
-                _, top, left = (int(v) for v in self._plan_index[i])
-                sub = _read_array(self.hr_paths[i])
-                if not np.array_equal(sub, arr[top:top + self.crop, left:left + self.crop]):
-                    raise CoresetValueError(f"sub-image key {self.keys[i]!r} ({self.hr_paths[i]}) is not the crop at "
-                                     f"(top {top}, left {left}) of its source {src}; the sub-images were cut "
-                                     f"from other images or with other crop/step/thresh")
-
-    def source(self, i: int) -> tuple[Path, int, int]:
-        """``(source file, top, left)`` of sub-image ``i``."""
-        j, top, left = (int(v) for v in self._plan_index[i])
-        return self.sources[j], top, left
-
-    def provenance(self) -> dict:
-        """:meth:`PairedImageFolder.provenance` of the sub-image files, plus ``traced_from``: the
-        source images (digests), crop, step and thresh they were traced to."""
-        from .provenance import sources_digest
-
-        srcs: dict[str, str] = {}
-        for r in self.source_roots:
-            mine = [p for p in self.sources if p.parent == r]
-            srcs.update({(k if len(self.source_roots) == 1 else f"{r.name}/{k}"): v
-                         for k, v in sources_digest(mine, r).items()})
-        return {**super().provenance(), "traced_from": {"roots": [str(r) for r in self.source_roots],
-                                                        "crop": self.crop, "step": self.step, "thresh": self.thresh,
-                                                        "sources": srcs}}
-
-    def whole_image_plan(self) -> WholeImagePlan:
-        return WholeImagePlan(sources=list(self.sources), index=self._plan_index.copy(), keys=list(self.keys),
-                              crop=self.crop, scale=self.scale, load=_CacheLoader(self.sources, None))
-
-    def __repr__(self) -> str:
-        return (f"SubImageFolder({self.hr_root}, sources={[str(r) for r in self.source_roots]}, crop={self.crop}, "
-                f"step={self.step}, scale={self.scale}, n={len(self)})")
 
 
 # --------------------------------------------------------------------------- model geometry
@@ -285,8 +95,6 @@ def receptive_halo(model: torch.nn.Module, scale: int, channels: int | None = No
         >>> receptive_halo(SRCNN(2), 2)
         6
     """
-    from .models import FSRCNN, SRCNN
-
     scale = check_scale(scale)
     if isinstance(model, SRCNN):
         c = model.config
@@ -435,7 +243,7 @@ def _phases(tops: np.ndarray, lefts: np.ndarray, crop: int, scale: int, H: int, 
 class _SourceItems(Dataset):
     """Source ``j`` -> ``(j, {"lq", "gt", "phases"})`` (modcropped HR, its LR; with ``border="exact"``
     the LR/HR pairs of the phase-shifted images that crops past the modcropped edge need) or
-    ``(j, _LoadFailure)``."""
+    ``(j, LoadFailure)``."""
 
     def __init__(self, plan: WholeImagePlan, crops_of: list[np.ndarray], exact: bool = False, raw: bool = False):
         self.plan, self.crops_of, self.exact, self.raw = plan, crops_of, exact, raw
@@ -444,8 +252,6 @@ class _SourceItems(Dataset):
         return len(self.plan.sources)
 
     def __getitem__(self, j: int):
-        from .scorers import _LoadFailure
-
         p = self.plan
         try:
             arr = p.load(j)
@@ -465,13 +271,14 @@ class _SourceItems(Dataset):
                 if not (raw.flags.writeable and raw.flags.c_contiguous):  # a read-only cache array
                     raw = np.array(raw, order="C")
                 return j, {"raw": torch.from_numpy(raw)}
-            return j, _degrade(_to_tensor(arr), idx, p, self.exact)
+            return j, _degrade(to_tensor(arr), idx, p, self.exact)
         except Exception as e:  # noqa: BLE001 - reported by the main process, per on_error
-            return j, _LoadFailure(j, e)
+            return j, LoadFailure(j, e)
 
 
 def _raw_to_tensor(raw: torch.Tensor) -> torch.Tensor:
-    """HWC uint8/uint16 tensor (any device) -> CHW float32 in [0, 1]; same values as ``data._to_tensor``."""
+    """HWC uint8/uint16 tensor (any device) -> CHW float32 in [0, 1]; the values of
+    :func:`~coreset_sampler.data.to_tensor`."""
     peak = 255.0 if raw.dtype == torch.uint8 else 65535.0  # int32 carries 16-bit sources
     return raw.permute(2, 0, 1).to(torch.float32).contiguous().div_(peak)
 
@@ -514,12 +321,13 @@ class WholeImageScorer:
         device, num_workers, checkpoint, checkpoint_every, on_error, progress: as for
             :class:`~coreset_sampler.scorers.LossScorer`; the unit of loading, checkpointing and
             sharding is the source image, and an unreadable source fails all its crops.
-        metadata: extra fields for the scores' metadata (``LossScorer`` passes its config).
+        config: the scorer's config recorded in the metadata and the checkpoint fingerprint in place of
+            the default (model, weights digest, loss, channels); ``scale`` is always the run's.
 
     Example:
         >>> from coreset_sampler.models import load_pretrained
         >>> ws = WholeImageScorer(load_pretrained("srcnn", 2), progress=False)   # doctest: +SKIP
-        >>> scores = ws.score(SubImageDataset("../shared/data/T91", crop=96, step=48))  # doctest: +SKIP
+        >>> scores = ws.score(SubImageDataset("path/to/T91", crop=96, step=48))  # doctest: +SKIP
     """
 
     name = "loss"
@@ -529,24 +337,19 @@ class WholeImageScorer:
                  channels_last: bool | None = None, tile_batch: int | None = None, device=None, num_workers: int = 2,
                  checkpoint=None, checkpoint_every: int = 20, on_error: str = "raise", progress: bool = True,
                  border: str = "shift", config: dict | None = None):
-        from .scorers import _default_device
-
         if not isinstance(model, torch.nn.Module):
             raise CoresetTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if loss not in ("mse", "l1"):
             raise CoresetValueError(f"loss must be 'mse' or 'l1', got {loss!r}")
         if amp not in _AMP:
             raise CoresetValueError(f"amp must be one of {sorted(k for k in _AMP if k)} or None, got {amp!r}")
-        if on_error not in ("raise", "skip"):
-            raise CoresetValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        check_on_error(on_error)
         if border not in ("shift", "exact"):
             raise CoresetValueError(f"border must be 'shift' or 'exact', got {border!r}")
         self.border = border
-        for arg, v, lo in (("tile", 0 if tile is None else tile, 0), ("halo", 0 if halo is None else halo, 0),
-                           ("tile_batch", 1 if tile_batch is None else tile_batch, 1), ("num_workers", num_workers, 0),
-                           ("checkpoint_every", checkpoint_every, 1)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise CoresetValueError(f"{arg} must be an integer >= {lo}, got {v!r}")
+        check_int_args(("tile", 0 if tile is None else tile, 0), ("halo", 0 if halo is None else halo, 0),
+                       ("tile_batch", 1 if tile_batch is None else tile_batch, 1), ("num_workers", num_workers, 0),
+                       ("checkpoint_every", checkpoint_every, 1))
         self.model, self.loss = model, loss
         self.on_y = bool(getattr(model, "trains_on_y", False)) if on_y is None else bool(on_y)
         ms = getattr(model, "scale", None)
@@ -555,7 +358,7 @@ class WholeImageScorer:
             if ms is not None and int(ms) != scale:  # as LossScorer: never ignore one of the two silently
                 raise CoresetValueError(f"scale={scale} but the model's .scale is {ms}")
         self.scale = int(ms) if ms is not None else scale
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = torch.device(device) if device is not None else default_device()
         self.tile, self.halo, self.amp_name = tile, halo, amp
         self.amp = _AMP[amp] if self.device.type == "cuda" else None
         self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
@@ -576,8 +379,8 @@ class WholeImageScorer:
         self.last_stats: dict = {}
 
     def config(self, scale: int) -> dict:
-        from .models import weights_digest
-
+        """What determines the scores at ``scale`` (model, weights digest, loss, channels; a model
+        file's provenance): recorded in the metadata and the checkpoint fingerprint."""
         base = self._config or {"model": self.model_name, "model_digest": weights_digest(self.model.state_dict()),
                                 "scale": scale, "loss": self.loss, "channels": "y" if self.on_y else "all"}
         # a model file's name, sha256 and architecture (coreset_sampler.model_files), as LossScorer records
@@ -599,16 +402,13 @@ class WholeImageScorer:
             The loading error of a source (naming the file and, for a missing crop, the key)
             with ``on_error="raise"``.
         """
-        from .provenance import provenance_of
-        from .scorers import _check_unique_keys, _State, _version, sources_fingerprint
-
         t0 = time.perf_counter()
         ds_provenance = provenance_of(dataset)  # source digests as scoring starts
         plan = plan if plan is not None else plan_of(dataset)
         if plan is None:
             raise CoresetValueError(f"{type(dataset).__name__} is not a sub-image set with known sources "
-                             f"(SubImageDataset or SubImageFolder); score it per crop")
-        _check_unique_keys(plan.keys, type(dataset).__name__)
+                                    f"(SubImageDataset or SubImageFolder); score it per crop")
+        check_unique_keys(plan.keys, type(dataset).__name__)
         scale = plan.scale
         if self.scale is not None and self.scale != scale:
             raise CoresetValueError(f"the model is x{self.scale} but the dataset is x{scale}")
@@ -626,10 +426,7 @@ class WholeImageScorer:
                        "batch_size": 1}  # the checkpoint's "windows" are single crops: done per crop
         if ds_provenance is not None:  # as the per-crop path: changed sources are never resumed
             fingerprint["sources_content"] = sources_fingerprint(ds_provenance)
-        state = _State(n, n)
-        ckpt = None if self.checkpoint is None else rank_path(self.checkpoint, rank, world)
-        if ckpt is not None and ckpt.exists():
-            state = _State.load(ckpt, fingerprint, n, n)
+        state, ckpt = resume_state(self.checkpoint, rank, world, fingerprint, n, n)
         src_done = [len(crops_of[j]) > 0 and bool(state.done[crops_of[j]].all()) for j in range(n_src)]
         todo = [j for j in mine if not src_done[j]]
         resumed = sum(len(crops_of[j]) for j in mine if src_done[j])
@@ -637,51 +434,25 @@ class WholeImageScorer:
         self.model.to(self.device).eval()
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        computed, since, shifted = 0, 0, 0
-        bar = tqdm(total=sum(len(crops_of[j]) for j in mine), initial=resumed, unit="sample",
-                   desc="scoring (loss, whole image)", disable=not self.progress or rank != 0, dynamic_ncols=True)
+        saver = Checkpointer(ckpt, fingerprint, self.checkpoint_every)
+        bar = progress_bar(sum(len(crops_of[j]) for j in mine), resumed, "scoring (loss, whole image)",
+                           self.progress and rank == 0)
         try:
-            exact = self.border == "exact"
-            loader = DataLoader(_SourceItems(plan, crops_of, exact, raw=self._on_device), sampler=todo, batch_size=None,
-                                num_workers=self.num_workers if todo else 0,
-                                pin_memory=self.device.type == "cuda")
-            for j, item in (loader if todo else ()):
-                idx = crops_of[j]
-                if not isinstance(item, dict):
-                    self._failed(item, j, idx, plan, state)
-                else:
-                    if "raw" in item:
-                        raw = item["raw"].to(self.device, non_blocking=self.device.type == "cuda")
-                        item = _degrade(_raw_to_tensor(raw), idx, plan, exact)
-                    vals, sh = self._score_source(item, idx, plan, tile, halo)
-                    state.values[idx] = vals
-                    shifted += sh
-                    computed += len(idx)
-                for i in idx:
-                    state.keys[i] = plan.keys[i]
-                state.done[idx] = True
-                bar.update(len(idx))
-                since += 1
-                if ckpt is not None and since >= self.checkpoint_every:
-                    state.save(ckpt, fingerprint)
-                    since = 0
+            computed, shifted = self._run(plan, crops_of, todo, state, tile, halo, bar, saver)
         finally:
             bar.close()
-            if ckpt is not None and since:
-                state.save(ckpt, fingerprint)
+            saver.flush(state)  # keep what was done even when the run stops on an error or Ctrl-C
             self.model.train(was_training)
             if self.channels_last:
                 self.model.to(memory_format=torch.contiguous_format)
         if world > 1:
-            state = _gather_sources(state, mine, crops_of, n, n_src, world)
+            pos = np.concatenate([crops_of[j] for j in mine]) if mine else np.zeros(0, dtype=np.int64)
+            state = gather_state(state, pos, n, n, world)
         meta = {"scorer": self.name, **config, "granularity": "whole_image",
                 "whole_image": {**geometry, "crop": plan.crop, "sources": n_src, "shifted_crops": shifted},
-                "dataset_fingerprint": dataset_fingerprint(plan.keys, n), "num_samples": n,
-                "library_version": _version(), "torch_version": torch.__version__,
-                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        meta["provenance"] = {"scorer": self.spec, "model_digest": config.get("model_digest"),
-                              "loss": config.get("loss"), "scale": config.get("scale"), "granularity": "whole_image",
-                              **(ds_provenance or {})}
+                "dataset_fingerprint": dataset_fingerprint(plan.keys, n), "num_samples": n, **run_stamp()}
+        meta["provenance"] = provenance_record(self.spec, config, config.get("scale"), ds_provenance,
+                                               granularity="whole_image")
         self.last_stats = {"computed": computed, "resumed": resumed, "failed": len(state.failed),
                            "seconds": time.perf_counter() - t0, "rank": rank, "world_size": world,
                            "sources": len(todo)}
@@ -689,16 +460,39 @@ class WholeImageScorer:
 
     __call__ = score
 
+    def _run(self, plan, crops_of, todo, state, tile, halo, bar, saver) -> tuple[int, int]:
+        """Score the sources ``todo`` into ``state``; returns ``(crops computed, crops shifted inside)``."""
+        computed, shifted = 0, 0
+        exact = self.border == "exact"
+        loader = DataLoader(_SourceItems(plan, crops_of, exact, raw=self._on_device), sampler=todo, batch_size=None,
+                            num_workers=self.num_workers if todo else 0, pin_memory=self.device.type == "cuda")
+        for j, item in (loader if todo else ()):
+            idx = crops_of[j]
+            if not isinstance(item, dict):
+                self._failed(item, j, idx, plan, state)
+            else:
+                if "raw" in item:
+                    raw = item["raw"].to(self.device, non_blocking=self.device.type == "cuda")
+                    item = _degrade(_raw_to_tensor(raw), idx, plan, exact)
+                vals, sh = self._score_source(item, idx, plan, tile, halo)
+                state.values[idx] = vals
+                shifted += sh
+                computed += len(idx)
+            for i in idx:
+                state.keys[i] = plan.keys[i]
+            state.done[idx] = True
+            bar.update(len(idx))
+            saver.step(state)
+        return computed, shifted
+
     def _failed(self, f, j, idx, plan, state) -> None:
+        """Source ``j`` could not be loaded: raise its error, or (``on_error="skip"``) fail its crops ``idx``."""
         keys = [plan.keys[i] for i in idx]
         if self.on_error == "raise":
-            exc = f.rebuild()
             shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-            note = (f"while loading source image {plan.sources[j]} of sub-image key(s) {shown}; pass "
-                    f"on_error='skip' to record its crops in Scores.failed instead. Loader traceback:\n{f.tb}")
-            if hasattr(exc, "add_note"):
-                exc.add_note(note)
-            raise exc
+            raise f.with_note(f"while loading source image {plan.sources[j]} of sub-image key(s) {shown}; pass "
+                              f"on_error='skip' to record its crops in Scores.failed instead. "
+                              f"Loader traceback:\n{f.tb}")
         for i in idx:
             state.failed[int(i)] = f"{f.type_name}: {f.message}"
 
@@ -750,19 +544,3 @@ class WholeImageScorer:
     def __repr__(self) -> str:
         return (f"WholeImageScorer(model={self.model_name}, loss={self.loss}, tile={self.tile}, halo={self.halo}, "
                 f"amp={self.amp_name}, device={self.device})")
-
-
-def _gather_sources(state, mine, crops_of, n, n_src, world):
-    """Every rank sends its sources' results; every rank returns the merged full state."""
-    from .scorers import _State
-
-    pos = np.concatenate([crops_of[j] for j in mine]) if mine else np.zeros(0, dtype=np.int64)
-    payload = {"pos": pos.astype(np.int64), "values": state.values[pos], "failed": dict(state.failed)}
-    parts: list = [None] * world
-    torch.distributed.all_gather_object(parts, payload)
-    full = _State(n, n)
-    for p in parts:
-        full.values[p["pos"]] = p["values"]
-        full.failed.update(p["failed"])
-    full.done[:] = True
-    return full

@@ -179,13 +179,13 @@ def test_device_side_path_gives_the_cpu_path_scores(srcs, border, workers):
 
 
 def test_raw_pixels_convert_like_the_loader():
-    from coreset_sampler.data import _to_tensor
+    from coreset_sampler.data import to_tensor
     from coreset_sampler.whole_image import _raw_to_tensor
 
     rng = np.random.default_rng(0)
     for arr in (rng.integers(0, 256, (5, 7, 3)).astype(np.uint8), rng.integers(0, 65536, (5, 7, 3)).astype(np.uint16)):
         raw = torch.from_numpy(arr if arr.dtype == np.uint8 else arr.astype(np.int32))
-        assert torch.equal(_raw_to_tensor(raw), _to_tensor(arr))
+        assert torch.equal(_raw_to_tensor(raw), to_tensor(arr))
 
 
 def test_l1_and_all_channels():
