@@ -148,10 +148,10 @@ def test_select_prints_summary_and_writes_kept_keys(ws):
         "plot-grid-no-progress", "export-tty", "export-no-progress"])
 def test_checking_many_source_images_shows_a_bar_on_stderr_only_when_enabled(ws, capsys, monkeypatch, tmp_path,
                                                                            argv, tty, fewer_than, bar):
-    import coreset_sampler.cli as cli
+    import coreset_sampler.layout as layout
 
     if fewer_than is not None:
-        monkeypatch.setattr(cli, "HASH_BAR_MIN", fewer_than)  # DATA has 4 source images
+        monkeypatch.setattr(layout, "HASH_BAR_MIN", fewer_than)  # DATA has 4 source images
     monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)  # what tqdm asks (capsys's stream here)
     cmd, *flags = argv
     if cmd == "select":
