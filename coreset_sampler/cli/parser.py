@@ -91,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, formatter_class=_Formatter,
         description="Prune an image super-resolution training set to a loss-ranked core-set.",
         epilog="typical run:\n"
-               "  coreset-sr score ../shared/data/T91 --scale 2 --out t91.safetensors\n"
+               "  coreset-sr score path/to/T91 --scale 2 --out t91.safetensors\n"
                "  coreset-sr select t91.safetensors --mode des --ratio 0.5 --skip-top 0.05\n"
-               "  coreset-sr export ../shared/data/T91 --scores t91.safetensors --out T91_core\n"
+               "  coreset-sr export path/to/T91 --scores t91.safetensors --out T91_core\n"
                "  coreset-sr plot t91.safetensors --out t91_loss.png\n"
                "  coreset-sr demo            # the whole pipeline on bundled photographs\n"
                "run 'coreset-sr COMMAND --help' for each command's options.")
@@ -118,7 +118,7 @@ def add_score_parser(sub) -> None:
                     "(OUT.partial): rerunning the same command after an interruption continues where it "
                     "stopped. Under torchrun the work is sharded over the ranks and rank 0 writes --out.",
         epilog="examples:\n"
-               "  coreset-sr score ../shared/data/T91 ../shared/data/BSD200 --scale 2 --out pool_x2.safetensors\n"
+               "  coreset-sr score path/to/T91 path/to/BSD200 --scale 2 --out pool_x2.safetensors\n"
                "  coreset-sr score DIV2K_train_HR_sub --crop 0 --scorer sobel --out div2k_sobel.safetensors\n"
                "  coreset-sr score HR_sub --crop 0 --lr LR_bicubic_X2_sub --scale 2 --out scores.safetensors\n"
                "  coreset-sr score DIV2K_train_HR_sub --sources DIV2K_train_HR --scale 2 --out div2k_x2.safetensors\n"
@@ -186,7 +186,7 @@ def add_selection_parsers(sub) -> None:
                     "DATA is only read; --out must not be DATA or inside it. Safe to rerun: identical "
                     "files are left alone, others are replaced atomically.",
         epilog="examples:\n"
-               "  coreset-sr export ../shared/data/T91 --scores t91.safetensors --ratio 0.5 --skip-top 0.05 "
+               "  coreset-sr export path/to/T91 --scores t91.safetensors --ratio 0.5 --skip-top 0.05 "
                "--out T91_core\n"
                "  coreset-sr export DIV2K_train_HR_sub --scores div2k.safetensors --out DIV2K_core --link hard")
     p.add_argument("data", nargs="+", metavar="DATA", help="the image folder(s) that were scored")
@@ -207,7 +207,7 @@ def add_selection_parsers(sub) -> None:
                     "scores (Figure 2).",
         epilog="examples:\n"
                "  coreset-sr plot pool_x2.safetensors --out loss.png --ratios 0.25 0.5 0.75 --skip-top 0.05\n"
-               "  coreset-sr plot pool_x2.safetensors --grid ../shared/data/T91 ../shared/data/BSD200 "
+               "  coreset-sr plot pool_x2.safetensors --grid path/to/T91 path/to/BSD200 "
                "--out grid.png")
     p.add_argument("scores", metavar="SCORES", help="scores file")
     p.add_argument("--out", required=True, help="PNG file to write")
@@ -243,7 +243,7 @@ def add_demo_parser(sub) -> None:
                     "core-set and print Y-PSNR next to bicubic on a held-out set (Set5 when found).",
         epilog="examples:\n"
                "  coreset-sr demo                       # bundled photographs, ~2-3 min on 2 CPU cores\n"
-               "  coreset-sr demo --data ../shared/data/T91 --out t91_demo\n"
+               "  coreset-sr demo --data path/to/T91 --out t91_demo\n"
                "  coreset-sr demo --quick               # a smoke run in well under a minute\n"
                "  make demo   /   DATA=path/to/images make demo")
     p.add_argument("--data", default=None, help="your own image folder instead of the bundled photographs")
@@ -251,8 +251,8 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--steps", type=_positive_int, default=None, help="training steps per model (default 1000; "
                    "with --quick 20)")
     p.add_argument("--eval", dest="eval_dir", default=None,
-                   help="held-out evaluation images (default: ../shared/data/Set5 when present, else held-out "
-                        "bundled photographs)")
+                   help="held-out evaluation images (default: Set5 when found beside the working folder, in "
+                        "shared/data/Set5, else held-out bundled photographs)")
     p.add_argument("--quick", action="store_true", help="tiny settings: a smoke test of the pipeline")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of model init and training order")
