@@ -219,7 +219,9 @@ def open_recorded_dataset(scores, scores_path, roots: Sequence | None = None, *,
     Raises:
         RecordedDataMissing: ``roots`` is ``None`` and the file records no folders, or one is gone.
         LayoutError: the folders cannot be opened with these settings (:func:`dataset_from_layout`),
-            the recorded LR folder is gone, or the keys disagree.
+            or the recorded LR folder is gone.
+        CoresetValueError: the keys disagree (what ``match_keys`` raises; by default the first
+            differing key).
         ProvenanceError: other crop / step values, other settings or changed, missing or added source images.
 
     Example:
