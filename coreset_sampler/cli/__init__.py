@@ -28,13 +28,13 @@ import warnings
 from typing import Sequence
 
 from .demo import cmd_demo
-from .errors import PROG, CLIError, ClosedPipeSafe, one_line, report, warn
+from .errors import PROG, CLIError, ClosedPipeSafe, is_os_case, one_line, report, warn
 from .info import cmd_info
 from .parser import build_parser
 from .score import cmd_score
 from .select import cmd_export, cmd_plot, cmd_select
 
-__all__ = ["main", "build_parser", "CLIError", "COMMANDS"]
+__all__ = ["main", "build_parser", "CLIError", "COMMANDS", "is_os_case"]
 
 #: subcommand -> the function that runs it (``args`` -> exit code)
 COMMANDS = {"score": cmd_score, "select": cmd_select, "export": cmd_export, "plot": cmd_plot,
