@@ -30,8 +30,9 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence, Union
 
-from .scores import remove_stale_temp_files, temp_path  # one temp-file convention for every write
 from .errors import CoresetOSError, CoresetTypeError, CoresetValueError
+from .layout import dataset_layout  # noqa: F401  (its home is layout.py, beside the code that re-opens it)
+from .scores import remove_stale_temp_files, temp_path  # one temp-file convention for every write
 
 __all__ = ["export_coreset", "ExportReport", "check_writable_outside", "UnsafeWriteError", "source_roots",
            "dataset_layout", "META_INFO", "LINK_MODES"]
@@ -143,38 +144,6 @@ def source_roots(dataset) -> dict[str, Path]:
 def _source_files(dataset) -> list[Path]:
     files = list(getattr(dataset, "files", None) or getattr(dataset, "hr_paths", None) or [])
     return [Path(f) for f in files + list(getattr(dataset, "lr_paths", None) or [])]
-
-
-def dataset_layout(dataset) -> dict:
-    """How ``dataset``'s samples map onto files, for a scores file's ``data`` metadata.
-
-    ``{"kind": "subimages", "roots", "scale", "crop", "step", "thresh"}`` for a
-    :class:`~coreset_sampler.data.SubImageDataset`, ``{"kind": "images", "roots", "scale"[,
-    "lr_root"]}`` for a :class:`~coreset_sampler.data.PairedImageFolder` (folders absolute; a
-    :class:`~coreset_sampler.whole_image.SubImageFolder` adds ``"traced_from"``):
-    enough for ``coreset-sr export`` / ``plot --grid`` to rebuild the same samples.
-
-    Example:
-        >>> dataset_layout(SubImageDataset("T91", crop=96, step=48, scale=2))  # doctest: +SKIP
-        {'kind': 'subimages', 'roots': ['/data/T91'], 'scale': 2, 'crop': 96, 'step': 48, 'thresh': 0}
-    """
-    if hasattr(dataset, "whole_image_plan") and hasattr(dataset, "hr_paths"):
-        # whole_image.SubImageFolder: its samples are the sub-image files (exported as they are),
-        # traced to the source images they were cut from
-        return {"kind": "images", "roots": [str(Path(dataset.hr_root).resolve())], "scale": int(dataset.scale),
-                "traced_from": {"roots": [str(Path(r).resolve()) for r in dataset.source_roots],
-                                "crop": int(dataset.crop), "step": int(dataset.step), "thresh": int(dataset.thresh)}}
-    if hasattr(dataset, "source") and hasattr(dataset, "crop"):
-        return {"kind": "subimages", "roots": [str(Path(r).resolve()) for r in dataset.roots],
-                "scale": int(dataset.scale), "crop": int(dataset.crop), "step": int(dataset.step),
-                "thresh": int(getattr(dataset, "thresh", 0))}
-    if hasattr(dataset, "hr_paths"):
-        spec = {"kind": "images", "roots": [str(Path(dataset.hr_root).resolve())], "scale": int(dataset.scale)}
-        if getattr(dataset, "lr_root", None) is not None:
-            spec["lr_root"] = str(Path(dataset.lr_root).resolve())
-        return spec
-    raise CoresetTypeError(f"no file layout for {type(dataset).__name__}: expected a SubImageDataset or "
-                    f"PairedImageFolder")
 
 
 # --------------------------------------------------------------------------- atomic file writes
@@ -438,8 +407,6 @@ def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progr
         >>> report.bytes_after, report.saved_fraction                        # doctest: +SKIP
         (17868998, 0.465)
     """
-    from tqdm.auto import tqdm
-
     if link not in LINK_MODES:
         raise CoresetValueError(f"link must be one of {', '.join(LINK_MODES)}, got {link!r}")
     subimages = hasattr(dataset, "source") and hasattr(dataset, "crop")
@@ -454,72 +421,112 @@ def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progr
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"output {out} exists and is not a folder")
     lr_paths = None if subimages else getattr(dataset, "lr_paths", None)
+    _check_export_folders(dataset, out, lr_paths is not None, protect)
+    removed, busy = _prepare_folders(out, lr_paths is not None)
+    if subimages:
+        done = _export_subimages(dataset, idx, out, progress)
+    else:
+        done = _export_images(dataset, idx, out, lr_paths, link, progress)
+    _write_bytes(out / META_INFO, ("\n".join(done.names) + "\n").encode("utf-8"))
+    expected = set(done.names) | {META_INFO, "lr"}
+    stale = sorted(p.name for p in out.iterdir() if p.name not in expected and not p.name.startswith("."))
+    return ExportReport(kind=done.kind, out=out, kept=len(idx), total=n, written=int(done.written),
+                        unchanged=int(done.unchanged), bytes_before=int(done.bytes_before),
+                        bytes_after=int(done.bytes_after), bytes_before_estimated=bool(done.estimated),
+                        source_bytes=int(done.source_bytes), files=done.names, stale=stale, link=done.mode,
+                        removed_temp=removed, busy_temp=busy)
+
+
+def _check_export_folders(dataset, out: Path, with_lr: bool, protect: Roots) -> None:
+    """Refuse (before anything is written) an ``out``, ``out/lr`` or ``out/meta_info.txt`` in source data."""
     lr_dir = out / "lr"
-    folders = [out] + ([lr_dir] if lr_paths is not None else [])
+    folders = [out] + ([lr_dir] if with_lr else [])
     # a dangling symlink is no folder yet, but mkdir would create its target: check where it points
     targets = folders + [out / META_INFO] + [Path(os.path.realpath(f)) for f in folders if f.is_symlink()]
     # the caller's labels first: they name the folders as the user knows them ("DATA")
     _check_pairs(targets, _labelled(protect, source_roots(dataset)))
-    if lr_paths is not None and write_target(lr_dir) == write_target(out):
+    if with_lr and write_target(lr_dir) == write_target(out):
         raise UnsafeWriteError(f"refusing to write {lr_dir}: it resolves to {out} itself, where LR files would "
                                f"replace the HR files of the same name; remove the link {lr_dir}")
 
+
+def _prepare_folders(out: Path, with_lr: bool) -> tuple[list, list]:
+    """Create ``out`` (and ``out/lr``); remove the temp files a killed export left there: ``(removed, busy)``."""
     out.mkdir(parents=True, exist_ok=True)
     removed, busy = remove_stale_temp_files(out)
-    if lr_paths is not None:
+    if with_lr:
+        lr_dir = out / "lr"
         lr_dir.mkdir(exist_ok=True)
         r2, b2 = remove_stale_temp_files(lr_dir)
         removed += [f"lr/{x}" for x in r2]
         busy += [f"lr/{x}" for x in b2]
+    return removed, busy
 
-    names: list[str] = []
-    written = unchanged = bytes_after = 0
-    if subimages:
-        by_file: dict[Path, list[int]] = {}
-        for i in idx:
-            by_file.setdefault(dataset.source(i)[0], []).append(i)
-        crop = dataset.crop
-        with tqdm(total=len(idx), desc="export", unit="img", disable=not progress, dynamic_ncols=True) as bar:
-            for f, members in by_file.items():
-                with _open_rgbish(f) as im:
-                    for i in members:
-                        _, top, left = dataset.source(i)
-                        if im.height < top + crop or im.width < left + crop:
-                            raise CoresetValueError(f"image {f} changed since it was scored: it no longer holds "
-                                             f"sub-image {dataset.keys[i]!r} ({crop}x{crop} at {left},{top})")
-                        data = _png_bytes(im.crop((left, top, left + crop, top + crop)))
-                        name = f"{dataset.keys[i]}.png"
-                        if _same_bytes(out / name, data):
-                            unchanged += 1
-                        else:
-                            _write_bytes(out / name, data)
-                            written += 1
-                        names.append(name)
-                        bytes_after += len(data)
-                        bar.update(1)
-        source_bytes = sum(p.stat().st_size for p in dataset.files)
-        dropped_bytes, estimated = _dropped_png_bytes(dataset, idx, progress)
-        bytes_before = bytes_after + dropped_bytes
-        kind, mode = "subimages", "png"
-    else:
-        for i in tqdm(idx, desc="export", unit="file", disable=not progress, dynamic_ncols=True):
-            src = Path(dataset.hr_paths[i])
-            changed = _place_file(src, out / src.name, link)
-            bytes_after += src.stat().st_size
-            if lr_paths is not None:
-                lr = Path(lr_paths[i])
-                changed |= _place_file(lr, lr_dir / lr.name, link)
-                bytes_after += lr.stat().st_size
-            written += changed
-            unchanged += not changed
-            names.append(src.name)
-        all_files = [Path(p) for p in dataset.hr_paths] + [Path(p) for p in (lr_paths or [])]
-        bytes_before = source_bytes = sum(p.stat().st_size for p in all_files)
-        estimated, kind, mode = False, "images", link
-    _write_bytes(out / META_INFO, ("\n".join(names) + "\n").encode("utf-8"))
-    expected = set(names) | {META_INFO, "lr"}
-    stale = sorted(p.name for p in out.iterdir() if p.name not in expected and not p.name.startswith("."))
-    return ExportReport(kind=kind, out=out, kept=len(idx), total=n, written=int(written), unchanged=int(unchanged),
-                        bytes_before=int(bytes_before), bytes_after=int(bytes_after),
-                        bytes_before_estimated=bool(estimated), source_bytes=int(source_bytes), files=names,
-                        stale=stale, link=mode, removed_temp=removed, busy_temp=busy)
+
+@dataclasses.dataclass
+class _Written:
+    """What one export pass wrote (the numbers of :class:`ExportReport`)."""
+
+    kind: str
+    mode: str
+    names: list = dataclasses.field(default_factory=list)
+    written: int = 0
+    unchanged: int = 0
+    bytes_after: int = 0
+    bytes_before: float = 0
+    source_bytes: int = 0
+    estimated: bool = False
+
+
+def _export_subimages(dataset, idx: list[int], out: Path, progress: bool) -> _Written:
+    """The kept sub-images as PNG crops ``{key}.png``, each source image decoded once."""
+    from tqdm.auto import tqdm
+
+    done = _Written(kind="subimages", mode="png")
+    by_file: dict[Path, list[int]] = {}
+    for i in idx:
+        by_file.setdefault(dataset.source(i)[0], []).append(i)
+    crop = dataset.crop
+    with tqdm(total=len(idx), desc="export", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for f, members in by_file.items():
+            with _open_rgbish(f) as im:
+                for i in members:
+                    _, top, left = dataset.source(i)
+                    if im.height < top + crop or im.width < left + crop:
+                        raise CoresetValueError(f"image {f} changed since it was scored: it no longer holds "
+                                                f"sub-image {dataset.keys[i]!r} ({crop}x{crop} at {left},{top})")
+                    data = _png_bytes(im.crop((left, top, left + crop, top + crop)))
+                    name = f"{dataset.keys[i]}.png"
+                    if _same_bytes(out / name, data):
+                        done.unchanged += 1
+                    else:
+                        _write_bytes(out / name, data)
+                        done.written += 1
+                    done.names.append(name)
+                    done.bytes_after += len(data)
+                    bar.update(1)
+    done.source_bytes = sum(p.stat().st_size for p in dataset.files)
+    dropped_bytes, done.estimated = _dropped_png_bytes(dataset, idx, progress)
+    done.bytes_before = done.bytes_after + dropped_bytes
+    return done
+
+
+def _export_images(dataset, idx: list[int], out: Path, lr_paths, link: str, progress: bool) -> _Written:
+    """The kept whole images (and their LR files, under ``out/lr``) copied or linked under their own names."""
+    from tqdm.auto import tqdm
+
+    done = _Written(kind="images", mode=link)
+    for i in tqdm(idx, desc="export", unit="file", disable=not progress, dynamic_ncols=True):
+        src = Path(dataset.hr_paths[i])
+        changed = _place_file(src, out / src.name, link)
+        done.bytes_after += src.stat().st_size
+        if lr_paths is not None:
+            lr = Path(lr_paths[i])
+            changed |= _place_file(lr, out / "lr" / lr.name, link)
+            done.bytes_after += lr.stat().st_size
+        done.written += changed
+        done.unchanged += not changed
+        done.names.append(src.name)
+    all_files = [Path(p) for p in dataset.hr_paths] + [Path(p) for p in (lr_paths or [])]
+    done.bytes_before = done.source_bytes = sum(p.stat().st_size for p in all_files)
+    return done

@@ -148,10 +148,10 @@ def test_select_prints_summary_and_writes_kept_keys(ws):
         "plot-grid-no-progress", "export-tty", "export-no-progress"])
 def test_checking_many_source_images_shows_a_bar_on_stderr_only_when_enabled(ws, capsys, monkeypatch, tmp_path,
                                                                            argv, tty, fewer_than, bar):
-    import coreset_sampler.cli as cli
+    import coreset_sampler.layout as layout
 
     if fewer_than is not None:
-        monkeypatch.setattr(cli, "HASH_BAR_MIN", fewer_than)  # DATA has 4 source images
+        monkeypatch.setattr(layout, "HASH_BAR_MIN", fewer_than)  # DATA has 4 source images
     monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)  # what tqdm asks (capsys's stream here)
     cmd, *flags = argv
     if cmd == "select":
@@ -573,3 +573,63 @@ def test_unknown_package_attribute_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'CoresetDataset'"):
         coreset_sampler.CoresetDataset  # noqa: B018 - the misspelling a user would make
     assert not hasattr(coreset_sampler, "nope")
+
+
+# --------------------------------------------------------------------------- the entry point: user errors vs bugs
+
+
+def _raising(exc: BaseException):
+    def boom(*args, **kwargs):
+        raise exc
+    return boom
+
+
+def test_a_plain_value_error_inside_a_command_keeps_its_traceback(ws, capsys, monkeypatch):
+    """Issue 18 item 5: only the error family (and the documented OS cases) become one line; a bug propagates."""
+    import coreset_sampler.cli.info as info
+
+    monkeypatch.setattr(info, "info_text", _raising(ValueError("a bug, not a user mistake")))
+    with pytest.raises(ValueError, match="a bug, not a user mistake"):
+        main(["info", str(ws["scores"])])
+    assert "coreset-sr: error" not in capsys.readouterr().err
+    monkeypatch.setattr(info, "info_text", _raising(OSError(5, "Input/output error")))  # not a documented case
+    with pytest.raises(OSError, match="Input/output error"):
+        main(["info", str(ws["scores"])])
+
+
+def test_a_bug_shows_its_traceback_on_the_terminal(ws):
+    code = ("import sys, coreset_sampler.cli as cli, coreset_sampler.cli.info as info\n"
+            "def boom(*args):\n    raise ValueError('a bug, not a user mistake')\n"
+            "info.info_text = boom\n"
+            f"sys.exit(cli.main(['info', {str(ws['scores'])!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback (most recent call last)" in r.stderr and "ValueError: a bug, not a user mistake" in r.stderr
+    assert "coreset-sr: error" not in r.stderr
+
+
+@pytest.mark.parametrize("make, expected, needle", [
+    (lambda: __import__("coreset_sampler").CoresetValueError("bad value in x.png"), 1, "bad value in x.png"),
+    (lambda: __import__("coreset_sampler").ProvenanceError("s: scale is 2 in the scores file but 4 here; rescore"),
+     2, "scale is 2 in the scores file but 4 here"),
+    (lambda: FileNotFoundError(2, "No such file or directory", "gone.png"), 1, "No such file or directory: gone.png"),
+    (lambda: PermissionError(13, "Permission denied", "locked.png"), 1, "Permission denied: locked.png"),
+], ids=["CoresetValueError", "ProvenanceError", "missing-file", "permission"])
+def test_the_error_family_and_the_os_cases_inside_a_command_are_one_line(ws, capsys, monkeypatch, make, expected,
+                                                                         needle):
+    import coreset_sampler.cli.info as info
+
+    monkeypatch.setattr(info, "info_text", _raising(make()))
+    code, _, err = call(capsys, "info", ws["scores"])
+    assert_user_error(code, err, expected, needle)
+
+
+def test_help_texts_cite_no_development_paths():
+    """Issue 18 item 2: the installed package's examples use path/to/..., not the development tree's ../shared."""
+    import argparse
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == {"score", "select", "export", "plot", "info", "demo"}
+    for text in [parser.format_help()] + [p.format_help() for p in commands.values()]:
+        assert "../shared" not in text

@@ -122,27 +122,40 @@ def test_protect_adds_folders_and_its_labels_win(tmp_path, data):
 
 
 def _imports(module: str) -> set[tuple[str, str]]:
-    """(module, name) pairs that ``coreset_sampler/<module>.py`` imports, relative imports resolved."""
+    """(module, name) pairs that ``coreset_sampler/<module>.py`` (or every file of the package
+    ``coreset_sampler/<module>/``) imports, relative imports resolved to their last parts."""
     import ast
 
     pkg = Path(__file__).resolve().parents[1] / "coreset_sampler"
-    tree = ast.parse((pkg / f"{module}.py").read_text())
+    files = sorted((pkg / module).glob("*.py")) if (pkg / module).is_dir() else [pkg / f"{module}.py"]
     out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            base = "." * node.level + (node.module or "")
-            out |= {(base.lstrip("."), a.name) for a in node.names}
-        elif isinstance(node, ast.Import):
-            out |= {(a.name, "") for a in node.names}
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = "." * node.level + (node.module or "")
+                out |= {(base.lstrip("."), a.name) for a in node.names}
+            elif isinstance(node, ast.Import):
+                out |= {(a.name, "") for a in node.names}
     return out
 
 
 def test_export_is_the_library_concept_that_cli_demo_and_plugin_use():
     """Issue 10 item 8: storage pruning lives in export.py; the CLI, the demo and the BasicSR
-    plug-in call it; the demo no longer reaches into the CLI (cli.py -> demo.run_demo only)."""
-    cli, demo, plugin = _imports("cli"), _imports("demo"), _imports("integrations/basicsr/coreset")
+    plug-in call it; the demo no longer reaches into the CLI (the cli package -> lab.demo.run_demo only)."""
+    cli, demo, plugin = _imports("cli"), _imports("lab/demo"), _imports("integrations/basicsr/coreset")
     assert ("export", "export_coreset") in cli and ("export", "export_coreset") in demo
     assert ("export", "check_writable_outside") in plugin  # export_meta_info's write guard
     assert not {m for m, _ in demo if m.split(".")[-1] == "cli" or m.endswith("coreset_sampler.cli")}
-    assert {n for m, n in cli if m == "demo"} == {"run_demo"}  # a public function, not a private helper
+    assert {n for m, n in cli if m == "lab.demo"} == {"run_demo"}  # a public function, not a private helper
     assert not any(n.startswith("_") for m, n in cli | demo | plugin if m.split(".")[-1] == "export")
+
+
+def test_the_recorded_layout_is_written_and_read_in_one_module(data):
+    """``dataset_layout`` (the record) and ``open_recorded_dataset`` (re-opening it) live together in
+    layout.py; ``from coreset_sampler.export import dataset_layout`` keeps working."""
+    from coreset_sampler import export, layout
+
+    assert export.dataset_layout is layout.dataset_layout
+    assert {"dataset_layout", "open_recorded_dataset"} <= set(layout.__all__)
+    cli = _imports("cli")
+    assert ("layout", "open_recorded_dataset") in cli and ("layout", "dataset_layout") in cli
