@@ -61,11 +61,20 @@ class BasicSRTrainSet:
         return "lr_folder" if self.paired else "bicubic"
 
     @cached_property
+    def pairs(self) -> list[dict]:
+        """The paired dataset's ``paths`` (the list itself: dicts with ``gt_path`` and ``lq_path``), checked once.
+
+        Raises:
+            CoresetConfigError: the dataset keeps no such list.
+        """
+        return _paired_paths(self.dataset)
+
+    @cached_property
     def keys(self) -> list[str]:
         """One key per sample, in dataset order: GT stems (paired, see :func:`basicsr_keys`) or
         :func:`~coreset_sampler.integrations.basicsr.hr_only.hr_only_keys`."""
         if self.paired:
-            return basicsr_keys(self.dataset)
+            return _stem_keys(self.pairs)
         try:
             return hr_only_keys(self.dataset)
         except ValueError as e:
@@ -75,7 +84,7 @@ class BasicSRTrainSet:
         """Sort the dataset's ``paths`` by key, in place (folder listings come in file-system order: sorted,
         the kept set, the scores file and the tie-breaking do not depend on the machine); return the keys."""
         if self.paired:
-            _paired_paths(self.dataset).sort(key=lambda p: Path(p["gt_path"]).stem)
+            self.pairs.sort(key=lambda p: Path(p["gt_path"]).stem)
             self.__dict__.pop("keys", None)
             return self.keys
         unsorted = self.keys
@@ -87,7 +96,7 @@ class BasicSRTrainSet:
     def gt_files(self) -> list[str]:
         """The GT file of every sample, in dataset order."""
         if self.paired:
-            return [p["gt_path"] for p in _paired_paths(self.dataset)]
+            return [p["gt_path"] for p in self.pairs]
         return [entry_path(p) for p in hr_file_list(self.dataset)]
 
     def check_sizes(self) -> int:
@@ -99,8 +108,7 @@ class BasicSRTrainSet:
             return 0
         if not self.paired:  # HR only: every image must hold an LR at this scale
             return _check_hr_sizes(self.gt_files(), hr_only_keys(self.dataset), self.scale)
-        paths = _paired_paths(self.dataset)
-        for p in paths:
+        for p in self.pairs:
             sizes = []
             for which in ("lq_path", "gt_path"):
                 try:
@@ -110,7 +118,7 @@ class BasicSRTrainSet:
                     raise CoresetConfigError(f"{WHERE}: cannot read image {p[which]} (sample "
                                              f"{Path(p['gt_path']).stem!r}): {e}") from None
             _check_pair_size(Path(p["gt_path"]).stem, sizes[0], sizes[1], self.scale, p)
-        return len(paths)
+        return len(self.pairs)
 
     def provenance(self) -> dict:
         """:func:`basicsr_provenance` of this dataset."""
@@ -134,9 +142,8 @@ class BasicSRTrainSet:
             out["sources"] = sources_digest([Path(gt_root) / "data.mdb"], gt_root)
             out["lr_sources"] = sources_digest([Path(lq_root) / "data.mdb"], lq_root)
             return out
-        paths = _paired_paths(self.dataset)
-        out["sources"] = sources_digest([p["gt_path"] for p in paths], gt_root)
-        out["lr_sources"] = sources_digest([p["lq_path"] for p in paths], lq_root)
+        out["sources"] = sources_digest([p["gt_path"] for p in self.pairs], gt_root)
+        out["lr_sources"] = sources_digest([p["lq_path"] for p in self.pairs], lq_root)
         return out
 
     def write_meta_info(self, path, indices) -> Path:
@@ -145,8 +152,7 @@ class BasicSRTrainSet:
 
     def scoring_view(self) -> Dataset:
         """:class:`BasicSRScoringView` (paired) or :class:`~.hr_only.HROnlyScoringView` (HR-only, with these keys)."""
-        return BasicSRScoringView(self.dataset, self.scale) if self.paired else HROnlyScoringView(self.dataset,
-                                                                                                   self.keys)
+        return BasicSRScoringView(self, self.scale) if self.paired else HROnlyScoringView(self.dataset, self.keys)
 
 
 def _paired_paths(dataset) -> list[dict]:
@@ -166,7 +172,11 @@ def basicsr_keys(dataset) -> list[str]:
     Raises:
         CoresetConfigError: the dataset keeps no paired ``paths``, or two GT files share a stem.
     """
-    keys = [Path(p["gt_path"]).stem for p in _paired_paths(dataset)]
+    return _stem_keys(_paired_paths(dataset))
+
+
+def _stem_keys(pairs: list[dict]) -> list[str]:
+    keys = [Path(p["gt_path"]).stem for p in pairs]
     if len(set(keys)) != len(keys):
         seen: set[str] = set()
         dup = next(k for k in keys if k in seen or seen.add(k))
@@ -218,7 +228,8 @@ class BasicSRScoringView(Dataset):
     naming the key and both sizes (no crop to fit: that would score a different image).
 
     Args:
-        dataset: a BasicSR paired dataset (``PairedImageDataset`` or one built like it).
+        dataset: a BasicSR paired dataset (``PairedImageDataset`` or one built like it), or its
+            :class:`BasicSRTrainSet`.
         scale: the SR scale (``opt["scale"]``).
 
     Example:
@@ -227,8 +238,10 @@ class BasicSRScoringView(Dataset):
     """
 
     def __init__(self, dataset, scale: int):
-        self.paths = [dict(p) for p in _paired_paths(dataset)]
-        self.keys = basicsr_keys(dataset)
+        train = dataset if isinstance(dataset, BasicSRTrainSet) else BasicSRTrainSet(dataset, scale)
+        dataset = train.dataset
+        self.paths = [dict(p) for p in train.pairs]
+        self.keys = _stem_keys(train.pairs)
         backend = getattr(dataset, "io_backend_opt", None) or dataset.opt.get("io_backend") or {"type": "disk"}
         # PairedImageDataset pops "type" from its own dict on first use: keep a private copy.
         self.io_backend_opt = dict(backend)
