@@ -3,7 +3,10 @@
 Public API (every name with its contract and an example: docs/api.md):
 
 - :func:`select_indices`, :func:`selection_summary` — which samples to keep (pure).
-- :class:`Scores` — per-sample scores and their ``.safetensors`` file.
+- :class:`Scores` — per-sample scores and their ``.safetensors`` file; :func:`match_keys` — the one
+  matcher of scores to a dataset's keys (:class:`KeyMismatch` where they part ways).
+- :func:`load_or_score` — the scores lifecycle every trainer block uses: load a scores file that fits
+  the data, else score, write (rank 0, atomically) and read back (:class:`ScoresOutcome`).
 - :func:`check_provenance`, :class:`ProvenanceError` — scores checked against what they were
   computed from (scorer, scale, degradation, source image bytes).
 - :class:`CoreSetDataset` — a core-set view over any map-style dataset.
@@ -34,6 +37,11 @@ _EXPORTS = {
     "StepMatchedSampler": "sampler",
     "Scores": "scores",
     "dataset_fingerprint": "scores",
+    "KeyMismatch": "scores",
+    "match_keys": "scores",
+    "load_or_score": "lifecycle",
+    "ScoresOutcome": "lifecycle",
+    "KeyMismatchError": "lifecycle",
     "ProvenanceError": "provenance",
     "check_provenance": "provenance",
     "provenance_of": "provenance",
@@ -80,11 +88,12 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .dataset import CoreSetDataset
     from .errors import CoresetError, CoresetOSError, CoresetRuntimeError, CoresetTypeError, CoresetValueError
     from .export import ExportReport, check_writable_outside, export_coreset
+    from .lifecycle import KeyMismatchError, ScoresOutcome, load_or_score
     from .model_files import ModelFileError, load_model_file
     from .sampler import StepMatchedSampler
     from .scorers import InterpolationScorer, LossScorer, SobelScorer, make_scorer
     from .provenance import (ProvenanceError, check_granularity, check_provenance, file_digest, provenance_of,
                              recorded_granularity, sources_digest)
-    from .scores import Scores, dataset_fingerprint
+    from .scores import KeyMismatch, Scores, dataset_fingerprint, match_keys
     from .selection import MODES, select_indices, selection_summary
     from .whole_image import SubImageFolder, WholeImageScorer

@@ -7,7 +7,7 @@ expect call :func:`check_provenance` and refuse a mismatch with :class:`Provenan
 message names the field, both values and the fix.
 
 Example:
-    >>> ds = PairedImageFolder("../shared/data/Set5", scale=2)           # doctest: +SKIP
+    >>> ds = PairedImageFolder("path/to/Set5", scale=2)                  # doctest: +SKIP
     >>> scores = LossScorer.pretrained("srcnn", scale=2).score(ds)       # doctest: +SKIP
     >>> check_provenance(scores, expected={"scale": 2}, dataset=ds,      # doctest: +SKIP
     ...                  source="scores.safetensors", fix="rescore")
@@ -51,7 +51,7 @@ def file_digest(path) -> str:
     """``"<size>:<blake2b-128 hex>"`` of a file's bytes, cached per (path, size, mtime_ns).
 
     Example:
-        >>> file_digest("../shared/data/Set5/baby.png")   # doctest: +SKIP
+        >>> file_digest("path/to/Set5/baby.png")   # doctest: +SKIP
         '502034:7c1f...'
     """
     p = os.path.abspath(os.fspath(path))

@@ -18,6 +18,7 @@ refused with a message naming the file and the rule, never repaired.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import errno
 import hashlib
@@ -35,7 +36,8 @@ import numpy as np
 from ._version import __version__
 from .errors import CoresetOSError, CoresetValueError
 
-__all__ = ["Scores", "dataset_fingerprint", "atomic_write_bytes", "remove_stale_temps", "remove_stale_temp_files",
+__all__ = ["Scores", "KeyMismatch", "match_keys", "dataset_fingerprint", "atomic_write_bytes", "remove_stale_temps",
+           "remove_stale_temp_files",
            "temp_path", "read_header", "file_kind",
            "FORMAT_VERSION", "KNOWN_VERSIONS"]
 
@@ -272,17 +274,18 @@ class Scores:
 
     # -- checks --------------------------------------------------------------------------
     def check(self, n: int | None = None, keys: Sequence[str] | None = None, source: str = "scores") -> None:
-        """Raise ``ValueError`` unless these scores belong to a dataset of ``n`` items / these ``keys``."""
+        """Raise ``ValueError`` unless these scores belong to a dataset of ``n`` items / these ``keys``
+        (in this order; :func:`match_keys` compares them)."""
         if n is not None and n != len(self):
             raise CoresetValueError(f"{source} has {len(self)} entries but the dataset has {n} items")
-        if keys is not None:
-            if len(keys) != len(self):
+        if keys is None:
+            return
+        got = match_keys(self, keys)
+        if isinstance(got, KeyMismatch):
+            if got.n_scores != got.n_dataset:
                 raise CoresetValueError(f"{source} has {len(self)} entries but the dataset has {len(keys)} items")
-            if self.keys is not None:
-                for i, (a, b) in enumerate(zip(self.keys, keys)):
-                    if a != b:
-                        raise CoresetValueError(f"{source} does not match the dataset: first differing key at "
-                                         f"index {i}: scores have {a!r}, dataset has {b!r}")
+            raise CoresetValueError(f"{source} does not match the dataset: first differing key at index {got.index}: "
+                                    f"scores have {got.in_scores!r}, dataset has {got.in_dataset!r}")
 
     # -- file I/O ------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -385,6 +388,89 @@ class Scores:
             raise CoresetValueError(f"{path}: {e}") from None
         out.format_version = meta["format_version"]
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyMismatch:
+    """Where a :class:`Scores` and a dataset's keys part ways (what :func:`match_keys` returns on a mismatch).
+
+    Every field is filled, so each caller words the refusal its own way (by position, or by the key
+    missing on one side).
+
+    Attributes:
+        n_scores: entries in the scores.
+        n_dataset: keys of the dataset.
+        index: the first position where the two ordered key lists differ (the shorter list's length when
+            one is a prefix of the other); ``None`` when the scores have no keys (only counts compare).
+        in_scores: the scores' key at ``index``; ``None`` where the scores end (or have no keys).
+        in_dataset: the dataset's key at ``index``; ``None`` where the dataset ends.
+        missing: the first dataset key (in dataset order) that the scores lack, if any.
+        extra: the first scores key (in file order) that the dataset lacks, if any.
+
+    Example:
+        >>> match_keys(Scores([1.0, 2.0], keys=["a", "b"]), ["a", "c"])
+        KeyMismatch(n_scores=2, n_dataset=2, index=1, in_scores='b', in_dataset='c', missing='c', extra='b')
+    """
+
+    n_scores: int
+    n_dataset: int
+    index: int | None = None
+    in_scores: str | None = None
+    in_dataset: str | None = None
+    missing: str | None = None
+    extra: str | None = None
+
+    @property
+    def keyless(self) -> bool:
+        """The scores carry no keys: only the counts could be compared."""
+        return self.index is None
+
+
+def match_keys(scores: Scores, keys: Sequence[str], *, any_order: bool = False,
+               allow_extra: bool = False) -> Scores | KeyMismatch:
+    """The one key matcher: ``scores`` aligned to a dataset's ``keys``, or where they part ways.
+
+    Pure (no I/O, nothing raised for a mismatch): the callers (:meth:`Scores.check`, the trainer
+    blocks, :func:`coreset_sampler.lifecycle.load_or_score`, the command line) word the refusal.
+
+    Args:
+        scores: the scores (with or without keys).
+        keys: the dataset's keys, in dataset order.
+        any_order: accept the same keys in another order and return the scores reordered to ``keys``
+            (``failed`` indices follow); otherwise the order must be the same.
+        allow_extra: with ``any_order``, accept scores holding every key and more (a dataset that
+            trains on part of a scored folder) and return them restricted to ``keys``.
+
+    Returns:
+        a :class:`Scores` whose keys are ``keys`` (``scores`` itself when they already are; keyless
+        scores of the right count get ``keys``), or a :class:`KeyMismatch`.
+
+    Example:
+        >>> match_keys(Scores([1.0, 2.0], keys=["b", "a"]), ["a", "b"], any_order=True).values.tolist()
+        [2.0, 1.0]
+        >>> match_keys(Scores([1.0, 2.0]), ["a", "b", "c"]).keyless
+        True
+    """
+    keys = list(keys)
+    if scores.keys is None:
+        if len(scores) != len(keys):
+            return KeyMismatch(len(scores), len(keys))
+        return Scores(scores.values, keys=keys, metadata=scores.metadata, failed=scores.failed)
+    if scores.keys == keys:
+        return scores
+    pos = {k: i for i, k in enumerate(scores.keys)}
+    missing = next((k for k in keys if k not in pos), None)
+    if any_order and missing is None and (len(scores) == len(keys) or allow_extra):
+        order = np.array([pos[k] for k in keys], dtype=np.int64)
+        back = {int(i): j for j, i in enumerate(order)}
+        failed = {back[i]: m for i, m in scores.failed.items() if i in back}
+        return Scores(scores.values[order], keys=keys, metadata=scores.metadata, failed=failed)
+    have = set(keys)
+    index = next((i for i, (a, b) in enumerate(zip(scores.keys, keys)) if a != b), min(len(scores), len(keys)))
+    return KeyMismatch(len(scores), len(keys), index,
+                       in_scores=scores.keys[index] if index < len(scores) else None,
+                       in_dataset=keys[index] if index < len(keys) else None,
+                       missing=missing, extra=next((k for k in scores.keys if k not in have), None))
 
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),

@@ -142,7 +142,7 @@ def _imports(module: str) -> set[tuple[str, str]]:
 def test_export_is_the_library_concept_that_cli_demo_and_plugin_use():
     """Issue 10 item 8: storage pruning lives in export.py; the CLI, the demo and the BasicSR
     plug-in call it; the demo no longer reaches into the CLI (the cli package -> lab.demo.run_demo only)."""
-    cli, demo, plugin = _imports("cli"), _imports("lab/demo"), _imports("integrations/basicsr/coreset")
+    cli, demo, plugin = _imports("cli"), _imports("lab/demo"), _imports("integrations/block")
     assert ("export", "export_coreset") in cli and ("export", "export_coreset") in demo
     assert ("export", "check_writable_outside") in plugin  # export_meta_info's write guard
     assert not {m for m, _ in demo if m.split(".")[-1] == "cli" or m.endswith("coreset_sampler.cli")}

@@ -1,4 +1,10 @@
-"""Integrations with third-party training frameworks (each imports its framework lazily)."""
+"""Integrations with third-party training frameworks (each imports its framework lazily).
+
+What every trainer plug-in shares, importing no framework: :mod:`.block` (the ``coreset:`` block's keys,
+parsing and checks), :mod:`.trainset` (the adapter interface a plug-in implements, and the block's scores
+through :func:`coreset_sampler.lifecycle.load_or_score`), and :func:`patched` / :func:`user_errors` below.
+Each plug-in (:mod:`.basicsr`, :mod:`.redux`) is an adapter to its trainer's datasets and entry point.
+"""
 import contextlib
 import sys
 

@@ -5,7 +5,9 @@ Importing this package does not import basicsr; the submodules do:
 - :mod:`.compat` aliases ``torchvision.transforms.functional_tensor`` (gone from current
   torchvision, needed by basicsr 1.4.2) and imports basicsr;
 - :mod:`.archs` registers ``RDN`` in BasicSR's ``ARCH_REGISTRY``;
-- :mod:`.coreset` validates and applies the ``coreset:`` block;
+- :mod:`.coreset` applies the ``coreset:`` block (parsed by :mod:`coreset_sampler.integrations.block`)
+  through the BasicSR adapter :mod:`.datasets` (keys, pair sizes, provenance, scoring views) and
+  :mod:`.epochs` (the step-matched epoch count);
 - :mod:`.train` is the ``coreset-sr-train`` entry point (BasicSR's ``train_pipeline``).
 
 Example:

@@ -43,7 +43,6 @@ naming the attribute.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import os
@@ -51,6 +50,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...adaptive import AdaptiveCoreSetSampler, IndexedDataset
+from ..block import ADAPTIVE_KEYS, AdaptiveOptions, CoresetConfigError, parse_adaptive_block
 
 __all__ = ["ADAPTIVE_KEYS", "AdaptiveOptions", "AdaptiveTrainSet", "parse_adaptive_block", "build_adaptive_dataset",
            "adaptive_patches", "report_step", "STATE_KEY", "loss_table_digest"]
@@ -58,73 +58,8 @@ __all__ = ["ADAPTIVE_KEYS", "AdaptiveOptions", "AdaptiveTrainSet", "parse_adapti
 #: The key of the sampler's state in BasicSR's training state file.
 STATE_KEY = "coreset_adaptive"
 
-#: The keys ``mode: adaptive`` adds to the block (the others are the static block's).
-ADAPTIVE_KEYS: dict[str, str] = {
-    "refresh": "an integer >= 1 (iterations between re-selections; default 100)",
-    "momentum": "a number in [0, 1) (EMA weight of the old estimate; default 0.5)",
-    "warmup": "an integer >= 0 (iterations on the initial core-set first; default 0)",
-    "full_after": "an integer >= 0, or ~ (iteration from which the full set is drawn; default ~ = never)",
-}
-
-
-def _error(msg: str) -> Exception:
-    from .coreset import CoresetConfigError
-
-    return CoresetConfigError(msg)
-
-
-@dataclasses.dataclass(frozen=True)
-class AdaptiveOptions:
-    """A validated ``mode: adaptive`` block: the static block's options plus the sampler's knobs.
-
-    ``base`` holds the shared keys (``scores``, ``scorer``, ``ratio``, ``skip_top``, ``seed``, ...)
-    as :class:`~coreset_sampler.integrations.basicsr.coreset.CoresetOptions` with ``mode="des"``
-    (the window the sampler selects); unknown attributes are read from it.
-    """
-
-    base: Any
-    refresh: int = 100
-    momentum: float = 0.5
-    warmup: int = 0
-    full_after: int | None = None
-    mode: str = "adaptive"
-
-    def __getattr__(self, name: str):
-        if name == "base" or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.base, name)
-
-
-def parse_adaptive_block(block: Mapping, where: str) -> AdaptiveOptions:
-    """Validate a ``coreset:`` block with ``mode: adaptive``; errors name the key and what it allows."""
-    from .coreset import parse_coreset_block
-
-    o = {k: v for k, v in block.items() if k not in ADAPTIVE_KEYS and k != "mode"}
-    base = parse_coreset_block({**o, "mode": "des"}, where)  # shared keys, with the static block's messages
-
-    def bad(key, value):
-        return _error(f"{where}.{key}: invalid value, got {value!r}; allowed: {ADAPTIVE_KEYS[key]}")
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    refresh = block.get("refresh", 100)
-    if not is_int(refresh) or refresh < 1:
-        raise bad("refresh", refresh)
-    momentum = block.get("momentum", 0.5)
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
-        raise bad("momentum", momentum)
-    warmup = block.get("warmup", 0)
-    if not is_int(warmup) or warmup < 0:
-        raise bad("warmup", warmup)
-    full_after = block.get("full_after")
-    if full_after is not None and (not is_int(full_after) or full_after < 0):
-        raise bad("full_after", full_after)
-    if base.export_meta_info is not None:
-        raise _error(f"{where}.export_meta_info: not available with mode: adaptive (the core-set changes during "
-                     "training); export the final estimate with AdaptiveCoreSetSampler.to_scores instead")
-    return AdaptiveOptions(base=base, refresh=refresh, momentum=float(momentum), warmup=warmup,
-                           full_after=full_after)
+# The block's keys for this mode (ADAPTIVE_KEYS, AdaptiveOptions, parse_adaptive_block) are parsed with the
+# rest of the block in ..block, and importable from here as before.
 
 
 class _TrainingSampler(AdaptiveCoreSetSampler):
@@ -182,11 +117,11 @@ def report_step(model, sampler: AdaptiveCoreSetSampler, current_iter: int, logge
     """Report the step's per-sample L1 (``model.output`` vs ``model.gt``) to ``sampler``; log re-selections."""
     index = getattr(model, "_coreset_index", None)
     if index is None:
-        raise _error("datasets.train.coreset (mode: adaptive): the training batch has no 'index'; the train set "
+        raise CoresetConfigError("datasets.train.coreset (mode: adaptive): the training batch has no 'index'; the train set "
                      "must be the AdaptiveTrainSet built by the block")
     for name in ("output", "gt"):
         if not hasattr(model, name):
-            raise _error(f"datasets.train.coreset (mode: adaptive): model {type(model).__name__} keeps no "
+            raise CoresetConfigError(f"datasets.train.coreset (mode: adaptive): model {type(model).__name__} keeps no "
                          f"'{name}' after optimize_parameters; the adaptive hook needs the step's output and GT "
                          "(BasicSR's SRModel keeps both)")
     out, gt = model.output.detach(), model.gt.detach()
@@ -262,7 +197,7 @@ def _resume(sampler, path, logger) -> None:
     try:
         sampler.load_state_dict(state)
     except ValueError as e:
-        raise _error(f"path.resume_state {path}: its adaptive sampler state does not fit this run: {e}; resume "
+        raise CoresetConfigError(f"path.resume_state {path}: its adaptive sampler state does not fit this run: {e}; resume "
                      "with the coreset block (and dataset) that saved it, or start a new experiment") from None
     _ACTIVE["logged"] = len(sampler.refresh_log)
     sampler.trained = (sampler.epoch, int(state["yielded"]) % sampler.per_rank)

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from ...errors import CoresetValueError
 
-__all__ = ["hr_file_list", "hr_only_keys", "HROnlyScoringView"]
+__all__ = ["hr_file_list", "hr_only_keys", "entry_path", "HROnlyScoringView"]
 
 
 def hr_file_list(dataset) -> list[str] | None:
@@ -48,7 +48,13 @@ def hr_file_list(dataset) -> list[str] | None:
     return None
 
 
-def _path_of(entry) -> str:
+def entry_path(entry) -> str:
+    """The HR file of one entry of an HR-only dataset's ``paths`` (a path, or a dict with ``gt_path``).
+
+    Example:
+        >>> entry_path({"gt_path": "HR/0801.png"}), entry_path("HR/0802.png")
+        ('HR/0801.png', 'HR/0802.png')
+    """
     return str(entry["gt_path"] if isinstance(entry, Mapping) else entry)
 
 
@@ -64,7 +70,7 @@ def hr_only_keys(dataset, paths=None) -> list[str]:
     paths = hr_file_list(dataset) if paths is None else paths
     if paths is None:
         raise CoresetValueError(f"{type(dataset).__name__} has no HR file list (`paths`)")
-    files = [_path_of(p) for p in paths]
+    files = [entry_path(p) for p in paths]
     stems = [PurePath(f).stem for f in files]
     if len(set(stems)) == len(stems):
         return stems
@@ -93,7 +99,7 @@ class HROnlyScoringView(Dataset):
         paths = hr_file_list(dataset)
         if paths is None:
             raise CoresetValueError(f"{type(dataset).__name__} has no HR file list (`paths`)")
-        self.files = [_path_of(p) for p in paths]
+        self.files = [entry_path(p) for p in paths]
         self.keys = hr_only_keys(dataset, paths) if keys is None else list(keys)
         opt = getattr(dataset, "opt", None) or {}
         backend = dict(getattr(dataset, "io_backend_opt", None) or opt.get("io_backend") or {"type": "disk"})

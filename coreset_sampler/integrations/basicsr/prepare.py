@@ -6,10 +6,10 @@ BasicSR's ``PairedImageDataset`` reads LR images from files. This writes, for ea
 
 Usage::
 
-    python -m coreset_sampler.integrations.basicsr.prepare ../shared/data/T91 datasets/T91_x2 --scale 2
+    python -m coreset_sampler.integrations.basicsr.prepare path/to/T91 datasets/T91_x2 --scale 2
 
 Example:
-    >>> make_paired_folder("../shared/data/Set5", "datasets/Set5_x2", scale=2)  # doctest: +SKIP
+    >>> make_paired_folder("path/to/Set5", "datasets/Set5_x2", scale=2)  # doctest: +SKIP
     (PosixPath('datasets/Set5_x2/HR'), PosixPath('datasets/Set5_x2/LRx2'))
 """
 from __future__ import annotations

@@ -48,7 +48,10 @@ except ImportError as _e:  # the basicsr extra is missing: one line for a user, 
     raise
 from . import archs  # noqa: F401  (registers RDN in BasicSR's ARCH_REGISTRY)
 from .adaptive import adaptive_patches
-from .coreset import CoresetConfigError, build_coreset_dataset, step_matched_epochs, validate_options
+from ..block import CoresetConfigError, validate_options
+from .coreset import build_coreset_dataset
+from .epochs import step_matched_epochs
+from .project_support import ProjectImportError, import_modules, project_compat, split_import_args
 from .recipe import check_command_line, parse_force_value, safe_ordered_loader
 from ...errors import CoresetError
 from .. import patched, user_errors
@@ -296,8 +299,6 @@ def main(argv: list[str] | None = None) -> None:
     exits with status 2 and one line ``coreset-sr-train: error: ...`` naming the culprit, before
     ``experiments/`` or ``tb_logger/`` is created; no traceback.
     """
-    from .project import ProjectImportError, import_modules, project_compat, split_import_args
-
     saved_argv = sys.argv
     with user_errors(PROG, (ProjectImportError,)):  # --import NAME: registered before the recipe is parsed
         modules, rest = split_import_args(list(saved_argv[1:] if argv is None else argv))

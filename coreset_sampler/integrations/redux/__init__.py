@@ -4,7 +4,7 @@ traiNNer-redux is not on PyPI and its ``pip install`` packages only ``traiNNer/_
 runs from a clone. Importing this package imports neither torch nor traiNNer; the submodules do:
 
 - :mod:`.recipe` reads a recipe with a safe YAML loader and validates its ``coreset:`` block
-  (the BasicSR block's parser, keys and messages);
+  (the shared block of :mod:`coreset_sampler.integrations.block`: the same keys and messages as BasicSR's);
 - :mod:`.coreset` keys, scores and wraps the train dataset (paired and HR-only/OTF datasets) and
   does traiNNer-redux's iteration arithmetic;
 - :mod:`.train` is the ``coreset-sr-train-redux`` entry point (traiNNer-redux's own ``train.py``,

@@ -27,26 +27,31 @@ import torch
 from torch.utils.data import Dataset
 
 from ...dataset import CoreSetDataset
-from ...provenance import check_provenance, sources_digest
-from ...scores import atomic_write_bytes
-from ...selection import selection_counts
-from ..basicsr.coreset import (RESCORE_FIX, WHERE, CoresetConfigError, CoresetOptions, DescribedDataset, align_scores,
-                               barrier, load_scores_file, make_block_scorer, on_rank0, rank0_decides, rank_and_world,
-                               uniform_scores)
+from ...dist import rank_and_world
 from ...errors import CoresetValueError
+from ...provenance import sources_digest
+from ...scores import Scores
+from ...selection import selection_counts
+from ..block import WHERE, CoresetConfigError, CoresetOptions
+from ..trainset import block_scores, make_block_scorer, write_meta_info_file
+from .recipe import check_export_path, dataroots
 
-__all__ = ["redux_keys", "ReduxScoringView", "RunArithmetic", "redux_iterations", "build_redux_coreset",
-           "write_redux_meta_info", "redux_provenance", "redux_expected_provenance"]
+__all__ = ["ReduxTrainSet", "redux_keys", "ReduxScoringView", "RunArithmetic", "redux_iterations",
+           "build_redux_coreset", "write_redux_meta_info", "redux_provenance", "redux_expected_provenance"]
 
 
-def _gt_paths(dataset) -> tuple[list[str], bool]:
-    """``(GT paths in dataset order, paired?)``; raises for datasets that keep neither kind of list."""
+def _paired(dataset) -> bool:
+    """Paired (``paths`` of dicts with ``gt_path`` and ``lq_path``) or HR-only (``paths`` of files): asked here only.
+
+    Raises:
+        CoresetConfigError: a dataset that keeps neither kind of list.
+    """
     paths = getattr(dataset, "paths", None)
     if isinstance(paths, list) and paths and all(isinstance(p, Mapping) and "gt_path" in p and "lq_path" in p
                                                  for p in paths):
-        return [str(p["gt_path"]) for p in paths], True
+        return True
     if isinstance(paths, list) and paths and all(isinstance(p, (str, os.PathLike)) for p in paths):
-        return [str(p) for p in paths], False
+        return False
     raise CoresetConfigError(
         f"{WHERE}: the train dataset type {type(dataset).__name__} keeps neither paired `paths` (dicts with gt_path "
         "and lq_path, as pairedimagedataset) nor HR-only `paths` (file paths, as realesrgandataset); the coreset "
@@ -57,22 +62,88 @@ def _key(path: str) -> str:
     return Path(path).stem
 
 
+class ReduxTrainSet:
+    """A traiNNer-redux train dataset as the block reads it (the redux plug-in's adapter, see
+    :class:`~coreset_sampler.integrations.trainset.TrainSet`).
+
+    Paired or HR-only is asked here, once (:attr:`paired`); every other method reads the answer.
+
+    Args:
+        dataset: the stock dataset traiNNer-redux built (its ``paths`` are read, and sorted by
+            :meth:`sort_by_key`).
+        scale: the recipe's ``scale``.
+
+    Raises:
+        CoresetConfigError: a dataset that keeps neither paired nor HR-only ``paths``.
+
+    Example:
+        >>> ts = ReduxTrainSet(train_set, scale=4)   # doctest: +SKIP
+        >>> ts.sort_by_key()[:2], ts.paired          # doctest: +SKIP
+        (['img00', 'img01'], False)
+    """
+
+    def __init__(self, dataset, scale: int):
+        self.dataset = dataset
+        self.scale = int(scale)
+        #: LR files on disk (paired), else HR files only (the LR made on the fly)
+        self.paired = _paired(dataset)
+
+    def gt_files(self) -> list[str]:
+        """The GT file of every sample, in dataset order."""
+        return [str(p["gt_path"]) if self.paired else str(p) for p in self.dataset.paths]
+
+    @property
+    def keys(self) -> list[str]:
+        """:func:`redux_keys` of the dataset."""
+        seen: dict[str, str] = {}
+        for p in self.gt_files():
+            k = _key(p)
+            if k in seen:
+                raise CoresetConfigError(f"{WHERE}: two GT files share the key (file stem) {k!r}: {seen[k]} and {p}; "
+                                         "keys must be unique, rename one of them")
+            seen[k] = p
+        return list(seen)
+
+    def sort_by_key(self) -> list[str]:
+        """Sort the dataset's ``paths`` by key, in place (folder listings come in file-system order: sorted,
+        the kept set, the scores file and the tie-breaking do not depend on the machine); return the keys."""
+        self.dataset.paths.sort(key=lambda p: _key(str(p["gt_path"] if self.paired else p)))
+        return self.keys
+
+    def provenance(self) -> dict:
+        """:func:`redux_provenance` of the dataset."""
+        gt_root = _common_root(dataroots(self.dataset.opt, "dataroot_gt"))
+        out = {"dataset": "paired_folder", "scale": self.scale,
+               "degradation": "lr_folder" if self.paired else "bicubic", "hr_root": str(gt_root),
+               "sources": sources_digest([os.path.abspath(p) for p in self.gt_files()], os.path.abspath(gt_root))}
+        if self.paired:
+            lq_root = _common_root(dataroots(self.dataset.opt, "dataroot_lq"))
+            out["lr_root"] = str(lq_root)
+            out["lr_sources"] = sources_digest([os.path.abspath(p["lq_path"]) for p in self.dataset.paths],
+                                               os.path.abspath(lq_root))
+        return out
+
+    def scoring_view(self) -> "ReduxScoringView":
+        """:class:`ReduxScoringView` of the dataset."""
+        return ReduxScoringView(self, self.scale)
+
+    def write_meta_info(self, path, indices) -> Path:
+        """:func:`write_redux_meta_info` of the samples ``indices``."""
+        return write_meta_info_file(path, self.gt_files(), self.dataset.opt.dataroot_gt[0], indices)
+
+
 def redux_keys(dataset) -> list[str]:
     """Sample keys of a traiNNer-redux train dataset: the GT file stems, in dataset order.
 
     Raises:
         CoresetConfigError: the dataset keeps no usable ``paths``, or two GT files share a stem
             (e.g. the same name in two ``dataroot_gt`` folders); the message names both files.
+
+    Example:
+        >>> redux_keys(train_set)[:2]   # doctest: +SKIP
+        ['img00', 'img01']
     """
-    gts, _ = _gt_paths(dataset)
-    seen: dict[str, str] = {}
-    for p in gts:
-        k = _key(p)
-        if k in seen:
-            raise CoresetConfigError(f"{WHERE}: two GT files share the key (file stem) {k!r}: {seen[k]} and {p}; "
-                                     "keys must be unique, rename one of them")
-        seen[k] = p
-    return list(seen)
+    return ReduxTrainSet(dataset, 1).keys
 
 
 class ReduxScoringView(Dataset):
@@ -85,7 +156,8 @@ class ReduxScoringView(Dataset):
     MATLAB bicubic :func:`~coreset_sampler.degradation.downsample` (quantised to 8 bits).
 
     Args:
-        dataset: the traiNNer-redux train dataset (its ``paths`` are read, never changed).
+        dataset: the traiNNer-redux train dataset (its ``paths`` are read, never changed), or its
+            :class:`ReduxTrainSet`.
         scale: the recipe's ``scale``.
 
     Example:
@@ -94,9 +166,10 @@ class ReduxScoringView(Dataset):
     """
 
     def __init__(self, dataset, scale: int):
-        gts, self.paired = _gt_paths(dataset)
-        self.keys = redux_keys(dataset)
-        self.gt_paths = gts
+        train = dataset if isinstance(dataset, ReduxTrainSet) else ReduxTrainSet(dataset, scale)
+        dataset, self.paired = train.dataset, train.paired
+        self.keys = train.keys
+        self.gt_paths = train.gt_files()
         self.lq_paths = [str(p["lq_path"]) for p in dataset.paths] if self.paired else None
         self.scale = int(scale)
         backend = (getattr(dataset, "io_backend_opt", None) or {}).get("type", "disk")
@@ -192,11 +265,6 @@ def redux_iterations(n: int, dataset_opt, opt) -> RunArithmetic:
     return RunArithmetic(n, enlarge, per_epoch, epochs, (epochs + 1) * batches // accum)
 
 
-def _roots(dataset_opt, key: str) -> list[str]:
-    v = dataset_opt.get(key) if isinstance(dataset_opt, Mapping) else getattr(dataset_opt, key, None)
-    return [] if v is None else [os.path.expanduser(str(r)) for r in ([v] if isinstance(v, (str, os.PathLike)) else v)]
-
-
 def _common_root(roots: list[str]) -> str:
     return roots[0] if len(roots) == 1 else os.path.commonpath([os.path.abspath(r) for r in roots])
 
@@ -209,34 +277,22 @@ def redux_provenance(dataset, scale: int) -> dict:
     and no LR fields, the same as ``coreset-sr score HR --scale S`` (LR by MATLAB bicubic) records, so
     such a file fits the block over the same folder. Several ``dataroot_gt`` folders are recorded
     relative to their common parent.
+
+    Example:
+        >>> redux_provenance(train_set, 4)["degradation"]   # doctest: +SKIP
+        'bicubic'
     """
-    gts, paired = _gt_paths(dataset)
-    gt_root = _common_root(_roots(dataset.opt, "dataroot_gt"))
-    out = {"dataset": "paired_folder", "scale": int(scale), "degradation": "lr_folder" if paired else "bicubic",
-           "hr_root": str(gt_root), "sources": sources_digest([os.path.abspath(p) for p in gts],
-                                                            os.path.abspath(gt_root))}
-    if paired:
-        lq_root = _common_root(_roots(dataset.opt, "dataroot_lq"))
-        out["lr_root"] = str(lq_root)
-        out["lr_sources"] = sources_digest([os.path.abspath(p["lq_path"]) for p in dataset.paths],
-                                           os.path.abspath(lq_root))
-    return out
+    return ReduxTrainSet(dataset, scale).provenance()
 
 
 def redux_expected_provenance(copts: CoresetOptions, scale: int, paired: bool) -> dict:
-    """The fields a cached scores file must have recorded to be used by this block and dataset."""
+    """The fields a cached scores file must have recorded to be used by this block and dataset.
+
+    Example:
+        >>> redux_expected_provenance(parse_coreset_block({"scores": "s.safetensors"}), 4, False)  # doctest: +SKIP
+        {'scorer': 'srcnn', 'scale': 4, 'degradation': 'bicubic'}
+    """
     return {"scorer": copts.scorer, "scale": int(scale), "degradation": "lr_folder" if paired else "bicubic"}
-
-
-def _check_export_path(path, dataset_opt) -> None:
-    from ...export import UnsafeWriteError, check_writable_outside
-
-    roots = {f"{k}[{i}]": r for k in ("dataroot_gt", "dataroot_lq") for i, r in enumerate(_roots(dataset_opt, k))}
-    try:
-        check_writable_outside([os.path.expanduser(str(path))], roots)
-    except UnsafeWriteError as e:
-        raise CoresetConfigError(f"{WHERE}.export_meta_info: {e} (traiNNer-redux would read it as one more "
-                                 "image)") from None
 
 
 def _too_small(n: int, dataset_opt, opt) -> CoresetConfigError:
@@ -259,20 +315,12 @@ def write_redux_meta_info(path, dataset, indices) -> Path:
 
     Names are relative to the dataset's single ``dataroot_gt`` folder, as traiNNer-redux's ``meta_info``
     option reads them.
-    """
-    from PIL import Image
 
-    gts, _ = _gt_paths(dataset)
-    root = dataset.opt.dataroot_gt[0]
-    lines = []
-    for i in indices:
-        with Image.open(gts[int(i)]) as im:  # reads the header only
-            w, h = im.size
-            c = len(im.getbands())
-        lines.append(f"{os.path.relpath(gts[int(i)], root)} ({h},{w},{c})")
-    lines.sort()
-    atomic_write_bytes(Path(path), ("\n".join(lines) + "\n").encode("utf-8"))
-    return Path(path)
+    Example:
+        >>> write_redux_meta_info("meta/kept.txt", train_set, core.indices)   # doctest: +SKIP
+        PosixPath('meta/kept.txt')
+    """
+    return ReduxTrainSet(dataset, 1).write_meta_info(path, indices)
 
 
 def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger=None) -> CoreSetDataset:
@@ -287,7 +335,8 @@ def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger
 
     The scores file is loaded and matched to the dataset's keys (in any order), or computed with
     ``copts.scorer`` on :class:`ReduxScoringView` and written once (by rank 0 under torchrun, every
-    rank scoring its shard), then reused by every later run.
+    rank scoring its shard), then reused by every later run
+    (:func:`coreset_sampler.lifecycle.load_or_score`).
 
     Raises:
         CoresetConfigError: an unsupported dataset, a scores file that does not fit the dataset
@@ -296,54 +345,32 @@ def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger
         ProvenanceError: a cached scores file computed with another scorer, scale or LR source, or
             from source images whose bytes changed since (named); ``rescore: true`` scores again.
     """
-    gts, paired = _gt_paths(dataset)
-    # Folder listings come in file-system order: sort by key so the kept set, the scores file and
-    # the tie-breaking do not depend on the machine.
-    dataset.paths.sort(key=lambda p: _key(str(p["gt_path"] if paired else p)))
-    keys = redux_keys(dataset)
-    scale = int(opt.scale)
-    rank, world = rank_and_world()
+    train = ReduxTrainSet(dataset, int(opt.scale))
+    keys = train.sort_by_key()
+    scale = train.scale
     if copts.export_meta_info is not None:
-        _check_export_path(copts.export_meta_info, dataset_opt)
+        check_export_path(copts.export_meta_info, dataset_opt)
     # The planned core-set must make one step per epoch: known from the counts, so refuse before scoring.
     planned = selection_counts(len(keys), copts.ratio, copts.skip_top)[0]
     if redux_iterations(planned, dataset_opt, opt).iter_per_epoch == 0:
         raise _too_small(planned, dataset_opt, opt)
 
-    if not copts.needs_scores:
-        scores, origin = uniform_scores(keys)
-    else:
-        path = Path(copts.scores)
-        source = f"{WHERE}.scores file {str(path)!r}"
-        if rank0_decides(path.is_file()) and not copts.rescore:
-            origin = f"{path} (loaded)"
-            loaded = align_scores(load_scores_file(path, source), keys, source)
-            # Rank 0 fingerprints the sources (hashing every image once); all ranks share its verdict.
-            on_rank0(lambda: check_provenance(
-                loaded, expected=redux_expected_provenance(copts, scale, paired),
-                dataset=DescribedDataset(dataset, scale, redux_provenance), source=source, fix=RESCORE_FIX))
-        else:
-            scorer = make_block_scorer(copts, scale, _scoring_device(opt))
-            view = ReduxScoringView(dataset, scale)
-            why = " (rescore: true)" if copts.rescore and path.is_file() else ""
-            if logger is not None:
-                how = "LR/HR pairs" if paired else f"HR only, LR by MATLAB bicubic x1/{scale}"
-                logger.info(f"core-set: scoring {len(keys)} samples ({how}) with {copts.scorer!r} "
-                            f"(x{scale}, {world} rank(s)) -> {path}{why}", extra={"markup": False})
-            fresh = align_scores(scorer.score(view), keys, "the scorer's output")
-            fresh.metadata.setdefault("scorer_spec", copts.scorer)
-            fresh.metadata.setdefault("scale", scale)
-            fresh.metadata.setdefault("redux_dataset", f"{dataset_opt.name} ({dataset_opt.type})")
-            fresh.metadata.setdefault("lr_source", "files" if paired else "matlab_bicubic")
-            if rank == 0:
-                # what the scores were computed from (checked on every later use, as the BasicSR block does)
-                fresh.metadata["provenance"] = {**(fresh.metadata.get("provenance") or {}),
-                                                **redux_provenance(dataset, scale), "scorer": copts.scorer}
-                fresh.save(path)
-            origin = f"{path} (computed with {copts.scorer}{why})"
-            barrier()
-            loaded = load_scores_file(path, source)
-        scores = align_scores(loaded, keys, source)
+    def score(why: str) -> Scores:
+        scorer = make_block_scorer(copts, scale, _scoring_device(opt))
+        view = train.scoring_view()
+        if logger is not None:
+            how = "LR/HR pairs" if train.paired else f"HR only, LR by MATLAB bicubic x1/{scale}"
+            logger.info(f"core-set: scoring {len(keys)} samples ({how}) with {copts.scorer!r} "
+                        f"(x{scale}, {rank_and_world()[1]} rank(s)) -> {Path(copts.scores)}{why}",
+                        extra={"markup": False})
+        return scorer.score(view)
+
+    # computed scores record what they were computed from (checked on every later use, as the BasicSR block does)
+    scores, origin = block_scores(copts, keys, score, expected=redux_expected_provenance(copts, scale, train.paired),
+                                  describe=train.provenance,
+                                  metadata={"scorer_spec": copts.scorer, "scale": scale,
+                                            "redux_dataset": f"{dataset_opt.name} ({dataset_opt.type})",
+                                            "lr_source": "files" if train.paired else "matlab_bicubic"})
 
     core = CoreSetDataset(dataset, scores, mode=copts.mode, ratio=copts.ratio, skip_top=copts.skip_top,
                           seed=copts.seed)
@@ -351,8 +378,8 @@ def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger
     if run.iter_per_epoch == 0:  # samples that failed to score can shrink it below the plan
         raise _too_small(len(core), dataset_opt, opt)
 
-    if copts.export_meta_info is not None and rank == 0:
-        write_redux_meta_info(copts.export_meta_info, dataset, core.indices)
+    if copts.export_meta_info is not None and rank_and_world()[0] == 0:
+        train.write_meta_info(copts.export_meta_info, core.indices)
 
     if logger is not None:
         full = redux_iterations(len(dataset), dataset_opt, opt)

@@ -2,7 +2,7 @@
 
 traiNNer-redux decodes recipes strictly (msgspec, unknown fields forbidden), so the block is taken
 out here and traiNNer-redux decodes the rest unchanged. The block has the same keys, values and
-error messages as the BasicSR one (:func:`~coreset_sampler.integrations.basicsr.coreset.parse_coreset_block`).
+error messages as the BasicSR one (:func:`~coreset_sampler.integrations.block.parse_coreset_block`).
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..basicsr.coreset import WHERE, CoresetConfigError, CoresetOptions, validate_options
+from ..block import WHERE, CoresetConfigError, CoresetOptions, validate_options
 
-__all__ = ["read_recipe", "validate_recipe", "strip_coreset_block"]
+__all__ = ["read_recipe", "validate_recipe", "strip_coreset_block", "dataroots", "check_export_path"]
 
 
 def read_recipe(path) -> dict:
@@ -52,7 +52,7 @@ def strip_coreset_block(recipe: Any) -> Any:
 def validate_recipe(recipe: Mapping) -> CoresetOptions | None:
     """Validate the recipe's ``coreset:`` block; ``None`` when it has none (stock traiNNer-redux).
 
-    The BasicSR checks (:func:`~coreset_sampler.integrations.basicsr.coreset.validate_options`:
+    The block's checks (:func:`~coreset_sampler.integrations.block.validate_options`:
     keys and values, the block only under ``datasets.train``, a weights file or bundled SRCNN for
     the recipe's ``scale`` when scores must be computed, ``export_meta_info`` on disk) plus
     traiNNer-redux's own: its meta_info key is ``meta_info``, and ``export_meta_info`` needs a
@@ -79,11 +79,40 @@ def validate_recipe(recipe: Mapping) -> CoresetOptions | None:
         if src and os.path.abspath(src) == os.path.abspath(copts.export_meta_info):
             raise CoresetConfigError(f"{WHERE}.export_meta_info: {copts.export_meta_info!r} is the recipe's own "
                                      "meta_info; write the pruned list to another path")
-        from .coreset import _check_export_path
-
-        _check_export_path(copts.export_meta_info, train)  # never inside a data folder
+        check_export_path(copts.export_meta_info, train)  # never inside a data folder
         roots = train.get("dataroot_gt")
         if isinstance(roots, list) and len(roots) != 1:
             raise CoresetConfigError(f"{WHERE}.export_meta_info: needs exactly one dataroot_gt folder (traiNNer-redux "
                                      f"reads a meta_info file relative to each folder), got {len(roots)}")
     return copts
+
+
+def dataroots(dataset_opt, key: str) -> list[str]:
+    """The folders of ``dataroot_gt`` / ``dataroot_lq`` (one path or a list; ``~`` expanded), from a
+    recipe mapping or traiNNer-redux's ``DatasetOptions``.
+
+    Example:
+        >>> dataroots({"dataroot_gt": ["a", "b"]}, "dataroot_gt"), dataroots({}, "dataroot_lq")
+        (['a', 'b'], [])
+    """
+    v = dataset_opt.get(key) if isinstance(dataset_opt, Mapping) else getattr(dataset_opt, key, None)
+    return [] if v is None else [os.path.expanduser(str(r)) for r in ([v] if isinstance(v, (str, os.PathLike)) else v)]
+
+
+def check_export_path(path, dataset_opt) -> None:
+    """Refuse an ``export_meta_info`` path inside any ``dataroot_gt`` / ``dataroot_lq`` folder (symlinks resolved).
+
+    Raises:
+        CoresetConfigError: naming the key, the path and the data folder.
+
+    Example:
+        >>> check_export_path("meta/kept.txt", {"dataroot_gt": ["data/hr"]})   # fine: elsewhere
+    """
+    from ...export import UnsafeWriteError, check_writable_outside
+
+    roots = {f"{k}[{i}]": r for k in ("dataroot_gt", "dataroot_lq") for i, r in enumerate(dataroots(dataset_opt, k))}
+    try:
+        check_writable_outside([os.path.expanduser(str(path))], roots)
+    except UnsafeWriteError as e:
+        raise CoresetConfigError(f"{WHERE}.export_meta_info: {e} (traiNNer-redux would read it as one more "
+                                 "image)") from None

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from ...errors import CoresetError
-from ..basicsr.coreset import CoresetConfigError, CoresetOptions
+from ..block import CoresetConfigError, CoresetOptions
 from .. import patched
 from .recipe import read_recipe, strip_coreset_block, validate_recipe
 
