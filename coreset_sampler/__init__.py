@@ -28,6 +28,7 @@ from ._version import __version__
 
 # public name -> the module that defines it
 _EXPORTS = {
+    "open_recorded_dataset": "layout",
     "CoresetError": "errors",
     "CoresetValueError": "errors",
     "CoresetTypeError": "errors",
@@ -86,6 +87,7 @@ def __dir__():
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .adaptive import AdaptiveCoreSetSampler, IndexedDataset
     from .dataset import CoreSetDataset
+    from .layout import open_recorded_dataset
     from .errors import CoresetError, CoresetOSError, CoresetRuntimeError, CoresetTypeError, CoresetValueError
     from .export import ExportReport, check_writable_outside, export_coreset
     from .lifecycle import KeyMismatchError, ScoresOutcome, load_or_score

@@ -23,21 +23,18 @@ def check_keys(scores, keys: Sequence[str], scores_path, roots, crop: int, step:
     """Raise :class:`CLIError` naming the first key where ``scores`` and the dataset disagree."""
     where = (f"sub-images (crop {crop}, step {step})" if crop else "whole images") + \
         f" of {', '.join(map(str, roots))}"
-    if scores.keys is None:
-        if len(scores) != len(keys):
-            raise CLIError(f"scores file {scores_path} has {len(scores)} entries but DATA has {len(keys)} "
-                           f"{where}")
+    from ..scores import KeyMismatch, match_keys
+
+    m = match_keys(scores, keys)  # the one key matcher; the wording is the command line's
+    if not isinstance(m, KeyMismatch):
         return
-    for i, (a, b) in enumerate(zip(scores.keys, keys)):
-        if a != b:
-            raise CLIError(f"scores file {scores_path} does not match DATA: first mismatching key at index {i}: "
-                           f"scores have {a!r}, DATA has {b!r} ({len(scores)} scored vs {len(keys)} {where})")
-    if len(scores.keys) != len(keys):
-        i = min(len(scores.keys), len(keys))
-        extra = (f"scores have {scores.keys[i]!r}, DATA has nothing more" if len(scores.keys) > len(keys)
-                 else f"DATA has {keys[i]!r}, scores have nothing more")
-        raise CLIError(f"scores file {scores_path} does not match DATA: first mismatching key at index {i}: "
-                       f"{extra} ({len(scores)} scored vs {len(keys)} {where})")
+    if m.keyless:
+        raise CLIError(f"scores file {scores_path} has {m.n_scores} entries but DATA has {m.n_dataset} {where}")
+    detail = (f"scores have {m.in_scores!r}, DATA has {m.in_dataset!r}" if None not in (m.in_scores, m.in_dataset)
+              else f"scores have {m.in_scores!r}, DATA has nothing more" if m.in_scores is not None
+              else f"DATA has {m.in_dataset!r}, scores have nothing more")
+    raise CLIError(f"scores file {scores_path} does not match DATA: first mismatching key at index {m.index}: "
+                   f"{detail} ({m.n_scores} scored vs {m.n_dataset} {where})")
 
 
 def check_selection_args(args) -> None:
