@@ -95,7 +95,8 @@ def load_or_score(keys: Sequence[str], path, score: Callable[[], Scores], *, res
                   check: Callable[[Scores], None] | None = None, metadata: Mapping | None = None,
                   allow_extra: bool = False, source: str | None = None, fix: str = DEFAULT_FIX,
                   on_mismatch: Callable[[KeyMismatch, str], Exception] | None = None,
-                  on_unreadable: Callable[[Exception, str], Exception] | None = None) -> ScoresOutcome:
+                  on_unreadable: Callable[[Exception, str], Exception] | None = None,
+                  save: Callable[[Scores, Path], None] | None = None) -> ScoresOutcome:
     """The scores of the dataset with ``keys``: loaded from ``path`` when it fits, else computed and written there.
 
     Call it on every rank (or in one process): see the module docstring for the sequence.
@@ -128,6 +129,8 @@ def load_or_score(keys: Sequence[str], path, score: Callable[[], Scores], *, res
             scorer's output named ``"the scorer's output"``); default :class:`KeyMismatchError`.
         on_unreadable: ``(error, source) -> exception`` for a file that cannot be read as scores;
             default: the error of :meth:`Scores.load` as raised (it names the file).
+        save: ``(scores, path) -> None`` writes computed scores on rank 0 (default :meth:`Scores.save`,
+            atomic); the command line passes one that names ``path`` in an OS error of the write.
 
     Returns:
         a :class:`ScoresOutcome`: the aligned scores, and whether they were loaded or computed.
@@ -197,6 +200,6 @@ def load_or_score(keys: Sequence[str], path, score: Callable[[], Scores], *, res
             record["granularity"] = granularity
         record.update(expected or {})
         fresh.metadata["provenance"] = record
-        fresh.save(path)
+        (save or Scores.save)(fresh, path)
     barrier()
     return ScoresOutcome(align(load(), source), path, loaded=False, replaced=replaced)

@@ -633,3 +633,26 @@ def test_help_texts_cite_no_development_paths():
     assert set(commands) == {"score", "select", "export", "plot", "info", "demo"}
     for text in [parser.format_help()] + [p.format_help() for p in commands.values()]:
         assert "../shared" not in text
+
+
+def test_score_writes_through_the_one_scores_lifecycle(ws, capsys, monkeypatch, tmp_path):
+    """`coreset-sr score` goes through load_or_score (rescore: the command always computes), and the
+    file it writes is the one the subprocess run wrote for the same data and settings."""
+    import coreset_sampler.lifecycle as lifecycle
+
+    calls = []
+    real = lifecycle.load_or_score
+
+    def spy(keys, path, score, **kw):
+        calls.append((list(keys), Path(path), kw))
+        return real(keys, path, score, **kw)
+
+    monkeypatch.setattr(lifecycle, "load_or_score", spy)
+    out = tmp_path / "s.safetensors"
+    code, _, err = call(capsys, "score", ws["data"], "--scorer", "interpolation", "--crop", CROP, "--step", STEP,
+                        "--workers", 0, "--out", out, "--no-progress")
+    assert code == 0, err
+    assert len(calls) == 1 and calls[0][1] == out and calls[0][2]["rescore"] is True
+    mine, theirs = Scores.load(out), Scores.load(ws["scores"])
+    assert calls[0][0] == mine.keys == theirs.keys
+    assert np.array_equal(mine.values, theirs.values)

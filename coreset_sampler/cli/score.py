@@ -10,7 +10,7 @@ import dataclasses
 import shlex
 from pathlib import Path
 
-from ..dist import barrier, init_from_env, rank_and_world, rank_path
+from ..dist import init_from_env, rank_and_world, rank_path
 from ..layout import DATA_META, DEFAULT_CROP, DEFAULT_STEP
 from .checks import check_device, check_folders, check_out_file, protected, refuse_unsafe_out, writing
 from .errors import PROG, CLIError, one_line, warn
@@ -124,7 +124,9 @@ def cmd_score(args) -> int:
 
 def _score(args, plan: _Plan) -> None:
     """Score on every rank, write ``--out`` on rank 0, then drop the progress checkpoint."""
+    from ..dataset import dataset_keys
     from ..layout import dataset_from_layout, dataset_layout
+    from ..lifecycle import load_or_score
     from ..scorers import make_scorer
 
     rank, world = rank_and_world()
@@ -149,14 +151,21 @@ def _score(args, plan: _Plan) -> None:
     if mine.exists():
         print(f"{f'[rank {rank}] ' if world > 1 else ''}resuming from {mine}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    scores = scorer.score(ds)
-    scores.metadata[DATA_META] = dataset_layout(ds)
-    scores.metadata["command"] = " ".join([PROG, *map(shlex.quote, args.argv)])
-    scores.metadata.setdefault("provenance", {})["scorer"] = plan.spec  # the user's spec, canonical
-    if rank == 0:
-        with writing(out):
-            scores.save(out)
-    barrier()  # the final file exists before any rank drops its progress
+
+    def compute():
+        scores = scorer.score(ds)
+        scores.metadata[DATA_META] = dataset_layout(ds)
+        scores.metadata["command"] = " ".join([PROG, *map(shlex.quote, args.argv)])
+        scores.metadata.setdefault("provenance", {})["scorer"] = plan.spec  # the user's spec, canonical
+        return scores
+
+    def save(scores, path: Path) -> None:
+        with writing(path):
+            scores.save(path)
+
+    # `score` always computes (resuming from its checkpoint): its checks of an existing --out ran in _plan,
+    # before any image was decoded; the lifecycle writes on rank 0, waits for every rank, reloads and aligns
+    scores = load_or_score(dataset_keys(ds) or [], out, compute, rescore=True, source=str(out), save=save).scores
     mine.unlink(missing_ok=True)
     if rank == 0:
         _report(scorer, scores, out, world)
