@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -63,10 +64,11 @@ def _candidates(cache: Path, scale: int):
             if not p.name.endswith(".partial.safetensors"):
                 yield Scores.load(p), str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)
         return
-    store = Store(Path(str(cache).removesuffix(".scores.tar").removesuffix(".jsonl")))
-    rel = store.blobs_path.relative_to(ROOT) if store.blobs_path.is_relative_to(ROOT) else store.blobs_path
+    store = Store(Path(re.sub(r"\.scores(\.\d+)?\.tar$", "", str(cache)).removesuffix(".jsonl")))
     for name in store.blob_names():
         if f"_x{scale}_" in name and not name.startswith("adaptive_"):
+            path = store.blob_path(name)
+            rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
             with store.blob_file(name) as p:
                 yield Scores.load(p), f"{rel}:{name}"
 

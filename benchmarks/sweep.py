@@ -2,7 +2,7 @@
 
 Every run trains one model on one (core-)set and evaluates it; runs are cached one JSON line each
 in ``benchmarks/results/sweep_cache/<preset>.jsonl`` (keyed by the hash of the run's full config;
-score files in ``<preset>.scores.tar``, see ``benchmarks/sweep_store.py``), each as soon as it
+score files in ``<preset>.scores.<k>.tar``, see ``benchmarks/sweep_store.py``), each as soon as it
 finishes, so an interrupted sweep resumes and later sessions continue it. The report
 (``benchmarks/results/sweep_<preset>.md`` / ``.json``) is rebuilt from the cache.
 
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", type=Path, action="append", default=[],
                     help="folder holding further benchmark sets (Urban100, Manga109); repeatable")
     ap.add_argument("--cache", type=Path, default=None,
-                    help="the run cache's path stem: <stem>.jsonl + <stem>.scores.tar "
+                    help="the run cache's path stem: <stem>.jsonl + <stem>.scores.<k>.tar "
                          "(default benchmarks/results/sweep_cache/<preset>)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's, 1 for cpu)")
     ap.add_argument("--arch", action="append", default=None,

@@ -266,11 +266,11 @@ def get_scores(spec: str, scale: int, pool: Pool, cache, sid: str, progress: boo
     for st in (store, *map(as_store, also)):
         scores = _load_scores_blob(st, name)
         if scores is not None:
-            where = f"{st.blobs_path}:{name}"
+            where = f"{st.blob_path(name)}:{name}"
             scores.check(keys=pool.keys, source=f"scores file {where}")
             return scores, where, 0.0
     t0 = time.perf_counter()
-    print(f"scoring {len(pool)} sub-images at x{scale} with {spec} (once; cached in {store.blobs_path.name} "
+    print(f"scoring {len(pool)} sub-images at x{scale} with {spec} (once; cached in {store.blob_path(name).name} "
           f"as {name})", flush=True)
     store.scratch_dir.mkdir(parents=True, exist_ok=True)
     partial = store.scratch_dir / name.replace(".safetensors", ".partial.safetensors")
@@ -286,7 +286,7 @@ def get_scores(spec: str, scale: int, pool: Pool, cache, sid: str, progress: boo
     store.put("scoring", name[: -len(".safetensors")],
               {"scorer": spec, "scorer_id": sid, "scale": scale, "n": len(pool), "seconds": dt,
                "failed": len(scores.failed), "threads": torch.get_num_threads(), "date": _now()})
-    return scores, f"{store.blobs_path}:{name}", dt
+    return scores, f"{store.blob_path(name)}:{name}", dt
 
 
 # --------------------------------------------------------------------------- one run
@@ -395,7 +395,7 @@ class Sweep:
         extra_roots: folders searched for ``preset.optional_eval_sets`` (``--data-root``).
         cache: the store of run records and scores (:class:`~benchmarks.sweep_store.Store` or its path
             stem; default ``benchmarks/results/sweep_cache/<preset>``, i.e. ``<preset>.jsonl`` and
-            ``<preset>.scores.tar`` there).
+            ``<preset>.scores.<k>.tar`` there).
         quick: only the quick rows.
         results_name: base name of the report files (default ``sweep_<preset>``).
     """
@@ -701,12 +701,12 @@ def load_adaptive_scores(cache, run_hash: str, pool: Pool, also=()):
     """
     store = as_store(cache)
     name = f"adaptive_{run_hash}.safetensors"
-    where = f"{store.blobs_path}:{name}"
+    where = f"{store.blob_path(name)}:{name}"
     scores = None
     for st in (store, *map(as_store, also)):
         scores = _load_scores_blob(st, name)
         if scores is not None:
-            where = f"{st.blobs_path}:{name}"
+            where = f"{st.blob_path(name)}:{name}"
             break
     if scores is None:
         raise FileNotFoundError(f"{where} is missing: run the adaptive run {run_hash} first (its final estimate "

@@ -1,4 +1,4 @@
-"""The sweep's run cache: one preset's records in one JSON-lines file, its score files in one tar.
+"""The sweep's run cache: one preset's records in one JSON-lines file, its score files in a few tars.
 
 A store is named by a path stem, e.g. ``benchmarks/results/sweep_cache/cpu``, and lives in files
 beside it:
@@ -7,9 +7,13 @@ beside it:
   kind and key. Kinds: ``run`` (key: the run's config hash; the record as the sweep wrote it),
   ``bicubic`` (key ``x<scale>_<hash of the eval sets>``: the bicubic baseline), ``scoring`` (key:
   the scores file's name without ``.safetensors``: how long scoring took, by which scorer).
-- ``cpu.scores.tar``: the binary score files (``<scorer>_x<scale>_<pool>.safetensors``, and the
-  final loss estimate of each adaptive run, ``adaptive_<hash>.safetensors``), byte for byte, as
-  plain tar members (mtime 0, sorted), so git stores only what changed.
+- ``cpu.scores.0.tar`` ... ``cpu.scores.7.tar``: the binary score files
+  (``<scorer>_x<scale>_<pool>.safetensors``, and the final loss estimate of each adaptive run,
+  ``adaptive_<hash>.safetensors``), byte for byte, as plain tar members (mtime 0, sorted). A file
+  lives in the shard its name hashes to (crc32 mod 8), so adding one rewrites one ~1 MB shard, not
+  the whole set (a commit of new runs stays small), and no tracked file grows past ~2 MB. A store
+  of the earlier one-tar layout (``cpu.scores.tar``) still reads; its first write moves it into
+  shards.
 - ``cpu.lock`` (one sweep process per store, :func:`benchmarks.sweep_run.cache_lock`) and
   ``cpu.write.lock`` (held for the few milliseconds of each write); both ignored by git.
 
@@ -29,10 +33,12 @@ import sys
 import tarfile
 import tempfile
 import uuid
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
 KINDS = ("run", "bicubic", "scoring")
+SHARDS = 8
 
 
 class Store:
@@ -61,8 +67,17 @@ class Store:
     def records_path(self) -> Path:
         return self._sibling(".jsonl")
 
+    def blob_path(self, name: str) -> Path:
+        """The shard tar that holds (or will hold) the binary file ``name``."""
+        return self._sibling(f".scores.{zlib.crc32(name.encode()) % SHARDS}.tar")
+
+    def blob_files(self) -> list[Path]:
+        """The shard tars that exist (and a one-tar store of the earlier layout), in shard order."""
+        shards = [self._sibling(f".scores.{k}.tar") for k in range(SHARDS)]
+        return [p for p in (*shards, self._legacy_blobs_path) if p.is_file()]
+
     @property
-    def blobs_path(self) -> Path:
+    def _legacy_blobs_path(self) -> Path:
         return self._sibling(".scores.tar")
 
     @property
@@ -79,7 +94,7 @@ class Store:
         return self._sibling(".partial")
 
     def exists(self) -> bool:
-        return self.records_path.is_file() or self.blobs_path.is_file()
+        return self.records_path.is_file() or bool(self.blob_files())
 
     # -- records ---------------------------------------------------------------------------
     def _read_all(self) -> dict[tuple[str, str], dict]:
@@ -135,53 +150,40 @@ class Store:
 
     # -- binary score files ------------------------------------------------------------------
     def blob_names(self) -> list[str]:
-        try:
-            with tarfile.open(self.blobs_path, "r:") as tar:
-                return sorted(m.name for m in tar.getmembers() if m.isfile())
-        except FileNotFoundError:
-            return []
+        return sorted(dict(self._iter_blobs()))
 
     def get_blob(self, name: str) -> bytes | None:
-        try:
-            with tarfile.open(self.blobs_path, "r:") as tar:
-                try:
-                    member = tar.getmember(name)
-                except KeyError:
-                    return None
-                f = tar.extractfile(member)
-                return f.read() if f is not None else None
-        except FileNotFoundError:
-            return None
+        for path in (self.blob_path(name), self._legacy_blobs_path):
+            data = _tar_members(path).get(name)
+            if data is not None:
+                return data
+        return None
 
     def put_blob(self, name: str, data: bytes) -> None:
         """Add or replace one binary file (atomically, under the write lock)."""
         self.put_blobs({name: data})
 
     def put_blobs(self, blobs: dict[str, bytes]) -> None:
+        """Add or replace binary files; rewrites only the shards they hash to (each atomically)."""
         for name in blobs:
             if "/" in name or name in ("", ".", ".."):
                 raise ValueError(f"blob name {name!r} must be a plain file name")
         with self.write_lock():
-            current = dict(self._iter_blobs())
-            current.update(blobs)
-            buf = io.BytesIO()
-            with tarfile.open(fileobj=buf, mode="w:", format=tarfile.USTAR_FORMAT) as tar:
-                for name in sorted(current):
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mtime, info.mode = len(current[name]), 0, 0o644
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    tar.addfile(info, io.BytesIO(current[name]))
-            _atomic_write(self.blobs_path, buf.getvalue())
+            legacy = _tar_members(self._legacy_blobs_path)
+            touched: dict[Path, dict[str, bytes]] = {}
+            for name, data in {**legacy, **blobs}.items():
+                path = self.blob_path(name)
+                if path not in touched:
+                    touched[path] = _tar_members(path)
+                touched[path][name] = data
+            for path, members in sorted(touched.items()):
+                _atomic_write(path, _tar_bytes(members))
+            if legacy:  # every member now lives in its shard
+                self._legacy_blobs_path.unlink()
 
     def _iter_blobs(self) -> Iterator[tuple[str, bytes]]:
-        try:
-            with tarfile.open(self.blobs_path, "r:") as tar:
-                for m in tar.getmembers():
-                    if m.isfile():
-                        yield m.name, tar.extractfile(m).read()
-        except FileNotFoundError:
-            return
+        for path in self.blob_files():
+            yield from _tar_members(path).items()
 
     @contextlib.contextmanager
     def blob_file(self, name: str):
@@ -208,6 +210,27 @@ class Store:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _tar_members(path: Path) -> dict[str, bytes]:
+    try:
+        with tarfile.open(path, "r:") as tar:
+            return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    except FileNotFoundError:
+        return {}
+
+
+def _tar_bytes(members: dict[str, bytes]) -> bytes:
+    """Deterministic tar bytes: sorted names, mtime 0, no owner (an unchanged shard is an unchanged file)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:", format=tarfile.USTAR_FORMAT) as tar:
+        for name in sorted(members):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(members[name]), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(members[name]))
+    return buf.getvalue()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

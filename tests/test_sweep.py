@@ -9,8 +9,11 @@ statistics and the fast evaluation's agreement with the library's evaluate().
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
+import re
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -193,9 +196,10 @@ def test_sweep_runs_caches_and_reports(finished):
     assert res["ran"] == len(plan) and res["failed"] == 0
     records = sweep.load_records(s.store)
     assert sorted(records) == sorted(r.hash for r in plan)
-    # one store: the records file and the score files' tar, nothing else (locks aside)
-    assert sorted(p.name for p in s.store.stem.parent.glob("cache*") if not p.name.endswith(".lock")) == \
-        ["cache.jsonl", "cache.scores.tar"]
+    # one store: the records file and the score files' shard tars, nothing else (locks aside)
+    names = sorted(p.name for p in s.store.stem.parent.glob("cache*") if not p.name.endswith(".lock"))
+    assert names[0] == "cache.jsonl" and names[1:] == sorted(p.name for p in s.store.blob_files())
+    assert all(re.fullmatch(r"cache\.scores\.[0-7]\.tar", n) for n in names[1:])
     for r in plan:
         rec = records[r.hash]
         assert rec["status"] == "ok" and rec["hash"] == sweep.config_hash(rec["config"])
@@ -258,10 +262,10 @@ def test_report_cells_are_means_of_cached_seeds(finished):
 
 def test_resume_runs_nothing_twice(finished):
     s, _, _ = finished
-    before = {p.name: p.read_bytes() for p in (s.store.records_path, s.store.blobs_path)}
+    before = {p.name: p.read_bytes() for p in (s.store.records_path, *s.store.blob_files())}
     res = s.run()
     assert res["ran"] == 0 and res["failed"] == 0
-    assert {p.name: p.read_bytes() for p in (s.store.records_path, s.store.blobs_path)} == before
+    assert {p.name: p.read_bytes() for p in (s.store.records_path, *s.store.blob_files())} == before
 
 
 def test_interrupted_run_is_redone_and_its_attempt_kept(data_dir, tmp_path):
@@ -909,7 +913,7 @@ def test_exported_adaptive_scores_are_loaded_from_the_runs_file_and_refused_when
 # --------------------------------------------------------------------------- the store
 
 
-def test_store_keeps_records_and_blobs_in_two_files_and_reads_past_bad_lines(tmp_path, capsys):
+def test_store_keeps_records_and_sharded_blobs_and_reads_past_bad_lines(tmp_path, capsys):
     store = Store(tmp_path / "p")
     assert not store.exists() and store.entries("run") == {} and store.blob_names() == []
     store.put("run", "h1", {"hash": "h1", "x": 1.0000000000000002, "nested": {"b": 1, "a": [1, 2]}})
@@ -939,10 +943,35 @@ def test_store_keeps_records_and_blobs_in_two_files_and_reads_past_bad_lines(tmp
     assert store.get_blob("c.safetensors") is None
     with store.blob_file("a.safetensors") as p:
         assert p.name == "a.safetensors" and p.read_bytes() == b"one"
-    tar = store.blobs_path.read_bytes()
+    shards = {p: p.read_bytes() for p in store.blob_files()}
+    assert set(shards) == {store.blob_path("a.safetensors"), store.blob_path("b.safetensors")}
     store.put_blobs({})
-    assert store.blobs_path.read_bytes() == tar  # deterministic bytes: an unchanged store is an unchanged file
+    store.put_blob("a.safetensors", b"one")
+    # deterministic bytes: an unchanged store is an unchanged file
+    assert {p: p.read_bytes() for p in store.blob_files()} == shards
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_store_reads_the_one_tar_layout_and_moves_it_into_shards_on_write(tmp_path):
+    legacy = tmp_path / "old.scores.tar"
+    names = [f"adaptive_{i:016x}.safetensors" for i in range(20)]
+    with tarfile.open(legacy, "w:") as tar:
+        for n in names:
+            data = n.encode() * 3
+            info = tarfile.TarInfo(n)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    store = Store(tmp_path / "old")
+    assert store.exists() and store.blob_names() == names and store.get_blob(names[3]) == names[3].encode() * 3
+    store.put_blob("new.safetensors", b"x")
+    assert not legacy.exists()  # moved, not copied
+    assert store.blob_names() == sorted([*names, "new.safetensors"])
+    assert all(store.get_blob(n) == n.encode() * 3 for n in names)
+    shards = store.blob_files()
+    assert len(shards) > 1 and all(re.fullmatch(r"old\.scores\.[0-7]\.tar", p.name) for p in shards)
+    for p in shards:  # each member sits in the shard its name hashes to
+        with tarfile.open(p) as tar:
+            assert all(store.blob_path(m) == p for m in tar.getnames())
 
 
 # --------------------------------------------------------------------------- the real-size GPU script

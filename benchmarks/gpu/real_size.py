@@ -5,7 +5,7 @@ features, 1.37 M parameters) trained from scratch on the shared pool (T91 + BSD2
 96 / stride 48, the sweep's ``cpu`` pool) for one fixed budget, four rows: full, DES 50%, DES 25% and
 random 25%, step-matched, one seed, the same initialisation and the same budget for every row. Core-sets
 rank by the bundled SRCNN x2 scores of that pool (the sweep's cached scores in
-``benchmarks/results/sweep_cache/cpu.scores.tar`` when the pool is the same, else scored here). Training
+``benchmarks/results/sweep_cache/cpu.scores.<k>.tar`` when the pool is the same, else scored here). Training
 is the sweep's own (``benchmarks.sweep_run.execute``: Adam, cosine schedule, L1, HR patch 96, batch 16,
 flips / transposes), evaluation its Y-PSNR / SSIM (``evaluate_fast``).
 
