@@ -551,6 +551,7 @@ class SobelScorer(_BatchScorer):
 # --------------------------------------------------------------------------- factory
 
 
+@rng_preserved()  # building a scorer leaves the caller's random state alone, as scoring does
 def make_scorer(spec: str, scale: int, **kwargs) -> _BatchScorer:
     """Build a scorer from a short spec (used by the CLI and the BasicSR integration).
 
