@@ -124,7 +124,7 @@ def _check_model_file(scores, rec: Mapping, want, source: str, fix: str) -> None
     absolute path) still fits; other bytes are refused naming both digests and the path.
     """
     got = rec.get("scorer", "<not recorded>")
-    if not names_a_model_file(got):  # scored with a built-in scorer (or nothing recorded)
+    if not isinstance(got, str) or got.lower() in _BUILTIN_SCORERS:  # scored with a built-in scorer
         raise ProvenanceError.mismatch(source, "scorer", got, want, fix)
     path = os.fspath(want)
     if not os.path.isfile(path):  # nothing to read: the model is not needed with these scores; same path only
