@@ -177,3 +177,28 @@ def test_block_identifies_the_scorer_model_by_its_content(tmp_path, monkeypatch,
     assert all(x in msg for x in ("s.safetensors", "models/m.pth", now[:12], then[:12], "rescore: true")), msg
     assert scores.read_bytes() == computed
     assert np.isfinite(Scores.load(scores).values).all()
+
+
+@pytest.mark.basicsr
+def test_a_cli_file_scored_with_a_model_is_used_by_the_block_from_another_directory(tmp_path, monkeypatch):
+    """``coreset-sr score HR --lr LR --scorer /abs/m.pth`` records the absolute path; the block's recipe
+    names the same weights relatively from elsewhere (issue 20): the content fits, the file is loaded."""
+    pytest.importorskip("coreset_sampler.integrations.basicsr.compat")
+    from test_bad_inputs_basicsr import build, dataset_opt, full_opt, make_pairs
+
+    from coreset_sampler.cli import main
+
+    pairs = make_pairs(tmp_path / "data")
+    model = compact_file(tmp_path / "cli" / "m.pth", seed=1)
+    scores = tmp_path / "s.safetensors"
+    assert main(["score", str(pairs / "HR"), "--lr", str(pairs / "LR"), "--crop", "0", "--scale", "2", "--scorer",
+                 str(model), "--out", str(scores), "--workers", "0", "--no-progress"]) == 0
+    rec = Scores.load(scores).metadata["provenance"]
+    assert rec["scorer"] == str(model.resolve()) and rec["model_file_sha256"] == model_sha256(model)
+    before = scores.read_bytes()
+    project = tmp_path / "project"
+    shutil.copytree(tmp_path / "cli", project / "models")
+    monkeypatch.chdir(project)
+    dopt = dataset_opt(pairs, scores=str(scores), scorer="models/m.pth")
+    assert len(build(dopt, full_opt(dopt))) > 0
+    assert scores.read_bytes() == before  # loaded as it is, not rescored
