@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
+from .adaptive_state import EPOCH_MAX, SamplerState, StateSpec, check_adaptive_state
 from .selection import MODES, select_indices, selection_counts
 from .errors import CoresetTypeError, CoresetValueError
 
@@ -373,6 +374,9 @@ class AdaptiveCoreSetSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch (seeds its order with ``seed`` and ``epoch``); resets mid-epoch progress."""
+        _positive_int("epoch", epoch, allow_zero=True)
+        if epoch > EPOCH_MAX:
+            raise CoresetValueError(f"epoch must be at most 2**63 - 1, got {epoch!r}")
         if epoch != self.epoch:
             self._restart_epoch()
         self.epoch = int(epoch)
@@ -447,27 +451,12 @@ class AdaptiveCoreSetSampler(Sampler[int]):
                 "pending_indices": torch.from_numpy(pend_i), "pending_losses": torch.from_numpy(pend_l),
                 "refresh_log": [dict(r) for r in self.refresh_log]}
 
-    def _check_state(self, state) -> tuple[int, int, np.ndarray]:
-        """Refuse a foreign or malformed state; return its (epoch, yielded, drawn)."""
-        if not isinstance(state, dict) or state.get("kind") != "adaptive-coreset":
-            raise CoresetValueError("not an AdaptiveCoreSetSampler state (missing kind='adaptive-coreset'); "
-                             "was it saved by another sampler?")
-        mine = self.config()
-        theirs = state.get("config", {})
-        for key in mine:
-            if theirs.get(key) != mine[key]:
-                raise CoresetValueError(f"sampler state does not match: {key}={theirs.get(key)!r} in the state, "
-                                 f"{mine[key]!r} here")
-        if state.get("digest") != self.digest():
-            raise CoresetValueError(f"sampler state digest {state.get('digest')!r} != {self.digest()!r}")
-        if "drawn" not in state:
-            raise CoresetValueError("sampler state has no 'drawn' (saved by an older coreset-sampler); it cannot be resumed")
-        yielded = int(state["yielded"])
-        drawn = np.asarray(state["drawn"], dtype=np.int64)
-        if not 0 <= yielded <= self.per_rank or drawn.shape != (drawn.size,) or not yielded <= drawn.size <= self.per_rank:
-            raise CoresetValueError(f"sampler state yielded={yielded} out of range [0, {self.per_rank}] (or not within "
-                             f"its {drawn.size} drawn positions)")
-        return int(state["epoch"]), yielded, drawn
+    def _check_state(self, state) -> SamplerState:
+        """Refuse a foreign, malformed or inconsistent state (naming the field); return its checked fields."""
+        spec = StateSpec(n=self.n, per_rank=self.per_rank, segment=self.refresh * self.batch_size, valid=self.valid,
+                         core_sizes=(int(self.initial_core.size), int(self.valid.size)), config=self.config(),
+                         digest=self.digest())
+        return check_adaptive_state(state, spec)
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`; refuses a state of a differently configured sampler.
@@ -476,17 +465,18 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         ``StatefulDataLoader`` makes when its next iterator starts) takes only the position from
         ``state``, which must be an earlier point of the same run; see :meth:`resume_from`.
         """
-        epoch, yielded, drawn = self._check_state(state)
+        got = self._check_state(state)
         held, self._held = self._held, None
         if held is None:
-            return self._apply(state, yielded)
-        h_epoch, h_yielded, h_drawn = self._check_state(held)
-        if epoch != h_epoch or yielded > h_yielded or drawn.size > h_drawn.size \
-                or not np.array_equal(drawn, h_drawn[: drawn.size]):
-            raise CoresetValueError(f"the loader's sampler state (epoch {epoch}, position {yielded}) is not an earlier point "
-                             f"of the run given to resume_from (epoch {h_epoch}, position {h_yielded}); save "
-                             "loader.state_dict() and sampler.state_dict() at the same checkpoint")
-        self._apply(held, yielded)
+            return self._apply(got, got.yielded)
+        h = self._check_state(held)
+        if got.epoch != h.epoch or got.yielded > h.yielded or got.drawn.size > h.drawn.size \
+                or not np.array_equal(got.drawn, h.drawn[: got.drawn.size]):
+            raise CoresetValueError(f"the loader's sampler state (epoch {got.epoch}, position {got.yielded}) is not an "
+                                    f"earlier point of the run given to resume_from (epoch {h.epoch}, position "
+                                    f"{h.yielded}); save loader.state_dict() and sampler.state_dict() at the same "
+                                    "checkpoint")
+        self._apply(h, got.yielded)
 
     def resume_from(self, state: dict) -> None:
         """Restore a state the training loop saved with :meth:`state_dict` at its checkpoint.
@@ -516,29 +506,20 @@ class AdaptiveCoreSetSampler(Sampler[int]):
             >>> loader.load_state_dict(ckpt["loader"])
             >>> sampler.resume_from(ckpt["sampler"])
         """
-        _, yielded, _ = self._check_state(state)
-        self._apply(state, yielded)
+        got = self._check_state(state)
+        self._apply(got, got.yielded)
         self._held = state
 
-    def _apply(self, state: dict, yielded: int) -> None:
-        arrays = {}
-        for key, dtype, size in (("estimate", np.float64, self.n), ("seen", np.bool_, self.n),
-                                 ("counts", np.int64, self.n)):
-            a = np.asarray(state[key].cpu().numpy() if hasattr(state[key], "cpu") else state[key], dtype=dtype)
-            if a.shape != (size,):
-                raise CoresetValueError(f"sampler state {key} has shape {a.shape}, expected ({size},)")
-            arrays[key] = a.copy()
-        self.estimate, self.seen, self.counts = arrays["estimate"], arrays["seen"], arrays["counts"]
-        self.core = np.asarray(state["core"], dtype=np.int64).copy()
-        drawn = np.asarray(state["drawn"], dtype=np.int64)
+    def _apply(self, state: SamplerState, yielded: int) -> None:
+        """Take a checked state (every field already validated: nothing here can fail half-way)."""
+        self.estimate, self.seen, self.counts = state.estimate.copy(), state.seen.copy(), state.counts.copy()
+        self.core = state.core.copy()
         self._drawn = np.zeros(self.per_rank, np.int64)
-        self._drawn[: drawn.size] = drawn
-        self._ndrawn = int(drawn.size)
-        self.epoch = int(state["epoch"])
-        pi = np.asarray(state["pending_indices"], dtype=np.int64)
-        pl = np.asarray(state["pending_losses"], dtype=np.float64)
-        self._pending = [(pi.copy(), pl.copy())] if pi.size else []
-        self.refresh_log = [dict(r) for r in state.get("refresh_log", [])]
+        self._drawn[: state.drawn.size] = state.drawn
+        self._ndrawn = int(state.drawn.size)
+        self.epoch = state.epoch
+        self._pending = [(state.pending_indices.copy(), state.pending_losses.copy())] if state.pending_indices.size else []
+        self.refresh_log = [dict(r) for r in state.refresh_log]
         self._pos = yielded
         if yielded == self.per_rank:  # the epoch was consumed: continue with the next one
             self.epoch += 1

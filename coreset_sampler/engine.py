@@ -397,8 +397,10 @@ def provenance_record(spec: str, config: dict, scale, ds_provenance: dict | None
         >>> provenance_record("sobel", {}, None, None)
         {'scorer': 'sobel', 'model_digest': None, 'loss': None, 'scale': None}
     """
-    return {"scorer": spec, "model_digest": config.get("model_digest"), "loss": config.get("loss"), "scale": scale,
-            **extra, **(ds_provenance or {})}
+    rec = {"scorer": spec, "model_digest": config.get("model_digest"), "loss": config.get("loss"), "scale": scale}
+    if config.get("model_file_sha256"):  # a model file: its content identifies it (the spec is only where it was)
+        rec["model_file_sha256"] = config["model_file_sha256"]
+    return {**rec, **extra, **(ds_provenance or {})}
 
 
 def run_stamp() -> dict:

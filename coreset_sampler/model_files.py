@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .engine import rng_preserved
 from .errors import CoresetValueError
 
 __all__ = ["MODEL_FILE_SUFFIXES", "ModelFileError", "SpandrelSR", "load_model_file", "read_state_dict",
@@ -161,6 +162,7 @@ class SpandrelSR(nn.Module):
         return out[..., : h * self.scale, : w * self.scale] if (pw or ph) else out
 
 
+@rng_preserved()  # spandrel initialises the network before the weights load: the caller's RNG stays
 def load_model_file(path: str | os.PathLike, scale: int | None = None) -> SpandrelSR:
     """Load an SR model file of any architecture spandrel recognises, in eval mode on CPU.
 

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .degradation import check_scale, imresize
+from .engine import rng_preserved
 from .scores import atomic_write_bytes
 from .errors import CoresetTypeError, CoresetValueError
 
@@ -256,6 +257,7 @@ def read_weights_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise CoresetValueError(f"{path} is not a readable .safetensors file: {e}") from e
 
 
+@rng_preserved()  # building the model initialises weights: the caller's generators stay as they were
 def load_weights(path: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
     """Rebuild a model from a ``.safetensors`` file written by :func:`save_weights`.
 
@@ -310,6 +312,7 @@ def available_pretrained() -> dict[str, list[int]]:
     return out
 
 
+@rng_preserved()  # as load_weights
 def load_pretrained(name: str = "srcnn", scale: int = 2, device: str | torch.device | None = None) -> nn.Module:
     """Load bundled pre-trained weights (package data, ``coreset_sampler/weights``), in eval mode.
 

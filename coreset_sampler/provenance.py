@@ -22,13 +22,17 @@ from typing import Iterable, Mapping
 from .errors import CoresetValueError
 
 __all__ = ["ProvenanceError", "file_digest", "sources_digest", "provenance_of", "check_provenance",
-           "check_granularity", "recorded_granularity", "DATASET_FIELDS"]
+           "check_granularity", "recorded_granularity", "DATASET_FIELDS", "model_sha256", "names_a_model_file"]
 
 #: dataset settings compared between a dataset and the provenance of its scores
 DATASET_FIELDS = ("dataset", "scale", "crop", "step", "thresh", "degradation")
 
 _CHUNK = 1 << 20
 _cache: dict[tuple[str, int, int], str] = {}
+_sha_cache: dict[tuple[str, int, int], str] = {}
+#: scorer specs that name a built-in scorer (anything else is a path to a model file)
+_BUILTIN_SCORERS = ("srcnn", "fsrcnn", "sobel", "interpolation", "bicubic")
+_MODEL_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
 class ProvenanceError(CoresetValueError):
@@ -67,6 +71,87 @@ def file_digest(path) -> str:
     out = f"{st.st_size}:{h.hexdigest()}"
     _cache[ck] = out
     return out
+
+
+def model_sha256(path) -> str:
+    """SHA-256 hex of a model file's bytes (what scores record as ``model_file_sha256``), cached per
+    (path, size, mtime_ns).
+
+    Example:
+        >>> model_sha256("models/4x_compact.safetensors")   # doctest: +SKIP
+        '9f3c...'
+    """
+    p = os.path.abspath(os.fspath(path))
+    st = os.stat(p)
+    ck = (p, st.st_size, st.st_mtime_ns)
+    hit = _sha_cache.get(ck)
+    if hit is None:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+        hit = _sha_cache[ck] = h.hexdigest()
+    return hit
+
+
+def names_a_model_file(spec) -> bool:
+    """Whether a scorer spec is a path to a model file (not ``srcnn``, ``sobel``, ``interpolation``...).
+
+    Example:
+        >>> names_a_model_file("models/m.pth"), names_a_model_file("srcnn")
+        (True, False)
+    """
+    if not isinstance(spec, (str, os.PathLike)):
+        return False
+    text = os.fspath(spec)
+    if text.lower() in _BUILTIN_SCORERS:
+        return False
+    return text.lower().endswith(_MODEL_SUFFIXES) or os.path.isfile(text)
+
+
+def _recorded_model(scores, rec: Mapping) -> tuple[str | None, str | None]:
+    """(``model_file_sha256``, ``model_digest``) the scores record (provenance first, then metadata)."""
+    md = scores.metadata
+    sha = rec.get("model_file_sha256") or md.get("model_file_sha256")
+    digest = rec.get("model_digest") or md.get("model_digest")
+    return (sha if isinstance(sha, str) else None), (digest if isinstance(digest, str) else None)
+
+
+def _check_model_file(scores, rec: Mapping, want, source: str, fix: str) -> None:
+    """The scorer is a model file: the scores' model must be the file's content, wherever it lies now.
+
+    The path is a hint: a moved weights file or recipe (another working directory, a relative or an
+    absolute path) still fits; other bytes are refused naming both digests and the path.
+    """
+    got = rec.get("scorer", "<not recorded>")
+    if not isinstance(got, str) or got.lower() in _BUILTIN_SCORERS:  # scored with a built-in scorer
+        raise ProvenanceError.mismatch(source, "scorer", got, want, fix)
+    path = os.fspath(want)
+    if not os.path.isfile(path):  # nothing to read: the model is not needed with these scores; same path only
+        if got != path and os.path.abspath(got) != os.path.abspath(path):
+            raise ProvenanceError(f"{source}: scorer is {got!r} in the scores file but {path!r} here, and "
+                                  f"{path!r} does not exist, so the two cannot be compared by content; {fix}")
+        return
+    sha, digest = _recorded_model(scores, rec)
+    if sha is not None:
+        now, then, what = model_sha256(path), sha, "sha256"
+    elif digest is not None and path.lower().endswith(".safetensors"):  # our own weights, scored before
+        from safetensors.torch import load_file  # scores recorded the file's sha256: their weights digest
+
+        from .models import weights_digest
+
+        try:
+            now, then, what = weights_digest(load_file(path)), digest, "weights digest"
+        except Exception as e:  # not a readable weights file: it cannot be the recorded model
+            raise ProvenanceError(f"{source}: scorer model file {path} cannot be read to compare it with the "
+                                  f"model the scores were computed with ({type(e).__name__}); {fix}") from None
+    else:
+        raise ProvenanceError(f"{source}: the scores file records no digest of its model file ({got!r}), so "
+                              f"it cannot be checked against {path}; {fix}")
+    if now != then:
+        raise ProvenanceError(f"{source}: scorer model file {path} is not the model the scores were computed "
+                              f"with: its {what} is {now[:12]} here but {then[:12]} in the scores file "
+                              f"(recorded as {got!r}); {fix}")
 
 
 def sources_digest(paths: Iterable, root) -> dict[str, str]:
@@ -124,7 +209,10 @@ def check_provenance(scores, *, expected: Mapping | None = None, dataset=None, s
     Args:
         scores: a :class:`~coreset_sampler.scores.Scores` (its ``metadata["provenance"]``).
         expected: fields the caller knows, e.g. ``{"scorer": "srcnn", "scale": 4,
-            "degradation": "lr_folder"}``; each must equal the recorded value.
+            "degradation": "lr_folder"}``; each must equal the recorded value. A ``scorer`` that
+            is a path to a model file is compared by content: the file's sha256 (its weights digest
+            for files scored before the sha256 was recorded) against the recorded one; where the
+            file or recipe lies is a hint, not an identity.
         dataset: a dataset exposing ``provenance()``; its settings (:data:`DATASET_FIELDS`) that
             both sides record are compared, then its source files (changed, missing, added).
         source: how to name the scores in messages (e.g. the file path).
@@ -147,6 +235,9 @@ def check_provenance(scores, *, expected: Mapping | None = None, dataset=None, s
         raise ProvenanceError(f"{source}: the scores file records no provenance{why}, so it cannot be checked "
                               f"against the data; rescore to write a format_version '2' file; {fix}")
     for field, want in (expected or {}).items():
+        if field == "scorer" and names_a_model_file(want):  # a model is identified by its content
+            _check_model_file(scores, rec, want, source, fix)
+            continue
         got = rec.get(field, "<not recorded>")
         if got != want:
             raise ProvenanceError.mismatch(source, field, got, want, fix)

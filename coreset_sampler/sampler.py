@@ -20,6 +20,8 @@ __all__ = ["StepMatchedSampler"]
 _STATE_FORMAT = "coreset-sampler/step-matched-sampler"
 #: fields of a state that say what it belongs to; a state is refused unless all equal
 _IDENTITY = ("data_digest", "n", "num_samples", "shuffle", "drop_last", "seed", "num_replicas", "rank")
+#: the largest epoch: epoch ``e`` seeds torch with ``seed + e``, which must fit 64 bits (seed <= 2**63 - 1)
+_EPOCH_MAX = 2**63 - 1
 _STATE_TYPES = {"format": str, "epoch": int, "yielded": int, "data_digest": str, "n": int, "num_samples": int,
                 "shuffle": bool, "drop_last": bool, "seed": int, "num_replicas": int, "rank": int}
 
@@ -129,6 +131,8 @@ class StepMatchedSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch (its order is seeded by ``seed + epoch``); resets mid-epoch progress."""
         epoch = _check_int("epoch", epoch, 0)
+        if epoch > _EPOCH_MAX:
+            raise CoresetValueError(f"epoch must be at most 2**63 - 1 (it seeds the order with seed + epoch), got {epoch}")
         if epoch != self.epoch:
             self._resume, self._iter = 0, None
         self.epoch = epoch
@@ -209,8 +213,8 @@ class StepMatchedSampler(Sampler[int]):
                 raise CoresetValueError(f"sampler state belongs to another {what.get(key, 'setting')}: {key} is "
                                  f"{state[key]!r} in the state but {getattr(self, key)!r} here")
         epoch, yielded = int(state["epoch"]), int(state["yielded"])
-        if epoch < 0:
-            raise CoresetValueError(f"sampler state key 'epoch' is {epoch}; expected an integer >= 0")
+        if not 0 <= epoch <= _EPOCH_MAX:
+            raise CoresetValueError(f"sampler state key 'epoch' is {epoch}; expected an integer in [0, 2**63 - 1]")
         if not 0 <= yielded <= self.per_rank:
             raise CoresetValueError(f"sampler state key 'yielded' is {yielded}, out of range [0, {self.per_rank}]")
         if yielded == self.per_rank:  # the saved epoch was fully consumed: go on with the next one

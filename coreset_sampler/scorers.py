@@ -551,6 +551,7 @@ class SobelScorer(_BatchScorer):
 # --------------------------------------------------------------------------- factory
 
 
+@rng_preserved()  # building a scorer leaves the caller's random state alone, as scoring does
 def make_scorer(spec: str, scale: int, **kwargs) -> _BatchScorer:
     """Build a scorer from a short spec (used by the CLI and the BasicSR integration).
 
@@ -594,6 +595,9 @@ def make_scorer(spec: str, scale: int, **kwargs) -> _BatchScorer:
         model = load_weights(path)
         if int(model.scale) != int(scale):
             raise CoresetValueError(f"weights file {path} is for scale {model.scale}, but scale {scale} was asked for")
+        from .provenance import model_sha256
+
+        model.provenance = {"model_file": path.name, "model_file_sha256": model_sha256(path)}  # its identity
         scorer = LossScorer(model, **kwargs)
         scorer.spec = s
         return scorer

@@ -61,7 +61,7 @@ def test_tiny_cpu_run_reports_losses_and_reselects(tmp_path, pairs):
 @pytest.mark.slow
 @pytest.mark.basicsr
 @pytest.mark.parametrize("workers", [0, 1])
-def test_resume_carries_the_sampler_state(tmp_path, pairs, workers):
+def test_resume_carries_the_sampler_state(tmp_path, pairs, workers, untouched):
     """6 iterations with states at 3 and 6, then --auto_resume to 9: the sampler's loss table goes on."""
     import shutil
 
@@ -92,6 +92,19 @@ def test_resume_carries_the_sampler_state(tmp_path, pairs, workers):
         in proc.stderr, proc.stderr[-2000:]
 
     longer = [f for f in adaptive if "total_iter" not in f] + ["train:total_iter=9"]
+    if workers == 0:  # a .state whose sampler part was edited is refused at resume, naming the field
+        import torch
+
+        edited = tmp_path / "edited"
+        shutil.copytree(cwd, edited, symlinks=True)
+        path = edited / "experiments" / EXP / "training_states" / "6.state"
+        whole = _read_training_state(path)
+        whole[STATE_KEY]["drawn"][0] = 999999
+        torch.save(whole, path)
+        with untouched(pairs):
+            proc = run(edited, ["--auto_resume", "--force_yml", *longer])
+        assert proc.returncode == 2, proc.stderr[-4000:]
+        assert "path.resume_state" in proc.stderr and "field 'drawn' is 999999" in proc.stderr, proc.stderr[-2000:]
     proc = run(cwd, ["--auto_resume", "--force_yml", *longer])
     assert proc.returncode == 0, proc.stderr[-4000:]
     log = newest_log(cwd)

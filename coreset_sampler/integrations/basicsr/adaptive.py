@@ -141,9 +141,12 @@ def report_step(model, sampler: AdaptiveCoreSetSampler, current_iter: int, logge
 
 def loss_table_digest(state: Mapping) -> str:
     """sha256 (16 hex) of a sampler state's loss table (``estimate`` and ``seen``), as the resume log shows it."""
+    import numpy as np
+
     h = hashlib.sha256()
-    for key in ("estimate", "seen"):
-        h.update(state[key].numpy().tobytes())
+    for key, dtype in (("estimate", np.float64), ("seen", np.bool_)):
+        v = state[key]
+        h.update(np.ascontiguousarray(v.numpy() if hasattr(v, "numpy") else v, dtype=dtype).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -195,14 +198,14 @@ def _resume(sampler, path, logger) -> None:
                        "processes the loss estimate starts again from the initial scores")
         return
     try:
-        sampler.load_state_dict(state)
+        sampler.load_state_dict(state)  # every field checked first (adaptive_state.py): a refusal changes nothing
     except ValueError as e:
         raise CoresetConfigError(f"path.resume_state {path}: its adaptive sampler state does not fit this run: {e}; resume "
                      "with the coreset block (and dataset) that saved it, or start a new experiment") from None
     _ACTIVE["logged"] = len(sampler.refresh_log)
     sampler.trained = (sampler.epoch, int(state["yielded"]) % sampler.per_rank)
     logger.info(f"core-set adaptive: resumed the sampler state from {path}: epoch {sampler.epoch}, position "
-                f"{state['yielded']}, {int(state['seen'].sum())} samples seen, {len(sampler.refresh_log)} "
+                f"{state['yielded']}, {int(sampler.seen.sum())} samples seen, {len(sampler.refresh_log)} "
                 f"re-selections so far, loss table {loss_table_digest(state)}")
 
 
