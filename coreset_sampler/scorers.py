@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ from .errors import CoresetTypeError, CoresetValueError
 from .provenance import provenance_of
 from .scores import Scores, dataset_fingerprint
 from .subimages import plan_of
+from .tiling import ReceptiveFieldError, tiling_text
 from .whole_image import WholeImageScorer
 
 __all__ = ["LossScorer", "SobelScorer", "InterpolationScorer", "make_scorer", "EXPECTED_ITEM"]
@@ -202,8 +204,9 @@ class _BatchScorer:
             try:
                 for win in load_windows(dataset, todo, n, B, num_workers=self.num_workers, needs_lq=self.needs_lq,
                                         scale=getattr(self, "scale", None), pin_memory=self.device.type == "cuda"):
-                    computed += self._consume(win, state, ds_keys)
-                    bar.update(win.size)
+                    done = self._consume(win, state, ds_keys, bar.update)  # the bar moves per forward pass
+                    computed += done
+                    bar.update(win.size - done)  # the window's load failures
                     saver.step(state)
             finally:
                 bar.close()
@@ -227,8 +230,9 @@ class _BatchScorer:
                            "seconds": time.perf_counter() - t0, "rank": rank, "world_size": world}
         return Scores(state.values, keys=keys, metadata=meta, failed=failed)
 
-    def _consume(self, win: Window, state: ScoringState, ds_keys) -> int:
-        """Score one window and commit it to ``state`` (all or nothing); returns samples computed."""
+    def _consume(self, win: Window, state: ScoringState, ds_keys, tick=None) -> int:
+        """Score one window and commit it to ``state`` (all or nothing); returns samples computed.
+        ``tick(k)`` is called after each forward pass of ``k`` samples (the progress bar)."""
         if win.error is not None:
             raise win.error[0](win.error[1])
         failed: dict[int, str] = {}
@@ -251,9 +255,12 @@ class _BatchScorer:
             lq = None if g.lq is None else g.lq.to(self.device, non_blocking=nb)
             gt = g.gt.to(self.device, non_blocking=nb)
             step = self._forward_batch(tuple(g.gt.shape[1:]))
+            parts = []
             with torch.inference_mode():
-                parts = [self._compute(None if lq is None else lq[j:j + step], gt[j:j + step])
-                         for j in range(0, len(gt), step)]
+                for j in range(0, len(gt), step):
+                    parts.append(self._compute(None if lq is None else lq[j:j + step], gt[j:j + step]))
+                    if tick is not None:
+                        tick(len(parts[-1]))
                 vals = torch.cat(parts).to("cpu", torch.float64).numpy()
             bad = ~np.isfinite(vals)
             if bad.any():
@@ -346,6 +353,10 @@ class LossScorer(_BatchScorer):
             ``False``: always per crop; ``True``: refuse datasets it does not apply to.
         whole_image_options: keyword arguments of
             :class:`~coreset_sampler.whole_image.WholeImageScorer` (``tile``, ``halo``, ``amp``...).
+            Without ``tile`` and ``halo`` here, a model whose receptive field cannot be measured
+            (:func:`~coreset_sampler.tiling.receptive_halo`) on source images larger than a tile is
+            scored per crop instead, with one warning saying so (``granularity`` then not recorded,
+            ``whole_image_fallback`` says why); with either, or ``whole_image=True``, it is refused.
 
     Example:
         >>> scorer = LossScorer.pretrained("srcnn", scale=2, batch_size=32)   # doctest: +SKIP
@@ -354,6 +365,9 @@ class LossScorer(_BatchScorer):
     """
 
     name = "loss"
+    #: how tiling messages name the options (:data:`~coreset_sampler.tiling.OPTION_NAMES`); the CLI sets its flags
+    option_names = {"untiled": "whole_image_options={'tile': 0}", "halo": "whole_image_options={'halo': N}",
+                    "per_crop": "whole_image=False"}
 
     def __init__(self, model: torch.nn.Module, *, loss: str = "mse", batch_size: int = 64, device=None,
                  num_workers: int = 2, checkpoint=None, checkpoint_every: int = 20, on_error: str = "raise",
@@ -410,10 +424,16 @@ class LossScorer(_BatchScorer):
                                       scale=None if self._inferred_scale else self.scale,
                                       device=self.device, num_workers=self.num_workers, checkpoint=self.checkpoint,
                                       checkpoint_every=self.checkpoint_every, on_error=self.on_error,
-                                      progress=self.progress, **self.whole_image_options)
+                                      progress=self.progress, option_names=self.option_names,
+                                      **self.whole_image_options)
                 ws.spec = self.spec
-                with rng_preserved():
-                    scores = ws.score(dataset, plan)
+                try:
+                    with rng_preserved():
+                        scores = ws.score(dataset, plan)
+                except ReceptiveFieldError as e:
+                    if self.whole_image is True or {"tile", "halo"} & set(self.whole_image_options):
+                        raise  # the tiling was asked for: refuse rather than score otherwise
+                    return self._per_crop_fallback(dataset, e)
                 self.last_stats = ws.last_stats
                 return scores
             if self.whole_image is True:
@@ -422,6 +442,15 @@ class LossScorer(_BatchScorer):
         return super().score(dataset)
 
     __call__ = score
+
+    def _per_crop_fallback(self, dataset, e: ReceptiveFieldError) -> Scores:
+        """Score ``dataset`` per crop because the default tiling cannot be made exact (one warning, and
+        ``whole_image_fallback`` in the metadata saying why)."""
+        text = tiling_text(e, e.tile, e.largest, self.option_names, fallback=True)
+        warnings.warn(text, stacklevel=3)
+        scores = super().score(dataset)
+        scores.metadata["whole_image_fallback"] = text
+        return scores
 
     def _prepare(self) -> None:
         self._was_training = self.model.training

@@ -24,9 +24,12 @@ amount; their number is recorded in the metadata (``shifted_crops``). With ``bor
 a crop is scored on the image shifted to its own phase (``image[top % scale:, left % scale:]`` and
 its LR) instead: exact, at the cost of extra model passes over those border strips.
 
-**Tiling.** Where memory (or, on CPU, cache) needs it, the LR image is cut into tiles processed
-with a halo of LR pixels at least the model's receptive radius (:func:`receptive_halo`), and only
-the core of each output tile is kept, so tiling changes nothing beyond float rounding.
+**Tiling** (:mod:`coreset_sampler.tiling`). Where memory (or, for SRCNN on CPU, cache) needs it, the
+LR image is cut into tiles processed with a halo of LR pixels at least the model's receptive radius
+(:func:`receptive_halo`, measured only when some source image is larger than a tile), and only the
+core of each output tile is kept, so tiling changes nothing beyond float rounding. An image that fits
+in one tile is one untiled pass; a model whose receptive field cannot be measured is refused only
+when tiles are needed (``LossScorer`` then scores per crop and says so).
 
 **Engine.** The unit of work is the source image: DataLoader workers decode and degrade sources,
 ``checkpoint`` saves progress per source (resume), under ``torch.distributed`` rank ``r`` of ``W``
@@ -48,7 +51,6 @@ Example:
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -62,73 +64,17 @@ from .dist import rank_and_world
 from .engine import (Checkpointer, LoadFailure, check_int_args, check_on_error, check_unique_keys, default_device,
                      gather_state, progress_bar, provenance_record, resume_state, run_stamp, sources_fingerprint)
 from .errors import CoresetTypeError, CoresetValueError
-from .models import FSRCNN, SRCNN, weights_digest
+from .models import weights_digest
 from .provenance import provenance_of
 from .scores import Scores, dataset_fingerprint
 from .subimages import SubImageFolder, WholeImagePlan, plan_of
+from .tiling import OPTION_NAMES, ReceptiveFieldError, default_tile, receptive_halo, source_lr_sizes, tiling_text
 
 __all__ = ["WholeImagePlan", "WholeImageScorer", "SubImageFolder", "plan_of", "receptive_halo",
-           "crop_sums", "error_map"]
+           "ReceptiveFieldError", "crop_sums", "error_map"]
 
-# CPU: tiles of 192x192 HR core pixels keep SRCNN's 64-channel activations near cache size while
-# the halo adds little (measured, benchmarks/results/scoring.md). CUDA: 2048 HR pixels, so a DIV2K
-# image (about 2040x1400) is one pass at x2-x4 (tiles of 1024 cut it into four odd-shaped batches of one).
-_CPU_TILE = 192
-_CUDA_TILE = 2048
 _AMP = {None: None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
         "float16": torch.float16}
-
-
-# --------------------------------------------------------------------------- model geometry
-
-
-def receptive_halo(model: torch.nn.Module, scale: int, channels: int | None = None) -> int:
-    """LR pixels of context a tile needs so that its core's output equals the untiled output.
-
-    SRCNN and FSRCNN: from their layers (bicubic taps, kernel radii). Other
-    models: measured, as the extent of the input gradient of a central output pixel over three
-    random inputs, plus 2; a model whose dependence reaches the probe's border (attention, global
-    pooling) is refused: score it untiled (``tile=0``) or pass ``halo``.
-
-    Example:
-        >>> from coreset_sampler.models import SRCNN
-        >>> receptive_halo(SRCNN(2), 2)
-        6
-    """
-    scale = check_scale(scale)
-    if isinstance(model, SRCNN):
-        c = model.config
-        r_hr = c["f1"] // 2 + c["f2"] // 2 + c["f3"] // 2
-        # HR pixel o (in LR pixel k) sees HR pixels o +- r_hr, whose bicubic taps lie within 2 LR pixels
-        # of their centres (o + 0.5) / scale - 0.5: LR pixels k +- floor(2.5 + (r_hr - 0.5) / scale)
-        return max(math.ceil(r_hr / scale), math.floor(2.5 + (r_hr - 0.5) / scale))
-    if isinstance(model, FSRCNN):
-        return 2 + model.config["m"] + math.ceil(4 / scale) + 2
-    probe = 64
-    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-    radius = 0
-    chans = [channels] if channels else [3, 1]
-    gen = torch.Generator().manual_seed(0)
-    for c in chans:
-        try:
-            for _ in range(3):
-                x = torch.rand(1, c, probe, probe, generator=gen).to(dev).requires_grad_(True)
-                with torch.enable_grad():
-                    out = model(x)
-                    ctr = probe * scale // 2
-                    out[..., ctr, ctr].sum().backward()
-                nz = (x.grad.abs().sum((0, 1)) > 0).nonzero()
-                if len(nz):
-                    radius = max(radius, int((nz - probe // 2).abs().max()))
-            break
-        except (RuntimeError, ValueError, TypeError):
-            if c == chans[-1]:
-                raise
-    if radius >= probe // 2 - 2:
-        raise CoresetValueError(f"{type(model).__name__}'s receptive field reaches past a {probe}-pixel probe: tiles "
-                         f"cannot reproduce the untiled output; score untiled (tile=0) or pass halo=")
-    return radius + 2
-
 
 # --------------------------------------------------------------------------- pure core
 
@@ -307,9 +253,12 @@ class WholeImageScorer:
         loss: ``"mse"`` or ``"l1"``.
         on_y: compare on Y (default: the model's ``trains_on_y``).
         scale: SR scale when the model has no ``.scale`` (default: the dataset's).
-        tile: LR core size of a tile; default ``192 // scale`` on CPU, ``2048 // scale`` on CUDA;
-            0: whole images untiled.
-        halo: LR context per tile (default :func:`receptive_halo`).
+        tile: LR core size of a tile (default :func:`~coreset_sampler.tiling.default_tile`:
+            ``2048 // scale``, for SRCNN/FSRCNN on CPU ``192 // scale``); 0: whole images untiled. A
+            source image that fits in one tile is one untiled pass, whatever the model.
+        halo: LR context per tile (default :func:`receptive_halo`, measured only when some source image
+            is larger than a tile; a model whose receptive field reaches past the largest probe is then
+            refused with :class:`~coreset_sampler.tiling.ReceptiveFieldError`).
         amp: None (fp32), ``"bf16"`` or ``"fp16"``: autocast on CUDA (ignored on CPU).
         channels_last: channels_last model and tiles (default: on CUDA).
         tile_batch: equal-shape tiles per forward pass (default 1 on CPU, 8 on CUDA).
@@ -323,6 +272,8 @@ class WholeImageScorer:
             sharding is the source image, and an unreadable source fails all its crops.
         config: the scorer's config recorded in the metadata and the checkpoint fingerprint in place of
             the default (model, weights digest, loss, channels); ``scale`` is always the run's.
+        option_names: how that refusal names ``tile=0``, ``halo=N`` and per-crop scoring (keys of
+            :data:`~coreset_sampler.tiling.OPTION_NAMES`; ``LossScorer`` and the command line pass theirs).
 
     Example:
         >>> from coreset_sampler.models import load_pretrained
@@ -336,7 +287,7 @@ class WholeImageScorer:
                  scale: int | None = None, tile: int | None = None, halo: int | None = None, amp=None,
                  channels_last: bool | None = None, tile_batch: int | None = None, device=None, num_workers: int = 2,
                  checkpoint=None, checkpoint_every: int = 20, on_error: str = "raise", progress: bool = True,
-                 border: str = "shift", config: dict | None = None):
+                 border: str = "shift", config: dict | None = None, option_names: dict | None = None):
         if not isinstance(model, torch.nn.Module):
             raise CoresetTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if loss not in ("mse", "l1"):
@@ -376,6 +327,7 @@ class WholeImageScorer:
         #: recorded as ``provenance["scorer"]`` (``LossScorer`` passes its spec: "srcnn", a weights path...)
         self.spec = self.model_name
         self._config = config
+        self.option_names = {**OPTION_NAMES, **(option_names or {})}
         self.last_stats: dict = {}
 
     def config(self, scale: int) -> dict:
@@ -386,12 +338,21 @@ class WholeImageScorer:
         # a model file's name, sha256 and architecture (coreset_sampler.model_files), as LossScorer records
         return {**base, "scale": scale, **getattr(self.model, "provenance", {})}
 
-    def _geometry(self, scale: int) -> tuple[int, int]:
-        tile = self.tile
-        if tile is None:
-            tile = max(1, (_CUDA_TILE if self.device.type == "cuda" else _CPU_TILE) // scale)
-        halo = self.halo if self.halo is not None else (receptive_halo(self.model, scale) if tile else 0)
-        return tile, halo
+    def _geometry(self, plan: WholeImagePlan) -> tuple[int, int, int]:
+        """``(tile, halo, sources cut into more than one tile)``; the halo is measured only when that
+        number is not 0 (an image that fits in one tile needs none)."""
+        scale = plan.scale
+        tile = self.tile if self.tile is not None else default_tile(self.model, self.device, scale)
+        sizes = source_lr_sizes(plan) if tile and len(plan.sources) else np.zeros((0, 2), dtype=np.int64)
+        tiled = int(((sizes[:, 0] > tile) | (sizes[:, 1] > tile)).sum()) if len(sizes) else 0
+        if self.halo is not None or not tiled:
+            return tile, self.halo or 0, tiled
+        try:
+            return tile, receptive_halo(self.model, scale), tiled
+        except ReceptiveFieldError as e:
+            largest = (int(sizes[:, 0].max()), int(sizes[:, 1].max()))
+            raise ReceptiveFieldError(tiling_text(e, tile, largest, self.option_names, fallback=False),
+                                      model_name=e.model_name, probe=e.probe, tile=tile, largest=largest) from None
 
     def score(self, dataset, plan: WholeImagePlan | None = None) -> Scores:
         """Score every crop of ``dataset`` (keys and order of the dataset).
@@ -414,11 +375,13 @@ class WholeImageScorer:
             raise CoresetValueError(f"the model is x{self.scale} but the dataset is x{scale}")
         n, n_src = len(plan.keys), len(plan.sources)
         crops_of = plan.crops_of()
-        tile, halo = self._geometry(scale)
+        was_training = self.model.training
+        self.model.to(self.device)  # the receptive field is probed where the model runs
+        tile, halo, tiled = self._geometry(plan)
         rank, world = rank_and_world()
         mine = list(range(rank, n_src, world))
         config = self.config(scale)
-        geometry = {"tile": tile, "halo": halo, "amp": None if self.amp is None else str(self.amp).split(".")[-1],
+        geometry = {"tile": tile, "halo": halo, "tiled_sources": tiled, "amp": None if self.amp is None else str(self.amp).split(".")[-1],
                     "channels_last": self.channels_last, "border": self.border, "tile_batch": self.tile_batch}
         fingerprint = {"scorer": self.name, "granularity": "whole_image", "config": config, "n": n,
                        "dataset": dataset_fingerprint(plan.keys, n), "sources": n_src, "crop": plan.crop,
@@ -430,8 +393,7 @@ class WholeImageScorer:
         src_done = [len(crops_of[j]) > 0 and bool(state.done[crops_of[j]].all()) for j in range(n_src)]
         todo = [j for j in mine if not src_done[j]]
         resumed = sum(len(crops_of[j]) for j in mine if src_done[j])
-        was_training = self.model.training
-        self.model.to(self.device).eval()
+        self.model.eval()
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         saver = Checkpointer(ckpt, fingerprint, self.checkpoint_every)

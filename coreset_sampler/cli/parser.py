@@ -146,6 +146,15 @@ def add_score_parser(sub) -> None:
     p.add_argument("--per-crop", action="store_true",
                    help="model loss of each sub-image on its own (default for sub-images: the model runs once "
                         "per source image and each crop's loss is read off its error map; see README)")
+    p.add_argument("--tile", type=_nonneg_int, default=None, metavar="N",
+                   help="whole-image scoring: LR pixels per side of a tile. A source image that fits in one tile is "
+                        "scored in one pass; larger ones are cut into tiles, each run with --halo pixels of context. "
+                        "0: every source image in one pass (memory permitting). Default: 2048 HR pixels // --scale "
+                        "(a DIV2K image is one pass), 192 // --scale for srcnn on CPU")
+    p.add_argument("--halo", type=_nonneg_int, default=None, metavar="N",
+                   help="whole-image scoring: LR pixels of context around each tile. Default: the model's receptive "
+                        "field, measured only when a source image is larger than a tile; when it reaches past the "
+                        "largest probe (256 pixels) the sub-images are scored --per-crop instead, with a warning")
     p.add_argument("--sources", metavar="SRC_DIR", default=None,
                    help="DATA is a folder of sub-images cut from the images of SRC_DIR (by coreset-sr, "
                         "extract_subimages or BasicSR's DIV2K preparation, named STEM_sNNN): score them whole-image "

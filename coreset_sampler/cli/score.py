@@ -16,7 +16,10 @@ from .checks import check_device, check_folders, check_out_file, protected, refu
 from .errors import PROG, CLIError, one_line, warn
 from .parser import SCORER_NAMES
 
-__all__ = ["cmd_score", "scorer_spec"]
+__all__ = ["cmd_score", "scorer_spec", "OPTION_FLAGS"]
+
+#: how a scorer's messages about tiling name the options here (``LossScorer.option_names``)
+OPTION_FLAGS = {"untiled": "--tile 0", "halo": "--halo N", "per_crop": "--per-crop"}
 
 
 def _scorer_spec_ok(spec: str) -> bool:
@@ -77,7 +80,7 @@ def _plan(args) -> _Plan:
     roots = check_folders(args.data)
     lr_root = check_folders([args.lr], "LR folder")[0] if args.lr else None
     spec = scorer_spec(args.scorer)
-    per_crop = bool(getattr(args, "per_crop", False))
+    per_crop = bool(args.per_crop)
     src_root, traced = None, None
     if args.sources is not None:
         src_root = check_folders([args.sources], "--sources folder")[0]
@@ -94,6 +97,12 @@ def _plan(args) -> _Plan:
     # whole-image where it applies: a loss scorer over sub-images (cut on the fly, or traced to --sources)
     granularity = ("whole_image" if spec not in ("sobel", "interpolation") and not per_crop
                    and (crop or traced is not None) else "per_crop")
+    tiling = [f for f, v in (("--tile", args.tile), ("--halo", args.halo)) if v is not None]
+    if tiling and granularity != "whole_image":
+        why = ("--per-crop" if per_crop else f"--scorer {spec}" if spec in ("sobel", "interpolation")
+               else "--crop 0 / --whole")
+        raise CLIError(f"{' and '.join(tiling)} set how whole-image scoring tiles the source images, but {why} "
+                       f"scores each sample on its own: drop {' and '.join(tiling)}", code=2)
     out = Path(args.out)
     plan = _Plan(roots, lr_root, spec, crop, step, granularity, out, Path(str(out) + ".partial"), src_root, traced)
     check_out_file(out, "scores.safetensors")
@@ -104,7 +113,7 @@ def _plan(args) -> _Plan:
     check_device(args.device)
     if not args.rescore:
         _check_existing_scores(out, spec, roots, crop, step, args.scale, lr_root, granularity=granularity,
-                               traced=traced)
+                               traced=traced, fallback_ok=not tiling)
     return plan
 
 
@@ -134,8 +143,12 @@ def _score(args, plan: _Plan) -> None:
     # the scorer first: a bad weights file is reported before the images are decoded
     scorer = make_scorer(args.scorer, args.scale, batch_size=args.batch_size, num_workers=args.workers,
                          checkpoint=plan.ckpt, on_error=args.on_error, progress=progress, device=args.device)
-    if getattr(args, "per_crop", False) and hasattr(scorer, "whole_image"):
-        scorer.whole_image = False  # LossScorer: score each sub-image on its own
+    if hasattr(scorer, "whole_image"):  # LossScorer: --per-crop, --tile, --halo; messages name these flags
+        if args.per_crop:
+            scorer.whole_image = False  # score each sub-image on its own
+        scorer.option_names = OPTION_FLAGS
+        scorer.whole_image_options.update({k: v for k, v in (("tile", args.tile), ("halo", args.halo))
+                                           if v is not None})
     crop, step, out = plan.crop, plan.step, plan.out
     ds = plan.traced if plan.traced is not None else dataset_from_layout(
         plan.roots, crop, step, args.scale, plan.lr_root, cache=True, progress=progress)
@@ -214,9 +227,10 @@ def _traced_folder(sub_root: Path, src_root: Path, crop: int, step: int, thresh:
 
 
 def _check_existing_scores(out: Path, spec: str, roots, crop: int, step: int, scale: int, lr_root, *,
-                           granularity: str = "per_crop", traced=None) -> None:
+                           granularity: str = "per_crop", traced=None, fallback_ok: bool = False) -> None:
     """Scoring into an existing scores file of other settings is an error (``--rescore`` does it on purpose);
-    per-crop scores are not replaced by whole-image scores (or the reverse) without ``--rescore``."""
+    per-crop scores are not replaced by whole-image scores (or the reverse) without ``--rescore``, except
+    that the default tiling (``fallback_ok``) accepts the per-crop scores its own fallback wrote."""
     from ..provenance import ProvenanceError, check_granularity, check_provenance
     from ..scores import Scores
 
@@ -228,6 +242,8 @@ def _check_existing_scores(out: Path, spec: str, roots, crop: int, step: int, sc
     except (ValueError, OSError) as e:
         raise CLIError(f"--out {out} exists and cannot be read as a scores file ({one_line(e)}); {fix}",
                        code=2) from None
+    if fallback_ok and granularity == "whole_image" and old.metadata.get("whole_image_fallback"):
+        granularity = "per_crop"  # the same command scored per crop: the model's receptive field (see the warning)
     check_granularity(old, granularity, source=str(out), fix=fix)
     expected = {"scorer": spec, "scale": scale,
                 "dataset": "subimages" if crop and traced is None else "paired_folder",

@@ -19,6 +19,7 @@ uses without importing this module); their names are importable from here as bef
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
@@ -61,5 +62,6 @@ def enable() -> None:
     stack.enter_context(basicsr_hooks())
     stack.enter_context(project_compat())
     _ENABLED.append(sys.excepthook)
-    _ENABLED.append(stack)  # kept open for the life of the process
+    _ENABLED.append(stack)  # kept open for the life of the process, closed in order at exit:
+    atexit.register(stack.close)  # left to the garbage collector, it ran after the modules' globals were gone
     sys.excepthook = _excepthook

@@ -268,7 +268,8 @@ def basicsr_hooks():
         >>> with basicsr_hooks():                                # doctest: +SKIP
         ...     basicsr.train.train_pipeline(os.getcwd())
     """
-    _PREPARED.clear()
+    prepared = _PREPARED  # the generator's own reference: usable whenever it is closed
+    prepared.clear()
     try:
         with patched([
             (_bt, "parse_options", _parse_options),
@@ -282,7 +283,7 @@ def basicsr_hooks():
         ]):
             yield
     finally:
-        _PREPARED.clear()
+        prepared.clear()
 
 
 def main(argv: list[str] | None = None) -> None:
