@@ -175,7 +175,8 @@ def test_in_process_doors_agree_for_any_ratio_and_seed(mode, ratio, seed, pairs,
     s = Scores.load(block_file)
     want = keys_of(block_file, select_indices(s.values, mode, ratio, seed=seed))
     tmp = tmp_path_factory.mktemp("h")
-    assert set(CoreSetDataset(PairedImageFolder(hr, lr, scale=SCALE), s, mode=mode, ratio=ratio, seed=seed).keys) == want
+    pairs_ds = PairedImageFolder(hr, lr, scale=SCALE)
+    assert set(CoreSetDataset(pairs_ds, s, mode=mode, ratio=ratio, seed=seed).keys) == want
     assert cli_select(capsys, block_file, tmp, mode, ratio, seed)[0] == want
     assert set(basicsr_block(hr, lr, scores=str(block_file), mode=mode, ratio=ratio, seed=seed).keys) == want
 

@@ -255,7 +255,7 @@ def validate_options(opt: Mapping) -> CoresetOptions | None:
         CoresetConfigError: naming the key and what it allows (or the file that is missing).
 
     Example:
-        >>> validate_options({"scale": 2, "datasets": {"train": {"coreset": {"mode": "random"}}}}).mode
+        >>> validate_options({"scale": 2, "datasets": {"train": {"coreset": {"mode": "random", "skip_top": 0}}}}).mode
         'random'
     """
     result = None
