@@ -242,8 +242,9 @@ def test_block_file_records_its_folders_and_reopens_in_export_and_plot(pairs, bl
     with untouched(hr, lr):
         got, out = cli_export(capsys, block_file, hr, tmp_path / "core", "des", 0.5, 0)
         grid = tmp_path / "grid.png"
-        cli(capsys, "plot", block_file, "--grid", hr, "--n", 3, "--out", grid, "--no-progress")
+        plotted = cli(capsys, "plot", block_file, "--grid", hr, "--n", 3, "--out", grid, "--no-progress")
     assert got == trained and grid.stat().st_size > 0
+    assert "mode=des, ratio=0.5, skip_top=0.05" in plotted and "skip_top=0.05" in out
     core = tmp_path / "core"
     assert {p.stem for p in (core / "hr").iterdir()} == {p.stem for p in (core / "lr").iterdir()} == trained
     assert all((core / "lr" / p.name).read_bytes() == (lr / p.name).read_bytes() for p in (core / "lr").iterdir())

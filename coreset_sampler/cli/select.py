@@ -154,5 +154,5 @@ def cmd_plot(args) -> int:
             plots.plot_distribution(scores, out, ratios=args.ratios, mode=args.mode, ratio=args.ratio,
                                     skip_top=args.skip_top, seed=args.seed,
                                     log={"auto": None, "on": True, "off": False}[args.log])
-    print(f"wrote {out}")
+    print(f"wrote {out} (core-set shown: mode={args.mode}, ratio={args.ratio:g}, skip_top={args.skip_top:g})")
     return 0
