@@ -35,8 +35,8 @@ def sampler_only(pool_size: int, scores, steps: int, batch: int, refresh: int) -
     """Seconds per step of update() + re-selection, with synthetic losses (no model)."""
     from coreset_sampler.adaptive import AdaptiveCoreSetSampler
 
-    s = AdaptiveCoreSetSampler(range(pool_size), 0.5, batch_size=batch, refresh=refresh, scores=scores,
-                               num_samples=steps * batch)
+    s = AdaptiveCoreSetSampler(range(pool_size), 0.5, skip_top=0.0, batch_size=batch, refresh=refresh,
+                               scores=scores, num_samples=steps * batch)
     rng = np.random.default_rng(0)
     it = iter(s)
     t0 = time.perf_counter()
@@ -72,12 +72,12 @@ def main(argv=None) -> int:
     def run(arch: str, kind: str, seed: int) -> float:
         spec = p.archs[arch]
         if kind == "static":
-            data = CoreSetDataset(pool, scores, mode="des", ratio=0.5)
+            data = CoreSetDataset(pool, scores, mode="des", ratio=0.5, skip_top=0.0)  # as measured (issue 20)
             sampler = StepMatchedSampler(data, num_samples=len(pool), seed=seed)
         else:
             data = pool
-            sampler = AdaptiveCoreSetSampler(pool, 0.5, scores=scores, batch_size=p.batch_size, refresh=refresh,
-                                             momentum=p.adaptive_momentum, seed=seed)
+            sampler = AdaptiveCoreSetSampler(pool, 0.5, skip_top=0.0, scores=scores, batch_size=p.batch_size,
+                                             refresh=refresh, momentum=p.adaptive_momentum, seed=seed)
         torch.manual_seed(seed)
         model = sweep_archs.build_model(spec.name, 2, **spec.kwargs)
         hist = train(model, data, args.steps, batch_size=p.batch_size, patch_size=p.patch[2], lr=spec.lr,

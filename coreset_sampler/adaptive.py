@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
 from .adaptive_state import EPOCH_MAX, SamplerState, StateSpec, check_adaptive_state
-from .selection import MODES, select_indices, selection_counts
+from .selection import DEFAULT_SKIP_TOP, MODES, select_indices, selection_counts
 from .errors import CoresetTypeError, CoresetValueError
 
 __all__ = ["AdaptiveCoreSetSampler", "IndexedDataset"]
@@ -150,7 +150,8 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         data_source: the FULL dataset (map-style; ``.keys`` are checked against ``scores``).
         ratio: fraction of the (scored) set in the core-set, in (0, 1].
         mode: ``"des"`` (hardest; default), ``"asc"``, ``"random"`` or ``"stratified"`` over the estimate.
-        skip_top: fraction with the highest estimate skipped first (the refined core-set uses 0.05).
+        skip_top: fraction with the highest estimate skipped first; default
+            :data:`~coreset_sampler.selection.DEFAULT_SKIP_TOP` (0.05, as in every door).
         scores: initial estimate: a :class:`~coreset_sampler.scores.Scores`, a path to a scores
             file, or an array ``[N]``; default uniform. Samples that failed to score are never drawn.
         batch_size: samples per step on each rank (converts ``refresh``/``warmup``/``full_after`` to indices).
@@ -179,7 +180,7 @@ class AdaptiveCoreSetSampler(Sampler[int]):
         ...         sampler.update(batch["index"], per)
     """
 
-    def __init__(self, data_source, ratio: float = 0.5, *, mode: str = "des", skip_top: float = 0.0,
+    def __init__(self, data_source, ratio: float = 0.5, *, mode: str = "des", skip_top: float = DEFAULT_SKIP_TOP,
                  scores=None, batch_size: int, refresh: int = 100, momentum: float = 0.5, warmup: int = 0,
                  full_after: int | None = None, num_samples: int | None = None, seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False,

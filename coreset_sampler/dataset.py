@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from .provenance import check_provenance, provenance_of
 from .scores import Scores
-from .selection import check_seed, select_indices, selection_summary
+from .selection import DEFAULT_SKIP_TOP, check_seed, select_indices, selection_summary
 from .errors import CoresetTypeError, CoresetValueError
 
 __all__ = ["CoreSetDataset", "dataset_keys", "as_scores"]
@@ -44,8 +44,9 @@ class CoreSetDataset(Dataset):
         scores: an array / list / tensor ``[N]``, a :class:`Scores`, or a path to a scores file.
         mode: ``"des"`` (hardest first), ``"asc"``, ``"random"`` or ``"stratified"``.
         ratio: fraction of the full dataset kept, in (0, 1].
-        skip_top: fraction of the full dataset with the highest scores removed first;
-            the paper's refined core-set uses ``0.05``.
+        skip_top: fraction of the full dataset with the highest scores removed first, in every
+            mode; default :data:`~coreset_sampler.selection.DEFAULT_SKIP_TOP` (0.05, the paper's
+            refined core-set), as in every other door; ``0`` skips nothing.
         seed: seed for ``random`` and ``stratified`` (an integer in ``[0, 2**63 - 1]``).
         check_sources: when ``dataset`` exposes ``provenance()`` (``PairedImageFolder``,
             ``SubImageDataset``), scores from a file or a scorer are checked against it: same
@@ -64,7 +65,7 @@ class CoreSetDataset(Dataset):
         >>> loader = DataLoader(core, batch_size=16, sampler=StepMatchedSampler(core))
     """
 
-    def __init__(self, dataset, scores, mode: str = "des", ratio: float = 0.5, skip_top: float = 0.0,
+    def __init__(self, dataset, scores, mode: str = "des", ratio: float = 0.5, skip_top: float = DEFAULT_SKIP_TOP,
                  seed: int = 0, *, check_sources: bool = True):
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
             raise CoresetTypeError(f"dataset must be map-style (__len__ and __getitem__), got {type(dataset).__name__}")

@@ -1,13 +1,20 @@
 """Storage pruning: write a core-set as files plus BasicSR's ``meta_info.txt`` and report the bytes.
 
-:func:`export_coreset` writes the kept samples of a dataset to a folder: sub-images
+:func:`export_coreset` writes the kept samples of a dataset to a folder laid out for training::
+
+    OUT/meta_info.txt   one HR file name per line (BasicSR's meta_info_file), beside the image folders
+    OUT/hr/             the kept HR files (dataroot_gt)
+    OUT/lr/             their LR files, when the dataset reads an LR folder (dataroot_lq)
+
+so a recipe that scans ``dataroot_gt`` / ``dataroot_lq`` and one that reads ``meta_info_file`` both
+train on it unchanged (a ``meta_info.txt`` inside the HR folder would be read as one more image:
+``lq and gt datasets have different number of images``). Sub-images
 (:class:`~coreset_sampler.data.SubImageDataset`) become PNG crops named ``{key}.png``, whole
 images (:class:`~coreset_sampler.data.PairedImageFolder`) are copied, hard-linked or symlinked
-under their own names (their LR files, when the dataset reads an LR folder, under ``lr/``).
-It returns an :class:`ExportReport` (what was written, bytes before and after).
+under their own names. It returns an :class:`ExportReport` (what was written, bytes before and after).
 
 Source data is never written. Every folder a write lands in is resolved (``--out`` itself,
-``lr/``, any symlink already there) and refused by :func:`check_writable_outside` when it
+``hr/``, ``lr/``, any symlink already there) and refused by :func:`check_writable_outside` when it
 resolves into a folder the samples come from. Each file is written under a hidden temporary name
 in its final folder and renamed over the destination, so a symlink or hard link already at the
 destination is replaced, never written through. Temporary files left by a killed export are
@@ -35,9 +42,12 @@ from .layout import dataset_layout  # noqa: F401  (its home is layout.py, beside
 from .scores import remove_stale_temp_files, temp_path  # one temp-file convention for every write
 
 __all__ = ["export_coreset", "ExportReport", "check_writable_outside", "UnsafeWriteError", "source_roots",
-           "dataset_layout", "META_INFO", "LINK_MODES"]
+           "dataset_layout", "META_INFO", "HR_DIR", "LR_DIR", "LINK_MODES"]
 
+#: the export's file list (BasicSR's meta_info_file), at the top of the export, beside HR_DIR and LR_DIR
 META_INFO = "meta_info.txt"
+#: the export's folders of HR (dataroot_gt) and LR (dataroot_lq) files
+HR_DIR, LR_DIR = "hr", "lr"
 LINK_MODES = ("copy", "hard", "symlink")
 #: up to this many dropped sub-images are encoded to measure the full set's size exactly
 EXACT_SIZE_LIMIT = 5000
@@ -247,8 +257,10 @@ class ExportReport:
         bytes_before: all samples as files (sub-images: exact, or estimated from a sample of the
             dropped ones beyond 5000, see ``bytes_before_estimated``); bytes_after: the core-set.
         source_bytes: the source image files read.
-        files: the exported file names, in ``meta_info.txt`` order.
-        stale: files already in ``out`` that are not in this core-set (left in place).
+        files: the exported file names (in ``out/hr``), in ``meta_info.txt`` order.
+        stale: files already in ``out/hr`` that are not in this core-set, and entries of ``out`` other than
+            ``hr``, ``lr`` and ``meta_info.txt`` (e.g. an export of an earlier version), left in place.
+        with_lr: whether LR files were exported to ``out/lr``.
         link: ``"png"`` for sub-images, else the link mode.
         removed_temp, busy_temp: leftover temporary files removed / left alone (their writer
             is still running).
@@ -269,10 +281,21 @@ class ExportReport:
     link: str
     removed_temp: list = dataclasses.field(default_factory=list)
     busy_temp: list = dataclasses.field(default_factory=list)
+    with_lr: bool = False
 
     @property
     def meta_info(self) -> Path:
         return self.out / META_INFO
+
+    @property
+    def hr_dir(self) -> Path:
+        """The exported HR files (a recipe's ``dataroot_gt``)."""
+        return self.out / HR_DIR
+
+    @property
+    def lr_dir(self) -> Path | None:
+        """The exported LR files (a recipe's ``dataroot_lq``), ``None`` when there are none."""
+        return self.out / LR_DIR if self.with_lr else None
 
     @property
     def saved_bytes(self) -> int:
@@ -287,7 +310,9 @@ class ExportReport:
         what = "sub-images" if self.kind == "subimages" else "files"
         lines = [f"exported {self.kept}/{self.total} {what} to {out} "
                  f"({self.written} written, {self.unchanged} already up to date)",
-                 f"  meta_info      {self.meta_info} ({self.kept} lines)"]
+                 f"  folders        dataroot_gt {self.hr_dir}"
+                 + (f", dataroot_lq {self.lr_dir}" if self.with_lr else ""),
+                 f"  meta_info      {self.meta_info} ({self.kept} lines; for meta_info_file, or scan the folders)"]
         if self.kind == "subimages":
             est = ", estimated from a sample of the dropped ones" if self.bytes_before_estimated else ""
             lines.append(f"  storage        bytes before {self.bytes_before} ({_fmt_bytes(self.bytes_before)}: "
@@ -310,7 +335,8 @@ class ExportReport:
                          f"alone ({_some(self.busy_temp)}): is another export writing to {out}?")
         if self.stale:
             lines.append(f"  warning        {out} also holds {len(self.stale)} file(s) not in this core-set "
-                         f"({_some(self.stale)}); left untouched, {META_INFO} lists only the core-set")
+                         f"({_some(self.stale)}); left untouched, {META_INFO} lists only the core-set: remove them "
+                         f"before scanning the folders")
         return "\n".join(lines)
 
     summary = __str__
@@ -374,13 +400,15 @@ def _dropped_png_bytes(dataset, kept_idx, progress: bool) -> tuple[float, bool]:
 
 def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progress: bool = True,
                    protect: Roots = ()) -> ExportReport:
-    """Write the samples ``indices`` of ``dataset`` to ``out`` plus ``meta_info.txt``; report the bytes.
+    """Write the samples ``indices`` of ``dataset`` to ``out/hr`` (``out/lr``) plus ``out/meta_info.txt``.
 
     Sub-image datasets (``.source(i)``, ``.crop``) become PNG crops named ``{key}.png`` (the
     source's mode kept, BasicSR's compression level); image folders (``.hr_paths``) are copied
-    or linked under their own names, their LR files (when the dataset has an LR folder) under
-    ``out/lr``. Rerunning leaves identical files alone; files in ``out`` that are not in the
-    core-set are left in place and listed in ``report.stale``.
+    or linked under their own names into ``out/hr``, their LR files (when the dataset has an LR
+    folder) into ``out/lr``. ``meta_info.txt`` lists the HR file names, beside the folders: a recipe
+    with ``dataroot_gt: out/hr`` (``dataroot_lq: out/lr``) trains on it with or without
+    ``meta_info_file: out/meta_info.txt``. Rerunning leaves identical files alone; files that are
+    not in the core-set are left in place and listed in ``report.stale``.
 
     Args:
         dataset: a :class:`~coreset_sampler.data.SubImageDataset` or
@@ -396,8 +424,9 @@ def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progr
         :class:`ExportReport`.
 
     Raises:
-        UnsafeWriteError: ``out``, ``out/lr`` or ``out/meta_info.txt`` resolves into a source
-            or protected folder (checked before anything is written).
+        UnsafeWriteError: ``out``, ``out/hr``, ``out/lr`` or ``out/meta_info.txt`` resolves into a
+            source or protected folder, or ``out/hr`` and ``out/lr`` are one folder (checked before
+            anything is written).
         ValueError: bad ``link``, indices out of range, or a source image that no longer holds
             a sub-image (changed since scoring).
         OSError: a failed write (e.g. no space left), naming the destination file.
@@ -424,42 +453,58 @@ def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progr
     _check_export_folders(dataset, out, lr_paths is not None, protect)
     removed, busy = _prepare_folders(out, lr_paths is not None)
     if subimages:
-        done = _export_subimages(dataset, idx, out, progress)
+        done = _export_subimages(dataset, idx, out / HR_DIR, progress)
     else:
         done = _export_images(dataset, idx, out, lr_paths, link, progress)
     _write_bytes(out / META_INFO, ("\n".join(done.names) + "\n").encode("utf-8"))
-    expected = set(done.names) | {META_INFO, "lr"}
-    stale = sorted(p.name for p in out.iterdir() if p.name not in expected and not p.name.startswith("."))
     return ExportReport(kind=done.kind, out=out, kept=len(idx), total=n, written=int(done.written),
                         unchanged=int(done.unchanged), bytes_before=int(done.bytes_before),
                         bytes_after=int(done.bytes_after), bytes_before_estimated=bool(done.estimated),
-                        source_bytes=int(done.source_bytes), files=done.names, stale=stale, link=done.mode,
-                        removed_temp=removed, busy_temp=busy)
+                        source_bytes=int(done.source_bytes), files=done.names, link=done.mode,
+                        stale=_stale(out, done.names, lr_paths, idx), removed_temp=removed, busy_temp=busy,
+                        with_lr=lr_paths is not None)
+
+
+def _stale(out: Path, names: list, lr_paths, idx: list[int]) -> list[str]:
+    """Files in ``out/hr`` (``out/lr``) not in the core-set, and entries of ``out`` outside the layout."""
+    def extra(folder: Path, keep: set, prefix: str) -> list[str]:
+        if not folder.is_dir():
+            return []
+        return sorted(prefix + p.name for p in folder.iterdir() if p.name not in keep and not p.name.startswith("."))
+
+    lr_names = {Path(lr_paths[i]).name for i in idx} if lr_paths is not None else set()
+    top = extra(out, {META_INFO, HR_DIR, LR_DIR}, "")
+    return top + extra(out / HR_DIR, set(names), f"{HR_DIR}/") + (
+        extra(out / LR_DIR, lr_names, f"{LR_DIR}/") if lr_paths is not None else [])
 
 
 def _check_export_folders(dataset, out: Path, with_lr: bool, protect: Roots) -> None:
-    """Refuse (before anything is written) an ``out``, ``out/lr`` or ``out/meta_info.txt`` in source data."""
-    lr_dir = out / "lr"
-    folders = [out] + ([lr_dir] if with_lr else [])
+    """Refuse (before anything is written) an ``out``, ``out/hr``, ``out/lr`` or ``out/meta_info.txt`` in
+    source data, and an ``out/hr`` / ``out/lr`` that is ``out`` or each other (a symlink)."""
+    hr_dir, lr_dir = out / HR_DIR, out / LR_DIR
+    folders = [out, hr_dir] + ([lr_dir] if with_lr else [])
     # a dangling symlink is no folder yet, but mkdir would create its target: check where it points
     targets = folders + [out / META_INFO] + [Path(os.path.realpath(f)) for f in folders if f.is_symlink()]
     # the caller's labels first: they name the folders as the user knows them ("DATA")
     _check_pairs(targets, _labelled(protect, source_roots(dataset)))
-    if with_lr and write_target(lr_dir) == write_target(out):
-        raise UnsafeWriteError(f"refusing to write {lr_dir}: it resolves to {out} itself, where LR files would "
-                               f"replace the HR files of the same name; remove the link {lr_dir}")
+    for sub in folders[1:]:
+        if write_target(sub) == write_target(out):
+            raise UnsafeWriteError(f"refusing to write {sub}: it resolves to {out} itself, where the export's "
+                                   f"files would mix with {META_INFO} and the other folder; remove the link {sub}")
+    if with_lr and write_target(lr_dir) == write_target(hr_dir):
+        raise UnsafeWriteError(f"refusing to write {lr_dir}: it resolves to the same folder as {hr_dir}, where LR "
+                               f"files would replace the HR files of the same name; remove the link")
 
 
 def _prepare_folders(out: Path, with_lr: bool) -> tuple[list, list]:
-    """Create ``out`` (and ``out/lr``); remove the temp files a killed export left there: ``(removed, busy)``."""
+    """Create ``out``, ``out/hr`` (and ``out/lr``); remove the temp files a killed export left: ``(removed, busy)``."""
     out.mkdir(parents=True, exist_ok=True)
     removed, busy = remove_stale_temp_files(out)
-    if with_lr:
-        lr_dir = out / "lr"
-        lr_dir.mkdir(exist_ok=True)
-        r2, b2 = remove_stale_temp_files(lr_dir)
-        removed += [f"lr/{x}" for x in r2]
-        busy += [f"lr/{x}" for x in b2]
+    for sub in (HR_DIR, LR_DIR) if with_lr else (HR_DIR,):
+        (out / sub).mkdir(exist_ok=True)
+        r2, b2 = remove_stale_temp_files(out / sub)
+        removed += [f"{sub}/{x}" for x in r2]
+        busy += [f"{sub}/{x}" for x in b2]
     return removed, busy
 
 
@@ -512,17 +557,17 @@ def _export_subimages(dataset, idx: list[int], out: Path, progress: bool) -> _Wr
 
 
 def _export_images(dataset, idx: list[int], out: Path, lr_paths, link: str, progress: bool) -> _Written:
-    """The kept whole images (and their LR files, under ``out/lr``) copied or linked under their own names."""
+    """The kept whole images (``out/hr``; their LR files, ``out/lr``) copied or linked under their own names."""
     from tqdm.auto import tqdm
 
     done = _Written(kind="images", mode=link)
     for i in tqdm(idx, desc="export", unit="file", disable=not progress, dynamic_ncols=True):
         src = Path(dataset.hr_paths[i])
-        changed = _place_file(src, out / src.name, link)
+        changed = _place_file(src, out / HR_DIR / src.name, link)
         done.bytes_after += src.stat().st_size
         if lr_paths is not None:
             lr = Path(lr_paths[i])
-            changed |= _place_file(lr, out / "lr" / lr.name, link)
+            changed |= _place_file(lr, out / LR_DIR / lr.name, link)
             done.bytes_after += lr.stat().st_size
         done.written += changed
         done.unchanged += not changed

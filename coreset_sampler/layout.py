@@ -161,14 +161,30 @@ def _recorded_roots(spec: dict, scores_path) -> list[Path]:
     return roots
 
 
-def _settings(scores, scores_path, spec: dict, crop, step, whole: bool, fix: str):
-    """``(crop, step, scale, lr_root)``: the recorded values, or the ones asked when they agree with them."""
+def _recorded_provenance(scores) -> dict:
+    rec = scores.metadata.get("provenance")
+    return rec if isinstance(rec, dict) else {}
+
+
+def _settings(scores, scores_path, spec: dict, crop, step, whole: bool, fix: str, lr_root=None):
+    """``(crop, step, scale, lr_root)``: the recorded values, or the ones asked when they agree with them.
+
+    A file that records no layout (``data``: made from Python, or by a trainer block of an earlier
+    version) takes its defaults from its provenance: whole images for ``dataset: paired_folder``, the
+    recorded crop / step for ``dataset: subimages``; one scored against an LR folder
+    (``degradation: lr_folder``) needs that folder (``lr_root``).
+    """
     from .provenance import ProvenanceError
 
+    prov = _recorded_provenance(scores)
+    # no layout record: the provenance says what was scored (defaults only; the record's checks below need `data`)
+    kind = spec.get("kind") or {"subimages": "subimages", "paired_folder": "images"}.get(prov.get("dataset"))
+    like = spec if spec else prov
     crop = 0 if whole else crop
     if crop is None:
-        crop = spec.get("crop", 0) if spec.get("kind") == "subimages" else (0 if spec else DEFAULT_CROP)
-    step = step if step is not None else spec.get("step", DEFAULT_STEP)
+        crop = (like.get("crop", DEFAULT_CROP) if kind == "subimages"
+                else 0 if kind == "images" or spec or lr_root is not None else DEFAULT_CROP)
+    step = step if step is not None else like.get("step", DEFAULT_STEP) if kind == "subimages" else DEFAULT_STEP
     if spec.get("kind") in ("subimages", "images"):
         # Sub-image keys count crops (stem_sNNN), so other crop/step values could give the same keys
         # for other pixels: refuse instead of trusting the key check.
@@ -177,10 +193,20 @@ def _settings(scores, scores_path, spec: dict, crop, step, whole: bool, fix: str
         if now != was:
             text = (lambda c, s: f"crop {c}, step {s}" if c else "whole images")
             raise ProvenanceError(f"{scores_path} was scored with {text(*was)}, not {text(*now)}: {fix}")
-    scale = int(spec.get("scale") or scores.metadata.get("scale") or 2)
+    scale = int(spec.get("scale") or scores.metadata.get("scale") or prov.get("scale") or 2)
+    if lr_root is not None:  # given (--lr): the recorded LR folder moved, or a file that records none
+        lr_root = Path(lr_root)
+        if not lr_root.is_dir():
+            raise LayoutError(f"the LR folder (--lr) {lr_root} is not a folder", exit_code=2)
+        return crop, step, scale, lr_root
     lr_root = Path(spec["lr_root"]) if crop == 0 and spec.get("lr_root") else None
     if lr_root is not None and not lr_root.is_dir():
-        raise LayoutError(f"the LR folder recorded in {scores_path} is gone: {lr_root}")
+        raise LayoutError(f"the LR folder recorded in {scores_path} is gone: {lr_root}; pass it where it is now "
+                          f"(--lr LR_DIR)")
+    if lr_root is None and crop == 0 and prov.get("degradation") == "lr_folder":
+        was = f" (recorded: {prov['lr_root']})" if prov.get("lr_root") else ""
+        raise LayoutError(f"{scores_path} was scored with LR images read from a folder{was}: pass that folder "
+                          f"(--lr LR_DIR)", exit_code=2)
     return crop, step, scale, lr_root
 
 
@@ -189,8 +215,8 @@ def _scores_check(scores, keys, scores_path, roots, crop, step) -> None:
 
 
 def open_recorded_dataset(scores, scores_path, roots: Sequence | None = None, *, crop: int | None = None,
-                          step: int | None = None, whole: bool = False, cache: bool = False, progress: bool = True,
-                          fix: str = _FIX, match_keys: KeyCheck | None = None):
+                          step: int | None = None, whole: bool = False, lr_root=None, cache: bool = False,
+                          progress: bool = True, fix: str = _FIX, match_keys: KeyCheck | None = None):
     """The dataset ``scores`` records it was computed from, opened again and checked against the scores.
 
     The folders, crop / step, scale and LR folder come from the file's ``data`` record (see
@@ -205,8 +231,12 @@ def open_recorded_dataset(scores, scores_path, roots: Sequence | None = None, *,
             "skipped small image" warning: it was given when they were scored).
         crop, step, whole: the sub-image settings; ``None`` / ``False``: the recorded ones. Others are
             refused (:class:`~coreset_sampler.provenance.ProvenanceError`): other crops could carry
-            the same keys and other pixels. A file that records no layout opens as 96 / 48 sub-images
-            unless given.
+            the same keys and other pixels. A file that records no layout opens as whole images when
+            its provenance says it scored whole images (``dataset: paired_folder``), else as 96 / 48
+            sub-images unless given.
+        lr_root: the LR folder of whole images (``--lr``), given with ``roots``: the recorded one moved,
+            or a file that records none (one scored against an LR folder is refused without it). Its
+            images are checked against the recorded ``lr_sources`` like the HR ones.
         cache, progress: as :class:`~coreset_sampler.data.SubImageDataset` takes them; ``progress``
             also shows a bar while many source images are fingerprinted.
         fix: the end of the message that refuses other crop / step values (how to fix it).
@@ -233,12 +263,12 @@ def open_recorded_dataset(scores, scores_path, roots: Sequence | None = None, *,
     spec = recorded_layout(scores)
     quiet = roots is None
     if quiet:
-        if crop is not None or step is not None or whole:
-            raise CoresetTypeError("crop / step / whole override the recorded layout of the folders given as roots; "
-                                   "pass roots too")
+        if crop is not None or step is not None or whole or lr_root is not None:
+            raise CoresetTypeError("crop / step / whole / lr_root override the recorded layout of the folders given "
+                                   "as roots; pass roots too")
         roots = _recorded_roots(spec, scores_path)
     roots = [Path(r) for r in roots]
-    crop, step, scale, lr_root = _settings(scores, scores_path, spec, crop, step, whole, fix)
+    crop, step, scale, lr_root = _settings(scores, scores_path, spec, crop, step, whole, fix, lr_root)
     with warnings.catch_warnings():
         if quiet:  # "skipped small images" was said when scoring
             warnings.simplefilter("ignore")

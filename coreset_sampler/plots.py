@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from .scores import Scores, atomic_write_bytes
-from .selection import select_indices, selection_counts
+from .selection import DEFAULT_SKIP_TOP, select_indices, selection_counts
 from .errors import CoresetValueError
 
 __all__ = ["plot_distribution", "plot_grid", "scorer_label", "value_label", "thresholds_text"]
@@ -102,7 +102,8 @@ def thresholds_text(scores: Scores, mode: str, ratio: float, skip_top: float) ->
 
 
 def plot_distribution(scores: Scores, out, ratios: Sequence[float] = (0.25, 0.5, 0.75), mode: str = "des",
-                      ratio: float = 0.5, skip_top: float = 0.05, seed: int = 0, log: bool | None = None) -> Path:
+                      ratio: float = 0.5, skip_top: float = DEFAULT_SKIP_TOP, seed: int = 0,
+                      log: bool | None = None) -> Path:
     """Draw the sorted score distribution (paper Figures 3 and 4) to ``out`` (PNG).
 
     Left: all scores sorted ascending, with a vertical line where each descending core-set of
@@ -195,7 +196,7 @@ def _thumb(gt, max_side: int = 192) -> np.ndarray:
 
 
 def plot_grid(scores: Scores, dataset, out, n: int = 8, mode: str = "des", ratio: float = 0.5,
-              skip_top: float = 0.05, seed: int = 0) -> Path:
+              skip_top: float = DEFAULT_SKIP_TOP, seed: int = 0) -> Path:
     """Draw the ``n`` highest- and ``n`` lowest-scored samples of ``dataset`` (paper Figure 2).
 
     Each tile shows the HR sample (``item["gt"]``), its key and score; the colour of the label

@@ -9,6 +9,12 @@ ranked by index, lowest first (a stable sort), so every selection is reproducibl
 Counts. With ``N`` scores, ``kept = max(1, round_half_up(ratio * N))`` and
 ``skipped = min(round_half_up(skip_top * N), N - kept)``: the ratio is honoured exactly and
 the skip gives way by at most one sample when both round up.
+
+``skip_top`` (default :data:`DEFAULT_SKIP_TOP` = 0.05 in every door: this function, ``CoreSetDataset``,
+``AdaptiveCoreSetSampler``, the trainers' ``coreset:`` block and ``coreset-sr select`` / ``export`` /
+``plot``) applies to every mode alike: the ``skip_top`` fraction with the highest scores is removed
+first, then ``mode`` chooses ``ratio`` of the full set from the rest (``random`` and ``stratified`` draw
+from the rest too). ``skip_top=0`` keeps every sample eligible.
 """
 from __future__ import annotations
 
@@ -19,9 +25,13 @@ import numpy as np
 
 from .errors import CoresetValueError
 
-__all__ = ["MODES", "check_seed", "select_indices", "selection_counts", "selection_summary", "SelectionSummary"]
+__all__ = ["MODES", "DEFAULT_SKIP_TOP", "check_seed", "select_indices", "selection_counts", "selection_summary",
+           "SelectionSummary"]
 
 MODES = ("des", "asc", "random", "stratified")
+#: the one default of ``skip_top`` in every door (the paper's refined core-set drops the top 5%; see the
+#: module docstring for how it applies to each mode)
+DEFAULT_SKIP_TOP = 0.05
 
 
 def _round_half_up(fraction: float, n: int) -> int:
@@ -61,7 +71,7 @@ def check_seed(seed, where: str = "seed") -> int:
     return int(seed)
 
 
-def selection_counts(n: int, ratio: float, skip_top: float = 0.0) -> tuple[int, int]:
+def selection_counts(n: int, ratio: float, skip_top: float = DEFAULT_SKIP_TOP) -> tuple[int, int]:
     """Return ``(kept, skipped)`` for ``n`` samples; validates ``ratio`` and ``skip_top``."""
     for name, value in (("ratio", ratio), ("skip_top", skip_top)):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -73,7 +83,8 @@ def selection_counts(n: int, ratio: float, skip_top: float = 0.0) -> tuple[int, 
     if not 0 <= skip_top < 1:
         raise CoresetValueError(f"skip_top must be in [0, 1), got {skip_top!r}")
     if ratio + skip_top > 1 + 1e-9:  # tolerate float noise such as 0.7 + 0.3
-        raise CoresetValueError(f"ratio + skip_top must be <= 1, got {ratio!r} + {skip_top!r}")
+        raise CoresetValueError(f"ratio + skip_top must be <= 1, got {ratio!r} + {skip_top!r} (skip_top defaults to "
+                                f"{DEFAULT_SKIP_TOP:g} in every mode; pass skip_top=0 to choose from every sample)")
     kept = min(n, max(1, _round_half_up(ratio, n)))
     skipped = min(_round_half_up(skip_top, n), n - kept)
     return kept, skipped
@@ -129,7 +140,7 @@ def _stratified(s: np.ndarray, k: int, strata: int, rng: np.random.Generator) ->
     return np.concatenate(chosen) if chosen else np.empty(0, dtype=np.int64)
 
 
-def select_indices(scores, mode: str = "des", ratio: float = 0.5, skip_top: float = 0.0,
+def select_indices(scores, mode: str = "des", ratio: float = 0.5, skip_top: float = DEFAULT_SKIP_TOP,
                    seed: int = 0, strata: int = 50) -> np.ndarray:
     """Indices of the core-set, sorted ascending (int64).
 
@@ -138,9 +149,10 @@ def select_indices(scores, mode: str = "des", ratio: float = 0.5, skip_top: floa
         mode: ``"des"`` keeps the highest scores (hardest), ``"asc"`` the lowest (easiest),
             ``"random"`` a uniform sample, ``"stratified"`` a CCS-style coverage sample.
         ratio: fraction of the FULL set kept, in (0, 1]; ``max(1, round_half_up(ratio * N))`` samples.
-        skip_top: fraction of the full set with the highest scores removed before selecting,
-            in [0, 1), with ``ratio + skip_top <= 1``. The paper's refined core-set is
-            ``mode="des", ratio=0.5, skip_top=0.05``: ranks [5%, 55%) of the descending order.
+        skip_top: fraction of the full set with the highest scores removed before selecting, in
+            every mode, in [0, 1), with ``ratio + skip_top <= 1``; default :data:`DEFAULT_SKIP_TOP`
+            (0.05), so the defaults give the paper's refined core-set ``mode="des", ratio=0.5,
+            skip_top=0.05``: ranks [5%, 55%) of the descending order. ``0`` skips nothing.
         seed: seeds ``random`` and ``stratified``; ``des``/``asc`` do not use it.
         strata: number of equal-width score strata for ``stratified``.
 
@@ -152,7 +164,7 @@ def select_indices(scores, mode: str = "des", ratio: float = 0.5, skip_top: floa
             skip_top out of range or summing over 1, unknown mode, bad strata.
 
     Example:
-        >>> select_indices([0.1, 0.9, 0.5, 0.7], mode="des", ratio=0.5)
+        >>> select_indices([0.1, 0.9, 0.5, 0.7], mode="des", ratio=0.5, skip_top=0)
         array([1, 3])
         >>> select_indices([0.1, 0.9, 0.5, 0.7], mode="des", ratio=0.5, skip_top=0.25)
         array([2, 3])
@@ -222,7 +234,7 @@ class SelectionSummary:
         return "\n".join(lines)
 
 
-def selection_summary(scores, indices, mode: str, ratio: float, skip_top: float = 0.0,
+def selection_summary(scores, indices, mode: str, ratio: float, skip_top: float = DEFAULT_SKIP_TOP,
                       failed: int = 0) -> SelectionSummary:
     """Summarise ``indices`` chosen from ``scores`` (score range kept vs dropped).
 

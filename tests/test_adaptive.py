@@ -64,7 +64,7 @@ def test_epoch_length_and_range(n, ratio, bs, refresh, extra, replicas, drop_las
     num = max(replicas, n + extra)
     lens = []
     for rank in range(replicas):
-        s = AdaptiveCoreSetSampler(range(n), ratio, batch_size=bs, refresh=refresh, num_samples=num,
+        s = AdaptiveCoreSetSampler(range(n), ratio, batch_size=bs, refresh=refresh, num_samples=num, skip_top=0,
                                    num_replicas=replicas, rank=rank, drop_last=drop_last, seed=3)
         s._all_gather = lambda i, l: (i, l)
         seq, _ = drive(s)
@@ -256,7 +256,7 @@ def test_two_gloo_ranks_agree_and_match_simulation(tmp_path):
 def test_warmup_keeps_initial_core_and_full_after_draws_everything():
     n = 40
     scores = Scores(np.arange(n, dtype=float), failed={3: "unreadable"})
-    s = AdaptiveCoreSetSampler(range(n), 0.25, batch_size=2, refresh=2, warmup=6, full_after=12,
+    s = AdaptiveCoreSetSampler(range(n), 0.25, batch_size=2, refresh=2, warmup=6, full_after=12, skip_top=0,
                                scores=scores, num_samples=40, seed=0)
     seq, cores = drive(s, record_cores=True)
     phases = [r["phase"] for r in s.refresh_log]

@@ -541,7 +541,7 @@ STEP_CASES = [
 def test_step_matching_reaches_total_iter(case, kept, batch, enlarge, total, pairs, tmp_path, untouched):
     import basicsr.train as bt
 
-    dopt = dataset_opt(pairs, mode="random", ratio=kept / N)
+    dopt = dataset_opt(pairs, mode="random", ratio=kept / N, skip_top=0)  # uniform random: no scores needed
     dopt.update(batch_size_per_gpu=batch, dataset_enlarge_ratio=enlarge)
     opt = full_opt(dopt, total_iter=total)
     logger = logging.getLogger("test_bad_inputs_basicsr")
@@ -832,7 +832,7 @@ def test_block_scores_with_a_spandrel_model_file(pairs, tmp_path, untouched):
     model_path = tmp_path / "compact_x2.safetensors"
     save_file(net.state_dict(), str(model_path))
     scores = tmp_path / "s.safetensors"
-    dopt = dataset_opt(pairs, scores=str(scores), scorer=str(model_path), mode="des", ratio=0.5)
+    dopt = dataset_opt(pairs, scores=str(scores), scorer=str(model_path), mode="des", ratio=0.5, skip_top=0)
     with untouched(pairs / "HR", pairs / "LR"):
         core = build(dopt)
     got = Scores.load(scores)

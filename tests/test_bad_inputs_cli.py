@@ -640,7 +640,7 @@ def test_symlinks_left_by_an_earlier_export_are_replaced_not_followed(ws, tmp_pa
     """``--link symlink`` then ``--link copy`` into the same folder: the links become copies; DATA intact."""
     out = tmp_path / "core"
     assert call(capsys, *ws.export_lr(out, "symlink"))[0] == 0
-    linked = [p for p in out.iterdir() if p.is_symlink()]
+    linked = [p for p in (out / "hr").iterdir() if p.is_symlink()]
     assert linked
     with untouched(ws.data, ws.lr):
         code, stdout, err = call(capsys, *ws.export_lr(out, "copy"))
@@ -745,14 +745,14 @@ def test_temp_files_of_a_killed_export_are_removed_by_the_next(ws, tmp_path, cap
         r = subprocess.run([sys.executable, "-c", killer], capture_output=True, text=True, timeout=120,
                            env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == -signal.SIGKILL, r.stderr
-    temps = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    temps = [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert len(temps) == 1 and temps[0].startswith("."), temps
     with untouched(ws.data, ws.lr):
         code, stdout, err = call(capsys, *ws.export(out))
     assert code == 0, err
     assert "removed 1 temporary file(s) left by an interrupted export" in stdout and temps[0] in stdout
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
-    assert len((out / "meta_info.txt").read_text().split()) == len([p for p in out.glob("*.png")])
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert len((out / "meta_info.txt").read_text().split()) == len([p for p in (out / "hr").glob("*.png")])
 
 
 # --------------------------------------------------------------------------- rescoring on purpose
@@ -865,7 +865,7 @@ def test_score_sources_scores_a_subimage_folder_whole_image(ws, tmp_path, capsys
         code, _, err = call(capsys, "export", sub, "--scores", out, "--ratio", 0.5, "--skip-top", 0, "--out",
                             tmp_path / "core", "--no-progress")
         assert code == 0, err
-        assert len(list((tmp_path / "core").glob("*.png"))) == 12
+        assert len(list((tmp_path / "core" / "hr").glob("*.png"))) == 12
         # --per-crop into it needs --rescore, then the file is per crop
         assert call(capsys, *argv, "--per-crop")[0] == 2
         assert call(capsys, *argv, "--per-crop", "--rescore")[0] == 0

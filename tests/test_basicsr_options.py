@@ -101,7 +101,7 @@ def sobel_keys(n_keep_ratio: float, skip: float, scores: Scores) -> set[str]:
 
 def test_block_defaults_fill_in():
     o = cs.parse_coreset_block({"scores": "s.safetensors"})
-    assert (o.scorer, o.mode, o.ratio, o.skip_top, o.seed) == ("srcnn", "des", 0.5, 0.0, 0)
+    assert (o.scorer, o.mode, o.ratio, o.skip_top, o.seed) == ("srcnn", "des", 0.5, 0.05, 0)  # DEFAULT_SKIP_TOP
     assert o.export_meta_info is None and o.batch_size is None and o.num_workers is None
 
 
@@ -158,7 +158,10 @@ def test_scores_path_required_unless_plain_random():
         cs.parse_coreset_block({"mode": "des"})
     with pytest.raises(cs.CoresetConfigError, match=r"coreset\.scores: missing"):
         cs.parse_coreset_block({"mode": "random", "skip_top": 0.05})
-    assert not cs.parse_coreset_block({"mode": "random"}).needs_scores
+    # skip_top defaults to 0.05 in every mode (as coreset-sr select does): plain random needs skip_top: 0
+    with pytest.raises(cs.CoresetConfigError, match=r"skip_top 0.05 \(the default\).*set skip_top: 0"):
+        cs.parse_coreset_block({"mode": "random"})
+    assert not cs.parse_coreset_block({"mode": "random", "skip_top": 0}).needs_scores
 
 
 @settings(max_examples=60, deadline=None)
@@ -391,7 +394,7 @@ def test_core_set_smaller_than_a_batch_is_an_error(pairs, tmp_path):
 
 
 def test_random_mode_needs_no_scores(pairs):
-    dopt = dataset_opt(pairs, mode="random", ratio=0.5, seed=3)
+    dopt = dataset_opt(pairs, mode="random", ratio=0.5, seed=3, skip_top=0)  # skip_top 0: no scores needed
     core = cs.build_coreset_dataset(build_stock(dopt), dopt, full_opt(dopt), None)
     again = cs.build_coreset_dataset(build_stock(dopt), dopt, full_opt(dopt), None)
     assert len(core) == N_IMAGES // 2 and core.keys == again.keys

@@ -173,8 +173,9 @@ def test_export_writes_exactly_the_kept_subimages(ws):
     assert r.returncode == 0, r.stderr
     core = ws["tmp"] / "core"
     kept_keys = (ws["tmp"] / "keep.txt").read_text().splitlines()
-    pngs = sorted(p.name for p in core.glob("*.png"))
+    pngs = sorted(p.name for p in (core / "hr").glob("*.png"))
     assert pngs == sorted(f"{k}.png" for k in kept_keys)
+    assert sorted(p.name for p in core.iterdir()) == ["hr", "meta_info.txt"]  # meta_info beside hr/, not in it
     meta = (core / "meta_info.txt").read_text().splitlines()
     assert sorted(meta) == pngs and len(meta) == len(kept_keys)
     assert "bytes" in r.stdout or "storage" in r.stdout
@@ -184,7 +185,7 @@ def test_export_writes_exactly_the_kept_subimages(ws):
     for key in kept_keys[:: max(1, len(kept_keys) // 6)]:
         i = ds.keys.index(key)
         src, top, left = ds.source(i)
-        with Image.open(src) as im, Image.open(core / f"{key}.png") as sub:
+        with Image.open(src) as im, Image.open(core / "hr" / f"{key}.png") as sub:
             assert sub.mode == im.mode
             assert np.array_equal(np.asarray(sub), np.asarray(im.crop((left, top, left + CROP, top + CROP))))
 
@@ -195,12 +196,12 @@ def test_export_reports_exact_bytes_before_and_after(ws, capsys, tmp_path):
     r = ws["r_export"]
     before, after = (int(v) for v in re.search(r"bytes before (\d+) .*after (\d+)", r.stdout).groups())
     core = ws["tmp"] / "core"
-    assert after == sum(p.stat().st_size for p in core.glob("*.png"))
+    assert after == sum(p.stat().st_size for p in (core / "hr").glob("*.png"))
     # "before" is what the whole sub-image set takes: export everything and weigh it
     code, out, err = call(capsys, "export", ws["data"], "--scores", ws["scores"], "--ratio", 1, "--skip-top", 0,
                           "--out", tmp_path / "all", "--no-progress")
     assert code == 0, err
-    assert before == sum(p.stat().st_size for p in (tmp_path / "all").glob("*.png"))
+    assert before == sum(p.stat().st_size for p in (tmp_path / "all" / "hr").glob("*.png"))
     assert "saves" in r.stdout
 
 
@@ -215,7 +216,7 @@ def test_export_rerun_is_idempotent_and_source_untouched(ws):
     assert {k: v[0] for k, v in second.items()} == {k: v[0] for k, v in first.items()}
     # unchanged files are not rewritten (same mtime), except meta_info.txt which is always replaced
     assert all(second[k][2] == first[k][2] for k in first if k != "meta_info.txt")
-    assert not [p for p in core.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in core.rglob("*") if p.name.endswith(".tmp")]
     assert tree_digest(ws["data"]) == ws["before"], "DATA must never be modified"
 
 
@@ -258,18 +259,18 @@ def test_whole_images_export_links_and_reports_bytes(ws, capsys, tmp_path):
         code, out, err = call(capsys, "export", data, "--scores", s, "--ratio", 0.5, "--skip-top", 0,
                               "--link", link, "--out", dst, "--no-progress")
         assert code == 0, err
-        files = {p.name for p in dst.iterdir() if p.name != "meta_info.txt"}
-        assert files == kept
+        files = {p.name for p in (dst / "hr").iterdir()}
+        assert files == kept and sorted(p.name for p in dst.iterdir()) == ["hr", "meta_info.txt"]
         before = sum(p.stat().st_size for p in data.glob("*.png"))
         after = sum((data / f).stat().st_size for f in kept)
         assert f"bytes before {before}" in out and f"after {after}" in out
         for f in kept:
             if link == "hard":
-                assert os.path.samefile(dst / f, data / f)
+                assert os.path.samefile(dst / "hr" / f, data / f)
             elif link == "symlink":
-                assert (dst / f).is_symlink() and (dst / f).resolve() == (data / f).resolve()
+                assert (dst / "hr" / f).is_symlink() and (dst / "hr" / f).resolve() == (data / f).resolve()
             else:
-                assert not (dst / f).is_symlink() and (dst / f).read_bytes() == (data / f).read_bytes()
+                assert not (dst / "hr" / f).is_symlink() and (dst / "hr" / f).read_bytes() == (data / f).read_bytes()
         code, out, err = call(capsys, "export", data, "--scores", s, "--ratio", 0.5, "--skip-top", 0,
                               "--link", link, "--out", dst, "--no-progress")
         assert code == 0 and "(0 written" in out, err
@@ -502,7 +503,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["quick"] and res["n_coreset"] == selection_counts(res["n_subimages"], 0.5, 0.05)[0]
-    pngs = list((out / "coreset").glob("*.png"))
+    pngs = list((out / "coreset" / "hr").glob("*.png"))
     meta = (out / "coreset" / "meta_info.txt").read_text().splitlines()
     assert len(pngs) == len(meta) == res["n_coreset"]
     assert set((out / "keep.txt").read_text().splitlines()) == {m[:-4] for m in meta}

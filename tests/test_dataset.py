@@ -44,7 +44,7 @@ def test_accepts_array_tensor_scores_and_path(tmp_path):
     values = np.arange(10, dtype=np.float32)
     path = Scores(values, keys=ds.keys).save(tmp_path / "s.safetensors")
     for scores in (values, torch.from_numpy(values), list(values), path, str(path)):
-        assert CoreSetDataset(ds, scores, ratio=0.3).indices.tolist() == [7, 8, 9]
+        assert CoreSetDataset(ds, scores, ratio=0.3, skip_top=0).indices.tolist() == [7, 8, 9]
 
 
 def test_forwards_attributes_and_pickles():
@@ -66,7 +66,7 @@ def test_dataloader_yields_only_kept_keys():
 def test_summary_counts_and_failed_excluded():
     ds = KeyedDataset(10)
     scores = Scores(np.arange(10.0), keys=ds.keys, failed={9: "truncated img_s009.png", 0: "unreadable"})
-    core = CoreSetDataset(ds, scores, mode="des", ratio=0.5)
+    core = CoreSetDataset(ds, scores, mode="des", ratio=0.5, skip_top=0)
     assert 9 not in core.indices and 0 not in core.indices
     assert core.indices.tolist() == [5, 6, 7, 8]  # 50% of the 8 scored samples
     summ = core.summary()
@@ -76,7 +76,7 @@ def test_summary_counts_and_failed_excluded():
 
 
 def test_index_out_of_range():
-    core = CoreSetDataset(KeyedDataset(10), np.arange(10.0), ratio=0.5)
+    core = CoreSetDataset(KeyedDataset(10), np.arange(10.0), ratio=0.5, skip_top=0)
     assert core[-1]["key"] == "img_s009"
     with pytest.raises(IndexError):
         core[5]

@@ -49,9 +49,11 @@ def test_export_subimages_report_matches_the_files(tmp_path, data, untouched):
     with untouched(data):
         report = export_coreset(ds, keep, tmp_path / "core", progress=False)
     assert isinstance(report, ExportReport)
-    files = sorted(p.name for p in (tmp_path / "core").glob("*.png"))
+    files = sorted(p.name for p in (tmp_path / "core" / "hr").glob("*.png"))
     assert sorted(report.files) == files == sorted(f"{ds.keys[i]}.png" for i in keep)
-    assert report.bytes_after == sum((tmp_path / "core" / f).stat().st_size for f in files)
+    assert report.bytes_after == sum((tmp_path / "core" / "hr" / f).stat().st_size for f in files)
+    assert report.hr_dir == tmp_path / "core" / "hr" and report.lr_dir is None
+    assert report.meta_info == tmp_path / "core" / "meta_info.txt"  # beside hr/, so hr/ holds images only
     assert report.kept == len(keep) and report.total == len(ds) and report.written == len(keep)
     assert 0 < report.saved_fraction < 1 and not report.bytes_before_estimated
     assert report.meta_info.read_text().split() == report.files
@@ -159,3 +161,23 @@ def test_the_recorded_layout_is_written_and_read_in_one_module(data):
     assert {"dataset_layout", "open_recorded_dataset"} <= set(layout.__all__)
     cli = _imports("cli")
     assert ("layout", "open_recorded_dataset") in cli and ("layout", "dataset_layout") in cli
+
+
+@pytest.mark.parametrize("link", ["hr-to-out", "lr-to-out", "lr-to-hr"])
+def test_export_refuses_hr_and_lr_folders_that_are_one_folder(tmp_path, data, untouched, link):
+    """``out/hr`` and ``out/lr`` must be two folders of their own: LR files would replace HR files of the same
+    name, or mix with ``meta_info.txt``. Refused before anything is written."""
+    lr = _images(tmp_path / "LR", h=32, w=48)
+    ds = PairedImageFolder(data, lr_root=lr, scale=2)
+    out = tmp_path / "out"
+    (out / "hr").mkdir(parents=True)
+    if link == "hr-to-out":
+        (out / "hr").rmdir()
+        (out / "hr").symlink_to(out, target_is_directory=True)
+    elif link == "lr-to-out":
+        (out / "lr").symlink_to(out, target_is_directory=True)
+    else:
+        (out / "lr").symlink_to(out / "hr", target_is_directory=True)
+    with untouched(data, lr, out), pytest.raises(UnsafeWriteError, match="refusing to write .*(itself|same folder)"):
+        export_coreset(ds, [0, 1], out, link="copy", progress=False)
+    assert not [f for _, _, files in os.walk(out) for f in files]  # nothing written (links not followed)

@@ -93,3 +93,25 @@ def test_a_file_without_a_record_or_with_its_folders_gone_says_so(recorded, tmp_
         open_recorded_dataset(scores, path)
     assert e.value.recorded and e.value.gone == data
     assert open_recorded_dataset(scores, path, [tmp_path / "moved"], progress=False).keys == ds.keys
+
+
+def test_a_file_without_a_layout_takes_its_defaults_from_its_provenance(tmp_path, untouched):
+    """Scores made from Python (no ``data`` record): sub-images open with the recorded crop / step, whole images
+    as whole images; scored against an LR folder, the folder must be given (``lr_root``, the CLI's ``--lr``)."""
+    hr = _images(tmp_path / "hr")
+    sub = SubImageDataset(hr, crop=32, step=16, scale=2, progress=False)
+    s_sub = SobelScorer(num_workers=0, progress=False).score(sub).save(tmp_path / "sub.safetensors")
+    again = open_recorded_dataset(Scores.load(s_sub), s_sub, [hr], progress=False)
+    assert isinstance(again, SubImageDataset) and (again.crop, again.step) == (32, 16) and again.keys == sub.keys
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    for p in hr.iterdir():
+        Image.open(p).resize((48, 32)).save(lr / p.name)
+    whole = PairedImageFolder(hr, lr_root=lr, scale=2)
+    s_whole = SobelScorer(num_workers=0, progress=False).score(whole).save(tmp_path / "whole.safetensors")
+    with untouched(hr, lr), pytest.raises(LayoutError, match=r"scored with LR images read from a folder .*--lr"):
+        open_recorded_dataset(Scores.load(s_whole), s_whole, [hr], progress=False)
+    again = open_recorded_dataset(Scores.load(s_whole), s_whole, [hr], lr_root=lr, progress=False)
+    assert isinstance(again, PairedImageFolder) and again.keys == whole.keys and again.lr_root == lr
+    with pytest.raises(TypeError, match="lr_root override the recorded layout"):
+        open_recorded_dataset(Scores.load(s_whole), s_whole, lr_root=lr)

@@ -96,7 +96,7 @@ def test_resume_mid_epoch_yields_exactly_the_rest(n, num_samples, world, data):
 
 
 def test_default_length_is_full_dataset_for_coreset():
-    core = CoreSetDataset(list(range(100)), np.arange(100.0), ratio=0.25)
+    core = CoreSetDataset(list(range(100)), np.arange(100.0), ratio=0.25, skip_top=0)
     s = StepMatchedSampler(core)
     assert len(core) == 25 and len(s) == 100
     counts = Counter(list(s))

@@ -325,7 +325,7 @@ def test_skipped_unreadable_image_is_recorded_excluded_and_reported(tmp_path):
     assert s.keys == ds.keys
     back = Scores.load(s.save(tmp_path / "s.safetensors"))
     assert back.failed == s.failed
-    core = CoreSetDataset(ds, back, mode="des", ratio=1.0)
+    core = CoreSetDataset(ds, back, mode="des", ratio=1.0, skip_top=0)
     assert 1 not in core.indices.tolist() and len(core) == 4
     summary = core.summary()
     assert summary.failed == 1 and "failed to score: 1" in str(summary)

@@ -76,7 +76,7 @@ def test_des_threshold(s, rs):
 @settings(max_examples=200, deadline=None)
 @given(score_arrays, st.floats(0.001, 1.0))
 def test_asc_des_duality(s, ratio):
-    assert np.array_equal(select_indices(s, "asc", ratio), select_indices(-s, "des", ratio))
+    assert np.array_equal(select_indices(s, "asc", ratio, 0), select_indices(-s, "des", ratio, 0))
 
 
 @settings(max_examples=200, deadline=None)
@@ -114,8 +114,8 @@ def test_nesting(s, r1, r2, skip, mode):
 def test_permutation_equivariance(s, ratio, mode, rnd):
     # Without ties the selection is a set of samples, wherever they sit in the array.
     perm = np.array(rnd.sample(range(len(s)), len(s)))
-    picked = select_indices(s[perm], mode, ratio)
-    assert sorted(perm[picked].tolist()) == select_indices(s, mode, ratio).tolist()
+    picked = select_indices(s[perm], mode, ratio, 0)
+    assert sorted(perm[picked].tolist()) == select_indices(s, mode, ratio, 0).tolist()
 
 
 @settings(max_examples=100, deadline=None)
@@ -127,7 +127,7 @@ def test_seed_determinism(s, mode, rs, seed):
 
 def test_random_depends_on_seed_and_is_uniform():
     s = np.zeros(1000, dtype=np.float32)
-    picks = [set(select_indices(s, "random", 0.1, seed=k).tolist()) for k in range(200)]
+    picks = [set(select_indices(s, "random", 0.1, skip_top=0, seed=k).tolist()) for k in range(200)]
     assert len({frozenset(p) for p in picks}) == 200
     counts = np.zeros(1000)
     for p in picks:
@@ -170,28 +170,28 @@ def test_stratified_covers_nonempty_strata(s, strata, seed, skip):
 def test_paper_refined_window():
     s = np.arange(100, dtype=np.float32)  # index i has loss i: hardest are the highest indices
     assert select_indices(s, "des", 0.5, 0.05).tolist() == list(range(45, 95))
-    assert select_indices(s, "asc", 0.25).tolist() == list(range(25))
+    assert select_indices(s, "asc", 0.25, 0).tolist() == list(range(25))
 
 
 def test_ties_broken_by_index():
     s = np.ones(10, dtype=np.float32)
-    assert select_indices(s, "des", 0.3).tolist() == [0, 1, 2]
+    assert select_indices(s, "des", 0.3, 0).tolist() == [0, 1, 2]
     assert select_indices(s, "des", 0.3, 0.2).tolist() == [2, 3, 4]
-    assert select_indices(s, "asc", 0.3).tolist() == [0, 1, 2]
+    assert select_indices(s, "asc", 0.3, 0).tolist() == [0, 1, 2]
 
 
 def test_round_half_up_and_minimum_one():
     s = np.arange(10, dtype=np.float32)
-    assert len(select_indices(s, "des", 0.35)) == 4  # 3.5 -> 4 even though 0.35 is 0.3499... in binary
-    assert len(select_indices(s, "des", 0.25)) == 3  # 2.5 -> 3
-    assert len(select_indices(s, "des", 0.01)) == 1  # 0.1 -> at least 1
+    assert len(select_indices(s, "des", 0.35, 0)) == 4  # 3.5 -> 4 even though 0.35 is 0.3499... in binary
+    assert len(select_indices(s, "des", 0.25, 0)) == 3  # 2.5 -> 3
+    assert len(select_indices(s, "des", 0.01, 0)) == 1  # 0.1 -> at least 1
     assert selection_counts(3, 0.5, 0.5 - 1e-12)[0] + selection_counts(3, 0.5, 0.5 - 1e-12)[1] <= 3
 
 
 def test_accepts_lists_and_tensors():
-    assert select_indices([3.0, 1.0, 2.0], "des", 0.34).tolist() == [0]
-    assert select_indices(torch.tensor([3.0, 1.0, 2.0]), "asc", 0.34).tolist() == [1]
-    assert select_indices(np.array([3, 1, 2]), "des", 0.67).tolist() == [0, 2]
+    assert select_indices([3.0, 1.0, 2.0], "des", 0.34, 0).tolist() == [0]
+    assert select_indices(torch.tensor([3.0, 1.0, 2.0]), "asc", 0.34, 0).tolist() == [1]
+    assert select_indices(np.array([3, 1, 2]), "des", 0.67, 0).tolist() == [0, 2]
 
 
 @pytest.mark.parametrize(
@@ -216,6 +216,25 @@ def test_accepts_lists_and_tensors():
 def test_bad_input(scores, kwargs, message):
     with pytest.raises(ValueError, match=message):
         select_indices(np.array(scores) if scores and isinstance(scores[0], str) else scores, **kwargs)
+
+
+def test_skip_top_has_one_default_and_it_applies_to_every_mode():
+    """One default (0.05) for select_indices, selection_summary and selection_counts; ratio 1 needs skip_top=0."""
+    import inspect
+
+    from coreset_sampler.selection import DEFAULT_SKIP_TOP
+
+    assert DEFAULT_SKIP_TOP == 0.05
+    for fn in (select_indices, selection_counts, selection_summary):
+        assert inspect.signature(fn).parameters["skip_top"].default == DEFAULT_SKIP_TOP
+    s = np.arange(100, dtype=np.float32)
+    for mode in MODES:  # the 5 highest are never kept, whatever the mode, unless skip_top=0
+        assert not set(select_indices(s, mode, 0.5, seed=3).tolist()) & set(range(95, 100))
+        assert np.array_equal(select_indices(s, mode, 0.5, seed=3), select_indices(s, mode, 0.5, 0.05, seed=3))
+    assert 99 in select_indices(s, "des", 0.5, 0).tolist()
+    with pytest.raises(ValueError, match=r"skip_top defaults to 0.05 in every mode; pass skip_top=0"):
+        select_indices(s, "random", 1.0)
+    assert len(select_indices(s, "random", 1.0, 0)) == 100
 
 
 def test_summary_reports_ranges():

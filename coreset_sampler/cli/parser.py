@@ -61,14 +61,15 @@ _nonneg_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 
 
 def _add_selection(p: argparse.ArgumentParser, ratios: bool = False) -> None:
-    from ..selection import MODES
+    from ..selection import DEFAULT_SKIP_TOP, MODES
 
     p.add_argument("--mode", choices=MODES, default="des",
                    help="des keeps the highest scores (hardest), asc the lowest, random / stratified for baselines")
     p.add_argument("--ratio", type=_ratio, default=0.5, help="fraction of the full set kept, in (0, 1]")
-    p.add_argument("--skip-top", type=_skip, default=0.05,
-                   help="fraction of the full set with the highest scores dropped first (the paper's refined "
-                        "core-set: 0.05)")
+    p.add_argument("--skip-top", type=_skip, default=DEFAULT_SKIP_TOP,
+                   help="fraction of the full set with the highest scores dropped first, in every mode (random and "
+                        "stratified draw from the rest); the paper's refined core-set; the same default as "
+                        "CoreSetDataset and the coreset: block; 0 skips nothing")
     p.add_argument("--seed", type=int, default=0, help="seed of random / stratified")
 
 
@@ -81,6 +82,10 @@ def _add_subimage_args(p: argparse.ArgumentParser, default_from_scores: bool) ->
     p.add_argument("--whole", action="store_true",
                    help="DATA was scored as whole images (same as --crop 0)" if default_from_scores
                    else "score whole images (same as --crop 0)")
+    if default_from_scores:
+        p.add_argument("--lr", metavar="LR_DIR", default=None,
+                       help="folder of the LR images DATA was scored with (whole images; e.g. a trainer's "
+                            "dataroot_lq); default: as recorded in the scores file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,15 +194,18 @@ def add_selection_parsers(sub) -> None:
     p = sub.add_parser(
         "export", help="write the core-set as files plus BasicSR's meta_info.txt; report the storage saved",
         formatter_class=_Formatter,
-        description="Write the core-set of DATA to --out: the kept sub-images as PNG files when DATA was "
-                    "scored as sub-images, the original files (copied or linked) when scored as whole "
-                    "images; plus meta_info.txt (one file name per line) for BasicSR's meta_info_file. "
-                    "DATA is only read; --out must not be DATA or inside it. Safe to rerun: identical "
-                    "files are left alone, others are replaced atomically.",
+        description="Write the core-set of DATA to --out, laid out for training: OUT/hr holds the kept "
+                    "sub-images as PNG files when DATA was scored as sub-images, the original files (copied or "
+                    "linked) when scored as whole images; OUT/lr their LR files when DATA was scored with an LR "
+                    "folder; OUT/meta_info.txt (one file name per line, beside the folders) for BasicSR's "
+                    "meta_info_file. A recipe with dataroot_gt OUT/hr (dataroot_lq OUT/lr) trains on it with or "
+                    "without meta_info_file. DATA is only read; --out must not be DATA or inside it. Safe to "
+                    "rerun: identical files are left alone, others are replaced atomically.",
         epilog="examples:\n"
                "  coreset-sr export path/to/T91 --scores t91.safetensors --ratio 0.5 --skip-top 0.05 "
                "--out T91_core\n"
-               "  coreset-sr export DIV2K_train_HR_sub --scores div2k.safetensors --out DIV2K_core --link hard")
+               "  coreset-sr export DIV2K_train_HR_sub --scores div2k.safetensors --out DIV2K_core --link hard\n"
+               "  coreset-sr export datasets/HR --lr datasets/LR --scores block_scores.safetensors --out core")
     p.add_argument("data", nargs="+", metavar="DATA", help="the image folder(s) that were scored")
     p.add_argument("--scores", required=True, help="scores file of DATA")
     _add_selection(p)

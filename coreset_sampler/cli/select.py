@@ -44,7 +44,7 @@ def check_selection_args(args) -> None:
     try:
         selection_counts(1000, args.ratio, args.skip_top)
     except ValueError as e:
-        raise CLIError(str(e).replace("skip_top", "skip-top"), code=2) from None
+        raise CLIError(str(e).replace("skip_top=0", "--skip-top 0").replace("skip_top", "skip-top"), code=2) from None
 
 
 def choose(scores, mode: str, ratio: float, skip_top: float, seed: int = 0):
@@ -81,9 +81,12 @@ def _open_data(scores, args, roots: list[Path]):
     """DATA (``export``, ``plot --grid``) as the scores file records it was cut, checked against the scores."""
     from ..layout import open_recorded_dataset
 
+    lr = getattr(args, "lr", None)
+    if lr is not None:
+        check_folders([lr], "--lr folder")
     return open_recorded_dataset(scores, args.scores, roots, crop=args.crop, step=args.step,
-                                 whole=getattr(args, "whole", False), cache=False, progress=not args.no_progress,
-                                 fix=_FIX_LAYOUT, match_keys=check_keys)
+                                 whole=getattr(args, "whole", False), lr_root=lr, cache=False,
+                                 progress=not args.no_progress, fix=_FIX_LAYOUT, match_keys=check_keys)
 
 
 def cmd_select(args) -> int:
@@ -110,7 +113,7 @@ def cmd_select(args) -> int:
 
 def cmd_export(args) -> int:
     """``coreset-sr export``: the core-set of DATA as files plus ``meta_info.txt`` (never into DATA)."""
-    from ..export import export_coreset
+    from ..export import HR_DIR, LR_DIR, export_coreset
 
     check_selection_args(args)
     roots = check_folders(args.data)
@@ -121,8 +124,9 @@ def cmd_export(args) -> int:
     scores = load_scores(args.scores)
     ds = _open_data(scores, args, roots)
     guarded = protected(roots, getattr(ds, "lr_root", None))
-    # --out/lr and symlinks under --out are resolved by export_coreset too; check before any output
-    refuse_unsafe_out([out, out / "lr"] if getattr(ds, "lr_root", None) is not None else [out], guarded)
+    # --out/hr, --out/lr and symlinks under --out are resolved by export_coreset too; check before any output
+    refuse_unsafe_out([out, out / HR_DIR] + ([out / LR_DIR] if getattr(ds, "lr_root", None) is not None else []),
+                      guarded)
     idx, summary = choose(scores, args.mode, args.ratio, args.skip_top, args.seed)
     print(summary)
     report = export_coreset(ds, idx, out, link=args.link, progress=not args.no_progress, protect=guarded)
@@ -150,5 +154,5 @@ def cmd_plot(args) -> int:
             plots.plot_distribution(scores, out, ratios=args.ratios, mode=args.mode, ratio=args.ratio,
                                     skip_top=args.skip_top, seed=args.seed,
                                     log={"auto": None, "on": True, "off": False}[args.log])
-    print(f"wrote {out}")
+    print(f"wrote {out} (core-set shown: mode={args.mode}, ratio={args.ratio:g}, skip_top={args.skip_top:g})")
     return 0

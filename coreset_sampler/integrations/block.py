@@ -14,7 +14,7 @@ values and error messages everywhere. Imports neither basicsr nor traiNNer (nor 
           scorer: srcnn        # srcnn | sobel | interpolation | path/to/weights.safetensors | path/to/model.pth
           mode: des            # des | asc | random | stratified | adaptive
           ratio: 0.5
-          skip_top: 0.05
+          skip_top: 0.05       # the default (selection.DEFAULT_SKIP_TOP, as in every door); 0 skips nothing
           seed: 0
           rescore: false       # true: score again and overwrite the scores file on purpose
           export_meta_info: ~  # optional: write the meta_info file of the kept sub-images
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CoresetValueError
-from ..selection import MODES, selection_counts
+from ..selection import DEFAULT_SKIP_TOP, MODES, selection_counts
 
 __all__ = ["CORESET_KEYS", "BUILTIN_SCORERS", "SUBIMAGE_DEFAULTS", "WHERE", "MODEL_SUFFIXES", "RESCORE_FIX",
            "CoresetConfigError", "CoresetOptions", "parse_coreset_block", "validate_options",
@@ -60,7 +60,7 @@ CORESET_KEYS: dict[str, str] = {
               "(any SR model file spandrel recognises)",
     "mode": " | ".join(MODES) + " | adaptive (re-selected from the training loss; see .adaptive)",
     "ratio": "a number in (0, 1], with ratio + skip_top <= 1",
-    "skip_top": "a number in [0, 1), with ratio + skip_top <= 1",
+    "skip_top": f"a number in [0, 1), with ratio + skip_top <= 1 (default {DEFAULT_SKIP_TOP:g}, in every mode)",
     "seed": "an integer >= 0",
     "rescore": "true | false (true: score again and overwrite the scores file, whatever it was computed from)",
     "export_meta_info": "a path for BasicSR's meta_info .txt of the kept sub-images, or ~",
@@ -94,9 +94,10 @@ class CoresetOptions:
     """The validated ``coreset:`` block (see the module docstring for each key).
 
     Args:
-        scores: path of the scores file; ``None`` only for ``mode: random`` with no ``skip_top``.
+        scores: path of the scores file; ``None`` only for ``mode: random`` with ``skip_top: 0``.
         scorer: ``srcnn``, ``sobel``, ``interpolation`` or a weights ``.safetensors`` path.
-        mode, ratio, skip_top, seed: as :func:`coreset_sampler.select_indices`.
+        mode, ratio, skip_top, seed: as :func:`coreset_sampler.select_indices` (``skip_top`` defaults
+            to :data:`~coreset_sampler.selection.DEFAULT_SKIP_TOP`, as in every door).
         export_meta_info: where to write the kept sub-images' meta_info file, or ``None``.
         batch_size, num_workers: scoring settings; ``None`` keeps the scorer's defaults.
         rescore: score again and overwrite ``scores`` even when it exists (a cached file is
@@ -114,7 +115,7 @@ class CoresetOptions:
     scorer: str = "srcnn"
     mode: str = "des"
     ratio: float = 0.5
-    skip_top: float = 0.0
+    skip_top: float = DEFAULT_SKIP_TOP
     seed: int = 0
     export_meta_info: str | None = None
     batch_size: int | None = None
@@ -186,7 +187,7 @@ def parse_coreset_block(block: Any, where: str = WHERE) -> CoresetOptions:
         selection_counts(1, float(ratio), float(skip_top))
     except ValueError as e:
         raise _bad("ratio" if not 0 < ratio <= 1 else "skip_top", ratio if not 0 < ratio <= 1 else skip_top,
-                   str(e)) from None
+                   str(e).replace("skip_top=0", "skip_top: 0")) from None
     seed = o.get("seed", defaults.seed)
     if not _is_int(seed) or seed < 0:
         raise _bad("seed", seed)
@@ -231,9 +232,11 @@ def parse_coreset_block(block: Any, where: str = WHERE) -> CoresetOptions:
                           batch_size=o.get("batch_size"), num_workers=o.get("num_workers"), rescore=rescore,
                           sources=None if sources is None else str(sources), **grid)
     if opts.scores is None and opts.needs_scores:
+        default = "" if "skip_top" in o else " (the default)"
         raise CoresetConfigError(
-            f"{where}.scores: missing; mode {mode!r} with skip_top {skip_top:g} ranks by score, so it needs "
-            f"{CORESET_KEYS['scores']} (only mode: random with skip_top: 0 needs none)")
+            f"{where}.scores: missing; mode {mode!r} with skip_top {skip_top:g}{default} ranks by score, so it needs "
+            f"{CORESET_KEYS['scores']} (only mode: random with skip_top: 0 needs none: set skip_top: 0 for a "
+            f"uniform random core-set without scores)")
     return opts
 
 
@@ -252,7 +255,7 @@ def validate_options(opt: Mapping) -> CoresetOptions | None:
         CoresetConfigError: naming the key and what it allows (or the file that is missing).
 
     Example:
-        >>> validate_options({"scale": 2, "datasets": {"train": {"coreset": {"mode": "random"}}}}).mode
+        >>> validate_options({"scale": 2, "datasets": {"train": {"coreset": {"mode": "random", "skip_top": 0}}}}).mode
         'random'
     """
     result = None

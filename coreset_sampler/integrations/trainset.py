@@ -21,7 +21,7 @@ from ..scores import KeyMismatch, Scores, atomic_write_bytes, match_keys
 from .block import RESCORE_FIX, WHERE, CoresetConfigError, CoresetOptions
 
 __all__ = ["TrainSet", "block_scores", "make_block_scorer", "load_scores_file", "align_scores", "mismatch_error",
-           "uniform_scores", "write_meta_info_file", "MISMATCH_FIX"]
+           "uniform_scores", "write_meta_info_file", "folder_layout", "MISMATCH_FIX"]
 
 #: what a key mismatch tells the user to do
 MISMATCH_FIX = "set rescore: true in the coreset block to score the dataset again"
@@ -155,6 +155,47 @@ def uniform_scores(keys: list[str]) -> tuple[Scores, str]:
     """
     return (Scores(np.zeros(len(keys), dtype=np.float32), keys=keys, metadata={"scorer": "none"}),
             "none (uniform random, no scores needed)")
+
+
+def folder_layout(keys: Sequence[str], gt_files: Sequence, gt_root, scale: int, lr_files: Sequence | None = None,
+                  lr_root=None) -> dict | None:
+    """The ``data`` record (:func:`coreset_sampler.layout.dataset_layout`) of a trainer's folder dataset, or ``None``.
+
+    Recorded in the scores file the block computes, so ``coreset-sr select`` / ``export`` / ``plot --grid``
+    reopen the same samples (:func:`coreset_sampler.layout.open_recorded_dataset`), as they do for a file of
+    ``coreset-sr score``. Only when the folders, read as :class:`~coreset_sampler.data.PairedImageFolder`
+    (``gt_root`` with ``lr_root``, or HR only), give exactly these keys, GT files and LR files in this
+    order; otherwise (a ``meta_info_file`` that trains on part of a folder, another LR naming, an unreadable
+    folder) nothing is recorded, and the file is reopened by naming its folders (``--lr``).
+
+    Example:
+        >>> folder_layout(["a", "b"], ["HR/a.png", "HR/b.png"], "HR", 2, ["LR/a.png", "LR/b.png"], "LR")
+        ... # doctest: +SKIP
+        {'kind': 'images', 'roots': ['/data/HR'], 'scale': 2, 'lr_root': '/data/LR'}
+    """
+    import warnings
+
+    from ..data import PairedImageFolder
+    from ..layout import dataset_layout
+
+    if not isinstance(gt_root, (str, os.PathLike)) or (lr_files is not None
+                                                        and not isinstance(lr_root, (str, os.PathLike))):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = PairedImageFolder(gt_root, lr_root=None if lr_files is None else lr_root, scale=scale)
+    except (ValueError, OSError):
+        return None
+
+    def same(a, b) -> bool:
+        return len(a) == len(b) and all(os.path.abspath(x) == os.path.abspath(y) for x, y in zip(a, b))
+
+    if ds.keys != list(keys) or not same(ds.hr_paths, gt_files):
+        return None
+    if lr_files is not None and not same(ds.lr_paths, lr_files):
+        return None
+    return dataset_layout(ds)
 
 
 def block_scores(copts: CoresetOptions, keys: Sequence[str], score: Callable[[str], Scores], *,

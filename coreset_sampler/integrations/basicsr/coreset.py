@@ -58,6 +58,7 @@ from pathlib import Path
 
 from ...dataset import CoreSetDataset
 from ...dist import barrier, on_rank0, rank0_decides, rank_and_world
+from ...layout import DATA_META, dataset_layout
 from ...scores import Scores
 from ...selection import selection_counts
 from ..block import (BUILTIN_SCORERS, CORESET_KEYS, RESCORE_FIX, SUBIMAGE_DEFAULTS, WHERE, CoresetConfigError,
@@ -113,6 +114,10 @@ def _scores(copts: CoresetOptions, train: BasicSRTrainSet, dataset_opt: Mapping,
             raise CoresetConfigError(f"{WHERE}: scoring with {copts.scorer!r} failed: {e}") from None
         if folder is not None and fresh.metadata.get("granularity") != "whole_image":
             raise CoresetConfigError(f"{WHERE}.sources: scorer {copts.scorer!r} did not score whole-image")
+        # the folders scored, as coreset-sr score records them: select / export / plot --grid reopen them
+        layout = dataset_layout(folder) if folder is not None else train.layout()
+        if layout is not None:
+            fresh.metadata.setdefault(DATA_META, layout)
         return fresh
 
     # Computed scores record the block's scorer spec, the recipe's scale and LR source and a fingerprint

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from ...errors import CoresetValueError
 from ...provenance import sources_digest
 from ..block import WHERE, CoresetConfigError, CoresetOptions
-from ..trainset import write_meta_info_file
+from ..trainset import folder_layout, write_meta_info_file
 from .hr_only import HROnlyScoringView, entry_path, hr_file_list, hr_only_keys
 
 __all__ = ["BasicSRTrainSet", "basicsr_keys", "check_pair_sizes", "BasicSRScoringView", "basicsr_provenance",
@@ -145,6 +145,19 @@ class BasicSRTrainSet:
         out["sources"] = sources_digest([p["gt_path"] for p in self.pairs], gt_root)
         out["lr_sources"] = sources_digest([p["lq_path"] for p in self.pairs], lq_root)
         return out
+
+    def layout(self) -> dict | None:
+        """The folders as the scores file records them (``data``, see
+        :func:`~coreset_sampler.integrations.trainset.folder_layout`): ``dataroot_gt`` (with ``dataroot_lq``
+        when paired), or ``None`` when they do not read back as exactly these samples (a meta_info_file, lmdb)."""
+        opt = getattr(self.dataset, "opt", {}) or {}
+        backend = getattr(self.dataset, "io_backend_opt", None) or opt.get("io_backend") or {}
+        if backend.get("type", "disk") != "disk":
+            return None
+        if not self.paired:
+            return folder_layout(self.keys, self.gt_files(), opt.get("dataroot_gt"), self.scale)
+        return folder_layout(self.keys, self.gt_files(), opt.get("dataroot_gt"), self.scale,
+                             [p["lq_path"] for p in self.pairs], opt.get("dataroot_lq"))
 
     def write_meta_info(self, path, indices) -> Path:
         """:func:`write_meta_info` of the samples ``indices`` (names relative to ``dataroot_gt``)."""

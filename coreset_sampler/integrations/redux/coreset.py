@@ -33,7 +33,8 @@ from ...provenance import sources_digest
 from ...scores import Scores
 from ...selection import selection_counts
 from ..block import WHERE, CoresetConfigError, CoresetOptions
-from ..trainset import block_scores, make_block_scorer, write_meta_info_file
+from ...layout import DATA_META
+from ..trainset import block_scores, folder_layout, make_block_scorer, write_meta_info_file
 from .recipe import check_export_path, dataroots
 
 __all__ = ["ReduxTrainSet", "redux_keys", "ReduxScoringView", "RunArithmetic", "redux_iterations",
@@ -126,6 +127,18 @@ class ReduxTrainSet:
     def scoring_view(self) -> "ReduxScoringView":
         """:class:`ReduxScoringView` of the dataset."""
         return ReduxScoringView(self, self.scale)
+
+    def layout(self) -> dict | None:
+        """The folders as the scores file records them (``data``, see
+        :func:`~coreset_sampler.integrations.trainset.folder_layout`): one ``dataroot_gt`` (and ``dataroot_lq``
+        when paired), or ``None`` when they do not read back as exactly these samples."""
+        gt, lq = dataroots(self.dataset.opt, "dataroot_gt"), dataroots(self.dataset.opt, "dataroot_lq")
+        if len(gt) != 1 or (self.paired and len(lq) != 1):
+            return None
+        if not self.paired:
+            return folder_layout(self.keys, self.gt_files(), gt[0], self.scale)
+        return folder_layout(self.keys, self.gt_files(), gt[0], self.scale,
+                             [str(p["lq_path"]) for p in self.dataset.paths], lq[0])
 
     def write_meta_info(self, path, indices) -> Path:
         """:func:`write_redux_meta_info` of the samples ``indices``."""
@@ -363,7 +376,11 @@ def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger
             logger.info(f"core-set: scoring {len(keys)} samples ({how}) with {copts.scorer!r} "
                         f"(x{scale}, {rank_and_world()[1]} rank(s)) -> {Path(copts.scores)}{why}",
                         extra={"markup": False})
-        return scorer.score(view)
+        fresh = scorer.score(view)
+        layout = train.layout()  # the folders scored: coreset-sr select / export / plot --grid reopen them
+        if layout is not None:
+            fresh.metadata.setdefault(DATA_META, layout)
+        return fresh
 
     # computed scores record what they were computed from (checked on every later use, as the BasicSR block does)
     scores, origin = block_scores(copts, keys, score, expected=redux_expected_provenance(copts, scale, train.paired),
