@@ -115,6 +115,9 @@ TAG_RECIPES = [
 ]
 
 BASE_RECIPE = "name: t\nnum_gpu: 0\ndatasets: {}\npath: {}\n"
+#: "billion laughs": ten anchor lines, each a list of nine references to the line before (9**10 values)
+LAUGHS = "lol0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"lol{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
 
 
 @pytest.mark.parametrize("case, line, tag", TAG_RECIPES, ids=[c[0] for c in TAG_RECIPES])
@@ -142,6 +145,10 @@ RECIPE_CASES = [
     ("dataset-entry-not-mapping", "name: t\nnum_gpu: 0\ndatasets: {train: 3}\npath: {}\n",
      ["datasets.train must be a mapping, got 3"]),
     ("not-utf8", b"name: t\xff\xfe\n", ["cannot be read as UTF-8"]),
+    ("billion-laughs", BASE_RECIPE + LAUGHS, ["YAML aliases expand this recipe past 100000 values", "billion laughs",
+                                              "line "]),
+    ("recursive-alias", BASE_RECIPE + "loop: &l [1, *l]\n", ["line 5:", "recursive structure"]),
+    ("oversized-file", BASE_RECIPE + "#" * (8 * 2**20) + "\n", ["bytes; a recipe is plain YAML", "limit"]),
 ]
 
 
@@ -157,6 +164,23 @@ def test_malformed_recipes_are_named(case, content, needles, tmp_path):
     with pytest.raises(rc.RecipeError) as e:
         rc.read_recipe(path)
     assert_message(e.value, [str(path), *needles])
+
+
+def test_billion_laughs_is_measured_not_expanded(tmp_path):
+    """The refusal walks the composed graph once: fast, whatever the expansion would be; a recipe that
+    uses anchors and merges within the budget reads as before."""
+    import time
+
+    path = tmp_path / "recipe.yml"
+    path.write_text(BASE_RECIPE + LAUGHS)
+    start = time.perf_counter()
+    with pytest.raises(rc.RecipeError, match="past 100000 values"):
+        rc.read_recipe(path)
+    with pytest.raises(rc.RecipeError, match="past 100000 values"):  # the same recipe as a --force_yml target
+        rc.check_command_line(["-opt", str(path), "--force_yml", "name=x"])
+    assert time.perf_counter() - start < 2.0
+    path.write_text(BASE_RECIPE + "base: &b {lr: 1, betas: [0.9, 0.99]}\ng: {<<: *b, lr: 2}\nd: *b\n")
+    assert rc.read_recipe(path)["g"] == {"lr": 2, "betas": [0.9, 0.99]}
 
 
 def test_safe_recipe_reads_as_basicsr_reads_it():
@@ -612,6 +636,23 @@ def test_subprocess_yaml_tag_is_refused_and_not_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_subprocess_billion_laughs_is_refused_before_anything_is_created(tmp_path, pairs, untouched):
+    """Issue 19 item 3: the recipe is refused in one line, fast, with no experiments/. The process runs
+    under a 6 GiB address-space limit, so a regression fails with MemoryError instead of taking the machine."""
+    import time
+
+    recipe = tiny_recipe(tmp_path, pairs)
+    recipe.write_text(recipe.read_text() + LAUGHS)
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))"
+    start = time.perf_counter()
+    with untouched(pairs / "HR", pairs / "LR"):
+        proc = run_train(tmp_path, ["-opt", str(recipe), "--force_yml", "train:total_iter=2"], pre=limit)
+    assert_refused(proc, tmp_path, [str(recipe), "YAML aliases expand this recipe past 100000 values"])
+    assert sorted(os.listdir(tmp_path)) == ["data", "recipe.yml"]
+    assert time.perf_counter() - start < 100  # the refusal itself is instant; this is the import of torch
+
+
+@pytest.mark.slow
 def test_subprocess_mismatched_pair_is_refused_before_experiments(tmp_path, pairs, untouched):
     _shrink_lr(pairs)
     recipe = tiny_recipe(tmp_path, pairs)
@@ -656,6 +697,15 @@ def test_basicsr_own_loader_is_safe_while_hooked(tmp_path, monkeypatch):
             bo._postprocess_yml_value("[__import__('os').system('touch PWNED')]")
     assert not (tmp_path / "PWNED").exists()
     assert bo._postprocess_yml_value is not rc.parse_force_value  # restored on exit
+
+
+def test_basicsr_own_loader_bounds_aliases_while_hooked():
+    """Defence in depth: BasicSR's own read of the recipe gets the alias budget too."""
+    import basicsr.utils.options as bo
+
+    with tr.basicsr_hooks():
+        with pytest.raises(rc.RecipeError, match="past 100000 values"):
+            yaml.load(BASE_RECIPE + LAUGHS, Loader=bo.ordered_yaml()[0])
 
 
 # -- whole-image scoring: `sources:` traces dataroot_gt's sub-images to their source images -------

@@ -416,6 +416,41 @@ def test_other_bad_input_exits_2(tmp_path, monkeypatch, capsys, where):
     assert e.value.code == 2 and len(err.splitlines()) == 1 and expected in err, err
 
 
+LAUGHS = "lol0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"lol{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
+
+
+@pytest.mark.parametrize("extra,message", [
+    (LAUGHS, "YAML aliases expand this recipe past 100000 values"),
+    ("loop: &l [1, *l]\n", "recursive structure"),
+    ("#" * (8 * 2**20) + "\n", "a recipe is plain YAML of a few kilobytes"),
+], ids=["billion-laughs", "recursive-alias", "oversized-file"])
+def test_recipe_aliases_and_size_are_bounded(tmp_path, monkeypatch, capsys, untouched, extra, message):
+    """Issue 19 item 3: refused by our reader (one line, exit 2) before traiNNer-redux decodes (and
+    expands) it, before the clone is even looked for; nothing is written."""
+    import time
+
+    from coreset_sampler.integrations.redux.train import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"not really a png")
+    recipe = tmp_path / "r.yml"
+    train = {"name": "t", "type": "pairedimagedataset", "dataroot_gt": [str(data)], "coreset": {"mode": "random",
+                                                                                                 "skip_top": 0}}
+    recipe.write_text(yaml.safe_dump({"name": "x", "scale": 4, "datasets": {"train": train}}) + extra,
+                      encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    with untouched(data), pytest.raises(SystemExit) as e:
+        main(["-opt", str(recipe), "--redux-root", str(tmp_path / "no_clone")])
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(f"{PROG}: error: options file "), err
+    assert message in err and str(recipe) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "r.yml"]
+
+
 def test_yaml_tags_are_not_executed(tmp_path, monkeypatch, capsys):
     from coreset_sampler.integrations.redux.train import main
 

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from ...errors import CoresetValueError
+from ..recipe_yaml import check_expansion, check_recipe_size
 
 __all__ = ["RecipeError", "read_recipe", "check_force_yml", "parse_force_value", "safe_ordered_loader",
            "check_command_line", "SAFE_TAGS"]
@@ -53,12 +54,17 @@ def _safe_base():
 def safe_ordered_loader():
     """A YAML loader class: the safe loader, mappings as ``OrderedDict`` (as BasicSR's own loader gives).
 
-    Given to BasicSR's ``parse_options`` in place of its ``ordered_yaml()[0]`` (a full loader).
+    Given to BasicSR's ``parse_options`` in place of its ``ordered_yaml()[0]`` (a full loader). Like
+    :func:`read_recipe`, it refuses a document whose aliases expand past
+    :data:`~coreset_sampler.integrations.recipe_yaml.ALIAS_BUDGET` values (:class:`RecipeError`).
     """
     base = _safe_base()
 
     class SafeOrderedLoader(base):  # a subclass: add_constructor must not change yaml's own loaders
-        pass
+        def get_single_node(self):  # aliases bounded before anything is constructed (see recipe_yaml)
+            node = super().get_single_node()
+            check_expansion(node, "the recipe", RecipeError)
+            return node
 
     def mapping(loader, node):
         loader.flatten_mapping(node)
@@ -103,8 +109,10 @@ def read_recipe(path) -> dict:
         the option dict (mappings as ``OrderedDict``, as BasicSR reads them).
 
     Raises:
-        RecipeError: the file is missing or unreadable, is not valid YAML (line and column given),
-            carries a non-standard tag (named, with its line), or lacks a key BasicSR's option
+        RecipeError: the file is missing, unreadable or over 8 MiB, is not valid YAML (line and column
+            given), carries a non-standard tag (named, with its line), expands past
+            :data:`~coreset_sampler.integrations.recipe_yaml.ALIAS_BUDGET` values through YAML
+            aliases or holds a recursive alias (the anchor's line given), or lacks a key BasicSR's option
             parser needs (``name``, ``num_gpu``, ``datasets``, ``path``).
 
     Example:
@@ -116,6 +124,7 @@ def read_recipe(path) -> dict:
     if not p.is_file():
         why = "is a folder" if p.is_dir() else "not found"
         raise RecipeError(f"recipe file {path!r} {why} (-opt); give the path of a BasicSR .yml recipe")
+    check_recipe_size(p, RecipeError)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -125,6 +134,7 @@ def read_recipe(path) -> dict:
         if node is None:
             raise RecipeError(f"recipe file {path!r} is empty; a BasicSR recipe is a YAML mapping")
         _refuse_tags(node, path)
+        check_expansion(node, path, RecipeError)  # a 'billion laughs' recipe: refused before it is built
         opt = yaml.load(text, Loader=safe_ordered_loader())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

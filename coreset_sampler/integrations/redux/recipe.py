@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..block import WHERE, CoresetConfigError, CoresetOptions, validate_options
+from ..recipe_yaml import check_expansion, check_recipe_size
 
 __all__ = ["read_recipe", "validate_recipe", "strip_coreset_block", "dataroots", "check_export_path"]
 
@@ -18,16 +19,27 @@ __all__ = ["read_recipe", "validate_recipe", "strip_coreset_block", "dataroots",
 def read_recipe(path) -> dict:
     """The recipe at ``path`` as plain data, read with a safe YAML loader (no tags executed).
 
+    The composed YAML is checked first (:func:`~coreset_sampler.integrations.recipe_yaml.check_expansion`):
+    aliases that expand past :data:`~coreset_sampler.integrations.recipe_yaml.ALIAS_BUDGET` values
+    (a "billion laughs" recipe) or refer to their own anchor are refused before anything is built.
+
     Raises:
-        CoresetConfigError: the file is missing, is not valid YAML, or is not a mapping.
+        CoresetConfigError: the file is missing or over 8 MiB, is not valid YAML, expands past the
+            alias budget, or is not a mapping.
     """
     import yaml
 
     if not os.path.isfile(path):
         raise CoresetConfigError(f"options file not found: {str(path)!r}")
+    check_recipe_size(path, CoresetConfigError, "options file")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            text = f.read()
+        check_expansion(yaml.compose(text, Loader=loader), f"options file {str(path)!r}", CoresetConfigError)
+        data = yaml.load(text, Loader=loader)
+    except UnicodeDecodeError as e:
+        raise CoresetConfigError(f"options file {str(path)!r} cannot be read as UTF-8 text: {e}") from None
     except yaml.YAMLError as e:
         # one line: PyYAML's message spans several (problem, then where, then context)
         raise CoresetConfigError(f"options file {str(path)!r} is not valid YAML: {' '.join(str(e).split())}") from None
