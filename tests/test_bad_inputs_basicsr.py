@@ -682,6 +682,40 @@ def test_subprocess_sobel_file_for_an_interpolation_recipe_is_refused(tmp_path, 
     assert scores.read_bytes() == before
 
 
+#: what pip's console script ``coreset-sr-train`` runs; started as a file, sys.path[0] is its folder, not the cwd
+CONSOLE_SCRIPT = ("import sys\nfrom coreset_sampler.integrations.basicsr.train import main\n"
+                  "sys.argv[0] = 'coreset-sr-train'\nsys.exit(main())\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("imports", [[], ["--import", "myproject"]], ids=["no-import", "import-from-cwd"])
+def test_subprocess_modules_in_the_working_directory_are_not_imported(imports, tmp_path, pairs, untouched):
+    """Issue 19 item 4: a ``safetensors.py`` in the working directory is never imported (today the cwd
+    went first on sys.path even without --import); ``--import NAME`` still finds NAME there, and only it."""
+    work, bin_dir = tmp_path / "work", tmp_path / "bin"
+    work.mkdir()
+    bin_dir.mkdir()
+    (bin_dir / "coreset-sr-train").write_text(CONSOLE_SCRIPT)
+    scores = tmp_path / "s.safetensors"
+    _scored(pairs, scores)
+    recipe = tiny_recipe(work, pairs, scorer="interpolation", scores=str(scores))
+    (work / "safetensors.py").write_text("open('PWNED', 'w').close()\n")
+    (work / "myproject").mkdir()
+    (work / "myproject" / "__init__.py").write_text(  # a project module that itself imports safetensors
+        "import safetensors\nopen('IMPORTED', 'w').write(safetensors.__file__)\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    with untouched(pairs / "HR", pairs / "LR"):
+        proc = subprocess.run([sys.executable, str(bin_dir / "coreset-sr-train"), *imports, "-opt", recipe.name],
+                              cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert_refused(proc, work, ["scorer is 'sobel' in the scores file but 'interpolation' here"])
+    assert not (work / "PWNED").exists()
+    if imports:
+        imported = (work / "IMPORTED").read_text()
+        assert imported and not imported.startswith(str(work))  # the installed safetensors, not the planted one
+    else:
+        assert not (work / "IMPORTED").exists()
+
+
 def test_basicsr_own_loader_is_safe_while_hooked(tmp_path, monkeypatch):
     """Defence in depth: even past our own read, BasicSR's parser gets a loader that builds no objects."""
     import basicsr.utils.options as bo

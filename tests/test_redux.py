@@ -519,6 +519,29 @@ def test_export_meta_info_lists_the_kept_images(redux_root, redux_train, pairs, 
     assert lines == sorted(f"{k}.png ({HR},{HR},3)" for k in p.train_loader.dataset.keys)
 
 
+@needs_redux
+@pytest.mark.redux
+def test_clone_is_not_put_on_sys_path(tmp_path):
+    """Issue 19 item 4: from the clone (the default root is the working directory) only traiNNer is
+    imported; a ``safetensors.py`` lying there is not imported in place of the installed module."""
+    import subprocess
+
+    root, bin_dir = tmp_path / "clone", tmp_path / "bin"
+    shutil.copytree(SNAPSHOT, root, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    (root / "safetensors.py").write_text("open('PWNED', 'w').close()\n")
+    bin_dir.mkdir()
+    script = bin_dir / "check.py"  # run as a file, as pip's console script is: sys.path[0] is bin/, not the cwd
+    script.write_text("from coreset_sampler.integrations.redux.train import find_redux_root, load_redux_train\n"
+                      "load_redux_train(find_redux_root())\nimport safetensors, traiNNer\n"
+                      "print(traiNNer.__file__)\nprint(safetensors.__file__)\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=root, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    trainer_file, safetensors_file = r.stdout.split()[-2:]
+    assert trainer_file == str(root / "traiNNer" / "__init__.py")
+    assert not safetensors_file.startswith(str(root)) and not (root / "PWNED").exists()
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11) or not (SNAPSHOT / "train.py").is_file(), reason="needs the clone")
 def test_missing_redux_dependency_exits_2_with_the_install_hint(tmp_path, monkeypatch, capsys):
     """In a fresh process with one of traiNNer-redux's needs hidden: one line naming it and the extra."""
