@@ -148,6 +148,8 @@ RECIPE_CASES = [
     ("billion-laughs", BASE_RECIPE + LAUGHS, ["YAML aliases expand this recipe past 100000 values", "billion laughs",
                                               "line "]),
     ("recursive-alias", BASE_RECIPE + "loop: &l [1, *l]\n", ["line 5:", "recursive structure"]),
+    ("total-iter-as-text", BASE_RECIPE + "train: {total_iter: 5e5}\n",
+     ["train.total_iter must be a whole number", "got '5e5'"]),
     ("oversized-file", BASE_RECIPE + "#" * (8 * 2**20) + "\n", ["bytes; a recipe is plain YAML", "limit"]),
 ]
 
@@ -203,6 +205,13 @@ FORCE_CASES = [
     ("parent-is-scalar", ["name:sub=1"], ["name is not a mapping"]),
     ("two-equals", ["train:total_iter=1=2"], ["exactly one '='"]),
     ("bad-float", ["train:total_iter=!!floatx"], ["not a number after !!float"]),
+    # issue 19 item 10: values BasicSR passes to int() (a traceback there today)
+    ("total-iter-exponent", ["train:total_iter=1e5"], ["'train:total_iter=1e5'",
+                                                       "train.total_iter must be a whole number", "got '1e5'"]),
+    ("total-iter-expression", ["train:total_iter=2*3"], ["train.total_iter must be a whole number", "got '2*3'",
+                                                         "nothing is evaluated"]),
+    ("total-iter-list", ["train:total_iter=[2]"], ["train.total_iter must be a whole number", "got [2]"]),
+    ("total-iter-null", ["train:total_iter=~"], ["train.total_iter must be a whole number", "got None"]),
 ]
 
 
@@ -289,6 +298,11 @@ BLOCK_CASES = [
     ("bad-mode", _block(mode="hardest"), cs.CoresetConfigError, ["coreset.mode", "'hardest'", "des | asc"]),
     ("unknown-key", _block(rescor=True), cs.CoresetConfigError, ["unknown key 'rescor'", "allowed keys"]),
     ("ratio-as-string", _block(ratio="5e-1"), cs.CoresetConfigError, ["coreset.ratio", "YAML reads 5e-1 as text"]),
+    # issue 19 item 10: refused with the key before anything is scored (today: after scoring, unnamed)
+    ("seed-2-to-the-64", _block(seed=2**64), cs.CoresetConfigError,
+     ["datasets.train.coreset.seed", "got 18446744073709551616", "[0, 2**63 - 1]"]),
+    ("adaptive-seed-2-to-the-64", _block(mode="adaptive", seed=2**64), cs.CoresetConfigError,
+     ["datasets.train.coreset.seed", "got 18446744073709551616", "[0, 2**63 - 1]"]),
 ]
 
 

@@ -322,6 +322,47 @@ def test_scores_file_that_does_not_fit_exits_2(redux_root, redux_train, pairs, t
     assert err.startswith(f"{PROG}: error: datasets.train.coreset.scores file") and "img00" in err
 
 
+def _unknown_top_level_key(opt):
+    opt["seeds"] = 7
+
+
+def _unknown_dataset_key(opt):
+    opt["datasets"]["train"]["dataroot_hq"] = "x"
+
+
+def _total_iter_as_text(opt):
+    opt["train"]["total_iter"] = "1e5"
+
+
+@needs_redux
+@pytest.mark.redux
+@pytest.mark.parametrize("change,needles", [
+    (_unknown_top_level_key, ["unknown top-level key 'seeds' (value 7)"]),
+    (_unknown_dataset_key, ["unknown key 'datasets.train.dataroot_hq' (value 'x')"]),
+    (_total_iter_as_text, ["train.total_iter (value '1e5')", "Expected `int`, got `str`"]),
+], ids=["unknown-top-level-key", "unknown-dataset-key", "total-iter-as-text"])
+def test_recipe_redux_refuses_is_one_line_naming_the_key(redux_root, redux_train, pairs, tmp_path, monkeypatch,
+                                                         capsys, untouched, change, needles):
+    """Issue 19 item 10: traiNNer-redux's strict decoding, a traceback before, is one line naming the key and
+    its value, exit 2, before anything is scored or created."""
+    from coreset_sampler.integrations.redux.train import main
+
+    hr, lr = pairs
+    recipe = _recipe(tmp_path, "Compact_fidelity.yml", {**BLOCK, "scores": str(tmp_path / "s.safetensors")},
+                     hr=hr, lr=lr)
+    opt = yaml.safe_load(recipe.read_text())
+    change(opt)
+    recipe.write_text(yaml.safe_dump(opt, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    with untouched(hr, lr), pytest.raises(SystemExit) as e:
+        main(["-opt", str(recipe), "--redux-root", str(redux_root), "--dry-run"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith(f"{PROG}: error: options file "), err
+    assert all(n in err[-1] for n in needles), err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [recipe.name]
+
+
 @needs_redux
 @pytest.mark.redux
 def test_core_set_smaller_than_a_step_exits_2(redux_root, redux_train, pairs, tmp_path, monkeypatch, capsys, untouched):
@@ -355,6 +396,11 @@ BAD = [
     ({"rescore": "yes"}, "datasets.train.coreset.rescore: invalid value, got 'yes'"),
     ({"sources": "src"}, "datasets.train.coreset.sources: whole-image scoring (sources:) is supported by "
                          "coreset-sr-train (BasicSR) only"),
+    # issue 19 item 10: named before anything is scored
+    ({"seed": 2**64}, "datasets.train.coreset.seed: invalid value, got 18446744073709551616; allowed: an integer in "
+                      "[0, 2**63 - 1]"),
+    ({"mode": "adaptive"}, "datasets.train.coreset.mode: 'adaptive' is supported by coreset-sr-train (BasicSR) only"),
+    ({"mode": "adaptive", "seed": 2**64}, "datasets.train.coreset.seed: invalid value, got 18446744073709551616"),
 ]
 
 

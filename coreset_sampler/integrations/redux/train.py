@@ -35,7 +35,7 @@ from pathlib import Path
 from ...errors import CoresetError
 from ..block import CoresetConfigError, CoresetOptions
 from .. import NamedModuleFinder, patched
-from .recipe import read_recipe, strip_coreset_block, validate_recipe
+from .recipe import read_recipe, refused_by_redux, strip_coreset_block, validate_recipe
 
 __all__ = ["main", "find_redux_root", "load_redux_train", "redux_hooks", "prepare", "Prepared", "USER_ERRORS"]
 
@@ -150,7 +150,10 @@ def redux_hooks(train_module, copts: CoresetOptions | None):
         # msgspec.yaml.decode(contents, type=ReduxOptions, strict=True) is yaml.load + this convert.
         import datetime
 
-        opt = msgspec.convert(data, ReduxOptions, strict=True, builtin_types=(datetime.datetime, datetime.date))
+        try:
+            opt = msgspec.convert(data, ReduxOptions, strict=True, builtin_types=(datetime.datetime, datetime.date))
+        except msgspec.ValidationError as e:  # an unknown key, a wrong type: one line naming it, not a traceback
+            raise refused_by_redux(e, data, file_path) from None
         return opt, contents
 
     def build_dataset(dataset_opt):
