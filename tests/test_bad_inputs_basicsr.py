@@ -702,10 +702,13 @@ CONSOLE_SCRIPT = ("import sys\nfrom coreset_sampler.integrations.basicsr.train i
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("imports", [[], ["--import", "myproject"]], ids=["no-import", "import-from-cwd"])
-def test_subprocess_modules_in_the_working_directory_are_not_imported(imports, tmp_path, pairs, untouched):
+@pytest.mark.parametrize("launcher, imports", [("script", []), ("script", ["--import", "myproject"]), ("-m", [])],
+                         ids=["no-import", "import-from-cwd", "python-m"])
+def test_subprocess_modules_in_the_working_directory_are_not_imported(launcher, imports, tmp_path, pairs,
+                                                                      untouched):
     """Issue 19 item 4: a ``safetensors.py`` in the working directory is never imported (today the cwd
-    went first on sys.path even without --import); ``--import NAME`` still finds NAME there, and only it."""
+    went first on sys.path even without --import); ``--import NAME`` still finds NAME there, and only it;
+    ``python -m`` (which puts the cwd first itself) drops that entry before importing anything else."""
     work, bin_dir = tmp_path / "work", tmp_path / "bin"
     work.mkdir()
     bin_dir.mkdir()
@@ -719,7 +722,9 @@ def test_subprocess_modules_in_the_working_directory_are_not_imported(imports, t
         "import safetensors\nopen('IMPORTED', 'w').write(safetensors.__file__)\n")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     with untouched(pairs / "HR", pairs / "LR"):
-        proc = subprocess.run([sys.executable, str(bin_dir / "coreset-sr-train"), *imports, "-opt", recipe.name],
+        entry = [str(bin_dir / "coreset-sr-train")] if launcher == "script" else \
+            ["-m", "coreset_sampler.integrations.basicsr.train"]
+        proc = subprocess.run([sys.executable, *entry, *imports, "-opt", recipe.name],
                               cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert_refused(proc, work, ["scorer is 'sobel' in the scores file but 'interpolation' here"])
     assert not (work / "PWNED").exists()

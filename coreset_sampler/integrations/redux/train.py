@@ -32,6 +32,11 @@ import os
 import sys
 from pathlib import Path
 
+if __name__ == "__main__":  # python -m / torchrun put the working directory first: nothing is imported from it
+    from .. import drop_working_directory_from_path
+
+    drop_working_directory_from_path()
+
 from ...errors import CoresetError
 from ..block import CoresetConfigError, CoresetOptions
 from .. import NamedModuleFinder, patched
