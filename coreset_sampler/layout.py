@@ -39,9 +39,11 @@ DATA_META = "data"
 DEFAULT_CROP, DEFAULT_STEP = 96, 48
 #: checking more source files than this against a scores file shows a progress bar (on a terminal)
 HASH_BAR_MIN = 200
-#: the command a scores file records when ``coreset-sr score`` wrote it
+#: the command that writes scores files (rescore hints name it)
 _PROG = "coreset-sr"
 _FIX = "pass crop=None, step=None and whole=False to use the recorded values"
+#: scorer names a rescore hint repeats from a file (anything else there is shown as MODEL)
+_BUILTIN_SCORERS = ("srcnn", "sobel", "interpolation")
 
 KeyCheck = Callable[..., None]
 
@@ -210,6 +212,20 @@ def _settings(scores, scores_path, spec: dict, crop, step, whole: bool, fix: str
     return crop, step, scale, lr_root
 
 
+def _check_recorded_numbers(scores, scores_path, spec: dict, roots) -> None:
+    """The recorded layout's numbers, checked before they are used: a damaged or foreign file names the field."""
+    fields = [("scale", spec.get("scale"), 1), ("scale", scores.metadata.get("scale"), 1)]
+    if spec.get("kind") == "subimages":
+        fields += [("crop", spec.get("crop"), 1), ("step", spec.get("step"), 1)]
+    for field, value, low in fields:
+        if value is None and field == "scale":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise LayoutError(f"{scores_path}: its recorded data layout has {field} {value!r}, not an integer >= {low} "
+                              f"(the file is damaged or was not written by coreset-sr); "
+                              f"{rescore_hint(scores, scores_path, roots)}", exit_code=2)
+
+
 def _scores_check(scores, keys, scores_path, roots, crop, step) -> None:
     scores.check(keys=keys, source=str(scores_path))
 
@@ -268,35 +284,65 @@ def open_recorded_dataset(scores, scores_path, roots: Sequence | None = None, *,
                                    "as roots; pass roots too")
         roots = _recorded_roots(spec, scores_path)
     roots = [Path(r) for r in roots]
+    _check_recorded_numbers(scores, scores_path, spec, None if quiet else roots)
     crop, step, scale, lr_root = _settings(scores, scores_path, spec, crop, step, whole, fix, lr_root)
     with warnings.catch_warnings():
         if quiet:  # "skipped small images" was said when scoring
             warnings.simplefilter("ignore")
         ds = dataset_from_layout(roots, crop, step, scale, lr_root, cache=cache, progress=progress and not quiet)
     (match_keys or _scores_check)(scores, ds.keys, scores_path, roots, crop, step)
-    check_sources(scores, ds, scores_path, progress=progress)
+    check_sources(scores, ds, scores_path, progress=progress, roots=None if quiet else roots)
     return ds
 
 
-def rescore_hint(scores, scores_path) -> str:
-    """How to compute ``scores_path`` again: its recorded command plus ``--rescore``.
+def rescore_hint(scores, scores_path, roots: Sequence | None = None) -> str:
+    """How to compute ``scores_path`` again: a ``coreset-sr score ... --rescore`` command built by us.
+
+    Never text read from the file (its recorded ``command``, folders or model path could hold anything,
+    e.g. ``; curl ... | sh``): the words are the scores path and the folders as this run was given
+    them (``roots``; else ``DATA``), plus the recorded settings only where they are values we
+    vouch for (a built-in scorer's name, whole numbers); anything else is a placeholder in capitals
+    (``MODEL``, ``SOURCES``, ``LR_DIR``). Every word is quoted with :func:`shlex.quote`.
 
     Example:
-        >>> rescore_hint(Scores([0.5]), "s.safetensors")
-        "rescore the images with 'coreset-sr score DATA ... --out s.safetensors --rescore'"
+        >>> rescore_hint(Scores([0.5]), "my scores.safetensors")
+        "rescore with: coreset-sr score DATA --out 'my scores.safetensors' --rescore"
     """
-    cmd = scores.metadata.get("command")
-    if isinstance(cmd, str) and cmd.startswith(f"{_PROG} score "):
-        return f"rescore with: {cmd}{'' if ' --rescore' in cmd else ' --rescore'}"
-    return f"rescore the images with '{_PROG} score DATA ... --out {scores_path} --rescore'"
+    import shlex
+
+    prov = scores.metadata.get("provenance")
+    prov = prov if isinstance(prov, dict) else {}
+    spec = recorded_layout(scores)
+
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    words = [_PROG, "score", *([str(r) for r in roots] if roots else ["DATA"])]
+    scorer = prov.get("scorer")
+    if scorer is not None:
+        words += ["--scorer", scorer if scorer in _BUILTIN_SCORERS else "MODEL"]
+    scale = spec.get("scale", prov.get("scale"))
+    if whole(scale):
+        words += ["--scale", str(scale)]
+    traced = spec.get("traced_from")
+    grid = traced if isinstance(traced, dict) else spec if spec.get("kind") == "subimages" else {}
+    if isinstance(traced, dict):
+        words += ["--sources", "SOURCES"]
+    if whole(grid.get("crop")) and whole(grid.get("step")):
+        words += ["--crop", str(grid["crop"]), "--step", str(grid["step"])]
+    elif spec.get("kind") == "images":
+        words += ["--crop", "0"] + (["--lr", "LR_DIR"] if spec.get("lr_root") else [])
+    words += ["--out", str(scores_path), "--rescore"]
+    return "rescore with: " + " ".join(shlex.quote(w) for w in words)
 
 
-def check_sources(scores, dataset, scores_path, *, progress: bool = True) -> None:
+def check_sources(scores, dataset, scores_path, *, progress: bool = True, roots: Sequence | None = None) -> None:
     """Refuse scores whose recorded provenance (settings, source image bytes) disagrees with ``dataset``.
 
     Every source image is hashed again (the trust check; seconds on a few hundred images). With more
     than :data:`HASH_BAR_MIN` files and ``progress``, that shows a progress bar on stderr when stderr
-    is a terminal (tqdm's ``disable=None``).
+    is a terminal (tqdm's ``disable=None``). ``roots``: the folders as this run was given them, for
+    the rescore command the message suggests (:func:`rescore_hint`; ``None``: ``DATA``).
 
     Raises:
         ProvenanceError: (exit code 2) naming the changed, missing or added files, or the field and both
@@ -315,7 +361,7 @@ def check_sources(scores, dataset, scores_path, *, progress: bool = True) -> Non
         # reuses these digests instead of reading every file a second time.
         for f in tqdm(files, desc="checking source images", unit="file", disable=None, leave=False):
             file_digest(f)
-    check_provenance(scores, dataset=dataset, source=str(scores_path), fix=rescore_hint(scores, scores_path))
+    check_provenance(scores, dataset=dataset, source=str(scores_path), fix=rescore_hint(scores, scores_path, roots))
 
 
 def source_files(dataset) -> list:

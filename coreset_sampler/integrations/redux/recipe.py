@@ -7,27 +7,41 @@ error messages as the BasicSR one (:func:`~coreset_sampler.integrations.block.pa
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from ..block import WHERE, CoresetConfigError, CoresetOptions, validate_options
+from ..recipe_yaml import check_expansion, check_recipe_size
 
-__all__ = ["read_recipe", "validate_recipe", "strip_coreset_block", "dataroots", "check_export_path"]
+__all__ = ["read_recipe", "validate_recipe", "strip_coreset_block", "dataroots", "check_export_path",
+           "refused_by_redux"]
 
 
 def read_recipe(path) -> dict:
     """The recipe at ``path`` as plain data, read with a safe YAML loader (no tags executed).
 
+    The composed YAML is checked first (:func:`~coreset_sampler.integrations.recipe_yaml.check_expansion`):
+    aliases that expand past :data:`~coreset_sampler.integrations.recipe_yaml.ALIAS_BUDGET` values
+    (a "billion laughs" recipe) or refer to their own anchor are refused before anything is built.
+
     Raises:
-        CoresetConfigError: the file is missing, is not valid YAML, or is not a mapping.
+        CoresetConfigError: the file is missing or over 8 MiB, is not valid YAML, expands past the
+            alias budget, or is not a mapping.
     """
     import yaml
 
     if not os.path.isfile(path):
         raise CoresetConfigError(f"options file not found: {str(path)!r}")
+    check_recipe_size(path, CoresetConfigError, "options file")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            text = f.read()
+        check_expansion(yaml.compose(text, Loader=loader), f"options file {str(path)!r}", CoresetConfigError)
+        data = yaml.load(text, Loader=loader)
+    except UnicodeDecodeError as e:
+        raise CoresetConfigError(f"options file {str(path)!r} cannot be read as UTF-8 text: {e}") from None
     except yaml.YAMLError as e:
         # one line: PyYAML's message spans several (problem, then where, then context)
         raise CoresetConfigError(f"options file {str(path)!r} is not valid YAML: {' '.join(str(e).split())}") from None
@@ -73,6 +87,9 @@ def validate_recipe(recipe: Mapping) -> CoresetOptions | None:
     copts = validate_options(recipe)
     if copts is None:
         return None
+    if copts.mode == "adaptive":  # the adaptive sampler is wired into the BasicSR entry point only
+        raise CoresetConfigError(f"{WHERE}.mode: 'adaptive' is supported by coreset-sr-train (BasicSR) only; "
+                                 "traiNNer-redux recipes take des | asc | random | stratified")
     train = recipe["datasets"]["train"]
     if copts.export_meta_info is not None:
         src = train.get("meta_info")
@@ -116,3 +133,54 @@ def check_export_path(path, dataset_opt) -> None:
     except UnsafeWriteError as e:
         raise CoresetConfigError(f"{WHERE}.export_meta_info: {e} (traiNNer-redux would read it as one more "
                                  "image)") from None
+
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `(?P<where>\$[^`]*)`)?$")
+
+
+def refused_by_redux(error, data, path) -> CoresetConfigError:
+    """traiNNer-redux's strict decoding error (``msgspec.ValidationError``) as one line naming the field and value.
+
+    msgspec says ``Object contains unknown field `x` - at `$.datasets[...]``` or ``Expected `int`, got
+    `str` - at `$.train.total_iter```; the value is looked up in ``data`` (the recipe as read, a
+    ``[...]`` step tried on every entry).
+
+    Example:
+        >>> str(refused_by_redux(ValueError("Object contains unknown field `seeds`"), {"seeds": 1}, "r.yml"))
+        "options file 'r.yml': traiNNer-redux refuses the recipe: unknown top-level key 'seeds' (value 1); remove it or fix its name"
+    """
+    m = _AT.match(" ".join(str(error).split()))
+    what, where = m.group("what"), m.group("where") or "$"
+    steps = re.findall(r"\.([^.\[]+)|\[([^\]]*)\]", where[1:])
+    unknown = re.fullmatch(r"Object contains unknown field `([^`]*)`", what)
+    field = unknown.group(1) if unknown else None
+    found = _lookup(data, [a or b for a, b in steps] + ([field] if field else []))
+    value = f" (value {found[1]!r})" if found else ""
+    shown = ".".join(str(k) for k in found[0]) if found else where[2:] or None
+    if field and shown and "." not in shown:
+        return CoresetConfigError(f"options file {str(path)!r}: traiNNer-redux refuses the recipe: unknown top-level "
+                                  f"key {field!r}{value}; remove it or fix its name")
+    if field:
+        return CoresetConfigError(f"options file {str(path)!r}: traiNNer-redux refuses the recipe: unknown key "
+                                  f"{shown or field!r}{value}; remove it or fix its name")
+    return CoresetConfigError(f"options file {str(path)!r}: traiNNer-redux refuses the recipe: {shown or 'it'}"
+                              f"{value}: {what}")
+
+
+def _lookup(node, steps, done=()):
+    """``(the keys walked, the value)`` at ``steps`` (``"..."``: any entry), or ``None``."""
+    if not steps:
+        return list(done), node
+    step, rest = steps[0], steps[1:]
+    if step == "...":
+        items = node.items() if isinstance(node, Mapping) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            hit = _lookup(v, rest, (*done, k))
+            if hit is not None:
+                return hit
+        return None
+    if isinstance(node, Mapping) and step in node:
+        return _lookup(node[step], rest, (*done, step))
+    if isinstance(node, list) and step.isdigit() and int(step) < len(node):
+        return _lookup(node[int(step)], rest, (*done, step))
+    return None

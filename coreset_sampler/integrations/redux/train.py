@@ -8,7 +8,8 @@ Usage (traiNNer-redux's arguments, plus where its clone is)::
 
 traiNNer-redux runs from a clone (its ``pip install`` packages only ``traiNNer/__init__.py``): the
 clone is found from ``--redux-root``, else ``$TRAINNER_REDUX_ROOT``, else the working directory, and
-put first on ``sys.path``. The working directory is the training root: ``experiments/`` and
+its ``traiNNer`` package is imported from there (only it and ``scripts``: the clone is not put on
+``sys.path``, so no other file there shadows an installed module). The working directory is the training root: ``experiments/`` and
 ``tb_logger/`` are written under it and relative paths in the recipe are read from it.
 
 What happens, in order (traiNNer-redux's files are never edited; :func:`redux_hooks` swaps three
@@ -31,15 +32,22 @@ import os
 import sys
 from pathlib import Path
 
+if __name__ == "__main__":  # python -m / torchrun put the working directory first: nothing is imported from it
+    from .. import drop_working_directory_from_path
+
+    drop_working_directory_from_path()
+
 from ...errors import CoresetError
 from ..block import CoresetConfigError, CoresetOptions
-from .. import patched
-from .recipe import read_recipe, strip_coreset_block, validate_recipe
+from .. import NamedModuleFinder, patched
+from .recipe import read_recipe, refused_by_redux, strip_coreset_block, validate_recipe
 
 __all__ = ["main", "find_redux_root", "load_redux_train", "redux_hooks", "prepare", "Prepared", "USER_ERRORS"]
 
 PROG = "coreset-sr-train-redux"
 _TRAIN_MODULE = "_coreset_sampler_redux_train"
+#: the top-level packages imported from the clone (nothing else there is importable by name)
+_CLONE_PACKAGES = ("traiNNer", "scripts")
 
 #: Errors that are the user's to fix: ``main`` prints them as one line and exits with their ``exit_code``.
 USER_ERRORS: tuple[type[Exception], ...] = (CoresetError,)
@@ -72,7 +80,10 @@ def _missing(e: ModuleNotFoundError) -> CoresetConfigError:
 
 
 def load_redux_train(root) -> object:
-    """Import traiNNer-redux's ``train.py`` from the clone ``root`` (cached; the clone goes first on sys.path).
+    """Import traiNNer-redux's ``train.py`` from the clone ``root`` (cached).
+
+    ``traiNNer`` (and the clone's ``scripts`` package) are imported from the clone first; the clone is
+    not put on ``sys.path``, so no other file there is imported in place of an installed module.
 
     Raises:
         CoresetConfigError: another ``traiNNer`` package was already imported from elsewhere, or
@@ -82,8 +93,9 @@ def load_redux_train(root) -> object:
     mod = sys.modules.get(_TRAIN_MODULE)
     if mod is not None and Path(mod.__file__).resolve() == root / "train.py":
         return mod
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    if not any(isinstance(f, NamedModuleFinder) and f.folder == str(root) for f in sys.meta_path):
+        # traiNNer (and the clone's scripts/) from the clone, first; nothing else is looked up there
+        sys.meta_path.insert(0, NamedModuleFinder(_CLONE_PACKAGES, str(root)))
     try:
         import traiNNer
     except ModuleNotFoundError as e:
@@ -143,7 +155,10 @@ def redux_hooks(train_module, copts: CoresetOptions | None):
         # msgspec.yaml.decode(contents, type=ReduxOptions, strict=True) is yaml.load + this convert.
         import datetime
 
-        opt = msgspec.convert(data, ReduxOptions, strict=True, builtin_types=(datetime.datetime, datetime.date))
+        try:
+            opt = msgspec.convert(data, ReduxOptions, strict=True, builtin_types=(datetime.datetime, datetime.date))
+        except msgspec.ValidationError as e:  # an unknown key, a wrong type: one line naming it, not a traceback
+            raise refused_by_redux(e, data, file_path) from None
         return opt, contents
 
     def build_dataset(dataset_opt):
