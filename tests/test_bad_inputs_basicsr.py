@@ -752,6 +752,17 @@ def test_subprocess_mismatched_pair_is_refused_before_experiments(tmp_path, pair
 
 
 @pytest.mark.slow
+def test_subprocess_scores_into_dataroot_gt_is_refused_before_anything(tmp_path, pairs, untouched):
+    """Issue 19's first case as typed: the scores file pointed into dataroot_gt (here by --force_yml; once
+    written there and read as one more image by the next run) is exit 2, one line, nothing created."""
+    recipe = tiny_recipe(tmp_path, pairs)
+    with untouched(pairs / "HR", pairs / "LR", recipe):
+        proc = run_train(tmp_path, ["-opt", str(recipe), "--force_yml",
+                                    f"datasets:train:coreset:scores={pairs / 'HR' / 's.safetensors'}"])
+    assert_refused(proc, tmp_path, ["datasets.train.coreset.scores", "HR/s.safetensors", "inside dataroot_gt"])
+
+
+@pytest.mark.slow
 def test_subprocess_without_basicsr_says_how_to_install(tmp_path):
     proc = run_train(tmp_path, ["-opt", str(TINY)], pre="sys.modules['basicsr'] = None  # as if not installed")
     assert_refused(proc, tmp_path, ["pip install 'coreset-sampler[basicsr]'", "make install"])
