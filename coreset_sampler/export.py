@@ -41,7 +41,7 @@ from .errors import CoresetOSError, CoresetTypeError, CoresetValueError
 from .layout import dataset_layout  # noqa: F401  (its home is layout.py, beside the code that re-opens it)
 from .scores import remove_stale_temp_files, temp_path  # one temp-file convention for every write
 
-__all__ = ["export_coreset", "ExportReport", "check_writable_outside", "UnsafeWriteError", "source_roots",
+__all__ = ["export_coreset", "ExportReport", "check_writable_outside", "UnsafeWriteError", "source_roots", "same_file",
            "dataset_layout", "META_INFO", "HR_DIR", "LR_DIR", "LINK_MODES"]
 
 #: the export's file list (BasicSR's meta_info_file), at the top of the export, beside HR_DIR and LR_DIR
@@ -80,6 +80,23 @@ def write_target(path: PathLike) -> Path:
     return p.parent.resolve() / p.name
 
 
+def same_file(a: PathLike, b: PathLike) -> bool:
+    """Whether writes to ``a`` and ``b`` land on the same file (:func:`write_target`; an existing file
+    reached two ways, e.g. through a hard link or a symlinked folder, counts too).
+
+    Example:
+        >>> same_file("out/a.txt", "out/../out/a.txt")
+        True
+    """
+    ta, tb = write_target(a), write_target(b)
+    if ta == tb:
+        return True
+    try:
+        return os.path.samefile(ta, tb)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
 def _labelled(*roots: Roots) -> list[tuple[str, Path]]:
     """``(label, folder)`` pairs of one or more root collections; a folder seen twice keeps its first label."""
     out, seen = [], set()
@@ -101,8 +118,10 @@ def check_writable_outside(paths: Iterable[PathLike], protected_roots: Roots) ->
     Args:
         paths: files or folders about to be written (they need not exist yet). Folders that
             exist are resolved fully; other paths by their parent folder (see :func:`write_target`).
-        protected_roots: folders that must never be written, as paths or as
-            ``{label: path}`` (the label is used in the message, e.g. ``{"DATA": "T91"}``).
+        protected_roots: folders (nothing is written to or inside them) and files (never written
+            over, e.g. a recipe or a scores file) as paths or as ``{label: path}`` (the label is used
+            in the message, e.g. ``{"DATA": "T91"}``). A root that is a symlink is protected both
+            where it points and as the link itself.
 
     Raises:
         UnsafeWriteError: (a ``ValueError``) naming the path, what it resolves to and the folder.
@@ -118,15 +137,19 @@ def check_writable_outside(paths: Iterable[PathLike], protected_roots: Roots) ->
 
 
 def _check_pairs(paths: Iterable[PathLike], pairs: list[tuple[str, Path]]) -> None:
-    roots = [(label, r, r.resolve()) for label, r in pairs]
+    # a root is protected where it resolves and, when it is a symlink itself, as the link (a write there
+    # would replace the link); a root that is a file (a recipe, a scores or model file) can only be equalled
+    roots = [(label, r, r.resolve(), write_target(r)) for label, r in pairs]
     for p in paths:
         target = write_target(p)
-        for label, r, rr in roots:
-            if target == rr or rr in target.parents:
-                shown = str(r) if Path(r) == rr else f"{r}, i.e. {rr}"
+        for label, r, rr, rw in roots:
+            hit = next((x for x in (rr, rw) if target == x or x in target.parents), None)
+            if hit is not None:
+                shown = str(r) if Path(r) == hit else f"{r}, i.e. {hit}"
+                tail = ("source data is never written: choose a path outside it" if r.is_dir() or not r.exists()
+                        else "a file the run reads is never written: choose another path")
                 raise UnsafeWriteError(f"refusing to write {p}: it resolves to {target}, "
-                                       f"{'which is' if target == rr else 'inside'} {label} ({shown}); "
-                                       f"source data is never written: choose a path outside it")
+                                       f"{'which is' if target == hit else 'inside'} {label} ({shown}); {tail}")
 
 
 def source_roots(dataset) -> dict[str, Path]:

@@ -22,15 +22,18 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .dist import barrier, on_rank0, rank0_decides, rank_and_world
 from .errors import CoresetValueError
 from .provenance import check_granularity, check_provenance
-from .scores import KeyMismatch, Scores, match_keys
+from .scores import FORMAT, KeyMismatch, Scores, file_kind, match_keys
 
-__all__ = ["load_or_score", "ScoresOutcome", "KeyMismatchError", "DEFAULT_FIX"]
+__all__ = ["load_or_score", "ScoresOutcome", "KeyMismatchError", "DEFAULT_FIX", "check_replaceable",
+           "NotAScoresFileError"]
 
 #: what a refusal tells the user to do, unless the caller says otherwise
 DEFAULT_FIX = "score the data again (rescore) and overwrite the file, or point at another scores file"
@@ -44,6 +47,65 @@ class KeyMismatchError(CoresetValueError):
     def __init__(self, message: str, mismatch: KeyMismatch | None = None):
         super().__init__(message)
         self.mismatch = mismatch
+
+
+class NotAScoresFileError(CoresetValueError):
+    """A write of scores (``rescore``) would replace a file that is not a coreset-sampler scores file."""
+
+    exit_code = 2  # a refusal of what was asked: nothing but a scores file is ever replaced
+
+
+def _foreign(path: Path) -> str | None:
+    """Why the existing ``path`` is not a coreset-sampler scores file; ``None`` when it is one.
+
+    Known by the ``.safetensors`` header's ``format`` tag alone: a file of ours damaged further on (a
+    truncated tensor, an unknown ``format_version``) is still ours, and rescoring may replace it.
+    """
+    kind = file_kind(path)
+    if kind is not None:
+        return f"it is {kind}"
+    size = os.stat(path).st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        hlen = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+        if not 0 < hlen <= 100_000_000:  # Scores.load's header limit
+            return f"it is not a coreset-sampler scores file ({size} bytes, no .safetensors header)"
+        text = f.read(hlen)
+    if f'"format":"{FORMAT}"'.encode() in text:
+        return None  # our tag, in a header cut short or damaged after it: ours
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return "it is not a coreset-sampler scores file (no .safetensors header)"
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    tag = meta.get("format") if isinstance(meta, dict) else None
+    return None if tag == FORMAT else f"it is not a coreset-sampler scores file (.safetensors with format={tag!r})"
+
+
+def check_replaceable(path, source: str, fix: str) -> None:
+    """Refuse to write scores over ``path`` when something other than a scores file is there.
+
+    Rescoring replaces a scores file on purpose; an image, a text file, a model's ``.safetensors``
+    or a folder at that path is never replaced. A missing path (or a dangling symlink) passes.
+
+    Args:
+        path: where the scores would be written.
+        source: how the message names the option (``--out``, ``datasets.train.coreset.scores``).
+        fix: what to do instead, appended to the message.
+
+    Raises:
+        NotAScoresFileError: (exit status 2) naming ``source``, the file and what it is.
+
+    Example:
+        >>> check_replaceable("no/such/file.safetensors", "--out", "choose another --out")
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    why = _foreign(path)
+    if why is not None:
+        raise NotAScoresFileError(f"{source}: refusing to replace {path}: {why}; rescoring replaces only a scores "
+                                  f"file: {fix}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +169,8 @@ def load_or_score(keys: Sequence[str], path, score: Callable[[], Scores], *, res
         path: the scores ``.safetensors`` file.
         score: computes the scores (on this rank's share; the scorer gathers); called only when the
             file is missing or ``rescore``. Its errors propagate as raised.
-        rescore: score again and overwrite ``path`` whatever it holds.
+        rescore: score again and overwrite ``path`` whatever scores it holds (a file there that is not a
+            scores file is refused, :func:`check_replaceable`).
         expected: fields the file's provenance must record (e.g. ``{"scorer": "srcnn", "scale": 2,
             "degradation": "lr_folder"}``); written into the provenance of computed scores.
         describe: the data's provenance now (settings and source-file digests, as
@@ -139,6 +202,7 @@ def load_or_score(keys: Sequence[str], path, score: Callable[[], Scores], *, res
         ProvenanceError: a loaded file of the other granularity, another scorer/scale/degradation, or
             changed, missing or added source files (named); ``rescore`` scores again.
         KeyMismatchError: keys that do not fit (or what ``on_mismatch`` returns).
+        NotAScoresFileError: ``rescore`` over an existing file that is not a scores file (before scoring).
         CoresetValueError, OSError: an unreadable file (or what ``on_unreadable`` returns).
 
     Example:
@@ -188,6 +252,8 @@ def load_or_score(keys: Sequence[str], path, score: Callable[[], Scores], *, res
         return ScoresOutcome(loaded, path, loaded=True)
 
     replaced = rescore and path.is_file()
+    if rescore:  # replace a scores file only, never an image or a model someone pointed us at
+        on_rank0(lambda: check_replaceable(path, source, "move it away or write the scores elsewhere"))
     fresh = align(score(), "the scorer's output")
     for k, v in (metadata or {}).items():
         fresh.metadata.setdefault(k, v)

@@ -353,6 +353,94 @@ def test_validate_options_refuses_export_into_dataroot_before_any_build(where, p
         cs.validate_options({"scale": 2, "datasets": {"train": dopt}})
 
 
+# -- every path the block writes, checked before the first write against every path the run reads --
+
+def _val_set(tmp: Path) -> dict:
+    """A validation set in its own folders (with a meta_info file): paths the run reads, never writes."""
+    val = make_pairs(tmp / "val", n=2)
+    (val / "meta_info.txt").write_text("img00.png (16,16,3)\nimg01.png (16,16,3)\n")
+    return {"name": "val", "type": "PairedImageDataset", "phase": "val", "scale": 2, "dataroot_gt": str(val / "HR"),
+            "dataroot_lq": str(val / "LR"), "meta_info_file": str(val / "meta_info.txt"),
+            "io_backend": {"type": "disk"}}
+
+
+def _foreign_safetensors(path: Path) -> str:
+    from safetensors.numpy import save_file
+
+    save_file({"weight": np.zeros(4, np.float32)}, str(path))  # a model's tensors: no coreset-sampler header
+    return str(path)
+
+
+def _notes(path: Path) -> str:
+    path.write_text("my notes\n")
+    return str(path)
+
+
+WRITE_CASES = [
+    # id, block(pairs, tmp) -> the coreset keys to set, substrings (issue 19, items 1, 2 and 10)
+    ("scores-inside-gt", lambda p, t: {"scores": str(p / "HR" / "s.safetensors")},
+     ["coreset.scores", "refusing to write", "s.safetensors", "inside dataroot_gt"]),
+    ("scores-inside-lq", lambda p, t: {"scores": str(p / "LR" / "s.safetensors")},
+     ["coreset.scores", "inside dataroot_lq"]),
+    ("scores-is-a-gt-image-rescore", lambda p, t: {"scores": str(p / "HR" / "img01.png"), "rescore": True},
+     ["coreset.scores", "img01.png", "inside dataroot_gt"]),
+    ("scores-inside-val-gt", lambda p, t: {"scores": str(t / "val" / "HR" / "s.safetensors")},
+     ["coreset.scores", "inside datasets.val.dataroot_gt"]),
+    ("scores-is-val-meta-info-rescore", lambda p, t: {"scores": str(t / "val" / "meta_info.txt"), "rescore": True},
+     ["coreset.scores", "which is datasets.val.meta_info_file", "choose another path"]),
+    ("scores-via-symlinked-folder-into-gt",
+     lambda p, t: (t / "cache").symlink_to(p / "HR", target_is_directory=True) or
+     {"scores": str(t / "cache" / "s.safetensors")}, ["coreset.scores", "resolves to", "inside dataroot_gt"]),
+    ("export-is-the-scores-file", lambda p, t: {"export_meta_info": str(t / "scores" / "s.safetensors")},
+     ["coreset.export_meta_info", "is the same file as datasets.train.coreset.scores", "different paths"]),
+    ("export-inside-val-gt", lambda p, t: {"export_meta_info": str(t / "val" / "HR" / "kept.txt")},
+     ["coreset.export_meta_info", "inside datasets.val.dataroot_gt"]),
+    ("export-inside-val-lq", lambda p, t: {"export_meta_info": str(t / "val" / "LR" / "kept.txt")},
+     ["coreset.export_meta_info", "inside datasets.val.dataroot_lq"]),
+    ("export-is-an-existing-folder", lambda p, t: (t / "meta").mkdir() or {"export_meta_info": str(t / "meta")},
+     ["coreset.export_meta_info", "meta", "is a folder"]),
+    ("rescore-over-a-text-file", lambda p, t: {"scores": _notes(t / "notes.txt"), "rescore": True},
+     ["coreset.scores", "refusing to replace", "notes.txt", "not a coreset-sampler scores file"]),
+    ("rescore-over-foreign-safetensors",
+     lambda p, t: {"scores": _foreign_safetensors(t / "model.safetensors"), "rescore": True},
+     ["coreset.scores", "refusing to replace", "model.safetensors", "format=None"]),
+]
+
+
+@pytest.mark.parametrize("case, block, needles", WRITE_CASES, ids=[c[0] for c in WRITE_CASES])
+@pytest.mark.parametrize("door", ["validate_options", "build_coreset_dataset"])
+def test_block_writes_nowhere_the_run_reads(case, block, needles, door, pairs, tmp_path, untouched, monkeypatch):
+    """Both doors refuse before anything is written; the train, val and extra files stay byte-identical."""
+    monkeypatch.chdir(tmp_path)
+    val = _val_set(tmp_path)
+    dopt = dataset_opt(pairs, scores=str(tmp_path / "scores" / "s.safetensors"))
+    dopt["coreset"].update(block(pairs, tmp_path))
+    opt = full_opt(dopt)
+    opt["datasets"]["val"] = val
+    keep = [pairs / "HR", pairs / "LR", tmp_path / "val"] + [p for p in (tmp_path / "notes.txt",
+                                                                        tmp_path / "model.safetensors") if p.exists()]
+    with untouched(*keep), pytest.raises(cs.CoresetConfigError) as e:
+        if door == "validate_options":
+            cs.validate_options(opt)
+        else:  # in process, as a BasicSR-based project calls it (no validate_options first)
+            cs.build_coreset_dataset(stock(dopt), dopt, opt, None)
+    assert_message(e.value, needles)
+    assert not (tmp_path / "scores").exists() and not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_rescore_replaces_a_damaged_scores_file_of_ours(pairs, tmp_path, untouched):
+    """Only foreign files are refused: a scores file of ours cut short is replaced by rescore: true."""
+    scores = tmp_path / "s.safetensors"
+    _scored(pairs, scores)
+    scores.write_bytes(scores.read_bytes()[:-10])  # the header intact, a tensor cut short: unreadable
+    with pytest.raises(ValueError, match="claims"):
+        Scores.load(scores)
+    dopt = dataset_opt(pairs, scores=str(scores), rescore=True)
+    with untouched(pairs / "HR", pairs / "LR"):
+        core = build(dopt)
+    assert len(Scores.load(scores)) == N and len(core) == N // 2
+
+
 DATASET_CASES = [
     # id, mutation(pairs, dataset_opt), substrings: the train set BasicSR cannot build, named in one line
     ("missing-dataroot-gt", lambda p, d: d.update(dataroot_gt=str(p / "nope")), ["datasets.train", "nope"]),
@@ -437,6 +525,49 @@ def test_main_refuses_x2_scores_in_an_x4_recipe_before_experiments(pairs, tmp_pa
     assert_message(line, ["s.safetensors", "scale is 2 in the scores file but 4 here", "rescore: true"])
     assert not (tmp_path / "experiments").exists() and not (tmp_path / "tb_logger").exists()
     assert scores.read_bytes() == before
+
+
+MAIN_WRITE_CASES = [
+    # id, (tmp, pairs, recipe) -> extra command-line arguments after editing the recipe, substrings
+    ("export-over-the-recipe", lambda t, p, r: _edit_block(r, export_meta_info=str(r)),
+     ["coreset.export_meta_info", "recipe.yml", "which is the recipe file", "choose another path"]),
+    ("force-yml-scores-into-gt", lambda t, p, r: ["--force_yml", f"datasets:train:coreset:scores={p / 'HR'}/s.safetensors"],
+     ["coreset.scores", "inside dataroot_gt"]),
+    ("force-yml-export-over-the-scores", lambda t, p, r: ["--force_yml",
+                                                        f"datasets:train:coreset:export_meta_info={t}/scores/s.safetensors"],
+     ["coreset.export_meta_info", "is the same file as datasets.train.coreset.scores"]),
+    ("scores-inside-val-lq", lambda t, p, r: _edit_block(r, scores=str(t / "val" / "LR" / "s.safetensors")),
+     ["coreset.scores", "inside datasets.val.dataroot_lq"]),
+    ("force-yml-rescore-over-val-meta-info", lambda t, p, r: _edit_block(r, rescore=True) + [
+        "--force_yml", f"datasets:train:coreset:scores={t}/val/meta_info.txt"],
+     ["coreset.scores", "which is datasets.val.meta_info_file"]),
+]
+
+
+def _edit_block(recipe: Path, **block) -> list:
+    opt = yaml.safe_load(recipe.read_text())
+    opt["datasets"]["train"]["coreset"].update(block)
+    recipe.write_text(yaml.safe_dump(opt))
+    return []
+
+
+@pytest.mark.parametrize("case, edit, needles", MAIN_WRITE_CASES, ids=[c[0] for c in MAIN_WRITE_CASES])
+def test_main_refuses_writes_onto_what_the_run_reads(case, edit, needles, pairs, tmp_path, monkeypatch, capsys,
+                                                      untouched):
+    """``coreset-sr-train`` (its options after --force_yml, the recipe file known): exit 2, one line, nothing made."""
+    recipe = tiny_recipe(tmp_path, pairs)
+    opt = yaml.safe_load(recipe.read_text())
+    opt["datasets"]["val"].update({k: v for k, v in _val_set(tmp_path).items() if k.startswith(("dataroot", "meta"))})
+    recipe.write_text(yaml.safe_dump(opt))
+    extra = edit(tmp_path, pairs, recipe)
+    monkeypatch.chdir(tmp_path)
+    with untouched(pairs / "HR", pairs / "LR", tmp_path / "val", recipe), pytest.raises(SystemExit) as e:
+        tr.main(["-opt", str(recipe), *extra])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("coreset-sr-train: error: "), lines
+    assert_message(lines[0], needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "recipe.yml", "val"]  # no scores/, experiments/
 
 
 # -- provenance: a cached scores file must come from what the recipe describes -----------------
@@ -673,6 +804,17 @@ def test_subprocess_mismatched_pair_is_refused_before_experiments(tmp_path, pair
     with untouched(pairs / "HR", pairs / "LR"):
         proc = run_train(tmp_path, ["-opt", str(recipe), "--force_yml", "train:total_iter=2"])
     assert_refused(proc, tmp_path, ["'img03'", "16x16", "8x7"])
+
+
+@pytest.mark.slow
+def test_subprocess_scores_into_dataroot_gt_is_refused_before_anything(tmp_path, pairs, untouched):
+    """Issue 19's first case as typed: the scores file pointed into dataroot_gt (here by --force_yml; once
+    written there and read as one more image by the next run) is exit 2, one line, nothing created."""
+    recipe = tiny_recipe(tmp_path, pairs)
+    with untouched(pairs / "HR", pairs / "LR", recipe):
+        proc = run_train(tmp_path, ["-opt", str(recipe), "--force_yml",
+                                    f"datasets:train:coreset:scores={pairs / 'HR' / 's.safetensors'}"])
+    assert_refused(proc, tmp_path, ["datasets.train.coreset.scores", "HR/s.safetensors", "inside dataroot_gt"])
 
 
 @pytest.mark.slow

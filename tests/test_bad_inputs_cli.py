@@ -603,6 +603,77 @@ CASES += [
     Case("score-host-out-of-memory", _SCORE, 1, ("out of memory", "--batch-size"), patch=_scorer_raising(MemoryError)),
 ]
 
+
+# -- issue 19: no option writes over what the user owns (items 1, 2 and 10) ------------------------------
+
+
+def _kept(t: Path, w, name: str = "s.safetensors") -> Path:
+    """A copy of the sub-image scores in t/keep (guarded: a write over it fails the case)."""
+    (t / "keep").mkdir(exist_ok=True)
+    return Path(shutil.copy(w.sub, t / "keep" / name))
+
+
+def _kept_file(t: Path, name: str, make) -> Path:
+    (t / "keep").mkdir(exist_ok=True)
+    p = t / "keep" / name
+    make(p)
+    return p
+
+
+def _foreign_st(p: Path) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({"weight": np.zeros(4, np.float32)}, str(p))
+
+
+def _weights(p: Path) -> None:
+    shutil.copy(Path(__file__).resolve().parents[1] / "coreset_sampler" / "weights" / "srcnn_x2.safetensors", p)
+
+
+def _rescore_over(make, name):
+    def argv(w, t):
+        target = _kept_file(t, name, make)
+        return _score_sobel(w, t)[:-1] + [target, "--rescore"], [t / "keep"]
+    return argv
+
+
+CASES += [
+    Case("score-rescore-over-an-image-of-another-dataset",
+         lambda w, t: (_score_sobel(w, t)[:-1] + [_images(t / "S5", seed=1) / "noise.png", "--rescore"], [t / "S5"]),
+         2, ("--out", "refusing to replace", "S5/noise.png", "not a coreset-sampler scores file", "another --out")),
+    Case("score-rescore-over-a-text-file", _rescore_over(lambda p: p.write_text("notes\n"), "notes.txt"), 2,
+         ("--out", "refusing to replace", "notes.txt", "not a coreset-sampler scores file")),
+    Case("score-rescore-over-foreign-safetensors", _rescore_over(_foreign_st, "model.safetensors"), 2,
+         ("refusing to replace", "model.safetensors", "format=None")),
+    Case("score-rescore-over-junk-already-refused", _rescore_over(lambda p: p.write_bytes(b"junk" * 9), "j.safetensors"),
+         2, ("refusing to replace", "j.safetensors", "36 bytes, no .safetensors header")),
+    Case("score-out-is-the-scorer-weights",
+         lambda w, t: (["score", w.data, "--scorer", _kept_file(t, "w.safetensors", _weights), "--crop", CROP,
+                        "--step", STEP, "--workers", 0, "--no-progress", "--out", t / "keep" / "w.safetensors",
+                        "--rescore"], [t / "keep"]),
+         2, ("refusing to write", "w.safetensors", "which is the --scorer model file", "choose another --out")),
+    Case("plot-out-is-the-scores-file", lambda w, t: (["plot", _kept(t, w), "--out", t / "keep" / "s.safetensors"],
+                                                      [t / "keep"]),
+         2, ("refusing to write", "s.safetensors", "which is the scores file", "choose another --out")),
+    Case("select-out-is-the-scores-file",
+         lambda w, t: (["select", _kept(t, w), "--out", t / "keep" / "s.safetensors", "--no-progress"], [t / "keep"]),
+         2, ("refusing to write", "which is the scores file")),
+    Case("plot-out-inside-the-scored-folder", lambda w, t: ["plot", w.sub, "--out", w.data / "fig.png"], 2,
+         ("refusing to write", "fig.png", "inside the scored folder", "choose an --out outside it")),
+    Case("select-out-inside-the-scored-folder",
+         lambda w, t: ["select", w.sub, "--out", w.data / "keep.txt", "--no-progress"], 2,
+         ("refusing to write", "keep.txt", "inside the scored folder")),
+    Case("export-meta-info-over-the-scores-file",
+         lambda w, t: (w.export(t / "keep", scores=_kept(t, w, "meta_info.txt")), [t / "keep"]), 2,
+         ("refusing to write", "meta_info.txt", "which is the scores file")),
+    Case("export-out-empty", lambda w, t: w.export(""), 2, ("argument --out", "empty path", "working folder")),
+    Case("score-out-empty", lambda w, t: _score_sobel(w, t)[:-1] + [""], 2, ("argument --out", "empty path")),
+    Case("select-out-empty", lambda w, t: ["select", w.sub, "--out", ""], 2, ("argument --out", "empty path")),
+    Case("plot-out-blank", lambda w, t: ["plot", w.sub, "--out", " "], 2, ("argument --out", "empty path")),
+    Case("export-scores-empty", lambda w, t: ["export", w.data, "--scores", "", "--out", t / "core"], 2,
+         ("argument --scores", "empty path")),
+]
+
 if _cuda_missing():
     CASES.append(Case("score-device-cuda-without-gpu",
                       lambda w, t: ["score", w.data, "--device", "cuda", "--out", t / "s.safetensors"], 2,

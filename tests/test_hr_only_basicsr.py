@@ -128,3 +128,32 @@ def test_block_refuses_an_unreadable_hr_image_naming_it(tmp_path, how, untouched
     # garbage fails Pillow's header check before scoring; a truncated file has a valid header and fails decoding
     assert ("cannot read image" if how == "garbage" else "OpenCV cannot decode it (a corrupt or truncated") in msg, msg
     assert not scores.exists() and not (tmp_path / "scores").exists()
+
+
+@pytest.mark.parametrize("key, where, needles", [
+    ("scores", "HR/s.safetensors", ["coreset.scores", "inside dataroot_gt"]),
+    ("scores", "HR/img1.png", ["coreset.scores", "img1.png", "inside dataroot_gt"]),  # with rescore: true
+    ("export_meta_info", "meta_info/train.txt", ["coreset.export_meta_info", "which is meta_info", "choose another"]),
+])
+def test_hr_only_block_writes_nowhere_the_run_reads(tmp_path, key, where, needles, untouched):
+    """Issue 19: an HR-only recipe (Real-ESRGAN's keys: dataroot_gt, meta_info) in process: scores or the
+    meta_info export over the data or the recipe's own list is refused before anything is written."""
+    from coreset_sampler.integrations.basicsr.coreset import CoresetConfigError, build_coreset_dataset
+
+    hr = tmp_path / "HR"
+    rels = [f"img{i}.png" for i in range(6)]
+    _images(hr, rels, size=(24, 32))
+    meta = tmp_path / "meta_info" / "train.txt"
+    meta.parent.mkdir()
+    meta.write_text("".join(f"{r}\n" for r in rels))
+    block = {"scores": str(tmp_path / "scores" / "s.safetensors"), "scorer": "interpolation", "num_workers": 0,
+             "rescore": True, key: str(tmp_path / where)}
+    dataset_opt = {"name": "tiny", "type": "RealESRGANDataset", "dataroot_gt": str(hr), "meta_info": str(meta),
+                   "io_backend": {"type": "disk"}, "batch_size_per_gpu": 1, "dataset_enlarge_ratio": 1,
+                   "coreset": block}
+    opt = {"scale": 2, "train": {"total_iter": 4}, "datasets": {"train": dataset_opt}}
+    with untouched(hr, meta.parent), pytest.raises(CoresetConfigError) as e:
+        build_coreset_dataset(FakeRealESRGANDataset(hr, rels), dataset_opt, opt)
+    for n in needles:
+        assert n in str(e.value), str(e.value)
+    assert not (tmp_path / "scores").exists()

@@ -497,6 +497,60 @@ def test_recipe_aliases_and_size_are_bounded(tmp_path, monkeypatch, capsys, unto
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "r.yml"]
 
 
+REDUX_WRITES = [
+    # id, block keys (paths relative to the run's folder), dataset type, substrings (issue 19: every path the
+    # block writes is checked against the recipe's data, train and val, the recipe file and the other output)
+    ("scores-inside-train-gt", {"scores": "data/s.safetensors"}, "pairedimagedataset",
+     ["datasets.train.coreset.scores: refusing to write", "inside dataroot_gt[0]"]),
+    ("scores-inside-train-gt-hr-only", {"scores": "data/s.safetensors"}, "realesrgandataset",
+     ["datasets.train.coreset.scores: refusing to write", "inside dataroot_gt[0]"]),
+    ("scores-is-an-image-rescore", {"scores": "data/a.png", "rescore": True}, "realesrgandataset",
+     ["datasets.train.coreset.scores", "inside dataroot_gt[0]"]),
+    ("scores-inside-val-lq", {"scores": "val_lr/s.safetensors"}, "pairedimagedataset",
+     ["datasets.train.coreset.scores", "inside datasets.val.dataroot_lq[0]"]),
+    ("scores-is-the-recipe-rescore", {"scores": "r.yml", "rescore": True}, "pairedimagedataset",
+     ["datasets.train.coreset.scores", "which is the recipe file"]),
+    ("export-is-the-recipe", {"export_meta_info": "r.yml"}, "pairedimagedataset",
+     ["datasets.train.coreset.export_meta_info", "which is the recipe file"]),
+    ("export-is-the-scores-file", {"export_meta_info": "s.safetensors"}, "pairedimagedataset",
+     ["datasets.train.coreset.export_meta_info", "is the same file as datasets.train.coreset.scores"]),
+    ("export-inside-val-gt", {"export_meta_info": "val_hr/kept.txt"}, "pairedimagedataset",
+     ["datasets.train.coreset.export_meta_info", "inside datasets.val.dataroot_gt[0]"]),
+    ("export-is-a-folder", {"export_meta_info": "meta"}, "pairedimagedataset",
+     ["datasets.train.coreset.export_meta_info", "'meta' exists but is a folder"]),
+    ("rescore-over-a-text-file", {"scores": "notes.txt", "rescore": True}, "pairedimagedataset",
+     ["datasets.train.coreset.scores: refusing to replace notes.txt", "not a coreset-sampler scores file"]),
+]
+
+
+@pytest.mark.parametrize("case, change, kind, needles", REDUX_WRITES, ids=[c[0] for c in REDUX_WRITES])
+def test_block_writes_nowhere_the_run_reads(tmp_path, monkeypatch, capsys, untouched, case, change, kind, needles):
+    from coreset_sampler.integrations.redux.train import main
+
+    for d in ("data", "val_hr", "val_lr", "meta"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "a.png").write_bytes(b"not really a png")
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    train = {"name": "t", "type": kind, "dataroot_gt": [str(tmp_path / "data")], "batch_size_per_gpu": 2,
+             "coreset": {**BLOCK, "scores": str(tmp_path / "s.safetensors"), **change}}
+    if kind == "pairedimagedataset":
+        train["dataroot_lq"] = [str(tmp_path / "data")]
+    val = {"name": "v", "type": "pairedimagedataset", "dataroot_gt": [str(tmp_path / "val_hr")],
+           "dataroot_lq": [str(tmp_path / "val_lr")]}
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(yaml.safe_dump({"name": "x", "scale": 4, "datasets": {"train": train, "val": val},
+                                      "train": {"total_iter": 10}}), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    keep = [tmp_path / d for d in ("data", "val_hr", "val_lr", "meta")] + [recipe, tmp_path / "notes.txt"]
+    with untouched(*keep), pytest.raises(SystemExit) as e:
+        main(["-opt", str(recipe), "--redux-root", str(tmp_path / "no_clone")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(f"{PROG}: error: "), err
+    for n in needles:
+        assert n in err, err
+    assert not (tmp_path / "s.safetensors").exists()
+
+
 def test_yaml_tags_are_not_executed(tmp_path, monkeypatch, capsys):
     from coreset_sampler.integrations.redux.train import main
 

@@ -10,7 +10,7 @@ from ..errors import CoresetOSError
 from .errors import CLIError
 
 __all__ = ["check_folders", "check_out_file", "writing", "check_device", "protected", "refuse_unsafe_out",
-           "load_scores"]
+           "load_scores", "recorded_inputs"]
 
 
 def check_folders(paths: Sequence[str], what: str = "data folder") -> list[Path]:
@@ -101,4 +101,21 @@ def refuse_unsafe_out(paths, protected_roots: dict) -> None:
     try:
         check_writable_outside(paths, protected_roots)
     except UnsafeWriteError as e:
-        raise CLIError(str(e).replace("choose a path outside it", "choose an --out outside it"), code=2) from None
+        raise CLIError(str(e).replace("choose a path outside it", "choose an --out outside it")
+                       .replace("choose another path", "choose another --out"), code=2) from None
+
+
+def recorded_inputs(scores, scores_path) -> dict[str, Path]:
+    """What an output of ``select`` / ``export`` / ``plot`` must not replace or enter: the scores file itself
+    and the folders it records were scored (data, LR and source folders)."""
+    from ..layout import recorded_layout
+
+    out: dict[str, Path] = {"the scores file": Path(scores_path)}
+    layout = recorded_layout(scores)
+    traced = layout.get("traced_from") if isinstance(layout.get("traced_from"), dict) else {}
+    for label, roots in (("the scored folder", layout.get("roots")), ("the scored LR folder", [layout.get("lr_root")]),
+                         ("the scored source folder", traced.get("roots"))):
+        for r in roots if isinstance(roots, list) else []:
+            if isinstance(r, str) and r:
+                out.setdefault(f"{label} {r}", Path(r))
+    return out

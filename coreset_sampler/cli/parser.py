@@ -59,6 +59,25 @@ _skip = _checked(float, lambda v: 0 <= v < 1, "in [0, 1)", "skip-top")
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _nonneg_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 
+#: the destinations that name a file or folder: an empty string there would mean the working folder
+PATH_DESTS = ("data", "out", "lr", "sources", "scores", "grid", "eval_dir", "scorer")
+
+
+def _path(text: str) -> str:
+    """An argparse ``type`` for a file or folder: an empty (or blank) path is refused, never read as ``.``."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"an empty path ({text!r}) would mean the working folder; give a file or "
+                                         "folder name")
+    return text
+
+
+def _refuse_empty_paths(sub) -> None:
+    """Give every path option of every command the :func:`_path` check (``--out ''`` never writes into ``.``)."""
+    for command in sub.choices.values():
+        for action in command._actions:
+            if action.dest in PATH_DESTS and action.type is None:
+                action.type = _path
+
 
 def _add_selection(p: argparse.ArgumentParser, ratios: bool = False) -> None:
     from ..selection import DEFAULT_SKIP_TOP, MODES
@@ -109,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_selection_parsers(sub)
     add_info_parser(sub)
     add_demo_parser(sub)
+    _refuse_empty_paths(sub)
     return parser
 
 

@@ -109,9 +109,18 @@ def _plan(args) -> _Plan:
     guarded = protected(roots, lr_root)
     if src_root is not None:
         guarded["the --sources folder"] = src_root
+    if Path(args.scorer).is_file():
+        guarded["the --scorer model file"] = Path(args.scorer)
     refuse_unsafe_out([out, plan.ckpt], guarded)
     check_device(args.device)
-    if not args.rescore:
+    if args.rescore:  # replaces a scores file on purpose, never an image or a text file
+        from ..lifecycle import NotAScoresFileError, check_replaceable
+
+        try:
+            check_replaceable(out, "--out", "choose another --out")
+        except NotAScoresFileError as e:
+            raise CLIError(str(e), code=2) from None
+    else:
         _check_existing_scores(out, spec, roots, crop, step, args.scale, lr_root, granularity=granularity,
                                traced=traced, fallback_ok=not tiling)
     return plan

@@ -11,7 +11,7 @@ import shlex
 from pathlib import Path
 from typing import Sequence
 
-from .checks import check_folders, check_out_file, load_scores, protected, refuse_unsafe_out, writing
+from .checks import check_folders, check_out_file, load_scores, protected, recorded_inputs, refuse_unsafe_out, writing
 from .errors import PROG, CLIError, warn
 
 __all__ = ["cmd_select", "cmd_export", "cmd_plot", "choose", "check_keys", "check_selection_args"]
@@ -101,6 +101,8 @@ def cmd_select(args) -> int:
     if out is not None:
         check_out_file(out, "keep.txt")
     scores = load_scores(args.scores)
+    if out is not None:  # never over the scores file or into the folders it was computed from
+        refuse_unsafe_out([out], recorded_inputs(scores, args.scores))
     _check_recorded_images(scores, args.scores, progress=not args.no_progress)
     idx, summary = choose(scores, args.mode, args.ratio, args.skip_top, args.seed)
     print(summary)
@@ -124,6 +126,7 @@ def cmd_export(args) -> int:
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a folder")
     scores = load_scores(args.scores)
+    refuse_unsafe_out([out, out / "meta_info.txt"], {**protected(roots, None), **recorded_inputs(scores, args.scores)})
     ds = _open_data(scores, args, roots)
     guarded = protected(roots, getattr(ds, "lr_root", None))
     # --out/hr, --out/lr and symlinks under --out are resolved by export_coreset too; check before any output
@@ -144,6 +147,7 @@ def cmd_plot(args) -> int:
     out = Path(args.out)
     check_out_file(out, "figure.png")
     scores = load_scores(args.scores)
+    refuse_unsafe_out([out], recorded_inputs(scores, args.scores))  # not over the scores, not into their data
     if args.grid:
         roots = check_folders(args.grid)
         refuse_unsafe_out([out], protected(roots, None))

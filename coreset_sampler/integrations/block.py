@@ -49,7 +49,8 @@ from ..selection import DEFAULT_SKIP_TOP, MODES, SEED_MAX, selection_counts
 
 __all__ = ["CORESET_KEYS", "BUILTIN_SCORERS", "SUBIMAGE_DEFAULTS", "WHERE", "MODEL_SUFFIXES", "RESCORE_FIX",
            "CoresetConfigError", "CoresetOptions", "parse_coreset_block", "validate_options",
-           "check_outside_dataroots", "subimage_folder", "ADAPTIVE_KEYS", "AdaptiveOptions", "parse_adaptive_block"]
+           "check_outside_dataroots", "check_block_writes", "subimage_folder", "ADAPTIVE_KEYS", "AdaptiveOptions",
+           "parse_adaptive_block"]
 
 BUILTIN_SCORERS = ("srcnn", "sobel", "interpolation")
 
@@ -240,13 +241,14 @@ def parse_coreset_block(block: Any, where: str = WHERE) -> CoresetOptions:
     return opts
 
 
-def validate_options(opt: Mapping) -> CoresetOptions | None:
+def validate_options(opt: Mapping, recipe=None) -> CoresetOptions | None:
     """Check every ``coreset:`` block of a parsed option dict before anything is built.
 
     ``opt`` is BasicSR's parsed options, or a traiNNer-redux recipe read as plain data. Also checks
     what can be known from the options alone: the block sits under ``datasets.train``, a weights path given as ``scorer`` exists when the scores still have to be computed, and
     ``export_meta_info`` is used with files on disk and does not overwrite the recipe's own
-    ``meta_info_file``.
+    ``meta_info_file``, and no path the block writes lands on or in a path the run reads
+    (:func:`check_block_writes`; ``recipe``: the recipe file, protected too).
 
     Returns:
         the train block's options, or ``None`` when the recipe has no block (stock behaviour).
@@ -294,11 +296,67 @@ def validate_options(opt: Mapping) -> CoresetOptions | None:
             if src and os.path.abspath(src) == os.path.abspath(copts.export_meta_info):
                 raise CoresetConfigError(f"{WHERE}.export_meta_info: {copts.export_meta_info!r} is the recipe's own "
                                          "meta_info_file; write the pruned list to another path")
-            check_outside_dataroots(copts.export_meta_info, dataset_opt)
+        check_block_writes(copts, opt, recipe)
         if copts.sources is not None and copts.needs_scores:
             subimage_folder(copts, dataset_opt, opt.get("scale", dataset_opt.get("scale")))
         result = copts
     return result
+
+
+def check_block_writes(copts: CoresetOptions, opt, recipe=None, train=None) -> None:
+    """Refuse, before anything is written, a path the block writes that would replace or enter one the run reads.
+
+    The block writes ``scores`` (when missing, or with ``rescore: true``; checked whenever the block
+    uses one) and ``export_meta_info``. Each is checked against every path of
+    :func:`~coreset_sampler.integrations.protect.recipe_inputs` (every dataset's dataroots and
+    meta_info files, train and validation, ``sources``, a model file as ``scorer``, pretrained
+    networks, the recipe file) with the library's write guard
+    (:func:`coreset_sampler.export.check_writable_outside`: both sides resolved, symlinks followed),
+    and ``export_meta_info`` also against ``scores`` (two outputs of one run are never the same file).
+    Neither may be a folder (or FIFO, device); ``rescore: true`` replaces only a scores file
+    (:func:`coreset_sampler.lifecycle.check_replaceable`).
+
+    Args:
+        copts: the validated block.
+        opt: the parsed options (a mapping, or traiNNer-redux's options), overrides applied.
+        recipe: the recipe file, when the door knows it.
+        train: the train dataset's options, when ``opt`` may lack them.
+
+    Raises:
+        CoresetConfigError: naming the key, the path, what it resolves to and the path it would hit.
+
+    Example:
+        >>> opt = {"datasets": {"train": {"dataroot_gt": "data/HR"}}}
+        >>> check_block_writes(parse_coreset_block({"scores": "scores/s.safetensors"}), opt)   # fine
+        >>> check_block_writes(parse_coreset_block({"scores": "data/HR/s.safetensors"}), opt)  # doctest: +SKIP
+        CoresetConfigError: datasets.train.coreset.scores: refusing to write data/HR/s.safetensors: ...
+    """
+    from ..export import UnsafeWriteError, check_writable_outside, same_file
+    from ..lifecycle import NotAScoresFileError, check_replaceable
+    from ..scores import file_kind
+    from .protect import recipe_inputs
+
+    inputs = recipe_inputs(opt, recipe, train=train, block=copts)
+    writes = [(k, os.path.expanduser(str(v))) for k, v in (("scores", copts.scores if copts.needs_scores else None),
+                                                           ("export_meta_info", copts.export_meta_info))
+              if v is not None]
+    for key, path in writes:
+        kind = file_kind(path)
+        if kind is not None:
+            raise CoresetConfigError(f"{WHERE}.{key}: {path!r} exists but is {kind}, not a regular file; allowed: "
+                                     f"{CORESET_KEYS[key]}")
+        try:
+            check_writable_outside([path], inputs)
+        except UnsafeWriteError as e:
+            raise CoresetConfigError(f"{WHERE}.{key}: {e}") from None
+    if len(writes) == 2 and same_file(writes[0][1], writes[1][1]):  # two outputs of one run, one file
+        raise CoresetConfigError(f"{WHERE}.export_meta_info: {writes[1][1]!r} is the same file as {WHERE}.scores "
+                                 f"({writes[0][1]!r}); the run writes both: give them different paths")
+    if copts.needs_scores and copts.rescore:
+        try:
+            check_replaceable(copts.scores, f"{WHERE}.scores", "move it away, or point scores: at a new file")
+        except NotAScoresFileError as e:
+            raise CoresetConfigError(str(e)) from None
 
 
 def check_outside_dataroots(path, dataset_opt: Mapping, key: str = "export_meta_info") -> None:

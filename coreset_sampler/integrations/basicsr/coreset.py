@@ -62,7 +62,8 @@ from ...layout import DATA_META, dataset_layout
 from ...scores import Scores
 from ...selection import selection_counts
 from ..block import (BUILTIN_SCORERS, CORESET_KEYS, RESCORE_FIX, SUBIMAGE_DEFAULTS, WHERE, CoresetConfigError,
-                     CoresetOptions, check_outside_dataroots, parse_coreset_block, subimage_folder, validate_options)
+                     CoresetOptions, check_block_writes, check_outside_dataroots, parse_coreset_block, subimage_folder,
+                     validate_options)
 from ..trainset import align_scores, block_scores, load_scores_file, make_block_scorer, uniform_scores
 from .adaptive import build_adaptive_dataset
 from .datasets import (BasicSRScoringView, BasicSRTrainSet, DescribedDataset, basicsr_keys, basicsr_provenance,
@@ -147,8 +148,9 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
     Raises:
         CoresetConfigError: a bad block, a scores file that does not match the dataset (naming the
             first mismatching key), a core-set smaller than one batch per rank, an LQ/GT pair whose
-            sizes disagree with ``scale`` (before any scoring), or ``export_meta_info`` inside a
-            data folder.
+            sizes disagree with ``scale`` (before any scoring), or ``scores`` / ``export_meta_info``
+            on or inside a path the run reads (any dataset's dataroots or meta_info files, the model
+            file, each other: :func:`~coreset_sampler.integrations.block.check_block_writes`).
         ProvenanceError: a cached scores file computed with another scorer, scale or LR source, or
             from source images whose bytes changed since (named); ``rescore: true`` scores again.
 
@@ -156,8 +158,9 @@ def build_coreset_dataset(dataset, dataset_opt: Mapping, opt: Mapping, logger=No
         >>> core = build_coreset_dataset(train_set, opt["datasets"]["train"], opt, logger)   # doctest: +SKIP
     """
     copts = parse_coreset_block(dataset_opt["coreset"])
-    if copts.export_meta_info is not None:
-        check_outside_dataroots(copts.export_meta_info, dataset_opt)
+    # scores / export_meta_info: nowhere the run reads (the dataset's own options fill in its folders)
+    own = dataset.opt if isinstance(getattr(dataset, "opt", None), Mapping) else {}
+    check_block_writes(copts, opt, train={**own, **dataset_opt})
     train = BasicSRTrainSet(dataset, int(opt.get("scale", dataset_opt.get("scale", 1))))
     keys = train.sort_by_key()
     # The planned core-set must hold one batch per rank: known from the counts, so refuse before scoring.

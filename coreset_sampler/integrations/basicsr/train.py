@@ -160,7 +160,7 @@ def _parse_options(root_path, is_train=True):
     # Our own safe read first: a tag is refused (named) before BasicSR's parser sees the file.
     check_command_line(sys.argv[1:])
     opt, args = _STOCK["parse_options"](root_path, is_train)
-    validate_options(opt)  # a bad coreset block fails here, before experiments/ is made
+    validate_options(opt, recipe=args.opt)  # a bad coreset block fails here, before experiments/ is made
     _prepare_train_set(opt)
     return opt, args
 

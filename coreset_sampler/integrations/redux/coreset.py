@@ -32,10 +32,10 @@ from ...errors import CoresetValueError
 from ...provenance import sources_digest
 from ...scores import Scores
 from ...selection import selection_counts
-from ..block import WHERE, CoresetConfigError, CoresetOptions
+from ..block import WHERE, CoresetConfigError, CoresetOptions, check_block_writes
 from ...layout import DATA_META
 from ..trainset import block_scores, folder_layout, make_block_scorer, write_meta_info_file
-from .recipe import check_export_path, dataroots
+from .recipe import dataroots
 
 __all__ = ["ReduxTrainSet", "redux_keys", "ReduxScoringView", "RunArithmetic", "redux_iterations",
            "build_redux_coreset", "write_redux_meta_info", "redux_provenance", "redux_expected_provenance"]
@@ -354,15 +354,14 @@ def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger
     Raises:
         CoresetConfigError: an unsupported dataset, a scores file that does not fit the dataset
             (naming the first mismatching key), a core-set smaller than one step per epoch (before
-            scoring), or ``export_meta_info`` inside a data folder.
+            scoring), or ``scores`` / ``export_meta_info`` on or inside a path the run reads.
         ProvenanceError: a cached scores file computed with another scorer, scale or LR source, or
             from source images whose bytes changed since (named); ``rescore: true`` scores again.
     """
     train = ReduxTrainSet(dataset, int(opt.scale))
     keys = train.sort_by_key()
     scale = train.scale
-    if copts.export_meta_info is not None:
-        check_export_path(copts.export_meta_info, dataset_opt)
+    check_block_writes(copts, opt, train=dataset_opt)  # scores / export_meta_info: nowhere the run reads
     # The planned core-set must make one step per epoch: known from the counts, so refuse before scoring.
     planned = selection_counts(len(keys), copts.ratio, copts.skip_top)[0]
     if redux_iterations(planned, dataset_opt, opt).iter_per_epoch == 0:

@@ -63,12 +63,14 @@ def strip_coreset_block(recipe: Any) -> Any:
     return {**recipe, "datasets": {**datasets, "train": train}}
 
 
-def validate_recipe(recipe: Mapping) -> CoresetOptions | None:
+def validate_recipe(recipe: Mapping, path=None) -> CoresetOptions | None:
     """Validate the recipe's ``coreset:`` block; ``None`` when it has none (stock traiNNer-redux).
 
     The block's checks (:func:`~coreset_sampler.integrations.block.validate_options`:
     keys and values, the block only under ``datasets.train``, a weights file or bundled SRCNN for
-    the recipe's ``scale`` when scores must be computed, ``export_meta_info`` on disk) plus
+    the recipe's ``scale`` when scores must be computed, ``export_meta_info`` on disk, ``scores`` and
+    ``export_meta_info`` nowhere the run reads: any dataset's folders and meta_info files, the recipe file
+    ``path``, each other) plus
     traiNNer-redux's own: its meta_info key is ``meta_info``, and ``export_meta_info`` needs a
     single ``dataroot_gt`` folder.
 
@@ -84,7 +86,7 @@ def validate_recipe(recipe: Mapping) -> CoresetOptions | None:
         # whole-image scoring is wired into the BasicSR entry point only; refuse, never ignore it
         raise CoresetConfigError(f"{WHERE}.sources: whole-image scoring (sources:) is supported by coreset-sr-train "
                                  f"(BasicSR) only; traiNNer-redux recipes score each sub-image: remove sources")
-    copts = validate_options(recipe)
+    copts = validate_options(recipe, recipe=path)
     if copts is None:
         return None
     if copts.mode == "adaptive":  # the adaptive sampler is wired into the BasicSR entry point only

@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     args, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
     saved_argv = sys.argv
     try:
-        copts = validate_recipe(read_recipe(args.opt))
+        copts = validate_recipe(read_recipe(args.opt), path=args.opt)
         root = find_redux_root(args.redux_root)
         train_module = load_redux_train(root)
         sys.argv = [PROG, "-opt", args.opt, *rest]
