@@ -93,7 +93,7 @@ def _recipe(tmp_path, template: str, block: dict | None, *, hr, lr=None, total_i
     train["dataroot_gt"] = [str(hr)]
     if "dataroot_lq" in train:
         train["dataroot_lq"] = [str(lr)]
-    train.update(batch_size_per_gpu=batch, num_worker_per_gpu=1, lq_size=16, **train_extra)
+    train.update({"batch_size_per_gpu": batch, "num_worker_per_gpu": 1, "lq_size": 16, **train_extra})
     if enlarge is not None:
         train["dataset_enlarge_ratio"] = enlarge
     opt["datasets"]["val"]["dataroot_gt"] = [str(hr)]
@@ -278,16 +278,114 @@ def test_hooks_are_restored_and_stock_decoding_rejects_the_block(redux_root, red
 @needs_redux
 @pytest.mark.redux
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU-only path")
-def test_main_runs_up_to_the_trainers_cuda_check(redux_root, redux_train, pairs, tmp_path, monkeypatch):
+def test_training_on_a_cpu_machine_is_one_line_pointing_at_dry_run(redux_root, redux_train, pairs, tmp_path,
+                                                                    monkeypatch, capsys, untouched):
+    """Without --dry-run on a machine without CUDA: one line saying to add --dry-run, exit 2, instead of
+    traiNNer-redux's 34-line traceback ending ``CUDA is not available``; nothing written."""
     from coreset_sampler.integrations.redux.train import main
 
     hr, lr = pairs
     recipe = _recipe(tmp_path, "Compact_fidelity.yml", {**BLOCK, "scores": str(tmp_path / "s.safetensors")},
                      hr=hr, lr=lr)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(RuntimeError, match="CUDA is not available"):
+    with untouched(hr, lr), pytest.raises(SystemExit) as e:
         main(["-opt", str(recipe), "--redux-root", str(redux_root)])
-    assert not (tmp_path / "experiments").exists()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"{PROG}: error: no CUDA device here") and "add --dry-run" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [recipe.name]  # no experiments/, no scores
+
+
+def test_no_cuda_is_refused_before_traiNNer_redux_code_runs(tmp_path, monkeypatch, capsys, untouched):
+    """The CUDA check comes before traiNNer-redux's train.py is even imported (a fake clone here: any
+    import of it would fail the test); with --dry-run the check is skipped."""
+    import torch
+
+    from coreset_sampler.integrations.redux import train as rtrain
+
+    clone = tmp_path / "clone"
+    (clone / "traiNNer").mkdir(parents=True)
+    (clone / "train.py").write_text("raise AssertionError('traiNNer-redux code ran')\n")
+    (clone / "traiNNer" / "__init__.py").write_text("raise AssertionError('traiNNer-redux code ran')\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(yaml.safe_dump({"name": "x", "scale": 4, "datasets": {"train": {
+        "name": "t", "type": "pairedimagedataset", "dataroot_gt": [str(data)], "dataroot_lq": [str(data)],
+        "coreset": {**BLOCK, "scores": str(tmp_path / "s.safetensors")}}}, "train": {"total_iter": 10}}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    with untouched(data, clone), pytest.raises(SystemExit) as e:
+        rtrain.main(["-opt", str(recipe), "--redux-root", str(clone)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "add --dry-run" in err, err
+    loaded = []
+
+    def load_redux_train(root):  # the next step after the checks: stop there
+        loaded.append(root)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(rtrain, "load_redux_train", load_redux_train)
+    with pytest.raises(SystemExit):
+        rtrain.main(["-opt", str(recipe), "--redux-root", str(clone), "--dry-run"])
+    assert loaded == [clone.resolve()]  # a dry run goes on to traiNNer-redux without asking for CUDA
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clone", "data", "r.yml"]
+
+
+@needs_redux
+@pytest.mark.redux
+def test_zero_workers_with_the_fields_set_as_the_refusal_says_works(redux_root, redux_train, pairs, tmp_path,
+                                                                     monkeypatch, capsys):
+    """``num_worker_per_gpu: 0`` is refused unless ``prefetch_factor: ~`` and ``persistent_workers: false``
+    (the BAD cases below); with both set, as the message says, the dry run builds the loader."""
+    from coreset_sampler.integrations.redux.train import main
+
+    hr, lr = pairs
+    recipe = _recipe(tmp_path, "Compact_fidelity.yml", {**BLOCK, "scores": str(tmp_path / "s.safetensors")},
+                     hr=hr, lr=lr, total_iter=7, num_worker_per_gpu=0, prefetch_factor=None, persistent_workers=False)
+    monkeypatch.chdir(tmp_path)
+    main(["-opt", str(recipe), "--redux-root", str(redux_root), "--dry-run"])
+    assert "dry run: 8 training samples, 1 epochs, total_iter 7" in capsys.readouterr().out
+
+
+@needs_redux
+@pytest.mark.redux
+@pytest.mark.parametrize("columns", [80, 60])
+def test_core_set_lines_are_whole_in_the_console_log(redux_root, redux_train, pairs, tmp_path, columns):
+    """traiNNer-redux's rich console folds messages into a narrow column (mid-number, mid-path); the
+    block's lines come out whole: each line of the core-set message, every number in it, on one line
+    of the captured console log of a --dry-run run."""
+    import subprocess
+
+    from coreset_sampler import CoreSetDataset, Scores
+
+    hr, lr = pairs
+    scores = tmp_path / "scores_of_the_sixteen_pairs_x4_sobel_0123456789.safetensors"
+    recipe = _recipe(tmp_path, "Compact_fidelity.yml", {**BLOCK, "scores": str(scores)}, hr=hr, lr=lr)
+    env = dict(os.environ, COLUMNS=str(columns), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    r = subprocess.run([sys.executable, "-m", "coreset_sampler.integrations.redux.train", "-opt", str(recipe),
+                        "--redux-root", str(redux_root), "--dry-run"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    console = r.stdout.splitlines()
+    # the console is narrow: rich folds traiNNer-redux's own messages ("Dataset ... - Train Dataset is built.")
+    assert not any("Train Dataset is built." in line for line in console), r.stdout
+    s = Scores.load(scores)
+    summary = str(CoreSetDataset(list(range(len(s))), s, mode="des", ratio=0.5, skip_top=0.0625, seed=0).summary())
+    expected = [f"core-set: scoring {N_IMAGES} samples (LR/HR pairs) with 'sobel' (x{SCALE}, 1 rank(s)) -> {scores}",
+                f"core-set: kept 8/{N_IMAGES} samples (50.0%), mode=des, ratio=0.5, skip_top=0.0625, seed=0, "
+                f"scores={scores} (computed with sobel)",
+                *summary.splitlines()[1:],
+                "total_iter 6 unchanged (step-matched): 1 epochs of 2000 iters (full set: 1 epochs of 2000 iters); "
+                "dataset_enlarge_ratio auto: 500 (full set: 250)"]
+    for text in expected:
+        assert [line for line in console if line.rstrip().endswith(text.strip())], (text, r.stdout)
+    import re
+
+    core_lines = [line for line in console if "core-set" in line or "scores " in line or "total_iter " in line]
+    numbers = re.findall(r"\d+(?:\.\d+)?(?:e-?\d+)?", " ".join(expected))
+    assert all(any(n in line for line in core_lines) for n in numbers)
 
 
 @needs_redux
@@ -401,6 +499,12 @@ BAD = [
                       "[0, 2**63 - 1]"),
     ({"mode": "adaptive"}, "datasets.train.coreset.mode: 'adaptive' is supported by coreset-sr-train (BasicSR) only"),
     ({"mode": "adaptive", "seed": 2**64}, "datasets.train.coreset.seed: invalid value, got 18446744073709551616"),
+    # traiNNer-redux's loader hands prefetch_factor / persistent_workers to torch, which refuses them without workers
+    ({"__num_worker_per_gpu": 0}, "datasets.train.num_worker_per_gpu: 0 (loading in the main process) needs "
+                                  "prefetch_factor: ~ (it is 2 by default) and persistent_workers: false (it is True "
+                                  "by default) in datasets.train"),
+    ({"__num_worker_per_gpu": 0, "__prefetch_factor": None, "__persistent_workers": True},
+     "datasets.train.num_worker_per_gpu: 0 (loading in the main process) needs persistent_workers: false (it is True)"),
 ]
 
 
@@ -654,7 +758,7 @@ def test_missing_redux_dependency_exits_2_with_the_install_hint(tmp_path, monkey
         "name": "t", "type": "pairedimagedataset", "coreset": {"mode": "random", "skip_top": 0}}}}), encoding="utf-8")
     code = ("import sys; sys.modules['msgspec'] = None; "  # an import of msgspec now fails as if not installed
             "from coreset_sampler.integrations.redux.train import main; "
-            f"main(['-opt', {str(recipe)!r}, '--redux-root', {str(root)!r}])")
+            f"main(['-opt', {str(recipe)!r}, '--redux-root', {str(root)!r}, '--dry-run'])")  # CUDA or not
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"})
     err = r.stderr.strip().splitlines()

@@ -17,6 +17,7 @@ from ``total_iter``) then runs on the core-set: see :func:`redux_iterations`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ from ...selection import selection_counts
 from ..block import WHERE, CoresetConfigError, CoresetOptions, check_block_writes
 from ...layout import DATA_META
 from ..trainset import block_scores, folder_layout, make_block_scorer, write_meta_info_file
+from .console import log_unwrapped
 from .recipe import dataroots
 
 __all__ = ["ReduxTrainSet", "redux_keys", "ReduxScoringView", "RunArithmetic", "redux_iterations",
@@ -372,9 +374,8 @@ def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger
         view = train.scoring_view()
         if logger is not None:
             how = "LR/HR pairs" if train.paired else f"HR only, LR by MATLAB bicubic x1/{scale}"
-            logger.info(f"core-set: scoring {len(keys)} samples ({how}) with {copts.scorer!r} "
-                        f"(x{scale}, {rank_and_world()[1]} rank(s)) -> {Path(copts.scores)}{why}",
-                        extra={"markup": False})
+            log_unwrapped(logger, f"core-set: scoring {len(keys)} samples ({how}) with {copts.scorer!r} "
+                                  f"(x{scale}, {rank_and_world()[1]} rank(s)) -> {Path(copts.scores)}{why}")
         fresh = scorer.score(view)
         layout = train.layout()  # the folders scored: coreset-sr select / export / plot --grid reopen them
         if layout is not None:
@@ -402,18 +403,19 @@ def build_redux_coreset(dataset, copts: CoresetOptions, dataset_opt, opt, logger
         total_iter = int(opt.train.total_iter)
         ranges = "\n".join(str(core.summary()).splitlines()[1:])
         enl = dataset_opt.dataset_enlarge_ratio
-        logger.info(
+        log_unwrapped(
+            logger,
             f"core-set: kept {len(core)}/{len(dataset)} samples ({100 * len(core) / len(dataset):.1f}%), "
             f"mode={copts.mode}, ratio={copts.ratio:g}, skip_top={copts.skip_top:g}, seed={copts.seed}, "
             f"scores={origin}\n{ranges}\n"
             f"  total_iter {total_iter} unchanged (step-matched): {run.total_epochs} epochs of {run.iter_per_epoch} "
             f"iters (full set: {full.total_epochs} epochs of {full.iter_per_epoch} iters); dataset_enlarge_ratio "
-            f"{enl}: {run.enlarge} (full set: {full.enlarge})", extra={"markup": False})
+            f"{enl}: {run.enlarge} (full set: {full.enlarge})")
         if run.reachable < total_iter:
-            logger.warning(f"core-set: traiNNer-redux will stop after {run.reachable} of {total_iter} iterations "
-                           "(its loader drops the last partial batch); raise dataset_enlarge_ratio to reach total_iter",
-                           extra={"markup": False})
+            log_unwrapped(logger, f"core-set: traiNNer-redux will stop after {run.reachable} of {total_iter} "
+                          "iterations (its loader drops the last partial batch); raise dataset_enlarge_ratio to reach "
+                          "total_iter", logging.WARNING)
         if copts.export_meta_info is not None:
-            logger.info(f"core-set: wrote meta_info of the {len(core)} kept samples to {copts.export_meta_info}",
-                        extra={"markup": False})
+            log_unwrapped(logger, f"core-set: wrote meta_info of the {len(core)} kept samples to "
+                                  f"{copts.export_meta_info}")
     return core

@@ -16,7 +16,10 @@ What happens, in order (traiNNer-redux's files are never edited; :func:`redux_ho
 references only while :func:`main` runs):
 
 1. our safe YAML read of the recipe; the ``coreset:`` block is validated (exit status 2 with one
-   message naming the key on bad input, before anything is imported or written);
+   message naming the key on bad input, before anything is imported or written); then
+   :mod:`.preflight`: ``num_worker_per_gpu: 0`` without ``prefetch_factor: ~`` and
+   ``persistent_workers: false`` is refused naming them, and so is training (not ``--dry-run``)
+   on a machine without CUDA, pointing at ``--dry-run``;
 2. traiNNer-redux's ``train_pipeline``: its CUDA check, then its strict option decoding of the
    recipe without the block, its train dataset, which we key, score (or load the scores of) and
    wrap in :class:`~coreset_sampler.CoreSetDataset`; its ``EnlargedSampler``, loader, epoch
@@ -40,6 +43,7 @@ if __name__ == "__main__":  # python -m / torchrun put the working directory fir
 from ...errors import CoresetError
 from ..block import CoresetConfigError, CoresetOptions
 from .. import NamedModuleFinder, patched
+from .preflight import check_cuda, check_loader_workers
 from .recipe import read_recipe, refused_by_redux, strip_coreset_block, validate_recipe
 
 __all__ = ["main", "find_redux_root", "load_redux_train", "redux_hooks", "prepare", "Prepared", "USER_ERRORS"]
@@ -224,20 +228,25 @@ def main(argv: list[str] | None = None) -> None:
         argv: ``-opt FILE [--redux-root DIR] [--dry-run]`` and any traiNNer-redux arguments
             (``--auto_resume``, ``--launcher pytorch``, ...); ``None`` reads ``sys.argv``.
 
-    A bad ``coreset:`` block, a missing clone or a scores file that does not fit the dataset exits
-    with status 2 and one line naming the key (or file and first mismatching key).
+    A bad ``coreset:`` block, a missing clone, a scores file that does not fit the dataset, loader
+    settings torch refuses (``num_worker_per_gpu: 0``) or training without CUDA exits with status 2
+    and one line naming the key (or file and first mismatching key), or saying to add ``--dry-run``.
     """
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], add_help=True)
     ap.add_argument("-opt", required=True, help="traiNNer-redux recipe (YAML) with a datasets.train.coreset block")
     ap.add_argument("--redux-root", default=None, help="the traiNNer-redux clone (default: $TRAINNER_REDUX_ROOT, "
                                                        "else the working directory)")
     ap.add_argument("--dry-run", action="store_true", help="build the train set, score it, log the core-set and "
-                                                           "the iteration arithmetic, then stop (no GPU needed)")
+                                                           "the iteration arithmetic, then stop (no GPU needed; "
+                                                           "without it, a machine without CUDA is refused)")
     args, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
     saved_argv = sys.argv
     try:
-        copts = validate_recipe(read_recipe(args.opt), path=args.opt)
+        recipe = read_recipe(args.opt)
+        copts = validate_recipe(recipe, path=args.opt)
+        check_loader_workers(recipe)  # before traiNNer-redux's loader would fail on it
         root = find_redux_root(args.redux_root)
+        check_cuda(args.dry_run, PROG)  # before traiNNer-redux's own check, with what to do instead
         train_module = load_redux_train(root)
         sys.argv = [PROG, "-opt", args.opt, *rest]
         with redux_hooks(train_module, copts):
