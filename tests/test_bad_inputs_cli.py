@@ -482,7 +482,8 @@ CASES += [
     Case("score-sources-other-step-than-recorded",
          _sources_case("--step", 16, prepare=_prescored("--sources", "SRC", "--crop", CROP, "--step",
                                                         STEP)), 2,
-         ("traced_from.step is 32 in the scores file but 16 here", "--rescore"), check=_file_kept),
+         # the files themselves say step 32 (issue 19): refused before the recorded step is compared
+         ("cut with step 32, not step 16",), check=_file_kept),
     Case("score-subimages-whole-image-into-per-crop-scores",
          lambda w, t: (_prescored("--crop", CROP, "--step", STEP, "--per-crop")(w, t, w.data, w.data),
                        ["score", w.data, "--crop", CROP, "--step", STEP, "--workers", 0, "--no-progress", "--out",
@@ -943,3 +944,26 @@ def test_export_coreset_refuses_a_failed_sample_before_writing(ws, tmp_path, unt
     assert not core.exists()
     report = export_coreset(ds, [0, 1], core, progress=False, failed=[2])
     assert report.failed == 1 and report.files == [f"{ds.keys[0]}.png", f"{ds.keys[1]}.png"]
+
+
+# --------------------------------------------------------------------------- issue 19: the geometry told
+
+
+def test_score_sources_refuses_a_step_the_subimages_were_not_cut_with(ws, tmp_path, capsys, untouched):
+    """Issue 19 item 5: sub-images cut with step 16, scored with ``--step 12``: every crop number fits the
+    step-12 grid and every file is 32x32, so it used to exit 0 with the same keys and wrong scores. Now:
+    exit 2, one line naming both steps, nothing written; the right step scores."""
+    from coreset_sampler.data import extract_subimages
+
+    sub, out = tmp_path / "sub", tmp_path / "s.safetensors"
+    extract_subimages(ws.data, sub, crop=CROP, step=16, progress=False)
+    argv = ["score", sub, "--sources", ws.data, "--crop", CROP, "--workers", 0, "--no-progress", "--device", "cpu",
+            "--out", out]
+    with untouched(ws.data, sub):
+        code, _, err = call(capsys, *argv, "--step", 12)
+        assert code == 2, err
+        line = one_error_line(err)
+        assert "cut with step 16, not step 12" in line and "sub_s0" not in line and "_s0" in line
+        assert not out.exists() and not list(tmp_path.glob("*.partial"))
+        code, _, err = call(capsys, *argv, "--step", 16)
+    assert code == 0, err
