@@ -357,11 +357,15 @@ def _png_bytes(im) -> bytes:
 
 
 def _open_rgbish(path: Path):
+    """``path`` decoded, EXIF orientation applied (the pixels it was scored on, :func:`~coreset_sampler.data.oriented`)."""
     from PIL import Image
+
+    from .data import oriented
 
     try:
         im = Image.open(path)
         im.load()
+        im = oriented(im)
     except FileNotFoundError:
         raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError ...
