@@ -131,15 +131,15 @@ class _SampleCheck:
     """``check(j, source array)`` of a :class:`SubImageFolder`'s plan: a few sub-image files of source
     ``j`` compared with the crops the plan puts them at (picklable: runs in DataLoader workers)."""
 
-    def __init__(self, sources, samples, crop: int, step: int, thresh: int):
+    def __init__(self, sources, samples, crop: int, step: int, thresh: int, per_source: int = 2):
         # samples[j]: [(key, sub-image file, n, top, left)] of source j
         self.sources, self.samples = sources, samples
-        self.crop, self.step, self.thresh = crop, step, thresh
+        self.crop, self.step, self.thresh, self.per_source = crop, step, thresh, per_source
 
     def __call__(self, j: int, arr: np.ndarray) -> None:
         c = self.crop
         tol = _LOSSY_TOL * (65535 if arr.dtype == np.uint16 else 255)
-        for key, path, n, top, left in self.samples[j]:
+        for key, path, n, top, left in self.samples[j][:self.per_source]:
             sub = read_array(path)
             told = arr[top:top + c, left:left + c]
             if sub.shape == told.shape and np.array_equal(sub, told):
@@ -195,10 +195,10 @@ class SubImageFolder(PairedImageFolder):
     ``{stem}_s{NNN}`` form, a source exists for every stem, ``NNN`` exists in the source's crop
     grid (:func:`~coreset_sampler.data.subimage_positions`), and each sub-image is
     ``crop`` x ``crop``. Sizes alone do not tell the step: sub-images cut with step 48 fit the grid
-    of step 40 as well, and would be scored as other crops. So a few sub-images of each source (the
-    last one and a middle one: crop 1 lies at (0, 0) for every step) are compared with the crops
-    the grid puts them at: ``verify="sample"`` (the default) does it here for three sources and
-    whole-image scoring for every source as it decodes it (:attr:`WholeImagePlan.check`);
+    of step 40 as well, and would be scored as other crops. So sampled sub-images are compared with
+    the crops the grid puts them at (crop 1 lies at (0, 0) for every step): ``verify="sample"`` (the
+    default) compares the last and a middle one of three sources here, and whole-image scoring the
+    last one of every source as it decodes it (:attr:`WholeImagePlan.check`);
     ``verify="pixels"`` compares every sub-image here (decodes all of them once). A mismatch is a
     :class:`GeometryMismatch` naming the step that fits when one does.
 
@@ -287,9 +287,9 @@ class SubImageFolder(PairedImageFolder):
         samples = []
         for members in per_source:
             members.sort(key=lambda i: numbers[i])
-            picks = {members[-1], members[len(members) // 2]} if members else set()  # crop 1 only when alone
+            picks = list(dict.fromkeys(members[-1:] + members[len(members) // 2:][:1]))  # crop 1 only when alone
             samples.append([(self.keys[i], self.hr_paths[i], numbers[i], int(self._plan_index[i, 1]),
-                             int(self._plan_index[i, 2])) for i in sorted(picks)])
+                             int(self._plan_index[i, 2])) for i in picks])  # the last crop first
         return _SampleCheck(list(self.sources), samples, self.crop, self.step, self.thresh)
 
     def _verify_pixels(self) -> None:
@@ -324,7 +324,9 @@ class SubImageFolder(PairedImageFolder):
         """The :class:`WholeImagePlan` of this folder: its traced sources, read from the files."""
         return WholeImagePlan(sources=list(self.sources), index=self._plan_index.copy(), keys=list(self.keys),
                               crop=self.crop, scale=self.scale, load=_CacheLoader(self.sources, None),
-                              check=self._check)
+                              check=None if self._check is None else _SampleCheck(
+                                  self._check.sources, self._check.samples, self.crop, self.step, self.thresh,
+                                  per_source=1))  # the last crop only: the loader of a GPU run stays light
 
     def __repr__(self) -> str:
         return (f"SubImageFolder({self.hr_root}, sources={[str(r) for r in self.source_roots]}, crop={self.crop}, "
