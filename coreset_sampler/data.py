@@ -54,7 +54,16 @@ class PairSizeError(CoresetValueError):
 
 def oriented(im: Image.Image) -> Image.Image:
     """``im`` as OpenCV's ``IMREAD_COLOR`` (BasicSR's and traiNNer's reader) gives it: EXIF orientation applied."""
-    return ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) in range(2, 9) else im
+    return ImageOps.exif_transpose(im) if _orientation(im) in range(2, 9) else im
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag, from the header alone (PNG's ``getexif()`` decodes the pixels to look past them)."""
+    raw = im.info.get("exif") if im.format == "PNG" else None
+    exif = Image.Exif() if im.format == "PNG" else im.getexif()
+    if raw:
+        exif.load(raw)
+    return exif.get(0x0112, 1)
 
 
 def _open_image(path: Path) -> Image.Image:
@@ -220,14 +229,8 @@ class PairedImageFolder(torch.utils.data.Dataset):
         ('baby', torch.Size([3, 256, 256]), torch.Size([3, 512, 512]))
     """
 
-    def __init__(
-        self,
-        hr_root: str | os.PathLike,
-        lr_root: str | os.PathLike | None = None,
-        scale: int = 2,
-        exts: Sequence[str] = IMAGE_EXTS,
-        transform: Callable[[dict], dict] | None = None,
-    ):
+    def __init__(self, hr_root: str | os.PathLike, lr_root: str | os.PathLike | None = None, scale: int = 2,
+                 exts: Sequence[str] = IMAGE_EXTS, transform: Callable[[dict], dict] | None = None):
         self.scale = check_scale(scale)
         self.exts = _norm_exts(exts)
         self.hr_root = Path(hr_root)
@@ -387,7 +390,7 @@ def header_size(path: Path) -> tuple[int, int]:
     """(H, W) from the header only (cheap), EXIF orientation applied; decoding errors surface when pixels are read."""
     try:
         with Image.open(path) as im:
-            w, h = im.size[::-1] if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else im.size  # turned 90 deg
+            w, h = im.size[::-1] if _orientation(im) in (5, 6, 7, 8) else im.size  # turned 90 degrees
     except FileNotFoundError:
         raise
     except Exception as e:
