@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from .degradation import check_scale, check_lr_size, downsample, modcrop
@@ -31,7 +31,7 @@ from .errors import CoresetOSError, CoresetValueError
 
 __all__ = ["ImageReadError", "PairSizeError", "load_image", "PairedImageFolder", "extract_subimages",
            "subimage_positions", "SubImageDataset", "IMAGE_EXTS", "read_array", "to_tensor", "list_images",
-           "header_size", "subimage_stem"]
+           "header_size", "subimage_stem", "oriented"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -52,8 +52,23 @@ class PairSizeError(CoresetValueError):
 # --------------------------------------------------------------------------- decoding
 
 
+def oriented(im: Image.Image) -> Image.Image:
+    """``im`` as OpenCV's ``IMREAD_COLOR`` (BasicSR's and traiNNer's reader) gives it: EXIF orientation applied."""
+    return ImageOps.exif_transpose(im) if _orientation(im) in range(2, 9) else im
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag, from the header alone (PNG's ``getexif()`` decodes the pixels to look past them)."""
+    raw = im.info.get("exif") if im.format == "PNG" else None
+    exif = Image.Exif() if im.format == "PNG" else im.getexif()
+    if raw:
+        exif.load(raw)
+    return exif.get(0x0112, 1)
+
+
 def _open_image(path: Path) -> Image.Image:
-    """Open and fully decode ``path`` with Pillow; raise ImageReadError naming it on failure.
+    """Open and fully decode ``path`` with Pillow, EXIF orientation applied (:func:`oriented`: the pixels
+    training reads); raise ImageReadError naming it on failure.
 
     ``Image.open`` only reads the header and ``load()`` tolerates a PNG cut after its pixel data
     (missing IEND) or with a broken chunk checksum, so the PNG chunk structure is checked with
@@ -67,6 +82,7 @@ def _open_image(path: Path) -> Image.Image:
             probe.verify()  # checksums and chunk structure (PNG); a no-op for most other formats
         im = Image.open(io.BytesIO(data))
         im.load()
+        im = oriented(im)
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, zlib/struct errors
         raise ImageReadError(f"cannot read image {path}: {e}") from e
     return im
@@ -213,14 +229,8 @@ class PairedImageFolder(torch.utils.data.Dataset):
         ('baby', torch.Size([3, 256, 256]), torch.Size([3, 512, 512]))
     """
 
-    def __init__(
-        self,
-        hr_root: str | os.PathLike,
-        lr_root: str | os.PathLike | None = None,
-        scale: int = 2,
-        exts: Sequence[str] = IMAGE_EXTS,
-        transform: Callable[[dict], dict] | None = None,
-    ):
+    def __init__(self, hr_root: str | os.PathLike, lr_root: str | os.PathLike | None = None, scale: int = 2,
+                 exts: Sequence[str] = IMAGE_EXTS, transform: Callable[[dict], dict] | None = None):
         self.scale = check_scale(scale)
         self.exts = _norm_exts(exts)
         self.hr_root = Path(hr_root)
@@ -377,10 +387,10 @@ def _check_crop_args(crop: int, step: int, thresh: int) -> None:
 
 
 def header_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the header only (cheap); decoding errors surface when pixels are read."""
+    """(H, W) from the header only (cheap), EXIF orientation applied; decoding errors surface when pixels are read."""
     try:
         with Image.open(path) as im:
-            w, h = im.size
+            w, h = im.size[::-1] if _orientation(im) in (5, 6, 7, 8) else im.size  # turned 90 degrees
     except FileNotFoundError:
         raise
     except Exception as e:
@@ -518,16 +528,8 @@ class SubImageDataset(torch.utils.data.Dataset):
         ('t1_s001', torch.Size([3, 96, 96]), torch.Size([3, 48, 48]))
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike | Sequence[str | os.PathLike],
-        crop: int = 96,
-        step: int = 48,
-        scale: int = 2,
-        thresh: int = 0,
-        cache: bool = True,
-        progress: bool = True,
-    ):
+    def __init__(self, root: str | os.PathLike | Sequence[str | os.PathLike], crop: int = 96, step: int = 48,
+                 scale: int = 2, thresh: int = 0, cache: bool = True, progress: bool = True):
         self.scale = check_scale(scale)
         _check_crop_args(crop, step, thresh)
         if crop % self.scale:

@@ -200,11 +200,32 @@ def _unlink_quietly(p: Path) -> None:
         pass
 
 
-def _atomic(dst: Path, make_tmp) -> None:
+class _Staged(list):
+    """``(temp file, destination)`` of an export's files, renamed into place only once every file is
+    written (:meth:`commit`); :meth:`discard` removes them: an export that fails writes nothing."""
+
+    def commit(self) -> None:
+        for tmp, dst in self:
+            try:
+                os.replace(tmp, dst)
+            except OSError as e:
+                raise _named(e, dst) from e
+        self.clear()
+
+    def discard(self) -> None:
+        for tmp, _ in self:
+            _unlink_quietly(tmp)
+        self.clear()
+
+
+def _atomic(dst: Path, make_tmp, staged: _Staged | None = None) -> None:
     tmp = temp_path(dst)
     try:
         make_tmp(tmp)
-        os.replace(tmp, dst)
+        if staged is not None:
+            staged.append((tmp, dst))
+        else:
+            os.replace(tmp, dst)
     except OSError as e:
         _unlink_quietly(tmp)
         raise _named(e, dst) from e
@@ -213,8 +234,8 @@ def _atomic(dst: Path, make_tmp) -> None:
         raise
 
 
-def _write_bytes(dst: Path, data: bytes) -> None:
-    _atomic(dst, lambda tmp: _write_new_file(tmp, data))
+def _write_bytes(dst: Path, data: bytes, staged: _Staged | None = None) -> None:
+    _atomic(dst, lambda tmp: _write_new_file(tmp, data), staged)
 
 
 def _same_bytes(path: Path, data: bytes) -> bool:
@@ -226,7 +247,7 @@ def _same_bytes(path: Path, data: bytes) -> bool:
         return False
 
 
-def _place_file(src: Path, dst: Path, link: str) -> bool:
+def _place_file(src: Path, dst: Path, link: str, staged: _Staged | None = None) -> bool:
     """Put ``src`` at ``dst`` by copy / hard link / symlink, atomically; False if already there."""
     src_abs = src.resolve()
     if link == "hard":
@@ -253,7 +274,7 @@ def _place_file(src: Path, dst: Path, link: str) -> bool:
             shutil.copyfile(src_abs, tmp)
             shutil.copystat(src_abs, tmp)
 
-    _atomic(dst, make)
+    _atomic(dst, make, staged)
     return True
 
 
@@ -287,6 +308,8 @@ class ExportReport:
         link: ``"png"`` for sub-images, else the link mode.
         removed_temp, busy_temp: leftover temporary files removed / left alone (their writer
             is still running).
+        failed: samples that could not be scored (``failed=`` of :func:`export_coreset`): never
+            exported, and left out of ``bytes_before`` for sub-images (they cannot be encoded).
     """
 
     kind: str
@@ -305,6 +328,7 @@ class ExportReport:
     removed_temp: list = dataclasses.field(default_factory=list)
     busy_temp: list = dataclasses.field(default_factory=list)
     with_lr: bool = False
+    failed: int = 0
 
     @property
     def meta_info(self) -> Path:
@@ -350,6 +374,9 @@ class ExportReport:
             if self.link in ("hard", "symlink"):
                 lines.append(f"  note           --link {self.link}: no space is freed until the full set is deleted"
                              + (" (symlinks would then break: use copy or hard)" if self.link == "symlink" else ""))
+        if self.failed:
+            lines.append(f"  failed         {self.failed} sample(s) that could not be scored: not exported"
+                         + (", not counted in bytes before" if self.kind == "subimages" else ""))
         if self.removed_temp:
             lines.append(f"  cleaned        removed {len(self.removed_temp)} temporary file(s) left by an "
                          f"interrupted export ({_some(self.removed_temp)})")
@@ -379,11 +406,15 @@ def _png_bytes(im) -> bytes:
 
 
 def _open_rgbish(path: Path):
+    """``path`` decoded, EXIF orientation applied (the pixels it was scored on, :func:`~coreset_sampler.data.oriented`)."""
     from PIL import Image
+
+    from .data import oriented
 
     try:
         im = Image.open(path)
         im.load()
+        im = oriented(im)
     except FileNotFoundError:
         raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError ...
@@ -393,13 +424,15 @@ def _open_rgbish(path: Path):
     return im
 
 
-def _dropped_png_bytes(dataset, kept_idx, progress: bool) -> tuple[float, bool]:
-    """PNG bytes the dropped sub-images would take: exact up to EXACT_SIZE_LIMIT, else from a sample."""
+def _dropped_png_bytes(dataset, kept_idx, progress: bool, failed=()) -> tuple[float, bool]:
+    """PNG bytes the dropped sub-images would take: exact up to EXACT_SIZE_LIMIT, else from a sample.
+    ``failed`` samples (not scored: their source may be unreadable) are not measured."""
     import numpy as np
     from tqdm.auto import tqdm
 
     mask = np.ones(len(dataset), dtype=bool)
     mask[list(kept_idx)] = False
+    mask[list(failed)] = False
     dropped = np.flatnonzero(mask)
     if dropped.size == 0:
         return 0.0, False
@@ -422,7 +455,7 @@ def _dropped_png_bytes(dataset, kept_idx, progress: bool) -> tuple[float, bool]:
 
 
 def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progress: bool = True,
-                   protect: Roots = ()) -> ExportReport:
+                   protect: Roots = (), failed: Iterable[int] | Mapping[int, str] = ()) -> ExportReport:
     """Write the samples ``indices`` of ``dataset`` to ``out/hr`` (``out/lr``) plus ``out/meta_info.txt``.
 
     Sub-image datasets (``.source(i)``, ``.crop``) become PNG crops named ``{key}.png`` (the
@@ -431,7 +464,10 @@ def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progr
     folder) into ``out/lr``. ``meta_info.txt`` lists the HR file names, beside the folders: a recipe
     with ``dataroot_gt: out/hr`` (``dataroot_lq: out/lr``) trains on it with or without
     ``meta_info_file: out/meta_info.txt``. Rerunning leaves identical files alone; files that are
-    not in the core-set are left in place and listed in ``report.stale``.
+    not in the core-set are left in place and listed in ``report.stale``. The export finishes or writes
+    nothing: every file is written under a temporary name first and renamed into place (then
+    ``meta_info.txt``) only once all of them are written, so an unreadable image or a full disk
+    leaves ``out`` as it was.
 
     Args:
         dataset: a :class:`~coreset_sampler.data.SubImageDataset` or
@@ -442,6 +478,8 @@ def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progr
         progress: tqdm bars.
         protect: more folders never to write into, as paths or ``{label: path}``; the dataset's
             own source folders (:func:`source_roots`) are always protected.
+        failed: samples that could not be scored (``Scores.failed``: indices, or ``{index: error}``):
+            refused in ``indices``, and never read (not even to measure the bytes before).
 
     Returns:
         :class:`ExportReport`.
@@ -450,8 +488,8 @@ def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progr
         UnsafeWriteError: ``out``, ``out/hr``, ``out/lr`` or ``out/meta_info.txt`` resolves into a
             source or protected folder, or ``out/hr`` and ``out/lr`` are one folder (checked before
             anything is written).
-        ValueError: bad ``link``, indices out of range, or a source image that no longer holds
-            a sub-image (changed since scoring).
+        ValueError: bad ``link``, indices out of range, an index in ``failed``, or a source
+            image that no longer holds a sub-image (changed since scoring) or cannot be decoded.
         OSError: a failed write (e.g. no space left), naming the destination file.
 
     Example:
@@ -469,23 +507,37 @@ def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progr
     if idx and not (0 <= idx[0] and idx[-1] < n):
         bad = idx[0] if idx[0] < 0 else idx[-1]
         raise CoresetValueError(f"index {bad} out of range for a dataset of {n} samples")
+    failed = dict(failed) if isinstance(failed, Mapping) else {int(i): "" for i in failed}
+    chosen_failed = sorted(set(idx) & set(failed))
+    if chosen_failed:
+        i = chosen_failed[0]
+        key = dataset.keys[i] if getattr(dataset, "keys", None) else i
+        why = f" ({failed[i]})" if failed[i] else ""
+        raise CoresetValueError(f"sample {key!r} (index {i}) could not be scored{why} and cannot be exported; "
+                                f"keep only scored samples (CoreSetDataset and the CLI leave failed ones out)")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"output {out} exists and is not a folder")
     lr_paths = None if subimages else getattr(dataset, "lr_paths", None)
     _check_export_folders(dataset, out, lr_paths is not None, protect)
     removed, busy = _prepare_folders(out, lr_paths is not None)
-    if subimages:
-        done = _export_subimages(dataset, idx, out / HR_DIR, progress)
-    else:
-        done = _export_images(dataset, idx, out, lr_paths, link, progress)
+    staged = _Staged()
+    try:  # every file under a temporary name first: an error (unreadable image, full disk) writes nothing
+        if subimages:
+            done = _export_subimages(dataset, idx, out / HR_DIR, progress, staged, failed)
+        else:
+            done = _export_images(dataset, idx, out, lr_paths, link, progress, staged)
+        staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
     _write_bytes(out / META_INFO, ("\n".join(done.names) + "\n").encode("utf-8"))
     return ExportReport(kind=done.kind, out=out, kept=len(idx), total=n, written=int(done.written),
                         unchanged=int(done.unchanged), bytes_before=int(done.bytes_before),
                         bytes_after=int(done.bytes_after), bytes_before_estimated=bool(done.estimated),
                         source_bytes=int(done.source_bytes), files=done.names, link=done.mode,
                         stale=_stale(out, done.names, lr_paths, idx), removed_temp=removed, busy_temp=busy,
-                        with_lr=lr_paths is not None)
+                        with_lr=lr_paths is not None, failed=len(failed))
 
 
 def _stale(out: Path, names: list, lr_paths, idx: list[int]) -> list[str]:
@@ -546,7 +598,8 @@ class _Written:
     estimated: bool = False
 
 
-def _export_subimages(dataset, idx: list[int], out: Path, progress: bool) -> _Written:
+def _export_subimages(dataset, idx: list[int], out: Path, progress: bool, staged: _Staged,
+                      failed=()) -> _Written:
     """The kept sub-images as PNG crops ``{key}.png``, each source image decoded once."""
     from tqdm.auto import tqdm
 
@@ -568,29 +621,30 @@ def _export_subimages(dataset, idx: list[int], out: Path, progress: bool) -> _Wr
                     if _same_bytes(out / name, data):
                         done.unchanged += 1
                     else:
-                        _write_bytes(out / name, data)
+                        _write_bytes(out / name, data, staged)
                         done.written += 1
                     done.names.append(name)
                     done.bytes_after += len(data)
                     bar.update(1)
     done.source_bytes = sum(p.stat().st_size for p in dataset.files)
-    dropped_bytes, done.estimated = _dropped_png_bytes(dataset, idx, progress)
+    dropped_bytes, done.estimated = _dropped_png_bytes(dataset, idx, progress, failed)
     done.bytes_before = done.bytes_after + dropped_bytes
     return done
 
 
-def _export_images(dataset, idx: list[int], out: Path, lr_paths, link: str, progress: bool) -> _Written:
-    """The kept whole images (``out/hr``; their LR files, ``out/lr``) copied or linked under their own names."""
+def _export_images(dataset, idx: list[int], out: Path, lr_paths, link: str, progress: bool,
+                   staged: _Staged) -> _Written:
+    """The kept whole images (and their LR files, under ``out/lr``) copied or linked under their own names."""
     from tqdm.auto import tqdm
 
     done = _Written(kind="images", mode=link)
     for i in tqdm(idx, desc="export", unit="file", disable=not progress, dynamic_ncols=True):
         src = Path(dataset.hr_paths[i])
-        changed = _place_file(src, out / HR_DIR / src.name, link)
+        changed = _place_file(src, out / HR_DIR / src.name, link, staged)
         done.bytes_after += src.stat().st_size
         if lr_paths is not None:
             lr = Path(lr_paths[i])
-            changed |= _place_file(lr, out / LR_DIR / lr.name, link)
+            changed |= _place_file(lr, out / LR_DIR / lr.name, link, staged)
             done.bytes_after += lr.stat().st_size
         done.written += changed
         done.unchanged += not changed

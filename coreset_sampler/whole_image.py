@@ -67,7 +67,7 @@ from .errors import CoresetTypeError, CoresetValueError
 from .models import weights_digest
 from .provenance import provenance_of
 from .scores import Scores, dataset_fingerprint
-from .subimages import SubImageFolder, WholeImagePlan, plan_of
+from .subimages import GeometryMismatch, SubImageFolder, WholeImagePlan, plan_of
 from .tiling import OPTION_NAMES, ReceptiveFieldError, default_tile, receptive_halo, source_lr_sizes, tiling_text
 
 __all__ = ["WholeImagePlan", "WholeImageScorer", "SubImageFolder", "plan_of", "receptive_halo",
@@ -201,6 +201,8 @@ class _SourceItems(Dataset):
         p = self.plan
         try:
             arr = p.load(j)
+            if p.check is not None:  # sampled sub-image files are the crops the plan says (GeometryMismatch)
+                p.check(j, arr)
             idx = self.crops_of[j]
             if len(idx):
                 bottom = int(p.index[idx, 1].max()) + p.crop
@@ -450,6 +452,8 @@ class WholeImageScorer:
     def _failed(self, f, j, idx, plan, state) -> None:
         """Source ``j`` could not be loaded: raise its error, or (``on_error="skip"``) fail its crops ``idx``."""
         keys = [plan.keys[i] for i in idx]
+        if f.exc_type is not None and issubclass(f.exc_type, GeometryMismatch):
+            raise f.rebuild()  # the geometry given is wrong for every source: never skipped
         if self.on_error == "raise":
             shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
             raise f.with_note(f"while loading source image {plan.sources[j]} of sub-image key(s) {shown}; pass "

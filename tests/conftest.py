@@ -48,3 +48,23 @@ def _untouched(*roots):
 def untouched():
     """``with untouched(data_dir, lr_dir): ...`` fails the test if any byte under them changed."""
     return _untouched
+
+
+@pytest.fixture(scope="session")
+def redux_root(tmp_path_factory):
+    """A copy of the traiNNer-redux snapshot (no bytecode is written into ../shared), one per session:
+    traiNNer-redux is imported once per process, from one clone."""
+    import shutil
+
+    from test_redux import SNAPSHOT
+
+    root = tmp_path_factory.mktemp("clone") / "traiNNer-redux"
+    shutil.copytree(SNAPSHOT, root, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def redux_train(redux_root):
+    from coreset_sampler.integrations.redux.train import load_redux_train
+
+    return load_redux_train(redux_root)

@@ -505,7 +505,8 @@ CASES += [
     Case("score-sources-other-step-than-recorded",
          _sources_case("--step", 16, prepare=_prescored("--sources", "SRC", "--crop", CROP, "--step",
                                                         STEP)), 2,
-         ("traced_from.step is 32 in the scores file but 16 here", "--rescore"), check=_file_kept),
+         # the files themselves say step 32 (issue 19): refused before the recorded step is compared
+         ("cut with step 32, not step 16",), check=_file_kept),
     Case("score-subimages-whole-image-into-per-crop-scores",
          lambda w, t: (_prescored("--crop", CROP, "--step", STEP, "--per-crop")(w, t, w.data, w.data),
                        ["score", w.data, "--crop", CROP, "--step", STEP, "--workers", 0, "--no-progress", "--out",
@@ -839,12 +840,14 @@ def test_temp_files_of_a_killed_export_are_removed_by_the_next(ws, tmp_path, cap
         r = subprocess.run([sys.executable, "-c", killer], capture_output=True, text=True, timeout=120,
                            env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == -signal.SIGKILL, r.stderr
+    # the export stages every file before renaming any (issue 19): the kill leaves the ones not yet renamed
     temps = [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]
-    assert len(temps) == 1 and temps[0].startswith("."), temps
+    assert temps and all(t.startswith(".") for t in temps), temps
     with untouched(ws.data, ws.lr):
         code, stdout, err = call(capsys, *ws.export(out))
     assert code == 0, err
-    assert "removed 1 temporary file(s) left by an interrupted export" in stdout and temps[0] in stdout
+    assert f"removed {len(temps)} temporary file(s) left by an interrupted export" in stdout
+    assert any(t in stdout for t in temps)
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert len((out / "meta_info.txt").read_text().split()) == len([p for p in (out / "hr").glob("*.png")])
 
@@ -998,3 +1001,95 @@ def test_score_sources_scores_a_subimage_folder_whole_image(ws, tmp_path, capsys
         from coreset_sampler.provenance import recorded_granularity
 
         assert recorded_granularity(Scores.load(out)) == "per_crop"
+
+
+# --------------------------------------------------------------------------- issue 19: failed samples stay out
+
+
+def _truncated_png(src: Path, dst: Path) -> Path:
+    """``dst``: ``src``'s PNG cut in its pixel data (the header, so the size, still reads)."""
+    data = src.read_bytes()
+    dst.write_bytes(data[:len(data) * 2 // 3])
+    return dst
+
+
+def test_export_after_on_error_skip_leaves_failed_samples_out(ws, tmp_path, capsys, untouched):
+    """Issue 19 item 5/6: ``score --on-error skip`` with a truncated PNG, then ``export --ratio 1 --skip-top 0``:
+    the export finishes (the failed crops are neither exported nor decoded to measure the bytes) and says so.
+    Today it wrote the kept PNGs, then crashed on the truncated file while measuring: no meta_info.txt, exit 1."""
+    data = tmp_path / "d"
+    shutil.copytree(ws.data, data)
+    _truncated_png(ws.data / "noise.png", data / "zz_trunc.png")
+    s, core = tmp_path / "s.safetensors", tmp_path / "core"
+    with untouched(data):
+        code, _, err = call(capsys, "score", data, "--scorer", "sobel", "--crop", CROP, "--step", STEP, "--workers", 0,
+                            "--no-progress", "--on-error", "skip", "--out", s)
+        assert code == 0, err
+        scores = Scores.load(s)
+        bad = {i for i, k in enumerate(scores.keys) if k.startswith("zz_trunc")}
+        assert bad and bad == set(scores.failed)
+        code, stdout, err = call(capsys, "export", data, "--scores", s, "--ratio", 1, "--skip-top", 0, "--out", core,
+                                 "--no-progress")
+    assert code == 0, err
+    names = (core / "meta_info.txt").read_text().split()
+    assert sorted(names) == sorted(f"{k}.png" for i, k in enumerate(scores.keys) if i not in bad)
+    assert sorted(p.name for p in core.iterdir()) == sorted(names + ["meta_info.txt"])
+    assert f"failed         {len(bad)} sample(s) that could not be scored: not exported" in stdout
+
+
+def test_export_that_fails_half_way_writes_nothing(ws, tmp_path, capsys, monkeypatch, untouched):
+    """Issue 19 item 6: an export that stops on an unreadable image (here: the fourth PNG cannot be made)
+    leaves its output folder as it was: no PNG renamed into place, no meta_info.txt, no temporary file."""
+    import coreset_sampler.export as export
+
+    real, calls = export._png_bytes, []
+
+    def flaky(im):
+        calls.append(1)
+        if len(calls) == 4:
+            raise export.CoresetValueError("cannot read image DATA/noise.png: image file is truncated")
+        return real(im)
+
+    monkeypatch.setattr(export, "_png_bytes", flaky)
+    core = tmp_path / "core"
+    with untouched(ws.data):
+        code, _, err = call(capsys, *ws.export(core, "--ratio", 1, "--skip-top", 0))
+    assert code == 1 and "noise.png" in one_error_line(err)
+    assert core.is_dir() and not list(core.iterdir())
+
+
+def test_export_coreset_refuses_a_failed_sample_before_writing(ws, tmp_path, untouched):
+    """Issue 19 item 6 (library): a failed sample among the indices is refused by name, nothing written."""
+    from coreset_sampler import export_coreset
+    from coreset_sampler.data import SubImageDataset
+
+    ds = SubImageDataset(ws.data, crop=CROP, step=STEP, scale=2, progress=False)
+    core = tmp_path / "core"
+    with untouched(ws.data), pytest.raises(ValueError, match=rf"{ds.keys[2]}.*could not be scored \(OSError: x\)"):
+        export_coreset(ds, [0, 2], core, progress=False, failed={2: "OSError: x"})
+    assert not core.exists()
+    report = export_coreset(ds, [0, 1], core, progress=False, failed=[2])
+    assert report.failed == 1 and report.files == [f"{ds.keys[0]}.png", f"{ds.keys[1]}.png"]
+
+
+# --------------------------------------------------------------------------- issue 19: the geometry told
+
+
+def test_score_sources_refuses_a_step_the_subimages_were_not_cut_with(ws, tmp_path, capsys, untouched):
+    """Issue 19 item 5: sub-images cut with step 16, scored with ``--step 12``: every crop number fits the
+    step-12 grid and every file is 32x32, so it used to exit 0 with the same keys and wrong scores. Now:
+    exit 2, one line naming both steps, nothing written; the right step scores."""
+    from coreset_sampler.data import extract_subimages
+
+    sub, out = tmp_path / "sub", tmp_path / "s.safetensors"
+    extract_subimages(ws.data, sub, crop=CROP, step=16, progress=False)
+    argv = ["score", sub, "--sources", ws.data, "--crop", CROP, "--workers", 0, "--no-progress", "--device", "cpu",
+            "--out", out]
+    with untouched(ws.data, sub):
+        code, _, err = call(capsys, *argv, "--step", 12)
+        assert code == 2, err
+        line = one_error_line(err)
+        assert "cut with step 16, not step 12" in line and "sub_s0" not in line and "_s0" in line
+        assert not out.exists() and not list(tmp_path.glob("*.partial"))
+        code, _, err = call(capsys, *argv, "--step", 16)
+    assert code == 0, err

@@ -447,3 +447,51 @@ def test_count_291_pool_subimages():
     assert len(ds) == len(set(ds.keys)) == expected
     assert len(ds.skipped) == skipped
     assert len(ds.files) + skipped == 291
+
+
+# --------------------------------------------------------------------------- EXIF orientation (issue 19)
+
+
+def _with_orientation(path: Path, arr: np.ndarray, orientation: int, fmt: str) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(arr).save(path, format=fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("orientation", [3, 6, 8, 5])
+def test_exif_orientation_is_applied_as_opencv_applies_it(tmp_path, fmt, orientation):
+    """Issue 19 item 10: OpenCV's IMREAD_COLOR (BasicSR's imfrombytes, traiNNer) turns an image by its EXIF
+    orientation; scoring and export read the same pixels (they used to read the stored, unturned ones)."""
+    cv2 = pytest.importorskip("cv2")
+    from coreset_sampler.data import header_size, read_array
+
+    p = _with_orientation(tmp_path / f"o{orientation}.{fmt.lower()}", _rand(20, 30, seed=orientation), orientation, fmt)
+    ref = cv2.imread(str(p), cv2.IMREAD_COLOR)[:, :, ::-1]
+    ours = read_array(p)
+    assert ours.shape == ref.shape and header_size(p) == ref.shape[:2]
+    if fmt == "PNG":
+        np.testing.assert_array_equal(ours, ref)
+    else:  # two JPEG decoders: the same pixels within rounding
+        assert np.abs(ours.astype(int) - ref).mean() < 1.0
+
+
+def test_exported_subimages_of_a_turned_source_are_the_scored_crops(tmp_path):
+    """Issue 19 item 10: sub-images exported from a source with EXIF orientation 6 are crops of the turned
+    image as OpenCV reads it, the ones the dataset serves (and scoring read)."""
+    cv2 = pytest.importorskip("cv2")
+    from coreset_sampler import export_coreset
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _with_orientation(src / "a.png", _rand(32, 48, seed=3), 6, "PNG")
+    turned = cv2.imread(str(src / "a.png"), cv2.IMREAD_COLOR)[:, :, ::-1]
+    assert turned.shape == (48, 32, 3)
+    ds = SubImageDataset(src, crop=16, step=16, scale=2, progress=False)
+    export_coreset(ds, range(len(ds)), tmp_path / "core", progress=False)
+    for i, key in enumerate(ds.keys):
+        _, top, left = ds.source(i)
+        want = turned[top:top + 16, left:left + 16]
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "core" / f"{key}.png")), want)
+        np.testing.assert_array_equal((ds[i]["gt"].numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8), want)

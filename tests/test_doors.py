@@ -191,17 +191,11 @@ def _redux_door():
     return tr
 
 
-@pytest.fixture(scope="module")
-def redux(tmp_path_factory):
-    """(test_redux helpers, a copy of the traiNNer-redux snapshot, its train module)."""
+@pytest.fixture
+def redux(request):
+    """(test_redux helpers, the session's copy of the traiNNer-redux snapshot, its train module)."""
     tr = _redux_door()
-    import shutil
-
-    from coreset_sampler.integrations.redux.train import load_redux_train
-
-    root = tmp_path_factory.mktemp("clone") / "traiNNer-redux"
-    shutil.copytree(tr.SNAPSHOT, root, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    return tr, root, load_redux_train(root)
+    return tr, request.getfixturevalue("redux_root"), request.getfixturevalue("redux_train")
 
 
 @pytest.mark.redux

@@ -43,18 +43,7 @@ needs_redux = pytest.mark.skipif(_redux_missing() is not None, reason=str(_redux
 
 # -- fixtures ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def redux_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clone") / "traiNNer-redux"
-    shutil.copytree(SNAPSHOT, root, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    return root
-
-
-@pytest.fixture(scope="session")
-def redux_train(redux_root):
-    from coreset_sampler.integrations.redux.train import load_redux_train
-
-    return load_redux_train(redux_root)
+# redux_root / redux_train: tests/conftest.py (one clone per session: a process imports one traiNNer)
 
 
 @pytest.fixture(scope="session")

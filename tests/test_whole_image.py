@@ -21,6 +21,7 @@ from coreset_sampler.degradation import downsample, modcrop, rgb_to_y
 from coreset_sampler.models import FSRCNN, SRCNN, load_pretrained
 from coreset_sampler.scorers import LossScorer
 from coreset_sampler.scores import Scores
+from coreset_sampler.subimages import GeometryMismatch
 from coreset_sampler.whole_image import (SubImageFolder, WholeImagePlan, WholeImageScorer, crop_sums, error_map,
                                          plan_of, receptive_halo)
 
@@ -558,10 +559,14 @@ def test_subimage_folder_refuses_what_does_not_trace(srcs, tmp_path, untouched):
     _write(other / "im1.png", 30, 30, 1)  # smaller than the source the crops were cut from
     with pytest.raises(ValueError, match=r"'im1_s010'.*source .*im1\.png is 30x30.*has 9 crops"):
         SubImageFolder(sub, other, crop=16, step=8, scale=2)
-    _write(other / "im1.png", 37, 45, 77)  # same size, other pixels: only verify="pixels" sees it
-    SubImageFolder(sub, other, crop=16, step=8, scale=2)
+    _write(other / "im1.png", 37, 45, 77)  # same size, other pixels: verify="size" does not see it
+    SubImageFolder(sub, other, crop=16, step=8, scale=2, verify="size")
     with pytest.raises(ValueError, match=r"'im1_s001'.*is not the crop at \(top 0, left 0\)"):
         SubImageFolder(sub, other, crop=16, step=8, scale=2, verify="pixels")
+    folder = SubImageFolder(sub, other, crop=16, step=8, scale=2)  # samples im0, im2, im3 now; im1 when scored
+    with pytest.raises(GeometryMismatch, match=r"'im1_s0\d\d'.*not crop \d+ of its source .*im1\.png for crop 16, "
+                                               r"step 8, thresh 0.*other images or with another crop/step/thresh"):
+        WholeImageScorer(_model(), on_error="skip", **FAST).score(folder)
     Image.new("RGB", (16, 12)).save(sub / "im0_s002.png")
     with pytest.raises(ValueError, match=r"'im0_s002'.*is 12x16, not 16x16"):
         SubImageFolder(sub, srcs, crop=16, step=8, scale=2)
@@ -569,6 +574,37 @@ def test_subimage_folder_refuses_what_does_not_trace(srcs, tmp_path, untouched):
     Image.new("RGB", (16, 16)).save(sub / "stray.png")
     with pytest.raises(ValueError, match=r"stray\.png.*not named"):
         SubImageFolder(sub, srcs, crop=16, step=8, scale=2)
+
+
+def test_subimage_folder_refuses_another_step_naming_both(srcs, tmp_path, untouched):
+    """Issue 19 item 5: sub-images cut with step 8, told step 6. Every crop number fits the step-6 grid and
+    every file is 16x16, so the headers agree; the pixels of sampled sub-images do not, and the step that
+    fits them is named. Today: accepted, and scored as other crops."""
+    sub = tmp_path / "sub"
+    extract_subimages(srcs, sub, crop=16, step=8, progress=False)
+    with untouched(srcs, sub):
+        with pytest.raises(GeometryMismatch, match=r"'im0_s0\d\d'.*for crop 16, step 6, thresh 0.*cut with step 8, "
+                                                   r"not step 6; give step 8"):
+            SubImageFolder(sub, srcs, crop=16, step=6, scale=2)
+        assert len(SubImageFolder(sub, srcs, crop=16, step=6, scale=2, verify="size")) == len(list(sub.iterdir()))
+        SubImageFolder(sub, srcs, crop=16, step=8, scale=2)  # the right step passes
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_whole_image_scoring_checks_every_source_and_never_skips_a_mismatch(srcs, tmp_path, untouched, workers):
+    """Issue 19 item 5: im1 (a source the constructor does not sample) has sub-images cut with step 6 under
+    the names of step 8; whole-image scoring compares them as it decodes im1 and stops, also with
+    ``on_error="skip"`` (a wrong geometry is no unreadable file) and from DataLoader workers."""
+    sub, alone, other = tmp_path / "sub", tmp_path / "alone", tmp_path / "other"
+    extract_subimages(srcs, sub, crop=16, step=8, progress=False)
+    alone.mkdir()
+    (alone / "im1.png").write_bytes((srcs / "im1.png").read_bytes())
+    extract_subimages(alone, other, crop=16, step=6, progress=False)
+    for p in sub.glob("im1_s*.png"):
+        p.write_bytes((other / p.name).read_bytes())
+    folder = SubImageFolder(sub, srcs, crop=16, step=8, scale=2)
+    with untouched(srcs, sub), pytest.raises(GeometryMismatch, match=r"'im1_s0\d\d'.*cut with step 6, not step 8"):
+        WholeImageScorer(_model(), on_error="skip", **{**FAST, "num_workers": workers}).score(folder)
 
 
 # --------------------------------------------------------------------------- CLI

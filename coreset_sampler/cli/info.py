@@ -1,34 +1,35 @@
-"""``coreset-sr info``: what a scores file holds (count, scorer, values, how its dataset was cut, provenance)."""
+"""``coreset-sr info``: what a scores file holds (count, scorer, values, how its dataset was cut, provenance).
+
+The file is checked and summarised by :func:`~coreset_sampler.scores_summary.summarize_scores`, which
+streams the keys: ``info`` on a large file needs about half its size in memory, not several times it.
+"""
 from __future__ import annotations
 
 from ..layout import DATA_META
-from .checks import load_scores
 
 __all__ = ["cmd_info", "info_text"]
 
 
 def info_text(scores, path) -> str:
-    """What ``coreset-sr info`` prints about ``scores`` (read from ``path``): one field per line."""
-    import numpy as np
-
+    """What ``coreset-sr info`` prints about ``scores`` (a :class:`~coreset_sampler.scores_summary.ScoresSummary`
+    of ``path``): one field per line."""
     md = scores.metadata
-    vals = scores.values[scores.valid_indices]
     spec = md.get(DATA_META) if isinstance(md.get(DATA_META), dict) else None
     lines = [f"{path}",
-             f"  count          {len(scores)} ({len(scores.valid_indices)} scored, {len(scores.failed)} failed)",
+             f"  count          {scores.n} ({scores.scored} scored, {len(scores.failed)} failed)",
              f"  scorer         {_scorer_text(md)}",
              f"  scale          {md.get('scale', (spec or {}).get('scale', 'n/a'))}",
              f"  fingerprint    {md.get('dataset_fingerprint', scores.fingerprint)}"
              + ("" if md.get("dataset_fingerprint", scores.fingerprint) == scores.fingerprint
                 else f" (keys now give {scores.fingerprint}: file edited?)")]
-    if vals.size:
-        q = np.percentile(vals, [0, 50, 100])
-        lines.append(f"  values         min {q[0]:.6g}, median {q[1]:.6g}, max {q[2]:.6g}, mean {vals.mean():.6g}")
+    if scores.stats is not None:
+        lo, mid, hi, mean = scores.stats
+        lines.append(f"  values         min {lo:.6g}, median {mid:.6g}, max {hi:.6g}, mean {mean:.6g}")
     else:
         lines.append("  values         none scored")
     if scores.failed:
-        first = next(iter(scores.failed.items()))
-        name = scores.keys[first[0]] if scores.keys else first[0]
+        first = min(scores.failed.items())
+        name = first[0] if scores.first_failed_key is None else scores.first_failed_key
         lines.append(f"  failed         {len(scores.failed)}, first: {name}: {first[1]}")
     if spec:
         if spec.get("kind") == "subimages":
@@ -37,8 +38,8 @@ def info_text(scores, path) -> str:
         else:
             lr = f" (LR: {spec['lr_root']})" if spec.get("lr_root") else ""
             lines.append(f"  data           whole images of {', '.join(spec.get('roots', []))}{lr}")
-    if scores.keys:
-        lines.append(f"  keys           {scores.keys[0]} ... {scores.keys[-1]}")
+    if scores.first_key is not None:
+        lines.append(f"  keys           {scores.first_key} ... {scores.last_key}")
     lines.append(f"  created at     {md.get('created_at', 'n/a')} (coreset-sampler {md.get('library_version', '?')})")
     if md.get("model_digest"):
         lines.append(f"  model digest   {md['model_digest'][:16]}")
@@ -62,6 +63,7 @@ def _scorer_text(md: dict) -> str:
 
 def cmd_info(args) -> int:
     """``coreset-sr info``: what a scores file holds."""
-    scores = load_scores(args.scores)
-    print(info_text(scores, args.scores))
+    from ..scores_summary import summarize_scores
+
+    print(info_text(summarize_scores(args.scores), args.scores))
     return 0

@@ -134,7 +134,9 @@ def cmd_export(args) -> int:
                       guarded)
     idx, summary = choose(scores, args.mode, args.ratio, args.skip_top, args.seed)
     print(summary)
-    report = export_coreset(ds, idx, out, link=args.link, progress=not args.no_progress, protect=guarded)
+    # failed samples (not scored: an unreadable image) are never selected, exported or read again
+    report = export_coreset(ds, idx, out, link=args.link, progress=not args.no_progress, protect=guarded,
+                            failed=scores.failed)
     print(report)
     return 0
 
