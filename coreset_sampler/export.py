@@ -18,13 +18,7 @@ Source data is never written. Every folder a write lands in is resolved (``--out
 resolves into a folder the samples come from. Each file is written under a hidden temporary name
 in its final folder and renamed over the destination, so a symlink or hard link already at the
 destination is replaced, never written through. Temporary files left by a killed export are
-removed by the next export into the same folder (and listed in the report).
-
-Example:
-    >>> from coreset_sampler import CoreSetDataset, export_coreset
-    >>> core = CoreSetDataset(train_set, scores, mode="des", ratio=0.5, skip_top=0.05)  # doctest: +SKIP
-    >>> print(export_coreset(train_set, core.indices, "T91_core"))                      # doctest: +SKIP
-    exported 945/1889 sub-images to T91_core (945 written, 0 already up to date) ...
+removed by the next export into the same folder (and listed in the report). Example: :func:`export_coreset`.
 """
 from __future__ import annotations
 
