@@ -22,6 +22,7 @@ removed by the next export into the same folder (and listed in the report). Exam
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import filecmp
@@ -29,11 +30,13 @@ import io
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence, Union
+from typing import Iterable, Mapping, Sequence
 
 from .errors import CoresetOSError, CoresetTypeError, CoresetValueError
 from .layout import dataset_layout  # noqa: F401  (its home is layout.py, beside the code that re-opens it)
 from .scores import remove_stale_temp_files, temp_path  # one temp-file convention for every write
+from .write_guard import (PathLike, Roots, UnsafeWriteError, check_labelled, check_writable_outside, labelled_roots,
+                          same_file, source_roots, write_target)
 
 __all__ = ["export_coreset", "ExportReport", "check_writable_outside", "UnsafeWriteError", "source_roots", "same_file",
            "dataset_layout", "META_INFO", "HR_DIR", "LR_DIR", "LINK_MODES"]
@@ -48,129 +51,6 @@ EXACT_SIZE_LIMIT = 5000
 #: PIL modes PNG stores as they are; others are converted to RGB
 _PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"}
 
-PathLike = Union[str, os.PathLike]
-Roots = Union[Mapping[str, PathLike], Iterable[PathLike]]
-
-
-class UnsafeWriteError(CoresetValueError):
-    """A path to be written resolves into a protected (source data) folder."""
-
-    exit_code = 2  # a refusal of what was asked
-
-
-# --------------------------------------------------------------------------- the write guard
-
-
-def write_target(path: PathLike) -> Path:
-    """Where a write to ``path`` really lands, symlinks resolved.
-
-    An existing folder is resolved fully (files are written inside it). Anything else is a file
-    entry that is created or replaced by rename, so only its parent folder is resolved: a
-    symlink at the entry itself is replaced, not followed.
-    """
-    p = Path(path)
-    if p.is_dir():
-        return p.resolve()
-    return p.parent.resolve() / p.name
-
-
-def same_file(a: PathLike, b: PathLike) -> bool:
-    """Whether writes to ``a`` and ``b`` land on the same file (:func:`write_target`; an existing file
-    reached two ways, e.g. through a hard link or a symlinked folder, counts too).
-
-    Example:
-        >>> same_file("out/a.txt", "out/../out/a.txt")
-        True
-    """
-    ta, tb = write_target(a), write_target(b)
-    if ta == tb:
-        return True
-    try:
-        return os.path.samefile(ta, tb)
-    except OSError:  # one of them does not exist yet
-        return False
-
-
-def _labelled(*roots: Roots) -> list[tuple[str, Path]]:
-    """``(label, folder)`` pairs of one or more root collections; a folder seen twice keeps its first label."""
-    out, seen = [], set()
-    for group in roots:
-        items = group.items() if isinstance(group, Mapping) else (("source folder", r) for r in group)
-        for label, r in items:
-            if r is None:
-                continue
-            rr = Path(r).resolve()
-            if rr not in seen:
-                seen.add(rr)
-                out.append((label, Path(r)))
-    return out
-
-
-def check_writable_outside(paths: Iterable[PathLike], protected_roots: Roots) -> None:
-    """Refuse to write any of ``paths`` when it resolves to or into one of ``protected_roots``.
-
-    Args:
-        paths: files or folders about to be written (they need not exist yet). Folders that
-            exist are resolved fully; other paths by their parent folder (see :func:`write_target`).
-        protected_roots: folders (nothing is written to or inside them) and files (never written
-            over, e.g. a recipe or a scores file) as paths or as ``{label: path}`` (the label is used
-            in the message, e.g. ``{"DATA": "T91"}``). A root that is a symlink is protected both
-            where it points and as the link itself.
-
-    Raises:
-        UnsafeWriteError: (a ``ValueError``) naming the path, what it resolves to and the folder.
-
-    Example:
-        >>> check_writable_outside(["out/meta_info.txt"], {"dataroot_gt": "datasets/DIV2K_HR_sub"})
-        >>> check_writable_outside(["/tmp/x/y"], {"DATA": "/tmp/x"})
-        Traceback (most recent call last):
-        ...
-        coreset_sampler.export.UnsafeWriteError: refusing to write /tmp/x/y: it resolves to /tmp/x/y, inside DATA (/tmp/x); source data is never written: choose a path outside it
-    """
-    _check_pairs(paths, _labelled(protected_roots))
-
-
-def _check_pairs(paths: Iterable[PathLike], pairs: list[tuple[str, Path]]) -> None:
-    # a root is protected where it resolves and, when it is a symlink itself, as the link (a write there
-    # would replace the link); a root that is a file (a recipe, a scores or model file) can only be equalled
-    roots = [(label, r, r.resolve(), write_target(r)) for label, r in pairs]
-    for p in paths:
-        target = write_target(p)
-        for label, r, rr, rw in roots:
-            hit = next((x for x in (rr, rw) if target == x or x in target.parents), None)
-            if hit is not None:
-                shown = str(r) if Path(r) == hit else f"{r}, i.e. {hit}"
-                tail = ("source data is never written: choose a path outside it" if r.is_dir() or not r.exists()
-                        else "a file the run reads is never written: choose another path")
-                raise UnsafeWriteError(f"refusing to write {p}: it resolves to {target}, "
-                                       f"{'which is' if target == hit else 'inside'} {label} ({shown}); {tail}")
-
-
-def source_roots(dataset) -> dict[str, Path]:
-    """``{label: folder}`` of every folder ``dataset`` reads its samples from.
-
-    Its root folders (``roots``, ``hr_root``, ``lr_root``) and the real folder of every source
-    file (a symlinked image may live elsewhere): :func:`export_coreset` never writes into them.
-    """
-    out: dict[str, Path] = {}
-    for r in getattr(dataset, "roots", None) or []:
-        out.setdefault(f"the data folder {r}", Path(r))
-    if getattr(dataset, "hr_root", None) is not None:
-        out.setdefault("the HR folder", Path(dataset.hr_root))
-    if getattr(dataset, "lr_root", None) is not None:
-        out.setdefault("the LR folder", Path(dataset.lr_root))
-    seen = {p.resolve() for p in out.values()}
-    for f in _source_files(dataset):
-        parent = f.resolve().parent
-        if parent not in seen:
-            seen.add(parent)
-            out[f"the folder of source image {f}"] = parent
-    return out
-
-
-def _source_files(dataset) -> list[Path]:
-    files = list(getattr(dataset, "files", None) or getattr(dataset, "hr_paths", None) or [])
-    return [Path(f) for f in files + list(getattr(dataset, "lr_paths", None) or [])]
 
 
 # --------------------------------------------------------------------------- atomic file writes
@@ -514,6 +394,7 @@ def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progr
         raise NotADirectoryError(f"output {out} exists and is not a folder")
     lr_paths = None if subimages else getattr(dataset, "lr_paths", None)
     _check_export_folders(dataset, out, lr_paths is not None, protect)
+    new_dirs = [d for d in (out / HR_DIR, out / LR_DIR, out) if not d.exists()]  # removed again on failure
     removed, busy = _prepare_folders(out, lr_paths is not None)
     staged = _Staged()
     try:  # every file under a temporary name first: an error (unreadable image, full disk) writes nothing
@@ -524,6 +405,9 @@ def export_coreset(dataset, indices, out: PathLike, *, link: str = "copy", progr
         staged.commit()
     except BaseException:
         staged.discard()
+        for d in new_dirs:  # an export that fails writes nothing, not even its empty folders
+            with contextlib.suppress(OSError):
+                d.rmdir()
         raise
     _write_bytes(out / META_INFO, ("\n".join(done.names) + "\n").encode("utf-8"))
     return ExportReport(kind=done.kind, out=out, kept=len(idx), total=n, written=int(done.written),
@@ -555,7 +439,7 @@ def _check_export_folders(dataset, out: Path, with_lr: bool, protect: Roots) -> 
     # a dangling symlink is no folder yet, but mkdir would create its target: check where it points
     targets = folders + [out / META_INFO] + [Path(os.path.realpath(f)) for f in folders if f.is_symlink()]
     # the caller's labels first: they name the folders as the user knows them ("DATA")
-    _check_pairs(targets, _labelled(protect, source_roots(dataset)))
+    check_labelled(targets, labelled_roots(protect, source_roots(dataset)))
     for sub in folders[1:]:
         if write_target(sub) == write_target(out):
             raise UnsafeWriteError(f"refusing to write {sub}: it resolves to {out} itself, where the export's "
