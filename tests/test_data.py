@@ -493,5 +493,5 @@ def test_exported_subimages_of_a_turned_source_are_the_scored_crops(tmp_path):
     for i, key in enumerate(ds.keys):
         _, top, left = ds.source(i)
         want = turned[top:top + 16, left:left + 16]
-        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "core" / f"{key}.png")), want)
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "core" / "hr" / f"{key}.png")), want)
         np.testing.assert_array_equal((ds[i]["gt"].numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8), want)
