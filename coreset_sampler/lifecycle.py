@@ -55,7 +55,7 @@ class NotAScoresFileError(CoresetValueError):
     exit_code = 2  # a refusal of what was asked: nothing but a scores file is ever replaced
 
 
-def _foreign(path: Path) -> str | None:
+def _foreign(path: Path, tags: tuple[str, ...] = (FORMAT,)) -> str | None:
     """Why the existing ``path`` is not a coreset-sampler scores file; ``None`` when it is one.
 
     Known by the ``.safetensors`` header's ``format`` tag alone: a file of ours damaged further on (a
@@ -71,7 +71,7 @@ def _foreign(path: Path) -> str | None:
         if not 0 < hlen <= 100_000_000:  # Scores.load's header limit
             return f"it is not a coreset-sampler scores file ({size} bytes, no .safetensors header)"
         text = f.read(hlen)
-    if f'"format":"{FORMAT}"'.encode() in text:
+    if any(f'"format":"{t}"'.encode() in text for t in tags):
         return None  # our tag, in a header cut short or damaged after it: ours
     try:
         header = json.loads(text.decode("utf-8"))
@@ -79,10 +79,10 @@ def _foreign(path: Path) -> str | None:
         return "it is not a coreset-sampler scores file (no .safetensors header)"
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     tag = meta.get("format") if isinstance(meta, dict) else None
-    return None if tag == FORMAT else f"it is not a coreset-sampler scores file (.safetensors with format={tag!r})"
+    return None if tag in tags else f"it is not a coreset-sampler scores file (.safetensors with format={tag!r})"
 
 
-def check_replaceable(path, source: str, fix: str) -> None:
+def check_replaceable(path, source: str, fix: str, tags: tuple[str, ...] = (FORMAT,)) -> None:
     """Refuse to write scores over ``path`` when something other than a scores file is there.
 
     Rescoring replaces a scores file on purpose; an image, a text file, a model's ``.safetensors``
@@ -92,6 +92,7 @@ def check_replaceable(path, source: str, fix: str) -> None:
         path: where the scores would be written.
         source: how the message names the option (``--out``, ``datasets.train.coreset.scores``).
         fix: what to do instead, appended to the message.
+        tags: the header ``format`` tags that make a file ours (a scoring checkpoint has its own).
 
     Raises:
         NotAScoresFileError: (exit status 2) naming ``source``, the file and what it is.
@@ -102,7 +103,7 @@ def check_replaceable(path, source: str, fix: str) -> None:
     path = Path(path)
     if not path.exists():
         return
-    why = _foreign(path)
+    why = _foreign(path, tags)
     if why is not None:
         raise NotAScoresFileError(f"{source}: refusing to replace {path}: {why}; rescoring replaces only a scores "
                                   f"file: {fix}")

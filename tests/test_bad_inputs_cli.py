@@ -646,6 +646,10 @@ CASES += [
          ("--out", "refusing to replace", "notes.txt", "not a coreset-sampler scores file")),
     Case("score-rescore-over-foreign-safetensors", _rescore_over(_foreign_st, "model.safetensors"), 2,
          ("refusing to replace", "model.safetensors", "format=None")),
+    Case("score-rescore-over-a-foreign-checkpoint",  # --rescore removes OUT.partial: only our checkpoint
+         lambda w, t: (_score_sobel(w, t)[:-1] + [t / "keep" / "s.safetensors", "--rescore"], [t / "keep"])
+         if _kept_file(t, "s.safetensors.partial", lambda p: p.write_text("my notes\n")) else None,
+         2, ("--out's checkpoint", "refusing to replace", "s.safetensors.partial", "not a coreset-sampler")),
     Case("score-rescore-over-junk-already-refused", _rescore_over(lambda p: p.write_bytes(b"junk" * 9), "j.safetensors"),
          2, ("refusing to replace", "j.safetensors", "36 bytes, no .safetensors header")),
     Case("score-out-is-the-scorer-weights",
@@ -859,7 +863,14 @@ def test_rescore_replaces_scores_of_other_settings_and_ignores_a_foreign_checkpo
                                                                                     untouched):
     s = tmp_path / "s.safetensors"
     shutil.copy(ws.sub, s)
-    (tmp_path / "s.safetensors.partial").write_bytes(b"a checkpoint of some other run")
+    # a checkpoint of some other run (ours by its header; a file that is not is refused, see the catalogue's
+    # score-rescore-over-a-foreign-checkpoint)
+    from safetensors.numpy import save_file
+
+    from coreset_sampler.engine import CHECKPOINT_FORMAT
+
+    save_file({"values": np.zeros(3, np.float32)}, str(tmp_path / "s.safetensors.partial"),
+              metadata={"format": CHECKPOINT_FORMAT, "format_version": "999"})
     argv = ["score", ws.data, "--scorer", "sobel", "--crop", CROP, "--step", STEP, "--workers", 0, "--no-progress",
             "--out", s]
     with untouched(ws.data, ws.lr):

@@ -116,8 +116,13 @@ def _plan(args) -> _Plan:
     if args.rescore:  # replaces a scores file on purpose, never an image or a text file
         from ..lifecycle import NotAScoresFileError, check_replaceable
 
+        from ..engine import CHECKPOINT_FORMAT
+
         try:
             check_replaceable(out, "--out", "choose another --out")
+            # --rescore restarts from nothing: the checkpoint beside --out is removed, so it must be ours too
+            check_replaceable(plan.ckpt, "--out's checkpoint", "move it away, or choose another --out",
+                              tags=(CHECKPOINT_FORMAT,))
         except NotAScoresFileError as e:
             raise CLIError(str(e), code=2) from None
     else:
