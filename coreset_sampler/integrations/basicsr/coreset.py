@@ -114,7 +114,9 @@ def _scores(copts: CoresetOptions, train: BasicSRTrainSet, dataset_opt: Mapping,
         except ValueError as e:  # e.g. an HR image smaller than the scale allows (names the key)
             raise CoresetConfigError(f"{WHERE}: scoring with {copts.scorer!r} failed: {e}") from None
         if folder is not None and fresh.metadata.get("granularity") != "whole_image":
-            raise CoresetConfigError(f"{WHERE}.sources: scorer {copts.scorer!r} did not score whole-image")
+            why_not = fresh.metadata.get("whole_image_fallback")  # e.g. a receptive field past every probe
+            raise CoresetConfigError(f"{WHERE}.sources: scorer {copts.scorer!r} did not score whole-image"
+                                     + (f" ({why_not}); drop sources: to score per crop" if why_not else ""))
         # the folders scored, as coreset-sr score records them: select / export / plot --grid reopen them
         layout = dataset_layout(folder) if folder is not None else train.layout()
         if layout is not None:
