@@ -29,7 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from coreset_sampler.data import _to_tensor, subimage_positions  # noqa: E402
+from coreset_sampler.data import subimage_positions, to_tensor  # noqa: E402
 from coreset_sampler.degradation import downsample, modcrop  # noqa: E402
 from coreset_sampler.whole_image import crop_sums  # noqa: E402
 
@@ -51,11 +51,11 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     h, w, crop, step, scale = 1404, 2040, 480, 240, 2
     arr = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    hr = modcrop(_to_tensor(arr), scale)
+    hr = modcrop(to_tensor(arr), scale)
     err = np.random.default_rng(1).random((h, w))
     pos = np.asarray(subimage_positions(h, w, crop, step, 0))
     res = {
-        "to_tensor_s": _median_time(lambda: _to_tensor(arr), args.repeat),
+        "to_tensor_s": _median_time(lambda: to_tensor(arr), args.repeat),
         "downsample_s": _median_time(lambda: downsample(hr, scale), args.repeat),
         "crop_sums_numpy_s": _median_time(lambda: crop_sums(err, pos[:, 0], pos[:, 1], crop), args.repeat),
         "crops_per_source": len(pos),
