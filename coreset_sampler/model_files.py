@@ -21,7 +21,6 @@ Example:
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 
 from .engine import rng_preserved
 from .errors import CoresetValueError
+from .provenance import model_sha256
 
 __all__ = ["MODEL_FILE_SUFFIXES", "ModelFileError", "SpandrelSR", "load_model_file", "read_state_dict",
            "file_sha256", "is_model_file_spec"]
@@ -61,12 +61,9 @@ def _spandrel():
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """SHA-256 hex digest of a file's bytes (:func:`coreset_sampler.provenance.model_sha256`, the digest
+    provenance checks compare)."""
+    return model_sha256(path)
 
 
 def _as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -28,8 +28,7 @@ __all__ = ["ProvenanceError", "file_digest", "sources_digest", "provenance_of", 
 DATASET_FIELDS = ("dataset", "scale", "crop", "step", "thresh", "degradation")
 
 _CHUNK = 1 << 20
-_cache: dict[tuple[str, int, int], str] = {}
-_sha_cache: dict[tuple[str, int, int], str] = {}
+_cache: dict[tuple[str, str, int, int], str] = {}
 #: scorer specs that name a built-in scorer (anything else is a path to a model file)
 _BUILTIN_SCORERS = ("srcnn", "fsrcnn", "sobel", "interpolation", "bicubic")
 _MODEL_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -51,6 +50,21 @@ class ProvenanceError(CoresetValueError):
         return cls(f"{source}: {field} is {recorded!r} in the scores file but {here!r} here; {fix}")
 
 
+def _cached_hash(path, algorithm: str) -> str:
+    """Hex digest of a file's bytes with ``hashlib.new(algorithm)``, cached per (path, size, mtime_ns)."""
+    p = os.path.abspath(os.fspath(path))
+    st = os.stat(p)
+    ck = (algorithm, p, st.st_size, st.st_mtime_ns)
+    hit = _cache.get(ck)
+    if hit is None:
+        h = hashlib.blake2b(digest_size=16) if algorithm == "blake2b-128" else hashlib.new(algorithm)
+        with open(p, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+        hit = _cache[ck] = h.hexdigest()
+    return hit
+
+
 def file_digest(path) -> str:
     """``"<size>:<blake2b-128 hex>"`` of a file's bytes, cached per (path, size, mtime_ns).
 
@@ -58,19 +72,7 @@ def file_digest(path) -> str:
         >>> file_digest("path/to/Set5/baby.png")   # doctest: +SKIP
         '502034:7c1f...'
     """
-    p = os.path.abspath(os.fspath(path))
-    st = os.stat(p)
-    ck = (p, st.st_size, st.st_mtime_ns)
-    hit = _cache.get(ck)
-    if hit is not None:
-        return hit
-    h = hashlib.blake2b(digest_size=16)
-    with open(p, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    out = f"{st.st_size}:{h.hexdigest()}"
-    _cache[ck] = out
-    return out
+    return f"{os.stat(path).st_size}:{_cached_hash(path, 'blake2b-128')}"
 
 
 def model_sha256(path) -> str:
@@ -81,17 +83,7 @@ def model_sha256(path) -> str:
         >>> model_sha256("models/4x_compact.safetensors")   # doctest: +SKIP
         '9f3c...'
     """
-    p = os.path.abspath(os.fspath(path))
-    st = os.stat(p)
-    ck = (p, st.st_size, st.st_mtime_ns)
-    hit = _sha_cache.get(ck)
-    if hit is None:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-        hit = _sha_cache[ck] = h.hexdigest()
-    return hit
+    return _cached_hash(path, "sha256")
 
 
 def names_a_model_file(spec) -> bool:
