@@ -176,10 +176,19 @@ def test_block_with_pickle_needing_model_file_is_one_line_exit_2(tmp_path, untou
     _assert_one_line_exit_2(r, r"whole\.pth needs pickle to load", cwd)
 
 
-def test_block_hr_image_smaller_than_the_scale_is_one_line_exit_2(tmp_path, untouched):
+@pytest.mark.parametrize("stored", ["as-decoded", "exif-turned"])
+def test_block_hr_image_smaller_than_the_scale_is_one_line_exit_2(tmp_path, untouched, stored):
+    """The size named is the one BasicSR decodes (cv2 IMREAD_COLOR applies EXIF orientation): a 40x3 image
+    stored with orientation 6 is a 3x40 sliver."""
     pytest.importorskip("realesrgan")
     cwd = _workdir(tmp_path)
-    Image.fromarray(np.zeros((3, 40, 3), dtype=np.uint8)).save(cwd / "datasets" / "HR" / "sliver.png")
+    if stored == "as-decoded":
+        Image.fromarray(np.zeros((3, 40, 3), dtype=np.uint8)).save(cwd / "datasets" / "HR" / "sliver.png")
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # turn 90 degrees clockwise when decoded
+        Image.fromarray(np.zeros((40, 3, 3), dtype=np.uint8)).save(cwd / "datasets" / "HR" / "sliver.png",
+                                                                  exif=exif.tobytes())
     with (cwd / "datasets" / "HR" / "meta_info.txt").open("a") as f:
         f.write("sliver.png\n")
     with untouched(cwd / "datasets"):

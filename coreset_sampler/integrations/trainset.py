@@ -253,7 +253,8 @@ def write_meta_info_file(path, files: Sequence[str], root, indices) -> Path:
     lines = []
     for i in indices:
         f = files[int(i)]
-        with Image.open(f) as im:  # reads the header only
+        # the stored size, not EXIF-turned: what BasicSR's own generate_meta_info writes (PIL, header only)
+        with Image.open(f) as im:
             w, h = im.size
             c = len(im.getbands())
         lines.append(f"{os.path.relpath(f, root)} ({h},{w},{c})")

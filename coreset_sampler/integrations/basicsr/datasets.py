@@ -289,17 +289,18 @@ class BasicSRScoringView(Dataset):
 
 
 def _check_hr_sizes(files: list[str], keys: list[str], scale: int) -> int:
-    from PIL import Image, UnidentifiedImageError
-
     from ...degradation import ImageTooSmallError, check_lr_size
+    from ...images import ImageReadError, header_size
 
     for key, f in zip(keys, files):
         try:
-            with Image.open(f) as im:  # header only
-                check_lr_size(im.height, im.width, scale, f"key {key!r} ({f})")
+            h, w = header_size(Path(f))  # header only; EXIF-turned, as BasicSR's cv2 IMREAD_COLOR decodes it
+            check_lr_size(h, w, scale, f"key {key!r} ({f})")
         except ImageTooSmallError as e:
             raise CoresetConfigError(f"{WHERE}: {e}") from None
-        except (OSError, UnidentifiedImageError) as e:
+        except ImageReadError as e:  # already names the file
+            raise CoresetConfigError(f"{WHERE}: {e} (sample {key!r})") from None
+        except OSError as e:
             raise CoresetConfigError(f"{WHERE}: cannot read image {f} (sample {key!r}): {e}") from None
     return len(files)
 
