@@ -371,6 +371,18 @@ def test_score_under_torchrun_matches_single_process(ws, tmp_path):
 # --------------------------------------------------------------------------- user mistakes
 
 
+def test_python_m_never_imports_from_the_working_directory(ws, tmp_path):
+    """``python -m coreset_sampler`` (what torchrun runs) drops the working-directory entry Python puts first
+    on sys.path before the CLI imports anything: a ``numpy.py`` / ``torch.py`` / ``safetensors.py`` lying
+    there never runs in place of the installed module."""
+    for name in ("numpy", "torch", "safetensors"):
+        (tmp_path / f"{name}.py").write_text("open('PWNED', 'w').close()\n")
+    r = run("select", ws["scores"], "--ratio", RATIO, "--skip-top", SKIP, "--out", tmp_path / "keep.txt",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "PWNED").exists() and (tmp_path / "keep.txt").is_file()
+
+
 def test_missing_folder(capsys, tmp_path):
     code, _, err = call(capsys, "score", tmp_path / "nope", "--scorer", "sobel", "--out", tmp_path / "s.safetensors")
     assert_user_error(code, err, 1, "data folder not found", "nope")

@@ -16,8 +16,9 @@ import sys
 def drop_working_directory_from_path() -> None:
     """Undo the working-directory entry ``python -m`` / ``python -c`` put first on ``sys.path``.
 
-    The trainers call it when run as ``python -m ...`` (or by torchrun): pip's console scripts never
-    add it, and only ``--import NAME`` may look in the working directory (see :class:`NamedModuleFinder`).
+    The trainers call it when run as ``python -m ...`` (or by torchrun), and so does ``python -m coreset_sampler``:
+    pip's console scripts never add it, and only ``--import NAME`` may look in the working directory (see
+    :class:`NamedModuleFinder`).
     Entries the user put on ``PYTHONPATH`` stay; with ``python -P`` nothing was added and nothing is removed.
     """
     if sys.path and not getattr(sys.flags, "safe_path", False) and sys.path[0] in ("", ".", os.getcwd()):
