@@ -57,6 +57,28 @@ def _fmt_passes(p: tuple[float, float] | None) -> str:
     return f"{core or full:.1f}"
 
 
+def cost_ratio(cost: dict, arch: str, row: str, steps: int, full_steps: int | None = None) -> float | None:
+    """(scoring + ``steps`` x s/step of ``row``) / (``full_steps`` (default ``steps``) x s/step of the full run).
+
+    ``cost``: the JSON payload of :mod:`benchmarks.sweep_pipeline_cost` (one process). Scoring counts for the rows that rank by the scorer (every row
+    but ``full`` and ``random``), once, whole. None when ``cost`` lacks the arch or the row.
+    """
+    rows = cost.get("archs", {}).get(arch, {}).get("rows", {})
+    if row not in rows or "full" not in rows:
+        return None
+    t_row, t_full = rows[row]["median_s_per_step"], rows["full"]["median_s_per_step"]
+    scoring = cost["scoring"]["pool_s"] if rows[row].get("uses_scores") else 0.0
+    return (scoring + steps * t_row) / ((full_steps or steps) * t_full)
+
+
+def _cost_source(cost: dict | None) -> str:
+    if not cost:
+        return "not measured yet"
+    sc = cost["scoring"]
+    return (f"commit `{cost.get('commit')}`: {sc['scorer']} scoring of the {sc['pool_size']} sub-images "
+            f"{sc['pool_s']:.0f} s, extrapolated from {sc['sample']}; {cost['steps']} steps x {cost['reps']} per row")
+
+
 def lead_trend(points: list[tuple[int, sweep_stats.Comparison]]) -> str:
     """How a row's Δ vs full (per budget, increasing) develops: holds / grows, shrinks, vanishes, reverses.
 
@@ -84,8 +106,13 @@ def lead_trend(points: list[tuple[int, sweep_stats.Comparison]]) -> str:
 
 
 def build_budget_report(preset: Preset, plan: list[Run], records: dict, bicubic: dict, eval_sets: list[str],
-                        stores=(), scoring: list | None = None, figure: str | None = None) -> tuple[dict, str]:
-    """The budget curve's JSON payload and markdown."""
+                        stores=(), scoring: list | None = None, figure: str | None = None,
+                        cost: dict | None = None) -> tuple[dict, str]:
+    """The budget curve's JSON payload and markdown.
+
+    ``cost``: the same-process timings of :mod:`benchmarks.sweep_pipeline_cost` (its JSON payload); every
+    cost ratio comes from them (the runs' own wall times were measured sessions apart). None: costs pending.
+    """
     prim = preset.primary_set if preset.primary_set in eval_sets else eval_sets[-1]
     sets = [prim] + [s for s in ("Set14", "Set5") if s in eval_sets and s != prim] + \
         [s for s in eval_sets if s not in (prim, "Set14", "Set5")]
@@ -103,9 +130,6 @@ def build_budget_report(preset: Preset, plan: list[Run], records: dict, bicubic:
     archs = list(dict.fromkeys(r.arch for r in plan))
     budgets = {a: sorted({_steps(r) for r in plan if r.arch == a}) for a in archs}
     rows = {a: [k for k in BUDGET_ROWS if any(r.arch == a and r.label == k for r in plan)] for a in archs}
-    # scoring seconds of the preset scorer at x2 (what a loss-ranked row's pipeline pays once)
-    score_rec = next((s for s in scoring if s.get("scorer") == preset.scorer and s.get("scale") == 2), None)
-    score_s = score_rec["seconds"] if score_rec else None
 
     def vals(runs, s=prim):
         return _per_seed(records, runs, _m(s, "psnr"))
@@ -113,10 +137,6 @@ def build_budget_report(preset: Preset, plan: list[Run], records: dict, bicubic:
     def train_s(runs):
         xs = [_ok(records, r)["train_s"] for r in runs if _ok(records, r)]
         return statistics.mean(xs) if xs else None
-
-    def uses_scores(key):
-        mode = BUDGET_ROWS[key][0]
-        return mode in ("des", "asc", "stratified", "adaptive")
 
     md: list[str] = []
     md.append(f"# Training-budget curve: preset `{preset.name}`\n")
@@ -159,7 +179,7 @@ def build_budget_report(preset: Preset, plan: list[Run], records: dict, bicubic:
         md.append(f"## {spec.label}\n")
         md.append(f"Cells: mean ± 95% CI (t) over seeds, `n` done / planned. Δ vs full: same budget, paired by seed "
                   f"(p < {sweep_stats.ALPHA} marked `*`). Train s: mean training wall time per run (one thread, shared "
-                  "machine).\n")
+                  "machine whose speed moved by more than 2x between sessions: a record, not a cost; costs are below).\n")
         md.append("| steps | row | n | passes over kept set | " + " | ".join(f"{s} PSNR" for s in sets)
                   + f" | Δ {prim} vs full (p) | train s |")
         md.append("|---|---|---|---|" + "---|" * len(sets) + "---|---|")
@@ -222,12 +242,10 @@ def build_budget_report(preset: Preset, plan: list[Run], records: dict, bicubic:
     md.append(f"The smallest budget at which a row's mean {prim} Y-PSNR reaches the full set's at the reference budget "
               f"(" + ", ".join(f"{a} {preset.budget_reference.get(a, '-')} steps" for a in archs) + "), as a fraction "
               "of that budget, among the budgets run (no interpolation: the true crossing lies between the listed "
-              "budget and the one before it). Pipeline cost to quality: (scoring + training wall time) of the row at "
-              "that budget / training wall time of the full run at the reference budget; scoring counts once per "
-              f"pool (the {preset.scorer} scores, x2: "
-              + (f"{score_s:.0f} s measured on this machine, one thread" if score_s else "not measured yet")
-              + ") and is zero for full and random. Runs ran in separate processes, days apart, at different loads: "
-              "read the cost ratios to about ±20%.\n")
+              "budget and the one before it). Pipeline cost to quality: (scoring + that budget x the row's seconds "
+              "per step) / (reference budget x the full run's seconds per step), all timed in one process by "
+              "`python -m benchmarks.sweep_pipeline_cost` (" + _cost_source(cost) + "); scoring counts once, "
+              "whole, for the rows that rank by the scores, and is zero for full and random.\n")
     md.append(f"| arch | reference: full at | reference {prim} | row | reaches it at | fraction of reference budget | "
               f"pipeline cost to quality (x full at reference) |")
     md.append("|---|---|---|---|---|---|---|")
@@ -235,7 +253,6 @@ def build_budget_report(preset: Preset, plan: list[Run], records: dict, bicubic:
         ref_b = preset.budget_reference.get(a)
         ref_runs = grid.get((a, "full", ref_b), []) if ref_b else []
         ref_v = vals(ref_runs)
-        ref_t = train_s(ref_runs)
         if not ref_v:
             md.append(f"| {a} | {ref_b} | pending | | | | |")
             ttq.append({"arch": a, "reference_steps": ref_b, "reference_psnr": None})
@@ -255,44 +272,32 @@ def build_budget_report(preset: Preset, plan: list[Run], records: dict, bicubic:
                 where = f"not reached (runs at {', '.join(map(str, done))} steps)" if done else "pending"
                 md.append(f"| {a} | {ref_b} ({len(ref_v)} seeds) | {ref:.3f} | {k} | {where} | - | - |")
             else:
-                t = train_s(grid.get((a, k, reached), []))
-                cost = None
-                if t is not None and ref_t:
-                    cost = ((score_s or 0.0) * uses_scores(k) + t) / ref_t
-                entry.update(fraction=reached / ref_b, cost_ratio=cost)
+                ratio = cost_ratio(cost, a, k, reached, ref_b) if cost else None
+                entry.update(fraction=reached / ref_b, cost_ratio=ratio)
                 md.append(f"| {a} | {ref_b} ({len(ref_v)} seeds) | {ref:.3f} | {k} | {reached} steps | "
-                          f"{reached / ref_b:.3g} | {'-' if cost is None else f'{cost:.2f}'} |")
+                          f"{reached / ref_b:.3g} | {'pending' if ratio is None else f'{ratio:.2f}'} |")
             ttq.append(entry)
     md.append("")
     md.append("## Pipeline cost at each budget\n")
-    md.append("(scoring + training wall time) of each row / training wall time of the full run at the same budget "
-              "(means over the cached seeds). A step-matched core-set trains as many steps as the full run, so its "
-              "training costs about the same (differences between rows come from the machine's load, not the "
-              "method); a loss-ranked row adds the scoring pass, the schedule row also the adaptive sampler's "
-              "bookkeeping. The scoring pass is counted whole in every row here, as a user pruning once for one "
-              "training run pays it; it is made once per pool and scale and shared by every run, seed and "
-              "architecture that ranks by it. The saving a core-set can bring is in time to quality (above).\n")
+    md.append("(scoring + B x the row's seconds per step) / (B x the full run's seconds per step), at each budget B, "
+              "from the one-process timings (" + _cost_source(cost) + "). A step-matched core-set trains as many steps "
+              "as the full run, so what it adds is the scoring pass (counted whole in every loss-ranked row, as a user "
+              "pruning once for one training run pays it; it is made once per pool and scale and shared by every run, "
+              "seed and architecture that ranks by it) and any difference in seconds per step. The saving a core-set "
+              "can bring is in time to quality (above).\n")
     md.append("| arch | steps | " + " | ".join(k for k in BUDGET_ROWS if k != "full") + " |")
     md.append("|---|---|" + "---|" * (len(BUDGET_ROWS) - 1))
     cost_json = []
     for a in archs:
         for b in budgets[a]:
-            tf = train_s(grid.get((a, "full", b), []))
             cells = []
             for k in BUDGET_ROWS:
                 if k == "full":
                     continue
-                runs = grid.get((a, k, b))
-                t = train_s(runs) if runs else None
-                if not runs:
-                    cells.append("")
-                elif t is None or not tf:
-                    cells.append("-")
-                else:
-                    ratio = ((score_s or 0.0) * uses_scores(k) + t) / tf
-                    cells.append(f"{ratio:.2f}")
-                    cost_json.append({"arch": a, "steps": b, "row": k, "ratio": ratio, "train_s": t, "full_train_s": tf,
-                                      "scoring_s": (score_s or 0.0) * uses_scores(k)})
+                ratio = cost_ratio(cost, a, k, b) if cost and grid.get((a, k, b)) else None
+                cells.append("" if not grid.get((a, k, b)) else "pending" if ratio is None else f"{ratio:.2f}")
+                if ratio is not None:
+                    cost_json.append({"arch": a, "steps": b, "row": k, "ratio": ratio})
             md.append(f"| {a} | {b} | " + " | ".join(cells) + " |")
     md.append("")
     # ---- every run

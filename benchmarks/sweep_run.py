@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import statistics
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from benchmarks import sweep_archs
-from benchmarks.common import git_commit, machine_info, write_results
+from benchmarks.common import RESULTS, git_commit, machine_info, write_results
 from benchmarks.sweep_plan import Run, _now, build_plan, config_hash, epoch_steps
 from benchmarks.sweep_presets import CACHE_ROOT, Preset, planned_step_s
 from benchmarks.sweep_report import build_report
@@ -302,17 +303,14 @@ def _short_machine() -> dict:
     return info
 
 
-def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], Any], device,
-            progress: bool = False, num_workers: int = 0, keep_model: bool = False) -> dict:
-    """Train and evaluate one run; returns the result fields (raises on failure).
+def training_setup(run: Run, pool: Pool, scores_for: Callable[[str], Any]):
+    """What ``run`` trains on: ``(data, sampler, steps, adaptive sampler or None)``, as :func:`execute` builds it.
 
-    ``num_workers``: DataLoader workers of the training loop (the CPU sweep uses none; a GPU run may
-    need them to keep the device fed). Not part of the config: the same samples in the same order.
-    ``keep_model``: also return the trained model (``"model"``), e.g. to save its weights.
+    ``scores_for(scorer)``: the scores of ``pool`` by that scorer (cached). Shared with the same-process cost
+    benchmark (:mod:`benchmarks.sweep_pipeline_cost`), so it times exactly what the runs train on.
     """
     from coreset_sampler.dataset import CoreSetDataset
     from coreset_sampler.sampler import StepMatchedSampler
-    from coreset_sampler.lab.training import train
 
     cfg = run.config
     sel, tr = cfg["selection"], cfg["train"]
@@ -342,6 +340,22 @@ def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], An
         else:
             sampler = StepMatchedSampler(data, num_samples=len(data), seed=seed)
             steps = epoch_steps(tr["steps_full"], len(data), len(pool))
+    return data, sampler, steps, adaptive
+
+
+def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], Any], device,
+            progress: bool = False, num_workers: int = 0, keep_model: bool = False) -> dict:
+    """Train and evaluate one run; returns the result fields (raises on failure).
+
+    ``num_workers``: DataLoader workers of the training loop (the CPU sweep uses none; a GPU run may
+    need them to keep the device fed). Not part of the config: the same samples in the same order.
+    ``keep_model``: also return the trained model (``"model"``), e.g. to save its weights.
+    """
+    from coreset_sampler.lab.training import train
+
+    cfg = run.config
+    sel, tr, seed = cfg["selection"], cfg["train"], cfg["seed"]
+    data, sampler, steps, adaptive = training_setup(run, pool, scores_for)
     torch.manual_seed(seed)  # model initialisation; train() seeds sampling / crops / flips itself
     model = sweep_archs.build_model(cfg["arch"], cfg["scale"], **cfg["arch_kwargs"])
     t0 = time.perf_counter()
@@ -398,12 +412,17 @@ class Sweep:
             ``<preset>.scores.<k>.tar`` there).
         quick: only the quick rows.
         results_name: base name of the report files (default ``sweep_<preset>``).
+        cost_file: the same-process cost timings a budget curve's report divides
+            (:mod:`benchmarks.sweep_pipeline_cost`; default ``benchmarks/results/sweep_pipeline_cost.json``,
+            used when it was measured for this preset; None: costs pending).
     """
 
     def __init__(self, preset: Preset, data_dir: Path, extra_roots: Sequence[Path] = (), cache=None,
                  quick: bool = False, results_name: str | None = None, progress: bool = True,
-                 write: Callable[[str, dict, str], Any] = write_results):
+                 write: Callable[[str, dict, str], Any] = write_results,
+                 cost_file: Path | None = RESULTS / "sweep_pipeline_cost.json"):
         self.preset, self.quick, self.progress, self.write = preset, quick, progress, write
+        self.cost_file = cost_file
         self.data_dir = Path(data_dir)
         self.store = as_store(cache if cache is not None else CACHE_ROOT / preset.name)
         self.results_name = results_name or f"sweep_{preset.name}"
@@ -657,6 +676,13 @@ class Sweep:
                 "overlap_static_des": common / max(1, len(kept))}
 
     # -- report --------------------------------------------------------------------------
+    def pipeline_cost(self) -> dict | None:
+        """The same-process cost timings of this preset (``cost_file``), or None if there are none."""
+        if self.cost_file is None or not Path(self.cost_file).is_file():
+            return None
+        cost = json.loads(Path(self.cost_file).read_text())
+        return cost if cost.get("preset") == self.preset.name else None
+
     def report(self, wall_s: float | None = None) -> tuple[Path, Path]:
         self._scorer_ids = None  # weights may have appeared (or changed) since the plan was made
         plan = self.plan()
@@ -674,7 +700,7 @@ class Sweep:
 
             payload, md = build_budget_report(self.preset, plan, records, bicubic, self.eval_sets,
                                               stores=self.stores(plan), scoring=self.scoring_records(plan),
-                                              figure=f"{self.results_name}.png")
+                                              figure=f"{self.results_name}.png", cost=self.pipeline_cost())
         else:
             own = set(load_records(self.store))  # "other runs": this preset's, outside the plan
             payload, md = build_report(self.preset, plan, records, bicubic, self.eval_sets, quick=self.quick,

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import re
+import statistics
 import tarfile
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def _sweep(data_dir, tmp_path, preset=TINY, quick=False):
         written["payload"], written["md"] = payload, md
         return out / f"{name}.json", out / f"{name}.md"
 
-    s = sweep.Sweep(preset, data_dir, cache=tmp_path / "cache", quick=quick, progress=False, write=write)
+    s = sweep.Sweep(preset, data_dir, cache=tmp_path / "cache", quick=quick, progress=False, write=write,
+                    cost_file=tmp_path / "cost.json")  # absent unless a test writes it
     return s, written
 
 
@@ -794,6 +796,66 @@ def test_budget_sweep_shares_runs_across_stores_and_reports(data_dir, tmp_path, 
         return
     png = Path(paths[1]).with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pipeline_cost_times_every_reference_row_in_one_process_and_the_report_divides_it(data_dir, tmp_path):
+    """Issue 21 item 5: costs come from one process (the runs' wall times were measured sessions apart)."""
+    from benchmarks import sweep_pipeline_cost as pc
+    from benchmarks.sweep_budget import cost_ratio
+
+    s, written = _sweep(data_dir, tmp_path, preset=TINY_BUDGET, quick=True)
+    runs = pc.reference_runs(TINY_BUDGET, s.eval_sets, s.scorer_ids())
+    # one run per row, at the reference budget (4 steps), seed 0, the runs of the plan themselves
+    plan = {r.hash for r in s.plan()}
+    assert set(runs) == {"fsrcnn"} and set(runs["fsrcnn"]) == {"full", "DES 25%", "random 25%",
+                                                                 "DES 25% then full (last 20%)"}
+    for r in runs["fsrcnn"].values():
+        assert r.hash in plan and r.seed == 0 and r.config["train"]["steps_full"] == 4
+    pool = s.pool(2)
+    timed = pc.time_training(runs["fsrcnn"], pool, lambda spec: s.scores(spec, 2), steps=2, reps=2)
+    for row, t in timed.items():
+        assert len(t["s_per_step"]) == 2 and all(x > 0 for x in t["s_per_step"])
+        assert t["median_s_per_step"] == statistics.median(t["s_per_step"])
+    sc = pc.time_scoring("interpolation", 2, pool, sample=5, reps=2)
+    assert sc["sample"] == 5 and sc["pool_size"] == len(pool) and sc["pool_s"] == sc["median_s_per_item"] * len(pool)
+
+    # the report's ratios are exactly (scoring + B x row s/step) / (B_full x full s/step), scoring only where ranked
+    rows = {"full": 0.10, "DES 25%": 0.11, "random 25%": 0.12, "DES 25% then full (last 20%)": 0.13}
+    cost = {"preset": "tinybudget", "commit": "abc", "steps": 2, "reps": 2,
+            "scoring": {"scorer": "interpolation", "pool_size": len(pool), "sample": 5, "pool_s": 7.0},
+            "archs": {"fsrcnn": {"reference_steps": 4, "rows": {
+                k: {"median_s_per_step": v, "s_per_step": [v], "uses_scores": k not in ("full", "random 25%")}
+                for k, v in rows.items()}}}}
+    assert cost_ratio(cost, "fsrcnn", "DES 25%", 2) == pytest.approx((7.0 + 2 * 0.11) / (2 * 0.10))
+    assert cost_ratio(cost, "fsrcnn", "random 25%", 2, 4) == pytest.approx(2 * 0.12 / (4 * 0.10))
+    assert cost_ratio(cost, "edsr", "DES 25%", 2) is None and cost_ratio(cost, "fsrcnn", "DES 10%", 2) is None
+    assert s.run()["failed"] == 0
+    s.report()
+    line = next(x for x in written["md"].splitlines() if x.startswith("| fsrcnn | 2 | "))
+    assert line.split(" | ")[2:] == ["", "pending", "", "pending", "pending |"]  # no cost file: every ratio pending
+    assert written["payload"]["pipeline_cost"] == []
+    (tmp_path / "cost.json").write_text(json.dumps({**cost, "preset": "another"}))
+    s.report()
+    assert written["payload"]["pipeline_cost"] == []  # timings of another preset are not used
+    (tmp_path / "cost.json").write_text(json.dumps(cost))
+    s.report()
+    got = {(c["steps"], c["row"]): c["ratio"] for c in written["payload"]["pipeline_cost"]}
+    assert got == {(b, k): pytest.approx(cost_ratio(cost, "fsrcnn", k, b)) for b in (2, 4) for k in rows if k != "full"}
+    for e in written["payload"]["time_to_quality"]:
+        if e.get("reached_at") is not None:
+            assert e["cost_ratio"] == pytest.approx(cost_ratio(cost, "fsrcnn", e["row"], e["reached_at"], 4))
+    assert "interpolation scoring of the" in written["md"] and "commit `abc`" in written["md"]
+
+
+@pytest.mark.parametrize("argv, needle", [(["--steps", "0"], "must be positive"),
+                                           (["--score-sample", "-1"], "must be positive"),
+                                           (["--arch", "nonsense"], "no budget runs of ['nonsense']")])
+def test_pipeline_cost_refuses_bad_arguments_before_loading_anything(argv, needle, capsys):
+    from benchmarks import sweep_pipeline_cost as pc
+
+    with pytest.raises(SystemExit) as e:
+        pc.main(argv)
+    assert e.value.code == 2 and needle in capsys.readouterr().err
 
 
 def test_budget_report_and_figure_show_missing_runs(data_dir, tmp_path, monkeypatch):
