@@ -32,11 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks import sweep_archs
 from benchmarks.common import git_commit, machine_info, write_results
 from benchmarks.sweep_plan import build_plan
 from benchmarks.sweep_presets import DEFAULT_DATA, PRESETS
-from benchmarks.sweep_run import Sweep, training_setup
+from benchmarks.sweep_run import Sweep, train_run, training_setup
 
 RESULTS_NAME = "sweep_pipeline_cost"
 
@@ -87,20 +86,13 @@ def reference_runs(preset, eval_sets, scorer_ids, archs=None) -> dict:
 
 def time_training(runs: dict, pool, scores_for, steps: int, reps: int) -> dict:
     """Median seconds per training step of each run in ``runs`` (``{label: run}``), rows interleaved."""
-    from coreset_sampler.lab.training import train
-
     times: dict[str, list[float]] = {k: [] for k in runs}
     for rep in range(reps):
         for label, run in runs.items():
-            cfg, tr = run.config, run.config["train"]
             data, sampler, _, _ = training_setup(run, pool, scores_for)
-            torch.manual_seed(cfg["seed"])
-            model = sweep_archs.build_model(cfg["arch"], cfg["scale"], **cfg["arch_kwargs"])
-            hist = train(model, data, steps, batch_size=tr["batch_size"], patch_size=tr["patch_size"], lr=tr["lr"],
-                         lr_schedule=tr["lr_schedule"], sampler=sampler, loss=tr["loss"], augment=tr["augment"],
-                         seed=cfg["seed"], progress=False, device="cpu")
+            _, hist = train_run(run, data, sampler, steps, "cpu")
             times[label].append(hist["wall_time_s"] / hist["steps"])
-            print(f"{cfg['arch']} rep {rep} {label}: {times[label][-1]:.4f} s/step", flush=True)
+            print(f"{run.arch} rep {rep} {label}: {times[label][-1]:.4f} s/step", flush=True)
     return {k: {"s_per_step": v, "median_s_per_step": statistics.median(v)} for k, v in times.items()}
 
 

@@ -343,6 +343,20 @@ def training_setup(run: Run, pool: Pool, scores_for: Callable[[str], Any]):
     return data, sampler, steps, adaptive
 
 
+def train_run(run: Run, data, sampler, steps: int, device, progress: bool = False, num_workers: int = 0):
+    """A fresh model of ``run`` (seeded) trained ``steps`` steps on ``data`` / ``sampler`` with the run's
+    training settings; returns ``(model, history)`` (:func:`coreset_sampler.lab.training.train`)."""
+    from coreset_sampler.lab.training import train
+
+    cfg, tr = run.config, run.config["train"]
+    torch.manual_seed(cfg["seed"])  # model initialisation; train() seeds sampling / crops / flips itself
+    model = sweep_archs.build_model(cfg["arch"], cfg["scale"], **cfg["arch_kwargs"])
+    hist = train(model, data, steps, batch_size=tr["batch_size"], patch_size=tr["patch_size"], lr=tr["lr"],
+                 lr_schedule=tr["lr_schedule"], sampler=sampler, loss=tr["loss"], augment=tr["augment"],
+                 seed=cfg["seed"], progress=progress, device=device, num_workers=num_workers)
+    return model, hist
+
+
 def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], Any], device,
             progress: bool = False, num_workers: int = 0, keep_model: bool = False) -> dict:
     """Train and evaluate one run; returns the result fields (raises on failure).
@@ -351,17 +365,11 @@ def execute(run: Run, pool: Pool, evalsets: dict, scores_for: Callable[[str], An
     need them to keep the device fed). Not part of the config: the same samples in the same order.
     ``keep_model``: also return the trained model (``"model"``), e.g. to save its weights.
     """
-    from coreset_sampler.lab.training import train
-
     cfg = run.config
-    sel, tr, seed = cfg["selection"], cfg["train"], cfg["seed"]
+    sel = cfg["selection"]
     data, sampler, steps, adaptive = training_setup(run, pool, scores_for)
-    torch.manual_seed(seed)  # model initialisation; train() seeds sampling / crops / flips itself
-    model = sweep_archs.build_model(cfg["arch"], cfg["scale"], **cfg["arch_kwargs"])
     t0 = time.perf_counter()
-    hist = train(model, data, steps, batch_size=tr["batch_size"], patch_size=tr["patch_size"], lr=tr["lr"],
-                 lr_schedule=tr["lr_schedule"], sampler=sampler, loss=tr["loss"], augment=tr["augment"],
-                 seed=seed, progress=progress, device=device, num_workers=num_workers)
+    model, hist = train_run(run, data, sampler, steps, device, progress=progress, num_workers=num_workers)
     train_s = time.perf_counter() - t0
     metrics = {}
     t1 = time.perf_counter()
