@@ -269,7 +269,9 @@ def build_budget_report(preset: Preset, plan: list[Run], records: dict, bicubic:
             entry = {"arch": a, "row": k, "reference_steps": ref_b, "reference_psnr": ref, "reference_n": len(ref_v),
                      "reached_at": reached, "budgets_with_runs": done}
             if reached is None:
-                where = f"not reached (runs at {', '.join(map(str, done))} steps)" if done else "pending"
+                later = [b for b in budgets[a] if grid.get((a, k, b)) and b not in done]  # planned, no run yet
+                where = (f"not reached (runs at {', '.join(map(str, done))} steps"
+                         + (f"; {', '.join(map(str, later))} pending)" if later else ")")) if done else "pending"
                 md.append(f"| {a} | {ref_b} ({len(ref_v)} seeds) | {ref:.3f} | {k} | {where} | - | - |")
             else:
                 ratio = cost_ratio(cost, a, k, reached, ref_b) if cost else None

@@ -867,6 +867,19 @@ def test_budget_report_and_figure_show_missing_runs(data_dir, tmp_path, monkeypa
         assert Path(paths[1]).with_suffix(".png").stat().st_size > 0
 
 
+def test_time_to_quality_names_the_budgets_still_pending(data_dir, tmp_path):
+    s, written = _sweep(data_dir, tmp_path, preset=TINY_BUDGET, quick=True)
+    # the reference (full at 4 steps) and every 2-step run; the other 4-step runs not yet
+    s.run(only=lambda r: r.config["train"]["steps_full"] == 2 or r.label == "full")
+    s.report()
+    ttq = {e["row"]: e for e in written["payload"]["time_to_quality"]}
+    line = next(x for x in written["md"].splitlines() if x.startswith("| fsrcnn | 4 (") and "| DES 25% |" in x)
+    if ttq["DES 25%"]["reached_at"] is None:
+        assert "not reached (runs at 2 steps; 4 pending)" in line
+    else:
+        assert ttq["DES 25%"]["reached_at"] == 2 and "| 2 steps | 0.5 |" in line
+
+
 def test_lead_trend_readings():
     C = sweep_stats.Comparison
     sig = lambda d: C(d, 0.01, 3, 3, 3, True, "paired t")  # noqa: E731
