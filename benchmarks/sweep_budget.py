@@ -174,6 +174,7 @@ def build_budget_report(preset: Preset, plan: list[Run], records: dict, bicubic:
 
     payload_cells = []
     trends: dict[str, dict[str, str]] = {}
+    trends_by_set: dict[str, dict[str, dict[str, str]]] = {}
     for a in archs:
         spec = preset.archs[a]
         md.append(f"## {spec.label}\n")
@@ -212,29 +213,33 @@ def build_budget_report(preset: Preset, plan: list[Run], records: dict, bicubic:
                           + f" | {d} | {'-' if ts is None else f'{ts:.0f}'} |")
                 payload_cells.append(cell)
         md.append("")
-        # ---- the lead over full, budget by budget
-        md.append(f"### Lead over the full set by budget ({spec.label.split(' (')[0]}, {prim})\n")
-        md.append("Δ = row - full at the same budget, paired by seed. Reading: \"lead\" = significantly above full; it "
-                  "*shrinks* (still significant, smaller), *vanishes* (no longer significant) or *reverses* "
-                  "(significantly below) at the largest budget with >= 2 paired seeds.\n")
-        md.append("| row | " + " | ".join(f"{b} steps" for b in budgets[a]) + " | reading |")
-        md.append("|---|" + "---|" * len(budgets[a]) + "---|")
-        trends[a] = {}
-        for k in rows[a]:
-            if k == "full":
-                continue
-            pts, txt = [], []
-            for b in budgets[a]:
-                runs, full = grid.get((a, k, b)), grid.get((a, "full", b), [])
-                if not runs:
-                    txt.append("(not planned)")
+        # ---- the lead over full, budget by budget, on every evaluation set (a lead can fade on one set only)
+        for ev in sets:
+            md.append(f"### Lead over the full set by budget ({spec.label.split(' (')[0]}, {ev})\n")
+            if ev == prim:
+                md.append("Δ = row - full at the same budget, paired by seed. Reading: \"lead\" = significantly above "
+                          "full; it *shrinks* (still significant, smaller), *vanishes* (no longer significant) or "
+                          "*reverses* (significantly below) at the largest budget with >= 2 paired seeds. The same "
+                          "tables for the other evaluation sets follow.\n")
+            md.append("| row | " + " | ".join(f"{b} steps" for b in budgets[a]) + " | reading |")
+            md.append("|---|" + "---|" * len(budgets[a]) + "---|")
+            by_row = trends_by_set.setdefault(ev, {}).setdefault(a, {})
+            for k in rows[a]:
+                if k == "full":
                     continue
-                c = sweep_stats.compare(vals(runs), vals(full))
-                pts.append((b, c))
-                txt.append(_fmt_p(c) if c.n_pairs else "-")
-            trends[a][k] = lead_trend(pts)
-            md.append(f"| {k} | " + " | ".join(txt) + f" | {trends[a][k]} |")
-        md.append("")
+                pts, txt = [], []
+                for b in budgets[a]:
+                    runs, full = grid.get((a, k, b)), grid.get((a, "full", b), [])
+                    if not runs:
+                        txt.append("(not planned)")
+                        continue
+                    c = sweep_stats.compare(vals(runs, ev), vals(full, ev))
+                    pts.append((b, c))
+                    txt.append(_fmt_p(c) if c.n_pairs else "-")
+                by_row[k] = lead_trend(pts)
+                md.append(f"| {k} | " + " | ".join(txt) + f" | {by_row[k]} |")
+            md.append("")
+        trends[a] = trends_by_set[prim][a]
 
     # ---- time to quality and pipeline cost
     ttq = []
@@ -322,7 +327,8 @@ def build_budget_report(preset: Preset, plan: list[Run], records: dict, bicubic:
     md.append("")
     payload = {"preset": dataclasses.asdict(preset), "generated": now, "machine": machine_info(), "commit": git_commit(),
                "status": status, "eval_sets": eval_sets, "primary_set": prim, "bicubic": bicubic, "scoring": scoring,
-               "pool_size": pool_size, "cells": payload_cells, "lead_trend": trends, "time_to_quality": ttq,
+               "pool_size": pool_size, "cells": payload_cells, "lead_trend": trends, "lead_trend_by_set": trends_by_set,
+               "time_to_quality": ttq,
                "pipeline_cost": cost_json, "figure": figure, "runs": runs_json}
     return json.loads(json.dumps(payload, default=_json_default)), "\n".join(md)
 

@@ -776,6 +776,12 @@ def test_budget_sweep_shares_runs_across_stores_and_reports(data_dir, tmp_path, 
                    "![BSD100 / Set14 / Set5 Y-PSNR vs training steps"):
         assert needle in md, needle
     assert payload["status"]["ok"] == len(plan) and len(payload["runs"]) == len(plan)
+    # the lead over full, read on every evaluation set (a lead can vanish on one and hold on another)
+    for ev in ("BSD100", "Set14", "Set5"):
+        assert f"### Lead over the full set by budget (FSRCNN tiny, {ev})" in md
+        assert set(payload["lead_trend_by_set"][ev]["fsrcnn"]) == {"DES 25%", "random 25%",
+                                                                   "DES 25% then full (last 20%)"}
+    assert payload["lead_trend"] == {"fsrcnn": payload["lead_trend_by_set"]["BSD100"]["fsrcnn"]}
     cells = {(c["row"], c["steps"]): c for c in payload["cells"]}
     assert len(cells) == 8 and all(c["n_ok"] == 2 for c in cells.values())
     pool = payload["pool_size"]
