@@ -298,10 +298,9 @@ def _check_hr_sizes(files: list[str], keys: list[str], scale: int) -> int:
             check_lr_size(h, w, scale, f"key {key!r} ({f})")
         except ImageTooSmallError as e:
             raise CoresetConfigError(f"{WHERE}: {e}") from None
-        except ImageReadError as e:  # already names the file
-            raise CoresetConfigError(f"{WHERE}: {e} (sample {key!r})") from None
-        except OSError as e:
-            raise CoresetConfigError(f"{WHERE}: cannot read image {f} (sample {key!r}): {e}") from None
+        except OSError as e:  # ImageReadError is one: name the decoder's own reason, not its wrapper's
+            why = e.__cause__ if isinstance(e, ImageReadError) and e.__cause__ else e
+            raise CoresetConfigError(f"{WHERE}: cannot read image {f} (sample {key!r}): {why}") from None
     return len(files)
 
 
