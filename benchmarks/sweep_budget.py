@@ -57,13 +57,14 @@ def _fmt_passes(p: tuple[float, float] | None) -> str:
     return f"{core or full:.1f}"
 
 
-def cost_ratio(cost: dict, arch: str, row: str, steps: int, full_steps: int | None = None) -> float | None:
+def cost_ratio(cost: dict | None, arch: str, row: str, steps: int, full_steps: int | None = None) -> float | None:
     """(scoring + ``steps`` x s/step of ``row``) / (``full_steps`` (default ``steps``) x s/step of the full run).
 
-    ``cost``: the JSON payload of :mod:`benchmarks.sweep_pipeline_cost` (one process). Scoring counts for the rows that rank by the scorer (every row
-    but ``full`` and ``random``), once, whole. None when ``cost`` lacks the arch or the row.
+    ``cost``: the JSON payload of :mod:`benchmarks.sweep_pipeline_cost` (one process). Scoring counts for the
+    rows that rank by the scorer (every row but ``full`` and ``random``), once, whole. None when there is no
+    ``cost`` or it lacks the arch or the row.
     """
-    rows = cost.get("archs", {}).get(arch, {}).get("rows", {})
+    rows = (cost or {}).get("archs", {}).get(arch, {}).get("rows", {})
     if row not in rows or "full" not in rows:
         return None
     t_row, t_full = rows[row]["median_s_per_step"], rows["full"]["median_s_per_step"]
@@ -279,7 +280,7 @@ def build_budget_report(preset: Preset, plan: list[Run], records: dict, bicubic:
                          + (f"; {', '.join(map(str, later))} pending)" if later else ")")) if done else "pending"
                 md.append(f"| {a} | {ref_b} ({len(ref_v)} seeds) | {ref:.3f} | {k} | {where} | - | - |")
             else:
-                ratio = cost_ratio(cost, a, k, reached, ref_b) if cost else None
+                ratio = cost_ratio(cost, a, k, reached, ref_b)
                 entry.update(fraction=reached / ref_b, cost_ratio=ratio)
                 md.append(f"| {a} | {ref_b} ({len(ref_v)} seeds) | {ref:.3f} | {k} | {reached} steps | "
                           f"{reached / ref_b:.3g} | {'pending' if ratio is None else f'{ratio:.2f}'} |")
@@ -301,7 +302,7 @@ def build_budget_report(preset: Preset, plan: list[Run], records: dict, bicubic:
             for k in BUDGET_ROWS:
                 if k == "full":
                     continue
-                ratio = cost_ratio(cost, a, k, b) if cost and grid.get((a, k, b)) else None
+                ratio = cost_ratio(cost, a, k, b) if grid.get((a, k, b)) else None
                 cells.append("" if not grid.get((a, k, b)) else "pending" if ratio is None else f"{ratio:.2f}")
                 if ratio is not None:
                     cost_json.append({"arch": a, "steps": b, "row": k, "ratio": ratio})
