@@ -350,12 +350,14 @@ def draw_budget_figure(preset: Preset, plan: list[Run], records: dict, eval_sets
     for r in plan:
         grid.setdefault((r.arch, r.label, _steps(r)), []).append(r)
     colors = dict(zip(BUDGET_ROWS, ["black", "tab:blue", "tab:red", "tab:purple", "tab:green", "tab:orange"]))
-    fig, axes = plt.subplots(len(archs), len(sets), figsize=(4.2 * len(sets), 3.4 * len(archs)), squeeze=False)
+    fig, axes = plt.subplots(len(archs), len(sets), figsize=(4.2 * len(sets) + 2.4, 3.4 * len(archs)), squeeze=False)
     for i, a in enumerate(archs):
         budgets = sorted({_steps(r) for r in plan if r.arch == a})
         for j, s in enumerate(sets):
             ax = axes[i][j]
-            for k in BUDGET_ROWS:
+            for n, k in enumerate(BUDGET_ROWS):
+                # rows shifted a little apart on the log axis, so that their error bars do not hide each other
+                dodge = 1.025 ** (n - (len(BUDGET_ROWS) - 1) / 2)
                 xs, ys, es, missing = [], [], [], []
                 for b in budgets:
                     runs = grid.get((a, k, b))
@@ -366,7 +368,7 @@ def draw_budget_figure(preset: Preset, plan: list[Run], records: dict, eval_sets
                         missing.append(b)
                         continue
                     mci = sweep_stats.mean_ci(v)
-                    xs.append(b)
+                    xs.append(b * dodge)
                     ys.append(mci.mean)
                     es.append(mci.half_width if math.isfinite(mci.half_width) else 0.0)
                 planned = [b for b in budgets if grid.get((a, k, b))]
@@ -390,12 +392,12 @@ def draw_budget_figure(preset: Preset, plan: list[Run], records: dict, eval_sets
             ax.set_xlabel("training steps (log)", fontsize=8)
             ax.set_ylabel("Y-PSNR dB", fontsize=8)
             ax.grid(alpha=0.3)
-            if j == 0:
-                ax.legend(fontsize=6.5, loc="lower right")
+            if j == len(sets) - 1:  # one legend per model, beside its panels rather than over a curve
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0.0)
     fig.suptitle(f"Training-budget curve (preset {preset.name}, x2): mean ± 95% CI over seeds; x near the axis = "
                  "a budget planned for that row with no run cached yet", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, metadata={"Software": None})
+    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return path
