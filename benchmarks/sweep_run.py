@@ -688,8 +688,16 @@ class Sweep:
         """The same-process cost timings of this preset (``cost_file``), or None if there are none."""
         if self.cost_file is None or not Path(self.cost_file).is_file():
             return None
-        cost = json.loads(Path(self.cost_file).read_text())
-        return cost if cost.get("preset") == self.preset.name else None
+        try:
+            cost = json.loads(Path(self.cost_file).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{self.cost_file}: not a JSON timings file ({e}); run benchmarks.sweep_pipeline_cost "
+                             "again") from None
+        if not isinstance(cost, dict) or cost.get("preset") != self.preset.name:
+            return None  # timings of another preset (or none at all) are not this report's
+        from benchmarks.sweep_budget import check_cost
+
+        return check_cost(cost, str(self.cost_file))
 
     def report(self, wall_s: float | None = None) -> tuple[Path, Path]:
         self._scorer_ids = None  # weights may have appeared (or changed) since the plan was made

@@ -1127,3 +1127,29 @@ def test_real_size_data_travels_as_lossless_webp_and_the_script_reads_it(tmp_pat
             assert np.array_equal(np.asarray(Image.open(a).convert("RGB")), np.asarray(Image.open(b).convert("RGB")))
     res = real_size.main(["--quick", "--data", str(out), "--out", str(tmp_path / "o")])
     assert res["data"]["pool"] > 0 and set(res["rows"]["full"]["metrics"]) == {"Set5"}
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda c: "{not json", "not a JSON timings file"),
+    (lambda c: {**c, "scoring": {k: v for k, v in c["scoring"].items() if k != "pool_s"}}, "field scoring.pool_s is missing"),
+    (lambda c: {**c, "steps": "100"}, "field steps is '100', expected a non-negative number"),
+    (lambda c: {**c, "archs": {"fsrcnn": {"rows": {"full": {"median_s_per_step": float("nan")}}}}},
+     "field archs.fsrcnn.rows.full.median_s_per_step is nan"),
+    (lambda c: {**c, "archs": {"fsrcnn": []}}, "field archs.fsrcnn.rows is missing"),
+])
+def test_damaged_pipeline_cost_file_is_one_error_naming_file_and_field(damage, needle, tmp_path):
+    """A damaged timings file stops the report with the file and the field, not a KeyError inside it."""
+    from benchmarks.sweep_run import Sweep
+
+    good = {"preset": "budget", "commit": "abc", "steps": 100, "reps": 3,
+            "scoring": {"scorer": "srcnn", "pool_size": 10, "sample": 5, "pool_s": 7.0},
+            "archs": {"fsrcnn": {"reference_steps": 8000, "rows": {"full": {"median_s_per_step": 0.1}}}}}
+    path = tmp_path / "cost.json"
+    bad = damage(good)
+    path.write_text(bad if isinstance(bad, str) else json.dumps(bad))
+    s = Sweep(sweep.PRESETS["budget"], tmp_path, progress=False, cache=tmp_path / "c", cost_file=path)
+    with pytest.raises(ValueError, match=re.escape(needle)) as e:
+        s.pipeline_cost()
+    assert str(path) in str(e.value)
+    path.write_text(json.dumps(good))
+    assert s.pipeline_cost() == good
