@@ -171,7 +171,7 @@ from coreset_sampler.integrations.basicsr import train  # our compatibility step
 from basicsr.models.sr_model import SRModel
 
 record = Path(os.environ["RECORD_DIR"])
-record_trained_keys(record / "trained_keys.txt")
+record_trained_keys(record / "trained_keys.txt", entries=record / "batch_entries.txt")
 stock = SRModel.optimize_parameters
 
 
@@ -222,3 +222,75 @@ def test_stock_hat_recipe_trains_total_iter_steps_on_the_core_set(hat_root, unto
     assert logged == [1, 2, 3]  # BasicSR's own count agrees
     trained = (hat_root / "trained_keys.txt").read_text().split()
     assert len(trained) >= 3 and set(trained) == kept  # the logged core-set, and only it
+
+
+REAL = "options/train/train_Real_HAT_SRx4_mse_model.yml"  # HAT's real-world recipe: HR-only data, x4
+
+
+def _real_recipe(root: Path, hr: Path) -> Path:
+    """HAT's stock ``Real_HAT`` MSE recipe, changed only where a CPU test must: the train data root, ``num_gpu``
+    0, ``gt_size`` 64 (LR patch 16 = HAT's window; both the recipe's and the dataset's), batch 1, 0 workers,
+    ``total_iter`` 3, print every iteration, no tensorboard, checkpoints at 1000, and the network's width and
+    depth as in :func:`_scaled_down_recipe`; plus the block. The stock ``meta_info_file`` stays: HAT's
+    ``RealESRGANDataset`` reads ``meta_info``, not it, and lists the folder."""
+    import yaml
+
+    opt = yaml.safe_load((root / REAL).read_text(encoding="utf-8"))
+    train = opt["datasets"]["train"]
+    train.update(dataroot_gt=str(hr), gt_size=64, batch_size_per_gpu=1, num_worker_per_gpu=0)
+    opt.update(num_gpu=0, gt_size=64)
+    opt["network_g"].update(embed_dim=96, depths=[2, 2], num_heads=[6, 6])
+    opt["train"]["total_iter"] = 3
+    opt["logger"].update(print_freq=1, use_tb_logger=False, save_checkpoint_freq=1000)
+    train["coreset"] = {"scores": "scores/real_x4_srcnn.safetensors", "scorer": "srcnn", "mode": "des",
+                        "ratio": 0.5, "skip_top": 0, "seed": 0}
+    path = root / "options" / "train" / "train_Real_HAT_SRx4_mse_coreset_cpu.yml"
+    path.write_text(yaml.safe_dump(opt, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@needs_hat
+@pytest.mark.slow
+def test_stock_real_hat_recipe_trains_total_iter_steps_on_the_hr_only_core_set(hat_root, untouched):
+    """HAT's ``train_Real_HAT_SRx4_mse_model.yml`` (its own ``RealESRGANDataset`` and ``RealHATMSEModel``:
+    HR-only data, LR made on the fly) with the block: the 8 HR images are scored on their bicubic LR
+    (SRCNN x4, whole image), the hardest half is kept, and exactly ``total_iter`` = 3 steps train on it."""
+    from PIL import Image
+
+    from coreset_sampler import Scores, select_indices
+    from coreset_sampler.data import load_image
+    from coreset_sampler.scorers import make_scorer
+
+    hr = hat_root / "datasets" / "real" / "HR"
+    hr.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):  # noise amplitude grows with i: so does difficulty
+        img = np.clip(rng.integers(0, 256, (1, 1, 3)) + rng.normal(0, 4 + 12 * i, (96, 96, 3)), 0, 255)
+        Image.fromarray(img.astype(np.uint8)).save(hr / f"img{i:02d}.png")
+    recipe = _real_recipe(hat_root, hr)
+    (hat_root / "runner.py").write_text(RUNNER)
+    with untouched(hr.parent):
+        r = subprocess.run([sys.executable, "runner.py", "--import", "hat", "-opt", str(recipe.relative_to(hat_root))],
+                           cwd=hat_root, env=_env(hat_root), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    exp = hat_root / "experiments" / "train_Real_HAT_mse_model"  # the stock recipe's name
+    log = sorted(exp.glob("train_train_Real_HAT_mse_model_*.log"))[-1].read_text()
+    assert "Model [RealHATMSEModel] is created." in log and "Network [HAT] is created." in log
+    assert re.search(r"core-set: scoring 8 samples with 'srcnn' \(x4, 1 rank\(s\)\) \(HR only: LR by MATLAB "
+                     r"bicubic", log)
+    assert re.search(r"core-set: kept 4/8 samples \(50\.0%\), mode=des, ratio=0\.5, skip_top=0, seed=0, "
+                     r"scores=scores/real_x4_srcnn\.safetensors \(computed with srcnn\)", log)
+    assert "total_iter 3 unchanged (step-matched)" in log and "End of training." in log
+    # HAT's dataset made the batches: kernels for the model's on-the-fly degradation, no fixed LR
+    entries = set((hat_root / "batch_entries.txt").read_text().split())
+    assert {"gt", "gt_path", "kernel1", "kernel2", "sinc_kernel"} <= entries and "lq" not in entries
+
+    items = [{"gt": load_image(p), "key": p.stem} for p in sorted(hr.glob("*.png"))]
+    mine = make_scorer("srcnn", 4, num_workers=0, progress=False, device="cpu").score(items)
+    expected = {mine.keys[i] for i in select_indices(mine.values, "des", 0.5, 0.0)}
+    assert expected == {f"img{i:02d}" for i in range(4, 8)}  # the noisiest half, by construction
+    assert Scores.load(hat_root / "scores" / "real_x4_srcnn.safetensors").keys == [f"img{i:02d}" for i in range(8)]
+    steps = [tuple(map(int, line.split())) for line in (hat_root / "steps.txt").read_text().splitlines()]
+    assert steps == [(1, 1), (2, 1), (3, 1)]  # exactly total_iter steps of a whole batch
+    trained = (hat_root / "trained_keys.txt").read_text().split()
+    assert len(trained) >= 3 and set(trained) <= expected  # only the logged core-set (3 draws of 4 keys)
