@@ -153,13 +153,21 @@ def _scaled_down_recipe(root: Path, hr: Path, lr: Path) -> Path:
         shutil.copy(src / "img00.png", dst / "img00.png")
     for name in ("val_1", "val_2"):
         opt["datasets"][name].update(dataroot_gt=str(val_hr), dataroot_lq=str(val_lr))
+    return _cpu_recipe(root, opt, "scores/tiny_x2_srcnn.safetensors", "train_HAT_SRx2_coreset_cpu.yml")
+
+
+def _cpu_recipe(root: Path, opt: dict, scores: str, file_name: str) -> Path:
+    """What every recipe here changes alike: CPU, the smaller network, 3 iterations, logging, and the block
+    (SRCNN, hardest half); written under HAT's ``options/train``."""
+    import yaml
+
     opt["num_gpu"] = 0
     opt["network_g"].update(embed_dim=96, depths=[2, 2], num_heads=[6, 6])
     opt["train"]["total_iter"] = 3
     opt["logger"].update(print_freq=1, use_tb_logger=False, save_checkpoint_freq=1000)
-    train["coreset"] = {"scores": "scores/tiny_x2_srcnn.safetensors", "scorer": "srcnn", "mode": "des",
-                        "ratio": 0.5, "skip_top": 0, "seed": 0}
-    path = root / "options" / "train" / "train_HAT_SRx2_coreset_cpu.yml"
+    opt["datasets"]["train"]["coreset"] = {"scores": scores, "scorer": "srcnn", "mode": "des", "ratio": 0.5,
+                                           "skip_top": 0, "seed": 0}
+    path = root / "options" / "train" / file_name
     path.write_text(yaml.safe_dump(opt, sort_keys=False), encoding="utf-8")
     return path
 
@@ -187,6 +195,17 @@ train.main()
 '''
 
 
+def _train(root: Path, recipe: Path, data: Path, name: str, untouched) -> str:
+    """Run ``coreset-sr-train --import hat -opt <recipe>`` from HAT's root (nothing under ``data`` may change);
+    the log of the experiment ``name`` (the stock recipe's name)."""
+    (root / "runner.py").write_text(RUNNER)
+    with untouched(data):
+        r = subprocess.run([sys.executable, "runner.py", "--import", "hat", "-opt", str(recipe.relative_to(root))],
+                           cwd=root, env=_env(root), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return sorted((root / "experiments" / name).glob(f"train_{name}_*.log"))[-1].read_text()
+
+
 @needs_hat
 @pytest.mark.slow
 def test_stock_hat_recipe_trains_total_iter_steps_on_the_core_set(hat_root, untouched):
@@ -197,14 +216,8 @@ def test_stock_hat_recipe_trains_total_iter_steps_on_the_core_set(hat_root, unto
     The network is HAT with a reduced width and depth (see :func:`_scaled_down_recipe` for why).
     """
     hr, lr = _tiny_pairs(hat_root)
-    recipe = _scaled_down_recipe(hat_root, hr, lr)
-    (hat_root / "runner.py").write_text(RUNNER)
-    with untouched(hr.parent):
-        r = subprocess.run([sys.executable, "runner.py", "--import", "hat", "-opt", str(recipe.relative_to(hat_root))],
-                           cwd=hat_root, env=_env(hat_root), capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-4000:]
-    exp = hat_root / "experiments" / "train_HAT_SRx2_from_scratch"  # the stock recipe's name
-    log = sorted(exp.glob("train_train_HAT_SRx2_from_scratch_*.log"))[-1].read_text()
+    log = _train(hat_root, _scaled_down_recipe(hat_root, hr, lr), hr.parent, "train_HAT_SRx2_from_scratch",
+                 untouched)
     assert "Model [HATModel] is created." in log and "Network [HAT] is created." in log
     assert re.search(r"core-set: kept 2/4 samples \(50\.0%\), mode=des, ratio=0\.5, skip_top=0, seed=0, "
                      r"scores=scores/tiny_x2_srcnn\.safetensors \(computed with srcnn\)", log)
@@ -238,15 +251,8 @@ def _real_recipe(root: Path, hr: Path) -> Path:
     opt = yaml.safe_load((root / REAL).read_text(encoding="utf-8"))
     train = opt["datasets"]["train"]
     train.update(dataroot_gt=str(hr), gt_size=64, batch_size_per_gpu=1, num_worker_per_gpu=0)
-    opt.update(num_gpu=0, gt_size=64)
-    opt["network_g"].update(embed_dim=96, depths=[2, 2], num_heads=[6, 6])
-    opt["train"]["total_iter"] = 3
-    opt["logger"].update(print_freq=1, use_tb_logger=False, save_checkpoint_freq=1000)
-    train["coreset"] = {"scores": "scores/real_x4_srcnn.safetensors", "scorer": "srcnn", "mode": "des",
-                        "ratio": 0.5, "skip_top": 0, "seed": 0}
-    path = root / "options" / "train" / "train_Real_HAT_SRx4_mse_coreset_cpu.yml"
-    path.write_text(yaml.safe_dump(opt, sort_keys=False), encoding="utf-8")
-    return path
+    opt["gt_size"] = 64
+    return _cpu_recipe(root, opt, "scores/real_x4_srcnn.safetensors", "train_Real_HAT_SRx4_mse_coreset_cpu.yml")
 
 
 @needs_hat
@@ -267,14 +273,7 @@ def test_stock_real_hat_recipe_trains_total_iter_steps_on_the_hr_only_core_set(h
     for i in range(8):  # noise amplitude grows with i: so does difficulty
         img = np.clip(rng.integers(0, 256, (1, 1, 3)) + rng.normal(0, 4 + 12 * i, (96, 96, 3)), 0, 255)
         Image.fromarray(img.astype(np.uint8)).save(hr / f"img{i:02d}.png")
-    recipe = _real_recipe(hat_root, hr)
-    (hat_root / "runner.py").write_text(RUNNER)
-    with untouched(hr.parent):
-        r = subprocess.run([sys.executable, "runner.py", "--import", "hat", "-opt", str(recipe.relative_to(hat_root))],
-                           cwd=hat_root, env=_env(hat_root), capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-4000:]
-    exp = hat_root / "experiments" / "train_Real_HAT_mse_model"  # the stock recipe's name
-    log = sorted(exp.glob("train_train_Real_HAT_mse_model_*.log"))[-1].read_text()
+    log = _train(hat_root, _real_recipe(hat_root, hr), hr.parent, "train_Real_HAT_mse_model", untouched)
     assert "Model [RealHATMSEModel] is created." in log and "Network [HAT] is created." in log
     assert re.search(r"core-set: scoring 8 samples with 'srcnn' \(x4, 1 rank\(s\)\) \(HR only: LR by MATLAB "
                      r"bicubic", log)
