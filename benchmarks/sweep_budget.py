@@ -75,33 +75,30 @@ def cost_ratio(cost: dict | None, arch: str, row: str, steps: int, full_steps: i
 def check_cost(cost: object, where: str) -> dict:
     """``cost`` (a parsed :mod:`benchmarks.sweep_pipeline_cost` payload) if it has every field the report reads.
 
-    Raises ValueError naming ``where`` and the first missing or non-numeric field, so that a damaged timings
-    file stops the report with one line instead of a KeyError deep inside it.
+    Raises ValueError naming ``where`` and the first missing, non-numeric or non-object field, so that a damaged
+    timings file stops the report with one line instead of a KeyError deep inside it.
     """
-    def need(obj, path, numeric=False):
-        cur = obj
+    def need(*path, kind=None):
+        cur = cost
         for k in path:
             if not isinstance(cur, dict) or k not in cur:
                 raise ValueError(f"{where}: field {'.'.join(path)} is missing; run benchmarks.sweep_pipeline_cost again")
             cur = cur[k]
-        if numeric and (isinstance(cur, bool) or not isinstance(cur, (int, float)) or not math.isfinite(cur) or cur < 0):
+        if kind is dict and not isinstance(cur, dict):
+            raise ValueError(f"{where}: field {'.'.join(path)} is {type(cur).__name__}, expected an object")
+        if kind is float and (isinstance(cur, bool) or not isinstance(cur, (int, float)) or not math.isfinite(cur)
+                              or cur < 0):
             raise ValueError(f"{where}: field {'.'.join(path)} is {cur!r}, expected a non-negative number")
         return cur
 
-    for f in ("steps", "reps"):
-        need(cost, (f,), numeric=True)
+    need("steps", kind=float)
+    need("reps", kind=float)
     for f in ("scorer", "pool_size", "sample"):
-        need(cost, ("scoring", f))
-    need(cost, ("scoring", "pool_s"), numeric=True)
-    archs = need(cost, ("archs",))
-    if not isinstance(archs, dict):
-        raise ValueError(f"{where}: field archs is {type(archs).__name__}, expected an object")
-    for a in archs:
-        rows = need(cost, ("archs", a, "rows"))
-        if not isinstance(rows, dict):
-            raise ValueError(f"{where}: field archs.{a}.rows is {type(rows).__name__}, expected an object")
-        for r in rows:
-            need(cost, ("archs", a, "rows", r, "median_s_per_step"), numeric=True)
+        need("scoring", f)
+    need("scoring", "pool_s", kind=float)
+    for a in need("archs", kind=dict):
+        for r in need("archs", a, "rows", kind=dict):
+            need("archs", a, "rows", r, "median_s_per_step", kind=float)
     return cost
 
 
