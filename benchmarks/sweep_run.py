@@ -566,7 +566,11 @@ class Sweep:
 
     def run(self, max_minutes: float | None = None, retry_failed: bool = False, only: Callable[[Run], bool] | None = None,
             dry: bool = False) -> dict:
-        """Run every planned run that is not cached; returns counts. Stops cleanly at ``max_minutes``."""
+        """Run every planned run that is not cached; returns counts.
+
+        With ``max_minutes``, stops cleanly before a run that would end later. A run's length is
+        :meth:`estimate` scaled by how much slower than it this process's finished runs were.
+        """
         self.check_data()
         torch.set_num_threads(self.preset.threads)
         device = torch.device(self.preset.device) if self.preset.device else None
@@ -594,15 +598,20 @@ class Sweep:
                 print(f"fast evaluation == library evaluate on {name} x{first} (bicubic: {chk['psnr']:.4f} dB, "
                       f"{chk['ssim']:.6f}; max diff {chk['max_abs_diff']:.1e})", flush=True)
             blocked: dict[str, str] = {}
+            # wall time / estimate of each run finished here: the cached timings may come from a faster or
+            # less loaded day, so the deadline is planned at the speed this process measures
+            slowdown: list[float] = []
             for i, run in enumerate(todo, 1):
                 elapsed = time.perf_counter() - t_start
+                base = self.estimate(run, records) if max_minutes is not None else math.nan
                 if max_minutes is not None:
-                    est = self.estimate(run, records)
-                    if elapsed + (est if math.isfinite(est) else 0) > max_minutes * 60:
+                    factor = statistics.median(slowdown) if slowdown else 1.0
+                    est = base * factor if math.isfinite(base) else 0.0
+                    if elapsed + est > max_minutes * 60:
                         skipped = len(todo) - i + 1
                         print(f"stopping: --max-minutes {max_minutes:g} would be exceeded by the next run "
-                              f"(elapsed {elapsed / 60:.1f} min, next ~{est / 60:.1f} min); {skipped} runs left",
-                              flush=True)
+                              f"(elapsed {elapsed / 60:.1f} min, next ~{est / 60:.1f} min at {factor:.2f}x the "
+                              f"cached timings); {skipped} runs left", flush=True)
                         break
                 why = self._setup(run)
                 if why is not None:  # data or scores missing: not a run failure, the run stays pending
@@ -613,6 +622,8 @@ class Sweep:
                     continue
                 rec = self._run_one(run, records.get(run.hash), device, f"[{i}/{len(todo)}]")
                 records[run.hash] = rec
+                if rec["status"] == "ok" and math.isfinite(base) and base > 0:
+                    slowdown.append(rec["wall_s"] / base)
                 if rec["status"] == "ok":
                     done += 1
                 else:

@@ -318,6 +318,27 @@ def test_max_minutes_stops_between_runs(data_dir, tmp_path):
     assert not sweep.load_records(s.store) and not s.store.records_path.exists()
 
 
+def test_max_minutes_plans_at_the_speed_measured_in_this_process(data_dir, tmp_path, monkeypatch):
+    # cached timings say 10 s a run; the first run here takes 100 s: the second (~100 s more) would end past a
+    # 150 s deadline, so the sweep stops after one run instead of trusting the cache's 10 s
+    s, _ = _sweep(data_dir, tmp_path, quick=True)
+    assert len(s.plan()) >= 2
+    clock = [0.0]
+    monkeypatch.setattr(sweep_run.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(sweep.Sweep, "estimate", lambda self, run, records: 10.0)
+
+    def fake_run_one(self, run, previous, device, tag):
+        clock[0] += 100.0
+        return {"status": "ok", "wall_s": 100.0}
+
+    monkeypatch.setattr(sweep.Sweep, "_run_one", fake_run_one)
+    res = s.run(max_minutes=150 / 60)
+    assert res["ran"] == 1 and res["left"] == len(s.plan()) - 1
+    clock[0] = 0.0
+    res = s.run(max_minutes=1e6)  # a deadline far away: everything runs at any speed
+    assert res["ran"] == len(s.plan()) and res["left"] == 0
+
+
 def test_second_sweep_on_the_same_cache_is_refused(tmp_path):
     with sweep.cache_lock(tmp_path / "c"):
         with pytest.raises(RuntimeError, match="another sweep is running"):
