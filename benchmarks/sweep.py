@@ -50,7 +50,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="one model, 3 seeds, the key rows (x2)")
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from the cache, run nothing")
     ap.add_argument("--plan", action="store_true", help="print the planned runs and exit")
-    ap.add_argument("--max-minutes", type=float, default=None, help="stop cleanly before a run that would end later")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="stop cleanly before a run that would end later (planned at the speed of the runs already "
+                         "finished in this process)")
     ap.add_argument("--retry-failed", action="store_true", help="run failed runs again (default: keep the failure)")
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
                     help=f"folder with the preset's train / eval sets (default {DEFAULT_DATA})")
