@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import CoresetOSError, CoresetValueError
 
@@ -65,7 +65,9 @@ def open_image(path: Path) -> Image.Image:
         im.load()
         im = oriented(im)
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, zlib/struct errors
-        raise ImageReadError(f"cannot read image {path}: {e}") from e
+        # Pillow names the in-memory buffer ("<_io.BytesIO object at 0x...>"), not the file: say what it means
+        why = "not an image format Pillow can decode" if isinstance(e, UnidentifiedImageError) else e
+        raise ImageReadError(f"cannot read image {path}: {why}") from e
     return im
 
 

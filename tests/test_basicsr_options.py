@@ -484,3 +484,37 @@ def test_make_paired_folder_bad_paths(tmp_path):
         make_paired_folder(tmp_path / "empty", tmp_path / "out")
     with pytest.raises(ValueError, match="inside the source folder"):
         make_paired_folder(tmp_path / "empty", tmp_path / "empty" / "pairs")
+
+
+def test_prepare_command_reports_bad_sources_in_one_line_and_imports_nothing_from_the_working_directory(tmp_path):
+    """``python -m ...prepare`` drops the working directory from ``sys.path`` first (Pillow imports
+    ``fractions`` lazily, so a planted ``fractions.py`` would run); a missing or undecodable source is one
+    line naming it, exit 1, and an unreadable first image leaves no output folders."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    work = tmp_path / "work"
+    (work / "src").mkdir(parents=True)
+    Image.fromarray((np.random.default_rng(0).random((24, 24, 3)) * 255).astype(np.uint8)).save(work / "src" / "a.png")
+    (work / "fractions.py").write_text("open('PWNED', 'w').close()\n")
+    (work / "bad").mkdir()
+    (work / "bad" / "x.png").write_bytes(b"not an image")
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+
+    def prepare(*args):
+        return subprocess.run([sys.executable, "-m", "coreset_sampler.integrations.basicsr.prepare", *args],
+                              cwd=work, env=env, capture_output=True, text=True, timeout=120)
+
+    ok = prepare("src", "out", "--scale", "2")
+    assert ok.returncode == 0, ok.stderr
+    assert "dataroot_gt: out/HR" in ok.stdout and (work / "out" / "LRx2" / "a.png").is_file()
+    assert not (work / "PWNED").exists()
+    for args, culprit in ((("nosuch", "out2"), "source folder not found: nosuch"),
+                          (("bad", "out3"), "cannot read image bad/x.png: not an image format Pillow can decode")):
+        proc = prepare(*args)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            f"python -m coreset_sampler.integrations.basicsr.prepare: error: {culprit}"]
+        assert not (work / args[1]).exists()
+    assert (work / "bad" / "x.png").read_bytes() == b"not an image"

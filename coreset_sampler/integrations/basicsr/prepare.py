@@ -14,6 +14,11 @@ Example:
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m put the working directory first: Pillow imports modules lazily
+    from .. import drop_working_directory_from_path
+
+    drop_working_directory_from_path()
+
 import argparse
 import os
 from pathlib import Path
@@ -24,7 +29,8 @@ from PIL import Image
 
 from ...data import IMAGE_EXTS, load_image
 from ...degradation import downsample, modcrop
-from ...errors import CoresetValueError
+from ...errors import CoresetError, CoresetValueError
+from .. import user_errors
 
 __all__ = ["make_paired_folder", "main"]
 
@@ -67,24 +73,25 @@ def make_paired_folder(src, dst, scale: int = 2, limit: int | None = None) -> tu
     if not files:
         raise CoresetValueError(f"no images found in {src}")
     hr_dir, lr_dir = dst / "HR", dst / f"LRx{scale}"
-    hr_dir.mkdir(parents=True, exist_ok=True)
-    lr_dir.mkdir(parents=True, exist_ok=True)
     for f in files:
         hr = modcrop(load_image(f), scale)
+        hr_dir.mkdir(parents=True, exist_ok=True)  # after a first decode: an unreadable source leaves no folders
+        lr_dir.mkdir(parents=True, exist_ok=True)
         _save_png(hr, hr_dir / f"{f.stem}.png")
         _save_png(downsample(hr, scale), lr_dir / f"{f.stem}.png")
     return hr_dir, lr_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m coreset_sampler.integrations.basicsr.prepare",
-                                description=__doc__.split("\n\n")[0])
+    prog = "python -m coreset_sampler.integrations.basicsr.prepare"
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="folder of HR images")
     p.add_argument("dst", help="output folder (gets HR/ and LRx<scale>/)")
     p.add_argument("--scale", type=int, default=2)
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     a = p.parse_args(argv)
-    hr, lr = make_paired_folder(a.src, a.dst, a.scale, a.limit)
+    with user_errors(prog, (CoresetError,)):  # a missing folder or an unreadable image: one line, no traceback
+        hr, lr = make_paired_folder(a.src, a.dst, a.scale, a.limit)
     print(f"dataroot_gt: {os.fspath(hr)}\ndataroot_lq: {os.fspath(lr)}")
 
 
